@@ -1,0 +1,60 @@
+"""Grid carbon intensity: the value in force, where it came from, and the bundled dataset."""
+
+from __future__ import annotations
+
+import csv
+import functools
+import time
+from dataclasses import dataclass
+from importlib import resources
+
+from exporter.config import ConfigError
+
+WORLD = "WORLD"
+
+
+@dataclass(frozen=True, slots=True)
+class Intensity:
+    grams_per_kwh: float
+    grid_zone: str
+    provider: str  # static, dataset
+    kind: str = "average"  # average or marginal
+    fetched_at: float | None = None  # unix time; None: a fixed value that does not age
+
+    def age(self, now: float | None = None) -> float:
+        if self.fetched_at is None:
+            return 0.0
+        return max(0.0, (time.time() if now is None else now) - self.fetched_at)
+
+
+@dataclass(frozen=True, slots=True)
+class DatasetRow:
+    zone: str
+    name: str
+    grams_per_kwh: float
+    year: int
+    source: str
+
+
+@functools.lru_cache(maxsize=1)
+def grid_dataset() -> dict[str, DatasetRow]:
+    """exporter/data/grid_intensity.csv: annual average gCO2e/kWh by ISO 3166-1 alpha-2 code."""
+    text = resources.files("exporter.data").joinpath("grid_intensity.csv").read_text("utf-8")
+    rows = csv.DictReader(line for line in text.splitlines() if line and not line.startswith("#"))
+    return {r["zone"].upper(): DatasetRow(r["zone"].upper(), r["name"], float(r["grams_per_kwh"]),
+                                          int(r["year"]), r["source"]) for r in rows}
+
+
+def static_intensity(config) -> Intensity:
+    """Carbon v1: --carbon.intensity, else --carbon.zone in the dataset, else the world average."""
+    zone = (config.carbon_zone or "").strip()
+    if config.carbon_intensity is not None:
+        return Intensity(config.carbon_intensity, zone.upper(), "static")
+    dataset = grid_dataset()
+    key = zone.upper() or WORLD
+    row = dataset.get(key)
+    if row is None:
+        raise ConfigError(
+            f"carbon.zone: {zone!r} is not in the bundled dataset (use an ISO 3166-1 alpha-2 "
+            f"code such as DE or US, {WORLD} for the world average, or set carbon.intensity)")
+    return Intensity(row.grams_per_kwh, row.zone, "dataset")

@@ -1,0 +1,202 @@
+"""Command line: flags, config file, logging, signals, start-up and shutdown."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from typing import Any, Sequence
+
+from aiohttp import web
+
+from exporter import __version__
+from exporter.carbon import static_intensity
+from exporter.config import SETTINGS, ConfigError, changed_keys, resolve, split_listen_address
+from exporter.sampler import Sampler
+from exporter.server import make_app
+from exporter.sources import Source
+from exporter.sources.cpu_model import CpuModelSource
+from exporter.sources.dram_model import DramModelSource
+from exporter.sources.nvml import NvmlSource
+from exporter.sources.rapl import RaplSource
+
+log = logging.getLogger("exporter")
+
+EXIT_USAGE = 2
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line and exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(
+        prog="carbon-exporter",
+        description="Prometheus exporter for node power (RAPL, NVML, utilisation models), "
+                    "energy and CO2e emissions. Every flag also reads from the environment "
+                    "variable shown, and from the same key in --config.file; flags win.",
+    )
+    parser.add_argument("--version", action="version", version=f"carbon-exporter {__version__}")
+    parser.add_argument("--config.file", dest="config_file", metavar="PATH",
+                        help="YAML config file with the same settings (reloaded on SIGHUP). "
+                             "[env CARBON_EXPORTER_CONFIG_FILE]")
+    for setting in SETTINGS:
+        text = f"{setting.help} [env {setting.env}]"
+        if setting.kind == "bool":
+            parser.add_argument(setting.flag, dest=setting.key, default=None,
+                                action=argparse.BooleanOptionalAction,
+                                help=f"{text} (default: enabled)")
+            continue
+        kwargs: dict[str, Any] = {"dest": setting.key, "default": None, "metavar": "VALUE"}
+        if setting.kind == "float":
+            kwargs["type"] = float
+        if setting.kind == "choice":
+            kwargs["choices"] = setting.choices
+            kwargs.pop("metavar")
+        default = "" if setting.default is None else f" (default: {setting.default})"
+        parser.add_argument(setting.flag, help=text + default, **kwargs)
+    return parser
+
+
+# --- logging ---------------------------------------------------------------------------------
+
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
+           "error": logging.ERROR}
+
+
+def _utc(record: logging.LogRecord) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + \
+        f".{int(record.msecs):03d}Z"
+
+
+class LogfmtFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if record.exc_info:
+            message += " " + self.formatException(record.exc_info).replace("\n", " | ")
+        quoted = message.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+        return (f'ts={_utc(record)} level={record.levelname.lower()} '
+                f'logger={record.name} msg="{quoted}"')
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"ts": _utc(record), "level": record.levelname.lower(), "logger": record.name,
+                 "msg": record.getMessage()}
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def setup_logging(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else LogfmtFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(_LEVELS[level])
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+# --- wiring ----------------------------------------------------------------------------------
+
+def build_sources(config) -> tuple[list[Source], list[Source]]:
+    measured: list[Source] = []
+    models: list[Source] = []
+    if config.collector_rapl:
+        measured.append(RaplSource(config.path_sysfs))
+    if config.collector_nvml:
+        measured.append(NvmlSource())
+    if config.collector_cpu_model:
+        models.append(CpuModelSource(config.path_procfs, config))
+    if config.collector_dram_model:
+        models.append(DramModelSource(config.path_procfs, config))
+    return measured, models
+
+
+class Daemon:
+    def __init__(self, config, flags: dict[str, Any]) -> None:
+        self.config = config
+        self.flags = flags
+        self.intensity = static_intensity(config)
+        measured, models = build_sources(config)
+        self.sampler = Sampler(measured, models, config.sample_interval, self.intensity,
+                               config.carbon_pue)
+        self.stop = asyncio.Event()
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the config file; keep the running config if the new one is bad."""
+        try:
+            new = resolve(self.flags, self.config.config_file)
+            intensity = static_intensity(new)
+        except ConfigError as exc:
+            log.error("config reload failed, keeping the previous config: %s", exc)
+            return
+        changed = changed_keys(self.config, new)
+        by_key = {s.key: s for s in SETTINGS}
+        restart = [k for k in changed if not by_key[k].reloadable]
+        if restart:
+            log.warning("config reload: %s changed but only take effect after a restart",
+                        ", ".join(restart))
+        self.sampler.intensity = intensity
+        self.sampler.pue = new.carbon_pue
+        for source in self.sampler.sources:
+            configure = getattr(source, "configure", None)
+            if configure is not None:
+                configure(new)
+        logging.getLogger().setLevel(_LEVELS[new.log_level])
+        self.config = new
+        log.info("config reloaded: %s", ", ".join(changed) if changed else "no changes")
+
+    async def serve(self) -> int:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.stop.set)
+        loop.add_signal_handler(signal.SIGINT, self.stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        host, port = split_listen_address(self.config.web_listen_address)
+        app = make_app(self.sampler, self.config.web_telemetry_path)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, host, port, backlog=128).start()
+        except OSError as exc:
+            log.error("cannot listen on %s: %s", self.config.web_listen_address, exc.strerror)
+            await runner.cleanup()
+            self.sampler.close()
+            return 1
+        log.info("carbon-exporter %s listening on %s, metrics at %s, sampling every %gs; "
+                 "intensity %g gCO2e/kWh (zone %s, %s), PUE %g", __version__,
+                 self.config.web_listen_address, self.config.web_telemetry_path,
+                 self.sampler.interval, self.intensity.grams_per_kwh,
+                 self.intensity.grid_zone or "-", self.intensity.provider, self.config.carbon_pue)
+        sampling = asyncio.create_task(self.sampler.run(self.stop))
+        await self.stop.wait()
+        log.info("shutting down")
+        await sampling
+        await runner.cleanup()
+        self.sampler.close()
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(signum)
+        return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = vars(parser.parse_args(argv))
+    config_file = args.pop("config_file", None) or os.environ.get("CARBON_EXPORTER_CONFIG_FILE")
+    flags = {k: v for k, v in args.items() if v is not None}
+    try:
+        config = resolve(flags, config_file)
+        setup_logging(config.log_level, config.log_format)
+        daemon = Daemon(config, flags)
+    except ConfigError as exc:
+        print(f"carbon-exporter: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return asyncio.run(daemon.serve())

@@ -1,0 +1,101 @@
+"""prometheus_client custom collector: renders the sampler's latest Snapshot, no I/O."""
+
+from __future__ import annotations
+
+import platform
+from typing import Callable, Iterator
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    Metric,
+    SummaryMetricFamily,
+)
+from prometheus_client.registry import Collector
+
+from exporter import __version__, metrics
+from exporter.metrics import MetricSpec
+from exporter.sampler import Snapshot
+
+_FAMILY = {"counter": CounterMetricFamily, "gauge": GaugeMetricFamily, "summary": SummaryMetricFamily}
+
+
+def family(spec: MetricSpec):
+    return _FAMILY[spec.type](spec.family_name, spec.help, labels=spec.labels)
+
+
+class SnapshotCollector(Collector):
+    def __init__(self, snapshot: Callable[[], Snapshot]) -> None:
+        self._snapshot = snapshot
+        self._build = (__version__, platform.python_version())
+
+    def describe(self) -> Iterator[Metric]:
+        # Lets registration skip collect(); the families are the same whatever the snapshot.
+        for spec in metrics.ALL:
+            yield family(spec)
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self._snapshot()
+
+        energy, power = family(metrics.ENERGY), family(metrics.POWER)
+        emissions = family(metrics.EMISSIONS)
+        for s in snap.energy:
+            labels = [s.component, s.device, s.source]
+            energy.add_metric(labels, s.joules)
+            if s.watts is not None:
+                power.add_metric(labels, s.watts)
+            emissions.add_metric([s.component, s.device, "operational"], s.grams)
+        yield energy
+        yield power
+        yield emissions
+
+        rate = family(metrics.EMISSIONS_RATE)
+        if snap.grams_per_second is not None:
+            rate.add_metric(["operational"], snap.grams_per_second)
+        yield rate
+
+        domains = family(metrics.RAPL_DOMAIN_ENERGY)
+        for domain, device, joules in snap.rapl_domains:
+            domains.add_metric([domain, device], joules)
+        yield domains
+
+        limits, info = family(metrics.GPU_POWER_LIMIT), family(metrics.GPU_INFO)
+        for gpu in snap.gpus:
+            info.add_metric([gpu.device, gpu.uuid, gpu.name, gpu.driver_version, gpu.pci_bus_id], 1)
+            if gpu.power_limit_watts is not None:
+                limits.add_metric([gpu.device, gpu.uuid], gpu.power_limit_watts)
+        yield limits
+        yield info
+
+        intensity, age = family(metrics.GRID_INTENSITY), family(metrics.GRID_INTENSITY_AGE)
+        if snap.intensity is not None:
+            i = snap.intensity
+            intensity.add_metric([i.grid_zone, i.provider, i.kind], i.grams_per_kwh)
+            age.add_metric([i.grid_zone, i.provider], i.age())
+        yield intensity
+        yield age
+
+        pue = family(metrics.PUE)
+        pue.add_metric([], snap.pue)
+        yield pue
+
+        up, duration = family(metrics.COLLECTOR_UP), family(metrics.SAMPLE_DURATION)
+        for c in snap.collectors:
+            up.add_metric([c.name, c.status.reason], 1 if c.status.up else 0)
+            duration.add_metric([c.name], count_value=c.duration_count, sum_value=c.duration_sum)
+        yield up
+        yield duration
+
+        glitches = family(metrics.COUNTER_GLITCHES)
+        for collector, device, reason, count in snap.glitches:
+            glitches.add_metric([collector, device, reason], count)
+        yield glitches
+
+        last = family(metrics.LAST_SAMPLE)
+        if snap.timestamp is not None:
+            last.add_metric([], snap.timestamp)
+        yield last
+
+        build = family(metrics.BUILD_INFO)
+        build.add_metric(list(self._build), 1)
+        yield build

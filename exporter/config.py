@@ -1,0 +1,315 @@
+"""Settings: one table drives the flags, the environment variables, the YAML schema and the README.
+
+Precedence: flags > environment (CARBON_EXPORTER_*) > config file > defaults.
+Every error names the field and says what is wrong, in one line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import jsonschema
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad setting; the message is one line that names the field."""
+
+
+_DURATION_RE = re.compile(
+    r"^(?:(\d+)y)?(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?(?:(\d+)ms)?$"
+)
+_DURATION_UNITS = (365 * 86400, 7 * 86400, 86400, 3600, 60, 1, 0.001)
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from a Prometheus duration ('500ms', '1m30s') or a plain number of seconds."""
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a duration")
+    if isinstance(value, (int, float)):
+        return float(value)
+    text = str(value).strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    match = _DURATION_RE.match(text)
+    if not text or not match or not any(match.groups()):
+        raise ValueError(f"{value!r} is not a duration (use e.g. 500ms, 1s, 1m30s or 0.5)")
+    return sum(int(g) * unit for g, unit in zip(match.groups(), _DURATION_UNITS) if g)
+
+
+@dataclass(frozen=True)
+class Setting:
+    key: str  # dotted path in the YAML file, e.g. "carbon.pue"
+    kind: str  # str, bool, float, duration, choice
+    default: Any
+    help: str
+    minimum: float | None = None  # inclusive
+    above: float | None = None  # exclusive lower bound
+    choices: tuple[str, ...] = ()
+    reloadable: bool = False  # applied on SIGHUP without a restart
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.key.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return "CARBON_EXPORTER_" + re.sub(r"[.\-]", "_", self.key).upper()
+
+    @property
+    def attr(self) -> str:
+        return self.key.replace(".", "_")
+
+    def schema(self) -> dict[str, Any]:
+        if self.kind == "bool":
+            return {"type": "boolean"}
+        if self.kind == "str":
+            return {"type": ["string", "null"]}
+        if self.kind == "choice":
+            return {"enum": list(self.choices)}
+        if self.kind == "duration":
+            return {"type": ["number", "string"]}
+        number: dict[str, Any] = {"type": ["number", "null"]}
+        if self.minimum is not None:
+            number["minimum"] = self.minimum
+        if self.above is not None:
+            number["exclusiveMinimum"] = self.above
+        return number
+
+
+COLLECTORS = ("rapl", "nvml", "cpu-model", "dram-model")
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("web.listen_address", "str", ":9875",
+            "Address to listen on for HTTP requests ([host]:port; ':9875' is every interface)."),
+    Setting("web.telemetry_path", "str", "/metrics", "Path under which metrics are exposed."),
+    Setting("path.sysfs", "str", "/sys", "sysfs mount point (RAPL under class/powercap)."),
+    Setting("path.procfs", "str", "/proc", "procfs mount point (CPU times, memory size)."),
+    Setting("sample.interval", "duration", "1s",
+            "How often sources are read: a Prometheus duration (500ms, 1s) or seconds (0.5)."),
+    *(Setting(f"collector.{name.replace('-', '_')}", "bool", True,
+              f"Enable the {name} collector (--no-collector.{name} disables it).")
+      for name in COLLECTORS),
+    Setting("carbon.zone", "str", None,
+            "Grid zone (ISO 3166-1 alpha-2 country code, e.g. DE) looked up in the bundled "
+            "dataset; default: the world average.", reloadable=True),
+    Setting("carbon.intensity", "float", None,
+            "Static grid intensity in gCO2e/kWh; overrides --carbon.zone.",
+            minimum=0, reloadable=True),
+    Setting("carbon.pue", "float", 1.0,
+            "Power usage effectiveness of the facility (>= 1), applied to operational emissions.",
+            minimum=1, reloadable=True),
+    Setting("cpu_model.idle_watts", "float", None,
+            "CPU model: node CPU power at 0% utilisation in watts (default: bundled CPU table, "
+            "else per-thread default).", minimum=0, reloadable=True),
+    Setting("cpu_model.max_watts", "float", None,
+            "CPU model: node CPU power at 100% utilisation in watts.", minimum=0, reloadable=True),
+    Setting("cpu_model.idle_watts_per_thread", "float", 0.74,
+            "CPU model fallback: idle watts per hardware thread (Cloud Carbon Footprint).",
+            minimum=0, reloadable=True),
+    Setting("cpu_model.max_watts_per_thread", "float", 3.5,
+            "CPU model fallback: full-load watts per hardware thread (Cloud Carbon Footprint).",
+            minimum=0, reloadable=True),
+    Setting("dram_model.watts_per_gib", "float", 0.4209,
+            "DRAM model: watts per GiB of installed memory (0.392 W/GB, Cloud Carbon Footprint).",
+            minimum=0, reloadable=True),
+    Setting("log.level", "choice", "info", "Log level.",
+            choices=("debug", "info", "warn", "error"), reloadable=True),
+    Setting("log.format", "choice", "logfmt", "Log format.", choices=("logfmt", "json")),
+)
+
+BY_KEY = {s.key: s for s in SETTINGS}
+
+
+def _nested_schema() -> dict[str, Any]:
+    root: dict[str, Any] = {"type": "object", "additionalProperties": False, "properties": {}}
+    for setting in SETTINGS:
+        section, _, name = setting.key.partition(".")
+        group = root["properties"].setdefault(
+            section, {"type": "object", "additionalProperties": False, "properties": {}}
+        )
+        group["properties"][name] = setting.schema()
+    return root
+
+
+SCHEMA = _nested_schema()
+_VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
+
+
+_TYPE_WORDS = {"number": "a number", "string": "a string", "boolean": "true or false",
+               "object": "a mapping", "null": "empty"}
+
+
+def _field(path: str, origin: str) -> str:
+    """Name the field the way the user wrote it: 'flag --carbon.pue', 'config file F: carbon.pue'."""
+    if origin == "flag" and path in BY_KEY:
+        return f"flag {BY_KEY[path].flag}"
+    if origin == "environment" and path in BY_KEY:
+        return f"environment {BY_KEY[path].env}"
+    return f"{origin}: {path}"
+
+
+def _describe(error: jsonschema.ValidationError, origin: str) -> str:
+    path = ".".join(str(p) for p in error.absolute_path)
+    where = _field(path, origin)
+    if error.validator == "additionalProperties":
+        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        prefix = f"{path}." if path else ""
+        return f"{origin}: unknown key {prefix}{extra[0]!s}"
+    if error.validator == "type" and not path:
+        return f"{origin}: the file must hold a mapping of sections, not {type(error.instance).__name__}"
+    if error.validator == "type" and len(error.absolute_path) == 1:
+        return f"{where} must be a mapping of settings"
+    if error.validator == "type":
+        wanted = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
+        words = " or ".join(_TYPE_WORDS.get(t, t) for t in wanted if t != "null")
+        return f"{where}: {error.instance!r} must be {words}"
+    if error.validator in ("minimum", "exclusiveMinimum"):
+        bound = error.validator_value
+        relation = "at least" if error.validator == "minimum" else "greater than"
+        return f"{where}: {error.instance!r} must be {relation} {bound:g}"
+    if error.validator == "enum":
+        return f"{where}: {error.instance!r} must be one of {', '.join(map(str, error.validator_value))}"
+    return f"{where}: {error.message}"
+
+
+def validate_tree(tree: Any, origin: str) -> dict[str, Any]:
+    """Validate a nested mapping against the schema; return flat {dotted key: value}."""
+    if tree is None:
+        tree = {}
+    error = jsonschema.exceptions.best_match(_VALIDATOR.iter_errors(tree))
+    if error is not None:
+        raise ConfigError(_describe(error, origin))
+    flat: dict[str, Any] = {}
+    for section, values in tree.items():
+        for name, value in (values or {}).items():
+            flat[f"{section}.{name}"] = value
+    for key, value in flat.items():
+        _check_value(BY_KEY[key], value, origin)
+    return flat
+
+
+def _check_value(setting: Setting, value: Any, origin: str) -> None:
+    where = _field(setting.key, origin)
+    if setting.kind == "duration":
+        try:
+            seconds = parse_duration(value)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        if seconds <= 0:
+            raise ConfigError(f"{where}: {value!r} must be greater than 0")
+    if setting.key == "web.telemetry_path" and not str(value).startswith("/"):
+        raise ConfigError(f"{where}: {value!r} must start with /")
+    if setting.key == "web.listen_address":
+        try:
+            split_listen_address(str(value))
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+
+
+def split_listen_address(address: str) -> tuple[str | None, int]:
+    """':9875' -> (None, 9875); '127.0.0.1:9875'; '[::1]:9875'."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{address!r} is not [host]:port with a port in 1-65535")
+    host = host.strip("[]")
+    return (host or None), int(port)
+
+
+def load_file(path: str) -> dict[str, Any]:
+    """Read and validate a YAML config file; flat {dotted key: value}."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            tree = yaml.safe_load(handle)
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "not valid YAML"
+        raise ConfigError(f"config file {path}{where}: {problem}") from None
+    return validate_tree(tree, f"config file {path}")
+
+
+def _coerce_env(setting: Setting, raw: str) -> Any:
+    origin = f"environment {setting.env}"
+    if setting.kind == "bool":
+        lowered = raw.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{origin}: {raw!r} is not a boolean (true/false)")
+    if setting.kind == "float":
+        try:
+            return float(raw)
+        except ValueError:
+            raise ConfigError(f"{origin}: {raw!r} is not a number") from None
+    return raw
+
+
+def from_environment(environ: dict[str, str]) -> dict[str, Any]:
+    flat = {}
+    for setting in SETTINGS:
+        if setting.env in environ:
+            flat[setting.key] = _coerce_env(setting, environ[setting.env])
+    tree: dict[str, dict[str, Any]] = {}
+    for key, value in flat.items():
+        section, _, name = key.partition(".")
+        tree.setdefault(section, {})[name] = value
+    return validate_tree(tree, "environment")
+
+
+def _from_flags(flags: dict[str, Any]) -> dict[str, Any]:
+    tree: dict[str, dict[str, Any]] = {}
+    for key, value in flags.items():
+        section, _, name = key.partition(".")
+        tree.setdefault(section, {})[name] = value
+    return validate_tree(tree, "flag")
+
+
+Config = dataclasses.make_dataclass(
+    "Config",
+    [(s.attr, Any, dataclasses.field(default=s.default)) for s in SETTINGS]
+    + [("config_file", Any, dataclasses.field(default=None))],
+    frozen=True,
+)
+Config.__doc__ = "Resolved settings; attribute names are the dotted keys with '.' -> '_'."
+
+
+def _finish(values: dict[str, Any]) -> Any:
+    out = {}
+    for setting in SETTINGS:
+        value = values.get(setting.key, setting.default)
+        if setting.kind == "duration":
+            value = parse_duration(value)
+        elif setting.kind == "float" and value is not None:
+            value = float(value)
+        out[setting.attr] = value
+    config = Config(**out, config_file=values.get("config_file"))
+    if config.cpu_model_idle_watts is not None and config.cpu_model_max_watts is not None:
+        if config.cpu_model_max_watts < config.cpu_model_idle_watts:
+            raise ConfigError("cpu_model.max_watts must be at least cpu_model.idle_watts")
+    return config
+
+
+def resolve(flags: dict[str, Any], config_file: str | None, environ: dict[str, str] | None = None) -> Any:
+    """Merge defaults < config file < environment < flags into a Config, or raise ConfigError."""
+    environ = dict(os.environ) if environ is None else environ
+    values: dict[str, Any] = {}
+    if config_file:
+        values.update(load_file(config_file))
+    values.update(from_environment(environ))
+    values.update(_from_flags({k: v for k, v in flags.items() if v is not None}))
+    values["config_file"] = config_file
+    return _finish(values)
+
+
+def changed_keys(old: Any, new: Any) -> list[str]:
+    return [s.key for s in SETTINGS if getattr(old, s.attr) != getattr(new, s.attr)]

@@ -1,0 +1,113 @@
+"""The one place where metric names, types, help texts and label names are defined.
+
+The collector renders from these specs; the README's metric table, the rules and the
+tests are checked against them (tests/test_contract.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    name: str  # full name as scraped (counters include the _total suffix)
+    type: str  # counter, gauge, summary, info
+    help: str
+    labels: tuple[str, ...] = ()
+
+    @property
+    def family_name(self) -> str:
+        """Name handed to prometheus_client, which appends _total to counters itself."""
+        if self.type == "counter" and self.name.endswith("_total"):
+            return self.name[: -len("_total")]
+        return self.name
+
+
+ENERGY_LABELS = ("component", "device", "source")
+
+ENERGY = MetricSpec(
+    "carbon_energy_joules_total", "counter",
+    "Energy used by a top-level device since the exporter started, in joules. "
+    "Summing over all series gives the node's energy.",
+    ENERGY_LABELS,
+)
+POWER = MetricSpec(
+    "carbon_power_watts", "gauge",
+    "Power of a top-level device over the last sample interval, in watts.",
+    ENERGY_LABELS,
+)
+RAPL_DOMAIN_ENERGY = MetricSpec(
+    "carbon_rapl_domain_joules_total", "counter",
+    "Energy of every RAPL zone as read (package, core, uncore, dram, psys), in joules. "
+    "Zones overlap: do not sum across domains.",
+    ("domain", "device"),
+)
+GPU_POWER_LIMIT = MetricSpec(
+    "carbon_gpu_power_limit_watts", "gauge",
+    "Enforced power limit of a GPU, in watts.",
+    ("device", "uuid"),
+)
+GPU_INFO = MetricSpec(
+    "carbon_gpu_info", "gauge",
+    "GPU identity; always 1. Join on device.",
+    ("device", "uuid", "name", "driver_version", "pci_bus_id"),
+)
+GRID_INTENSITY = MetricSpec(
+    "carbon_grid_intensity_grams_per_kwh", "gauge",
+    "Grid carbon intensity in force, in gCO2e per kWh (kWh, not joules, because every "
+    "grid operator publishes it per kWh).",
+    ("grid_zone", "provider", "kind"),
+)
+GRID_INTENSITY_AGE = MetricSpec(
+    "carbon_grid_intensity_age_seconds", "gauge",
+    "Age of the grid carbon intensity value in force, in seconds.",
+    ("grid_zone", "provider"),
+)
+PUE = MetricSpec(
+    "carbon_pue_ratio", "gauge",
+    "Power usage effectiveness applied to operational emissions (facility energy / IT energy).",
+)
+EMISSIONS = MetricSpec(
+    "carbon_emissions_grams_total", "counter",
+    "Emissions integrated in the exporter since it started, in grams CO2e. Operational "
+    "scope = energy x intensity in force at that sample x PUE.",
+    ("component", "device", "scope"),
+)
+EMISSIONS_RATE = MetricSpec(
+    "carbon_emissions_grams_per_second", "gauge",
+    "Node emissions over the last sample interval, in grams CO2e per second.",
+    ("scope",),
+)
+COLLECTOR_UP = MetricSpec(
+    "carbon_exporter_collector_up", "gauge",
+    "1 if the collector worked at the last sample, else 0; reason is ok, absent, "
+    "permission, error or superseded.",
+    ("collector", "reason"),
+)
+SAMPLE_DURATION = MetricSpec(
+    "carbon_exporter_sample_duration_seconds", "summary",
+    "Wall time spent reading each collector's source, in seconds.",
+    ("collector",),
+)
+COUNTER_GLITCHES = MetricSpec(
+    "carbon_exporter_counter_glitches_total", "counter",
+    "Energy deltas dropped instead of counted: reason=reset (counter went back without a "
+    "wraparound) or implausible (implied power above the device's physical bound).",
+    ("collector", "device", "reason"),
+)
+LAST_SAMPLE = MetricSpec(
+    "carbon_exporter_last_sample_timestamp_seconds", "gauge",
+    "Unix time of the last completed sample cycle.",
+)
+BUILD_INFO = MetricSpec(
+    "carbon_exporter_build_info", "gauge",
+    "Build information; always 1.",
+    ("version", "python"),
+)
+
+ALL: tuple[MetricSpec, ...] = (
+    ENERGY, POWER, RAPL_DOMAIN_ENERGY, GPU_POWER_LIMIT, GPU_INFO,
+    GRID_INTENSITY, GRID_INTENSITY_AGE, PUE, EMISSIONS, EMISSIONS_RATE,
+    COLLECTOR_UP, SAMPLE_DURATION, COUNTER_GLITCHES, LAST_SAMPLE, BUILD_INFO,
+)

@@ -1,0 +1,197 @@
+"""The sampling clock: reads every source on --sample.interval, feeds the ledger and publishes
+an immutable Snapshot that scrapes render. Scrapes never wait on hardware.
+
+Each measured source (RAPL, NVML) reads in its own worker thread, so a hung driver stalls
+only itself: a read still running after one interval is reported as an error and its
+result, when it comes, is used at the next cycle (counters make late readings harmless).
+Model sources run after the measured ones, in the same cycle, so they know which
+components counters already cover.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from exporter.carbon import Intensity
+from exporter.ledger import Ledger, grams_per_joule
+from exporter.sources import ERROR, GpuInfo, Source, SourceResult, Status
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class EnergySeries:
+    component: str
+    device: str
+    source: str
+    joules: float
+    watts: float | None  # None when the device was not read at the last sample
+    grams: float
+
+
+@dataclass(frozen=True, slots=True)
+class CollectorState:
+    name: str
+    status: Status
+    duration_sum: float
+    duration_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Everything a scrape shows, frozen at the end of a sample cycle."""
+
+    timestamp: float | None  # unix time of the cycle; None before the first one
+    energy: tuple[EnergySeries, ...] = ()
+    rapl_domains: tuple[tuple[str, str, float], ...] = ()  # (domain, device, joules)
+    gpus: tuple[GpuInfo, ...] = ()
+    intensity: Intensity | None = None
+    pue: float = 1.0
+    grams_per_second: float | None = None
+    collectors: tuple[CollectorState, ...] = ()
+    glitches: tuple[tuple[str, str, str, int], ...] = ()  # (collector, device, reason, count)
+
+
+@dataclass(slots=True)
+class _Worker:
+    source: Source
+    executor: ThreadPoolExecutor | None  # None for models: they share the models' thread
+    pending: Future | None = None
+    pending_since: float = 0.0
+    status: Status = field(default_factory=lambda: Status(ERROR, "not read yet"))
+    duration_sum: float = 0.0
+    duration_count: int = 0
+
+
+def _timed_read(source: Source, covered: frozenset[str]) -> tuple[SourceResult, float]:
+    started = time.perf_counter()
+    try:
+        result = source.read(covered)
+    except Exception as exc:  # a source bug must not stop the sampler
+        log.exception("collector %s raised", source.name)
+        result = SourceResult(Status(ERROR, f"{type(exc).__name__}: {exc}"))
+    return result, time.perf_counter() - started
+
+
+class Sampler:
+    def __init__(self, measured: list[Source], models: list[Source], interval: float,
+                 intensity: Intensity, pue: float) -> None:
+        self.interval = interval
+        self.intensity = intensity
+        self.pue = pue
+        self.ledger = Ledger(max_power_gap=max(5 * interval, 5.0))
+        self.workers = [
+            _Worker(s, ThreadPoolExecutor(1, thread_name_prefix=f"collector-{s.name}"))
+            for s in measured
+        ]
+        self.model_workers = [_Worker(s, None) for s in models]
+        self.model_executor = ThreadPoolExecutor(1, thread_name_prefix="collector-models")
+        self.gpus: tuple[GpuInfo, ...] = ()
+        self.snapshot = Snapshot(timestamp=None, intensity=intensity, pue=pue)
+        self.cycles = 0
+        self.last_cycle_at: float | None = None
+
+    @property
+    def sources(self) -> list[Source]:
+        return [w.source for w in self.workers + self.model_workers]
+
+    def _record(self, worker: _Worker, result: SourceResult, duration: float) -> None:
+        worker.duration_sum += duration
+        worker.duration_count += 1
+        previous = worker.status
+        worker.status = result.status
+        if previous.reason != result.status.reason or self.cycles == 0:
+            level = logging.WARNING if result.status.reason in ("error", "permission") else logging.INFO
+            log.log(level, "collector %s: %s%s", worker.source.name, result.status.reason,
+                    f" ({result.status.detail})" if result.status.detail else "")
+
+    async def cycle(self) -> Snapshot:
+        loop = asyncio.get_running_loop()
+        readings = []
+        now = time.monotonic()
+        for worker in self.workers:
+            if worker.pending is None:
+                worker.pending = loop.run_in_executor(
+                    worker.executor, _timed_read, worker.source, frozenset())
+                worker.pending_since = now
+        pending = [w.pending for w in self.workers]
+        if pending:
+            await asyncio.wait(pending, timeout=self.interval)
+        for worker in self.workers:
+            if not worker.pending.done():
+                stuck = time.monotonic() - worker.pending_since
+                self._record(worker, SourceResult(Status(
+                    ERROR, f"read still running after {stuck:.1f} s")), 0.0)
+                continue
+            result, duration = worker.pending.result()
+            worker.pending = None
+            self._record(worker, result, duration)
+            readings.extend(result.readings)
+            if worker.source.name == "nvml":
+                self.gpus = tuple(result.gpus)
+        covered = frozenset(r.component for r in readings if r.component)
+        if self.model_workers:
+            model_results = await loop.run_in_executor(
+                self.model_executor,
+                lambda: [_timed_read(w.source, covered) for w in self.model_workers])
+            for worker, (result, duration) in zip(self.model_workers, model_results):
+                self._record(worker, result, duration)
+                readings.extend(result.readings)
+        return self._publish(readings)
+
+    def _publish(self, readings) -> Snapshot:
+        intensity, pue = self.intensity, self.pue
+        grams = self.ledger.update(readings, grams_per_joule(intensity.grams_per_kwh, pue))
+        now = time.monotonic()
+        rate = None
+        if self.last_cycle_at is not None and now > self.last_cycle_at:
+            rate = grams / (now - self.last_cycle_at)
+        self.last_cycle_at = now
+        self.cycles += 1
+        tracks = self.ledger.tracks.values()
+        self.snapshot = Snapshot(
+            timestamp=time.time(),
+            energy=tuple(EnergySeries(t.component, t.device, t.source, t.joules, t.watts, t.grams)
+                         for t in tracks if t.component),
+            rapl_domains=tuple((t.domain, t.device, t.joules) for t in tracks if t.domain),
+            gpus=self.gpus,
+            intensity=intensity,
+            pue=pue,
+            grams_per_second=rate,
+            collectors=tuple(CollectorState(w.source.name, w.status, w.duration_sum, w.duration_count)
+                             for w in self.workers + self.model_workers),
+            glitches=tuple((c, d, r, n) for (c, d, r), n in self.ledger.glitches.items()),
+        )
+        return self.snapshot
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Sample until `stop` is set, on a fixed grid so slow cycles do not drift."""
+        next_at = time.monotonic()
+        while not stop.is_set():
+            try:
+                await self.cycle()
+            except Exception:  # keep sampling: the next cycle may work
+                log.exception("sample cycle failed")
+            next_at += self.interval
+            delay = next_at - time.monotonic()
+            if delay < 0:  # overran: skip the missed ticks rather than bunching cycles
+                next_at = time.monotonic()
+                delay = 0
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=delay)
+            except asyncio.TimeoutError:
+                pass
+
+    def close(self) -> None:
+        for worker in self.workers:
+            worker.executor.shutdown(wait=False, cancel_futures=True)
+        self.model_executor.shutdown(wait=False, cancel_futures=True)
+        for source in self.sources:
+            try:
+                source.close()
+            except Exception:
+                log.exception("closing collector %s", source.name)
