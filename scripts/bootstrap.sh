@@ -1,0 +1,57 @@
+#!/bin/sh
+# Bootstrap a fresh Debian/Ubuntu checkout: a venv in .venv with the project installed,
+# and with --with-prometheus the Debian `prometheus` package (server + promtool) the tests use.
+# Idempotent: a second run only checks. Sourced-free: run it, it prints what it does.
+set -eu
+cd "$(dirname "$0")/.."
+
+want_prometheus=no
+[ "${1:-}" = "--with-prometheus" ] && want_prometheus=yes
+
+is_root() { [ "$(id -u)" = 0 ]; }
+apt_install() {
+    if is_root; then
+        echo "bootstrap: apt-get install $*" >&2
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >&2
+    else
+        echo "bootstrap: missing Debian packages; run: sudo apt-get install -y $*" >&2
+        exit 1
+    fi
+}
+
+python=""
+for candidate in python3.13 python3.12 python3.11 python3; do
+    if command -v "$candidate" >/dev/null 2>&1 &&
+       "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+        python=$candidate
+        break
+    fi
+done
+if [ -z "$python" ]; then
+    echo "bootstrap: Python 3.11 or newer is needed (Debian 12: apt-get install python3)" >&2
+    exit 1
+fi
+
+if [ ! -x .venv/bin/python ]; then
+    if ! "$python" -c 'import ensurepip, venv' 2>/dev/null; then
+        apt_install python3-venv
+    fi
+    echo "bootstrap: creating .venv with $python" >&2
+    "$python" -m venv .venv
+fi
+
+# Reinstall only when the dependency list changed.
+stamp=.venv/.carbon-exporter-installed
+digest=$(cat pyproject.toml | cksum)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$digest" ]; then
+    echo "bootstrap: installing carbon-exporter and its test extras into .venv" >&2
+    .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' >&2
+    echo "$digest" > "$stamp"
+fi
+
+if [ "$want_prometheus" = yes ]; then
+    if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
+        apt_install prometheus
+    fi
+fi
