@@ -68,6 +68,16 @@ class Delta:
     seconds: float
 
 
+@dataclass(frozen=True, slots=True)
+class Counted:
+    """Energy and operational emissions one sample added to a top-level device."""
+
+    component: str
+    device: str
+    joules: float
+    grams: float
+
+
 class Ledger:
     """Per-series counters. Not thread-safe: used from the sampler's task only."""
 
@@ -111,10 +121,10 @@ class Ledger:
             return Delta(None, seconds)
         return Delta((track.last_value + reading.value) / 2 * seconds, seconds)
 
-    def update(self, readings: list[Reading], grams_per_joule: float) -> float:
-        """Apply one sample's readings; return the operational grams this sample added."""
+    def update(self, readings: list[Reading], grams_per_joule: float) -> list[Counted]:
+        """Apply one sample's readings; return what this sample added to top-level devices."""
         seen = set()
-        grams_added = 0.0
+        counted: list[Counted] = []
         for reading in readings:
             key = reading.key
             seen.add(key)
@@ -140,12 +150,12 @@ class Ledger:
             if track.component is not None:
                 grams = delta.joules * grams_per_joule
                 track.grams += grams
-                grams_added += grams
+                counted.append(Counted(track.component, track.device, delta.joules, grams))
         for key, track in self.tracks.items():
             if key not in seen and track.present:
                 track.present = False
                 track.watts = None
-        return grams_added
+        return counted
 
 
 def grams_per_joule(grams_per_kwh: float, pue: float) -> float:

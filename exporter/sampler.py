@@ -145,7 +145,8 @@ class Sampler:
 
     def _publish(self, readings) -> Snapshot:
         intensity, pue = self.intensity, self.pue
-        grams = self.ledger.update(readings, grams_per_joule(intensity.grams_per_kwh, pue))
+        counted = self.ledger.update(readings, grams_per_joule(intensity.grams_per_kwh, pue))
+        grams = sum(c.grams for c in counted)
         now = time.monotonic()
         rate = None
         if self.last_cycle_at is not None and now > self.last_cycle_at:
