@@ -1,0 +1,170 @@
+"""Real processes for integration tests: the carbon-exporter daemon and a Prometheus server
+(Debian's /usr/bin/prometheus), both on 127.0.0.1 with free ports, stopped at teardown."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+FAKES = ROOT / "tests" / "fakes"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def http_get(url: str, headers: dict[str, str] | None = None, timeout: float = 5.0):
+    """(status, headers, body bytes); HTTP errors are returned, not raised."""
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
+    deadline = time.monotonic() + timeout
+    last_error = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as exc:  # keep polling until the deadline
+            last_error = exc
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what} (last error: {last_error})")
+
+
+class ExporterProcess:
+    """`python -m exporter` as a child process; fake_nvml=True puts tests/fakes first on the
+    path so `import pynvml` finds the fake (driven by the JSON file in FAKE_NVML_STATE)."""
+
+    def __init__(self, tmp: Path, args: list[str], env: dict[str, str] | None = None,
+                 fake_nvml_state: Path | None = None) -> None:
+        self.port = free_port()
+        self.log_path = tmp / f"exporter-{self.port}.log"
+        self.url = f"http://127.0.0.1:{self.port}"
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("CARBON_EXPORTER_")}
+        environ.update(env or {})
+        if fake_nvml_state is not None:
+            environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(FAKES), environ.get("PYTHONPATH")]))
+            environ["FAKE_NVML_STATE"] = str(fake_nvml_state)
+        self.cmd = [sys.executable, "-m", "exporter", f"--web.listen-address=127.0.0.1:{self.port}", *args]
+        self.log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(self.cmd, stdout=self.log, stderr=subprocess.STDOUT,
+                                     env=environ, cwd=ROOT)
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        def healthy():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"exporter exited with {self.proc.returncode}:\n{self.output()}")
+            return http_get(self.url + "/healthz", timeout=1)[0] == 200
+        wait_for(healthy, timeout, "exporter /healthz")
+
+    def output(self) -> str:
+        self.log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def metrics(self) -> str:
+        status, _, body = http_get(self.url + "/metrics")
+        assert status == 200, body
+        return body.decode()
+
+    def signal(self, signum: int) -> None:
+        self.proc.send_signal(signum)
+
+    def stop(self, timeout: float = 10.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        return self.proc.returncode
+
+
+def prometheus_binary() -> str | None:
+    return shutil.which("prometheus")
+
+
+class PrometheusServer:
+    """A real Prometheus scraping `targets` every `interval`, loading `rule_files`."""
+
+    def __init__(self, tmp: Path, targets: list[str], interval: str = "1s",
+                 rule_files: list[Path] | None = None, job: str = "carbon-exporter") -> None:
+        binary = prometheus_binary()
+        if binary is None:
+            raise RuntimeError("prometheus is not installed: run ./scripts/test.sh, which installs it")
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.dir = tmp / f"prometheus-{self.port}"
+        self.dir.mkdir()
+        config = {
+            "global": {"scrape_interval": interval, "evaluation_interval": interval},
+            "scrape_configs": [{"job_name": job, "static_configs": [{"targets": targets}]}],
+        }
+        if rule_files:
+            config["rule_files"] = [str(p) for p in rule_files]
+        (self.dir / "prometheus.yml").write_text(yaml.safe_dump(config))
+        self.log_path = self.dir / "prometheus.log"
+        self.log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen([
+            binary, f"--config.file={self.dir / 'prometheus.yml'}",
+            f"--storage.tsdb.path={self.dir / 'data'}",
+            f"--web.listen-address=127.0.0.1:{self.port}",
+            "--web.enable-lifecycle", "--log.level=warn",
+        ], stdout=self.log, stderr=subprocess.STDOUT)
+        wait_for(self._ready, 30, "prometheus /-/ready")
+
+    def _ready(self) -> bool:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"prometheus exited:\n{self.log_path.read_text()}")
+        return http_get(self.url + "/-/ready", timeout=1)[0] == 200
+
+    def api(self, path: str, **params) -> dict:
+        url = f"{self.url}/api/v1/{path}?{urllib.parse.urlencode(params)}"
+        status, _, body = http_get(url, timeout=30)
+        payload = json.loads(body)
+        if status != 200 or payload.get("status") != "success":
+            raise AssertionError(f"{path} {params}: HTTP {status}: {payload}")
+        return payload["data"]
+
+    def query(self, expr: str, at: float | None = None) -> list[dict]:
+        params = {"query": expr}
+        if at is not None:
+            params["time"] = f"{at:.3f}"
+        return self.api("query", **params)["result"]
+
+    def scalar(self, expr: str, at: float | None = None) -> float:
+        result = self.query(expr, at)
+        assert len(result) == 1, f"{expr}: expected one series, got {result}"
+        return float(result[0]["value"][1])
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
