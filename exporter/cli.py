@@ -24,6 +24,7 @@ from exporter.sources.cpu_model import CpuModelSource
 from exporter.sources.dram_model import DramModelSource
 from exporter.sources.nvml import NvmlSource
 from exporter.sources.rapl import RaplSource
+from exporter.webconfig import WebSecurity
 
 log = logging.getLogger("exporter")
 
@@ -49,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="YAML config file with the same settings (reloaded on SIGHUP). "
                              "[env CARBON_EXPORTER_CONFIG_FILE]")
     for setting in SETTINGS:
-        text = f"{setting.help} [env {setting.env}]"
+        text = f"{setting.help} [env {setting.env}]".replace("%", "%%")  # argparse formats help
         if setting.kind == "bool":
             parser.add_argument(setting.flag, dest=setting.key, default=None,
                                 action=argparse.BooleanOptionalAction,
@@ -111,7 +112,7 @@ def build_sources(config) -> tuple[list[Source], list[Source]]:
     measured: list[Source] = []
     models: list[Source] = []
     if config.collector_rapl:
-        measured.append(RaplSource(config.path_sysfs))
+        measured.append(RaplSource(config.path_sysfs, config.rapl_min_interval))
     if config.collector_nvml:
         measured.append(NvmlSource())
     if config.collector_cpu_model:
@@ -126,6 +127,7 @@ class Daemon:
         self.config = config
         self.flags = flags
         self.intensity = static_intensity(config)
+        self.security = WebSecurity(config.web_config_file, int(config.web_max_requests))
         measured, models = build_sources(config)
         self.sampler = Sampler(measured, models, config.sample_interval, self.intensity,
                                config.carbon_pue)
@@ -133,6 +135,8 @@ class Daemon:
 
     def reload(self) -> None:
         """SIGHUP: re-read the config file; keep the running config if the new one is bad."""
+        if self.security.config.path:
+            self.security.reload()  # on its own: a bad config file must not block it
         try:
             new = resolve(self.flags, self.config.config_file)
             intensity = static_intensity(new)
@@ -161,25 +165,34 @@ class Daemon:
         loop.add_signal_handler(signal.SIGINT, self.stop.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         host, port = split_listen_address(self.config.web_listen_address)
-        app = make_app(self.sampler, self.config.web_telemetry_path)
+        app = make_app(self.sampler, self.config.web_telemetry_path, self.security)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         try:
-            await web.TCPSite(runner, host, port, backlog=128).start()
+            await web.TCPSite(runner, host, port, backlog=128,
+                              ssl_context=self.security.ssl_context).start()
         except OSError as exc:
             log.error("cannot listen on %s: %s", self.config.web_listen_address, exc.strerror)
             await runner.cleanup()
             self.sampler.close()
             return 1
-        log.info("carbon-exporter %s listening on %s, metrics at %s, sampling every %gs; "
+        log.info("carbon-exporter %s listening on %s (%s), metrics at %s, sampling every %gs; "
                  "intensity %g gCO2e/kWh (zone %s, %s), PUE %g", __version__,
-                 self.config.web_listen_address, self.config.web_telemetry_path,
+                 self.config.web_listen_address, "https" if self.security.ssl_context else "http",
+                 self.config.web_telemetry_path,
                  self.sampler.interval, self.intensity.grams_per_kwh,
                  self.intensity.grid_zone or "-", self.intensity.provider, self.config.carbon_pue)
+        if host not in ("127.0.0.1", "::1", "localhost") and not (
+                self.security.config.tls or self.security.config.users):
+            log.warning("listening on %s without TLS or basic auth: anyone who can reach the "
+                        "port reads this node's power (see README, Security)",
+                        self.config.web_listen_address)
         sampling = asyncio.create_task(self.sampler.run(self.stop))
+        watching = asyncio.create_task(self.security.watch(self.stop))
         await self.stop.wait()
         log.info("shutting down")
         await sampling
+        await watching
         await runner.cleanup()
         self.sampler.close()
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):

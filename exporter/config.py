@@ -53,10 +53,11 @@ class Setting:
     above: float | None = None  # exclusive lower bound
     choices: tuple[str, ...] = ()
     reloadable: bool = False  # applied on SIGHUP without a restart
+    flag_name: str | None = None  # where convention differs from the key (--web.config.file)
 
     @property
     def flag(self) -> str:
-        return "--" + self.key.replace("_", "-")
+        return self.flag_name or "--" + self.key.replace("_", "-")
 
     @property
     def env(self) -> str:
@@ -86,9 +87,16 @@ class Setting:
 COLLECTORS = ("rapl", "nvml", "cpu-model", "dram-model")
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("web.listen_address", "str", ":9875",
-            "Address to listen on for HTTP requests ([host]:port; ':9875' is every interface)."),
+    Setting("web.listen_address", "str", "127.0.0.1:9875",
+            "Address to listen on for HTTP requests ([host]:port; ':9875' is every interface: "
+            "use it with --web.config.file or a firewall)."),
     Setting("web.telemetry_path", "str", "/metrics", "Path under which metrics are exposed."),
+    Setting("web.config_file", "str", None,
+            "Web config file (exporter-toolkit format): TLS, mutual TLS, basic auth, headers. "
+            "Reloaded when it or its certificates change.", flag_name="--web.config.file"),
+    Setting("web.max_requests", "float", 40,
+            "Maximum number of concurrent requests (scrapes); more get 503. 0 means no limit.",
+            minimum=0),
     Setting("path.sysfs", "str", "/sys", "sysfs mount point (RAPL under class/powercap)."),
     Setting("path.procfs", "str", "/proc", "procfs mount point (CPU times, memory size)."),
     Setting("sample.interval", "duration", "1s",
@@ -96,6 +104,10 @@ SETTINGS: tuple[Setting, ...] = (
     *(Setting(f"collector.{name.replace('-', '_')}", "bool", True,
               f"Enable the {name} collector (--no-collector.{name} disables it).")
       for name in COLLECTORS),
+    Setting("rapl.min_interval", "duration", "0s",
+            "Read RAPL energy counters at most this often (e.g. 1s), whatever --sample.interval, "
+            "to bound the energy resolution scrapers see (Platypus side channel). 0s: every "
+            "sample.", minimum=0, reloadable=True),
     Setting("carbon.zone", "str", None,
             "Grid zone (ISO 3166-1 alpha-2 country code, e.g. DE) looked up in the bundled "
             "dataset; default: the world average.", reloadable=True),
@@ -202,8 +214,12 @@ def _check_value(setting: Setting, value: Any, origin: str) -> None:
             seconds = parse_duration(value)
         except ValueError as exc:
             raise ConfigError(f"{where}: {exc}") from None
-        if seconds <= 0:
+        if setting.minimum is not None and seconds < setting.minimum:
+            raise ConfigError(f"{where}: {value!r} must be at least {setting.minimum:g}s")
+        if setting.minimum is None and seconds <= 0:
             raise ConfigError(f"{where}: {value!r} must be greater than 0")
+    if setting.key == "web.max_requests" and value is not None and float(value) != int(value):
+        raise ConfigError(f"{where}: {value!r} must be a whole number")
     if setting.key == "web.telemetry_path" and not str(value).startswith("/"):
         raise ConfigError(f"{where}: {value!r} must start with /")
     if setting.key == "web.listen_address":

@@ -12,6 +12,7 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 from exporter import __version__
 from exporter.collector import SnapshotCollector
 from exporter.sampler import Sampler
+from exporter.webconfig import WebSecurity
 
 # No endpoint takes a body; anything bigger than this is refused with 413.
 MAX_REQUEST_BYTES = 16 * 1024
@@ -65,8 +66,13 @@ def make_registry(sampler: Sampler) -> CollectorRegistry:
     return registry
 
 
-def make_app(sampler: Sampler, telemetry_path: str = "/metrics") -> web.Application:
-    app = web.Application(client_max_size=MAX_REQUEST_BYTES)
+def make_app(sampler: Sampler, telemetry_path: str = "/metrics",
+             security: WebSecurity | None = None) -> web.Application:
+    # The security middleware (auth, concurrency limit) is outermost: refused requests cost little.
+    middlewares = [security.middleware] if security else []
+    app = web.Application(client_max_size=MAX_REQUEST_BYTES, middlewares=middlewares)
+    if security:
+        app.on_response_prepare.append(security.add_headers)
     app[SAMPLER_KEY] = sampler
     app[PATH_KEY] = telemetry_path
     metrics_handler = make_aiohttp_handler(make_registry(sampler))

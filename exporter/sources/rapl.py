@@ -75,13 +75,34 @@ def read_microjoules(path: str) -> float:
     return int(text) / 1e6
 
 
+# Reads this much early still count as on time: the sampler's grid jitters by milliseconds.
+_MIN_INTERVAL_SLACK = 0.02
+
+
 class RaplSource(Source):
     name = "rapl"
 
-    def __init__(self, sysfs: str) -> None:
+    def __init__(self, sysfs: str, min_interval: float = 0.0) -> None:
         self.root = os.path.join(sysfs, "class", "powercap")
         self.zones: dict[str, Zone] = {}
         self.bad_zones: dict[str, str] = {}  # dirname -> why it was skipped at discovery
+        # Side channel bound (Platypus, CVE-2020-8694): between two real reads the previous
+        # result is returned unchanged, readings and timestamps alike, so the ledger sees no
+        # new delta and exported energy and power move at most once per min_interval.
+        self.min_interval = min_interval
+        self._last: tuple[float, SourceResult] | None = None
+
+    def configure(self, config) -> None:
+        """SIGHUP: --rapl.min-interval is reloadable."""
+        self.min_interval = config.rapl_min_interval
+
+    def read(self, covered: frozenset[str] = frozenset()) -> SourceResult:
+        now = time.monotonic()
+        if self._last is not None and now - self._last[0] < self.min_interval - _MIN_INTERVAL_SLACK:
+            return self._last[1]
+        result = self._read()
+        self._last = (now, result)
+        return result
 
     def _load_zone(self, dirname: str, control: str, package_index: str, sub_index: str | None) -> Zone:
         path = os.path.join(self.root, dirname)
@@ -132,7 +153,7 @@ class RaplSource(Source):
                 best[key] = zone
         return sorted(best.values(), key=lambda z: z.dirname)
 
-    def read(self, covered: frozenset[str] = frozenset()) -> SourceResult:
+    def _read(self) -> SourceResult:
         problems = self._discover()
         if not self.zones:
             if problems:
