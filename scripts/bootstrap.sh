@@ -1,6 +1,7 @@
 #!/bin/sh
 # Bootstrap a fresh Debian/Ubuntu checkout: a venv in .venv with the project installed,
-# and with --with-prometheus the Debian `prometheus` package (server + promtool) the tests use.
+# and with --with-prometheus the Debian `prometheus` package (server + promtool) the tests use,
+# plus `systemd` for systemd-analyze (the unit tests; harmless in a container: nothing starts).
 # Idempotent: a second run only checks. Sourced-free: run it, it prints what it does.
 set -eu
 cd "$(dirname "$0")/.."
@@ -53,5 +54,8 @@ fi
 if [ "$want_prometheus" = yes ]; then
     if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
         apt_install prometheus
+    fi
+    if ! command -v systemd-analyze >/dev/null 2>&1; then
+        apt_install systemd
     fi
 fi

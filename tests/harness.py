@@ -57,7 +57,7 @@ class ExporterProcess:
     path so `import pynvml` finds the fake (driven by the JSON file in FAKE_NVML_STATE)."""
 
     def __init__(self, tmp: Path, args: list[str], env: dict[str, str] | None = None,
-                 fake_nvml_state: Path | None = None) -> None:
+                 fake_nvml_state: Path | None = None, preexec_fn=None) -> None:
         self.port = free_port()
         self.log_path = tmp / f"exporter-{self.port}.log"
         self.url = f"http://127.0.0.1:{self.port}"
@@ -68,8 +68,9 @@ class ExporterProcess:
             environ["FAKE_NVML_STATE"] = str(fake_nvml_state)
         self.cmd = [sys.executable, "-m", "exporter", f"--web.listen-address=127.0.0.1:{self.port}", *args]
         self.log = open(self.log_path, "wb")
+        # preexec_fn: run in the child before exec (drop privileges, kernel restrictions).
         self.proc = subprocess.Popen(self.cmd, stdout=self.log, stderr=subprocess.STDOUT,
-                                     env=environ, cwd=ROOT)
+                                     env=environ, cwd=ROOT, preexec_fn=preexec_fn)
 
     def wait_ready(self, timeout: float = 20.0) -> None:
         def healthy():
