@@ -6,7 +6,7 @@
     python grafana/generate.py --check         # exit 1 if the committed JSON is out of date
 
 Built with Grafana's own grafana-foundation-sdk (version pinned in
-grafana/requirements.txt). Output is deterministic: keys sorted, panel ids and
+pyproject.toml test extras). Output is deterministic: keys sorted, panel ids and
 uids fixed, so the committed JSON changes only when this file does.
 
 Three dashboards, linked to each other by the tag `carbon-exporter`:

@@ -1,6 +1,6 @@
 """Grafana dashboards: generated from grafana/generate.py, committed, and valid PromQL.
 
-Regeneration needs grafana-foundation-sdk (pinned in grafana/requirements.txt);
+Regeneration needs grafana-foundation-sdk (pinned in pyproject.toml test extras);
 PromQL checks need promtool. Without them these tests are skipped locally with
 a message, but fail when CI=true.
 """
@@ -50,7 +50,7 @@ def load_generator():
     try:
         import grafana_foundation_sdk  # noqa: F401
     except ImportError:
-        required("grafana-foundation-sdk not installed (pip install -r grafana/requirements.txt)")
+        required("grafana-foundation-sdk not installed (pip install -r pyproject.toml test extras)")
     spec = importlib.util.spec_from_file_location("carbon_dashboards_generate", GENERATOR)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
