@@ -60,6 +60,19 @@ async def healthz(request: web.Request) -> web.Response:
     return web.Response(text="ok\n")
 
 
+@web.middleware
+async def refuse_large_bodies(request: web.Request, handler):
+    """GET handlers never read the body, so aiohttp's client_max_size alone would let any
+    size through: refuse a declared large one at once, and read a chunked one, which raises
+    413 above MAX_REQUEST_BYTES."""
+    size = request.content_length
+    if size is not None and size > MAX_REQUEST_BYTES:
+        raise web.HTTPRequestEntityTooLarge(max_size=MAX_REQUEST_BYTES, actual_size=size)
+    if request.body_exists:
+        await request.read()
+    return await handler(request)
+
+
 def make_registry(sampler: Sampler) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=True)
     registry.register(SnapshotCollector(lambda: sampler.snapshot))
@@ -95,8 +108,8 @@ class MetricsHandler:
 
 def make_app(sampler: Sampler, telemetry_path: str = "/metrics",
              security: WebSecurity | None = None) -> web.Application:
-    # The security middleware (auth, concurrency limit) is outermost: refused requests cost little.
-    middlewares = [security.middleware] if security else []
+    # Cheap refusals first: oversized bodies, then auth and the concurrency limit.
+    middlewares = [refuse_large_bodies] + ([security.middleware] if security else [])
     app = web.Application(client_max_size=MAX_REQUEST_BYTES, middlewares=middlewares)
     if security:
         app.on_response_prepare.append(security.add_headers)
