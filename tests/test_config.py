@@ -134,7 +134,7 @@ def test_precedence_flags_over_env_over_file_over_defaults(tmp_path):
     assert config.carbon_intensity == 200.0  # environment over file
     assert config.dram_model_watts_per_gib == 0.5  # file over default
     assert config.sample_interval == 1.0  # default
-    assert config.web_listen_address == ":9875"
+    assert config.web_listen_address == "127.0.0.1:9875"  # default: loopback only
     assert config.config_file == path
     assert resolve({}, path, {}).carbon_pue == 1.1
     assert resolve({}, None, {}).carbon_pue == 1.0

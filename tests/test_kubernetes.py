@@ -151,7 +151,7 @@ def test_operator_objects_validate_against_their_crd_schemas():
         if doc["apiVersion"] == OPERATOR_GROUP:
             jsonschema.validate(doc, schemas[doc["kind"]])
             kinds.add(doc["kind"])
-    assert "ServiceMonitor" in kinds
+    assert kinds == {"ServiceMonitor", "PrometheusRule"}
     # and the schema is strict enough to catch a typo
     bad = by_kind("ServiceMonitor")
     bad = {**bad, "spec": {**bad["spec"], "endpoints": [{"port": "metrics", "intervall": "30s"}]}}
@@ -249,3 +249,14 @@ def test_init_container_grants_group_read_on_energy_files(tmp_path):
         st = os.stat(tree.energy_path(zone))
         assert st.st_gid == gid and st.st_mode & 0o777 == 0o440, zone
     assert 9875 in pod_spec()["securityContext"]["supplementalGroups"]
+
+
+def test_shipped_prometheusrule_carries_the_rule_files():
+    """What kustomize applies is the rule files' groups, unchanged and in order (the
+    generator's own freshness check is in test_rules.py)."""
+    assert "prometheusrule.yaml" in kustomization()["resources"]
+    rule = by_kind("PrometheusRule")
+    files = sorted((ROOT / "prometheus" / "rules").glob("*.yml")) + \
+        sorted((ROOT / "prometheus" / "alerts").glob("*.yml"))
+    expected = [group for path in files for group in yaml.safe_load(path.read_text())["groups"]]
+    assert expected and rule["spec"]["groups"] == expected
