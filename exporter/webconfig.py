@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import logging
@@ -347,8 +348,10 @@ def _basic_credentials(header: str | None) -> tuple[str, str] | None:
     return (user, password) if sep else None
 
 
-# Compared against when the user is unknown, so a wrong user costs as much as a wrong password.
-_DUMMY_HASH = bcrypt.hashpw(b"carbon-exporter", bcrypt.gensalt(10))
+@functools.cache
+def _dummy_hash() -> bytes:
+    """Checked when the user is unknown, so a wrong user costs as much as a wrong password."""
+    return bcrypt.hashpw(b"carbon-exporter", bcrypt.gensalt(10))
 
 
 def _checkpw(password: bytes, hashed: bytes) -> bool:
@@ -436,7 +439,7 @@ class WebSecurity:
                 return True
         # bcrypt takes tens of milliseconds by design: off the event loop.
         ok = await asyncio.get_running_loop().run_in_executor(
-            None, _checkpw, secret, hashed if hashed is not None else _DUMMY_HASH)
+            None, _checkpw, secret, hashed if hashed is not None else _dummy_hash())
         if ok and hashed is not None and users is self.config.users:
             if len(self._verified) > 1024:
                 self._verified.clear()

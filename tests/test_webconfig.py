@@ -109,6 +109,8 @@ def test_mutual_tls_refuses_missing_and_foreign_client_certificates(tmp_path, pk
         for who in (None, rogue):  # no certificate, or one the client CA did not sign
             with pytest.raises((ssl.SSLError, ConnectionError)):
                 https_get(exporter.url + "/metrics", client_context(ca, who))
+        stranger = ca.issue("grafana", server=False, sans=("grafana.example",))
+        assert https_get(exporter.url + "/metrics", client_context(ca, stranger))[0] == 403
     finally:
         assert exporter.stop() == 0
 
