@@ -145,3 +145,21 @@ def test_runs_under_memory_deny_write_execute(tmp_path):
         assert libc.prctl(66, 0, 0, 0, 0) == 0  # the test process itself stays unrestricted
     finally:
         assert exporter.stop() == 0
+
+
+def test_sysusers_creates_the_service_user(tmp_path):
+    """systemd-sysusers, into a scratch root, makes the user and group the unit runs as."""
+    sysusers = shutil.which("systemd-sysusers")
+    assert sysusers, "systemd-sysusers is part of Debian's systemd package"
+    (tmp_path / "etc").mkdir()
+    result = subprocess.run([sysusers, f"--root={tmp_path}",
+                             str(ROOT / "deploy" / "systemd" / "carbon-exporter.sysusers")],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    passwd = (tmp_path / "etc" / "passwd").read_text()
+    group = (tmp_path / "etc" / "group").read_text()
+    service = unit_sections()["Service"]
+    user = next(line.split(":") for line in passwd.splitlines()
+                if line.startswith(service["User"] + ":"))
+    assert int(user[2]) != 0 and user[6] == "/usr/sbin/nologin"
+    assert any(line.startswith(service["Group"] + ":") for line in group.splitlines())
