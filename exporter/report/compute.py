@@ -108,10 +108,17 @@ def counter_increase(points: Points, start: float, end: float) -> Increase:
     return result
 
 
-def value_at(points: Points, t: float) -> float:
-    """The gauge value in force at t: the last sample at or before t, else the first one."""
-    index = bisect.bisect_right([p for p, _ in points], t) - 1
-    return points[max(index, 0)][1]
+class Gauge:
+    """A gauge's samples with their times indexed for lookups."""
+
+    def __init__(self, points: Points) -> None:
+        self.points = points
+        self.times = [t for t, _ in points]
+
+    def at(self, t: float) -> float:
+        """The value in force at t: the last sample at or before t, else the first one."""
+        index = bisect.bisect_right(self.times, t) - 1
+        return self.points[max(index, 0)][1]
 
 
 def held_intervals(points: Points, start: float, end: float):
@@ -181,7 +188,10 @@ class Report:
                               f"--to {rfc3339(self.end)}")
         sel = ", ".join(req.matchers)
         energy_metric = names.WORKLOAD_ENERGY if req.workload else names.ENERGY
-        self.client.start_progress(self.client.expected_calls(self.start, self.end, 9, 2))
+        # Raw-sample selectors below: 7 for a workload, 9 for nodes; then 2 instant queries
+        # and the intensity chart's range query.
+        self.client.start_progress(self.client.expected_calls(
+            self.fetch_from, self.end, 7 if req.workload else 9, 3))
         try:
             energy = self.raw(f"{energy_metric}{{{sel}}}")
             if not energy:
@@ -217,6 +227,7 @@ class Report:
 
         self.targets = [t for t in targets if _target_filter(t, energy)]
         self.pue = _by_target(pue)
+        self._pue_gauges = {target: Gauge(points) for target, points in self.pue.items()}
         self.energy_inc = {k: counter_increase(p, self.start, self.end) for k, p in energy.items()}
         self.op_inc = {k: counter_increase(p, self.start, self.end) for k, p in operational.items()}
         self.emb_inc = ({k: counter_increase(p, self.start, self.end) for k, p in embodied.items()}
@@ -251,8 +262,8 @@ class Report:
     # -- totals -------------------------------------------------------------------------------
 
     def _pue_at(self, target: Target, t: float) -> float:
-        points = self.pue.get(target)
-        return value_at(points, t) if points else 1.0
+        gauge = self._pue_gauges.get(target)
+        return gauge.at(t) if gauge else 1.0
 
     def _facility_joules(self) -> dict[Target, float]:
         """Energy times the PUE in force at each sample, per target."""
@@ -487,10 +498,15 @@ class Report:
             if hi <= lo:
                 continue
             target = _target(key)
-            stale_joules += math.fsum(
-                d * overlap_share(a, b, lo, hi)
-                for k, inc in self.energy_inc.items() if _target(k) == target
-                for a, b, d in inc.deltas)
+            for k, inc in self.energy_inc.items():
+                if _target(k) != target:
+                    continue
+                # Deltas are in time order: only those ending after lo can overlap.
+                first = bisect.bisect_right(inc.deltas, lo, key=lambda delta: delta[1])
+                for a, b, d in inc.deltas[first:]:
+                    if a >= hi:
+                        break
+                    stale_joules += d * overlap_share(a, b, lo, hi)
             out.append({"instance": labels.get("instance", ""),
                         "grid_zone": labels.get("grid_zone", ""),
                         "provider": labels.get("provider", ""),

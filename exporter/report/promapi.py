@@ -61,7 +61,7 @@ class Progress:
         if not self.enabled:
             return
         width = 30
-        filled = int(width * self.done / self.total)
+        filled = min(width, int(width * self.done / self.total))
         self.stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] "
                           f"{self.done}/{self.total} {label[:40]:<40}")
         self.stream.flush()
