@@ -225,7 +225,18 @@ class Report:
         finally:
             self.client.stop_progress()
 
-        self.targets = [t for t in targets if _target_filter(t, energy)]
+        self.targets = targets
+
+        def ours(series: dict[LabelSet, Points]) -> dict[LabelSet, Points]:
+            # The job=~ and instance=~ regexes also match other job/instance pairs.
+            return {k: v for k, v in series.items() if _target(k) in targets}
+
+        pue, intensity, age, collector_up, node_energy = (
+            ours(pue), ours(intensity), ours(age), ours(collector_up), ours(node_energy))
+        intensity_chart = ours(intensity_chart)
+        workloads = tuple(ours(w) for w in workloads)
+        if not req.workload:
+            node_energy = energy
         self.pue = _by_target(pue)
         self._pue_gauges = {target: Gauge(points) for target, points in self.pue.items()}
         self.energy_inc = {k: counter_increase(p, self.start, self.end) for k, p in energy.items()}
@@ -670,8 +681,6 @@ def _by_target(series: dict[LabelSet, Points]) -> dict[Target, Points]:
     return {k: sorted(v) for k, v in out.items()}
 
 
-def _target_filter(target: Target, energy: dict[LabelSet, Points]) -> bool:
-    return any(_target(k) == target for k in energy)
 
 
 # --- methodology -----------------------------------------------------------------------------
