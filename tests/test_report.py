@@ -24,7 +24,7 @@ from exporter.report import cli as report_cli
 from exporter.report.compute import counter_increase
 from exporter.report.render_json import schema
 from tests import history as h
-from tests.harness import ROOT, PrometheusServer, free_port, prometheus_binary
+from tests.harness import ROOT, PrometheusServer, free_port, prometheus_binary, wait_for
 
 WINDOW = ["--from", "2024-03-01T00:00:00Z", "--to", "2024-03-01T04:00:00Z"]
 KWH = 3.6e6
@@ -32,7 +32,8 @@ GRAM = 1e-3  # "to the gram", with room only for float rounding
 
 
 @pytest.fixture(scope="module")
-def prometheus(tmp_path_factory):
+def history_blocks(tmp_path_factory) -> Path:
+    """TSDB blocks of tests/history.py, made by promtool."""
     if prometheus_binary() is None or shutil.which("promtool") is None:
         if os.environ.get("CI") == "true":
             pytest.fail("prometheus is not installed (scripts/test.sh installs it)")
@@ -40,9 +41,17 @@ def prometheus(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("history")
     source = tmp / "history.om"
     source.write_text(h.openmetrics())
-    data = tmp / "data"
+    blocks = tmp / "blocks"
     subprocess.run(["promtool", "tsdb", "create-blocks-from", "openmetrics", str(source),
-                    str(data)], check=True, capture_output=True, timeout=60)
+                    str(blocks)], check=True, capture_output=True, timeout=60)
+    return blocks
+
+
+@pytest.fixture(scope="module")
+def prometheus(history_blocks, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("prometheus")
+    data = tmp / "data"
+    shutil.copytree(history_blocks, data)  # each server owns (and locks) its data dir
     server = PrometheusServer(tmp, [], data_dir=data)
     yield server
     server.stop()
@@ -313,3 +322,53 @@ def test_time_and_selector_parsing():
         report_cli.parse_matchers("namespace=ml")
     reset = counter_increase([(0, 5.0), (10, 8.0), (20, 2.0), (30, 4.0)], 0, 30)
     assert (reset.total, reset.resets) == (3.0 + 2.0 + 2.0, 1)
+
+
+def test_secured_prometheus_with_tls_and_basic_auth(history_blocks, tmp_path):
+    """Prometheus's own --web.config.file: TLS from a throwaway CA and a bcrypt user."""
+    import bcrypt
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    cert.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "server.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "server.key"))
+    (tmp_path / "pw").write_text("s3cret\n")
+    (tmp_path / "wrong").write_text("guess\n")
+    hashed = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)).decode()
+    web = tmp_path / "web.yml"
+    web.write_text(json.dumps({  # JSON is YAML
+        "tls_server_config": {"cert_file": str(tmp_path / "server.pem"),
+                              "key_file": str(tmp_path / "server.key")},
+        "basic_auth_users": {"audit": hashed}}))
+    (tmp_path / "prometheus.yml").write_text("global: {}\n")
+    shutil.copytree(history_blocks, tmp_path / "data")
+    port = free_port()
+    url = f"https://127.0.0.1:{port}"
+    log = open(tmp_path / "prometheus.log", "wb")
+    proc = subprocess.Popen([
+        prometheus_binary(), f"--config.file={tmp_path / 'prometheus.yml'}",
+        f"--storage.tsdb.path={tmp_path / 'data'}", "--storage.tsdb.retention.time=100y",
+        f"--web.listen-address=127.0.0.1:{port}", f"--web.config.file={web}",
+        "--log.level=warn"], stdout=log, stderr=subprocess.STDOUT)
+    secured = ["--prometheus", url, "--prometheus.ca-file", str(tmp_path / "ca.pem"),
+               "--prometheus.username", "audit"]
+    try:
+        def ready():
+            code, out, _ = report(*secured, "--prometheus.password-file",
+                                  str(tmp_path / "pw"), "--pod", "train-1", *WINDOW,
+                                  "--format", "json")
+            return code == 0 and json.loads(out)
+        doc = wait_for(ready, 30, "secured prometheus")
+        assert doc["totals"]["energy_kwh"] * KWH == pytest.approx(250 * 3600)
+
+        code, _, err = report(*secured, "--prometheus.password-file", str(tmp_path / "wrong"),
+                              "--pod", "train-1", *WINDOW, "--format", "json")
+        assert code == 1 and "refused the request (HTTP 401)" in err and err.count("\n") == 1
+        code, _, err = report("--prometheus", url, "--pod", "train-1", *WINDOW)
+        assert code == 1 and "cannot reach Prometheus" in err and "CERTIFICATE" in err.upper()
+    finally:
+        proc.terminate()
+        proc.wait(15)
+        log.close()
