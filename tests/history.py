@@ -5,8 +5,9 @@ totals are exact sums over minutes, computed here without the report's code.
 
 node-a (DE): cpu rapl 100 W, gpu nvml 300 W (0 W while the NVML collector fails
 03:30-03:35), dram model 10 W, PUE 1.2, embodied 0.01 g/s. Scrape gap 01:30-01:40.
-Intensity by hour 400, 300, 100, then the provider fails at 02:00: 100 is held (its age
-grows) until a fresh 200 arrives at 03:21, so it is stale (> 1 h old) from 03:00 to 03:21.
+Intensity by hour 400, 300, 100, then the provider fails after 02:00 (timeout): 100 is held
+(its age grows) until a fresh 200 arrives at 03:21, so it is stale (> 1 h old) from 03:00 to
+03:21.
 Pod ml/train-1 uses 250 W of GPU 00:30-01:30; pod web/api-0 20 W of CPU all along.
 node-b (FR): cpu model 50 W, PUE 1.1, intensity 50; its exporter restarts at 02:00:30
 (counters start over; the 30 s before the restart are lost).
@@ -183,6 +184,12 @@ def openmetrics() -> str:
         up.append((_labels(**node_of(node), collector=collector, reason=reason),
                    [(t, float(value)) for t in sample_times(node) if when(t)]))
     family("carbon_exporter_collector_up", "gauge", up)
+    # The provider fails from the first fetch after 02:00 until the fresh value at 03:21.
+    failing = lambda t: STALE_FROM < t < FRESH_AT  # noqa: E731
+    family("carbon_grid_provider_up", "gauge", [
+        (_labels(**node_of(NODE_A), provider="electricitymaps", reason=reason),
+         [(t, float(value)) for t in sample_times(NODE_A) if failing(t) != value])
+        for reason, value in (("ok", 1), ("timeout", 0))])
     family("carbon_exporter_build_info", "gauge", [
         (_labels(**node_of(n), version="0.1.0", python="3.11.2"),
          [(t, 1.0) for t in sample_times(n)]) for n in PUE])

@@ -136,6 +136,9 @@ def test_node_report_totals_quality_and_what_if_to_the_gram(prometheus):
         "start": "2024-03-01T03:30:00Z", "end": "2024-03-01T03:35:00Z", "seconds": 300.0}]
     assert {(a["instance"], a["collector"]) for a in quality["absent_collectors"]} == {
         (h.NODE_B, "rapl"), (h.NODE_B, "nvml")}
+    assert quality["provider_failures"] == [{
+        "instance": h.NODE_A, "provider": "electricitymaps", "reason": "timeout",
+        "start": "2024-03-01T02:01:00Z", "end": "2024-03-01T03:21:00Z", "seconds": 4800.0}]
     stale = quality["stale_intensity"]
     assert [(p["instance"], p["start"], p["end"]) for p in stale["periods"]] == [
         (h.NODE_A, "2024-03-01T03:00:00Z", "2024-03-01T03:21:00Z")]

@@ -28,6 +28,8 @@ SOURCE_CATEGORY = {"rapl": "counter", "nvml": "counter", "power_sample": "sample
                    "model": "model"}
 # collector_up reasons that mean "tried and failed"; absent/superseded are not failures.
 FAILURE_REASONS = ("error", "permission")
+# carbon_grid_provider_up reasons that are not failures (not_yet: no fetch attempted yet).
+PROVIDER_OK = ("ok", "not_yet")
 WORKLOAD_LABELS = ("namespace", "pod", "container", "unit", "workload_job")
 # A scrape is missing when two samples are further apart than this many typical intervals.
 GAP_FACTOR = 2.0
@@ -188,10 +190,10 @@ class Report:
                               f"--to {rfc3339(self.end)}")
         sel = ", ".join(req.matchers)
         energy_metric = names.WORKLOAD_ENERGY if req.workload else names.ENERGY
-        # Raw-sample selectors below: 7 for a workload, 9 for nodes; then 2 instant queries
+        # Raw-sample selectors below: 8 for a workload, 10 for nodes; then 2 instant queries
         # and the intensity chart's range query.
         self.client.start_progress(self.client.expected_calls(
-            self.fetch_from, self.end, 7 if req.workload else 9, 3))
+            self.fetch_from, self.end, 8 if req.workload else 10, 3))
         try:
             energy = self.raw(f"{energy_metric}{{{sel}}}")
             if not energy:
@@ -212,6 +214,7 @@ class Report:
             intensity = self.raw(f"{names.GRID_INTENSITY}{{{tsel}}}")
             age = self.raw(f"{names.GRID_INTENSITY_AGE}{{{tsel}}}")
             collector_up = self.raw(f"{names.COLLECTOR_UP}{{{tsel}}}")
+            provider_up = self.raw(f"{names.PROVIDER_UP}{{{tsel}}}")
             workloads = (energy, operational) if req.workload else (
                 self.raw(f"{names.WORKLOAD_ENERGY}{{{tsel}}}"),
                 self.raw(f"{names.WORKLOAD_EMISSIONS}{{{tsel}}}"))
@@ -231,8 +234,9 @@ class Report:
             # The job=~ and instance=~ regexes also match other job/instance pairs.
             return {k: v for k, v in series.items() if _target(k) in targets}
 
-        pue, intensity, age, collector_up, node_energy = (
-            ours(pue), ours(intensity), ours(age), ours(collector_up), ours(node_energy))
+        pue, intensity, age, collector_up, provider_up, node_energy = (
+            ours(pue), ours(intensity), ours(age), ours(collector_up), ours(provider_up),
+            ours(node_energy))
         intensity_chart = ours(intensity_chart)
         workloads = tuple(ours(w) for w in workloads)
         if not req.workload:
@@ -263,7 +267,7 @@ class Report:
             "totals": totals,
             "breakdown": self._breakdown(*workloads),
             "intensity": self._intensity(totals, facility),
-            "data_quality": self._quality(node_energy, collector_up, age),
+            "data_quality": self._quality(node_energy, collector_up, provider_up, age),
             "what_if": self._what_if(totals, facility, forecast),
             "methodology": methodology(req, build_info, self._observed_settings()),
             "series": self._series(intensity_chart),
@@ -396,7 +400,7 @@ class Report:
 
     # -- data quality -------------------------------------------------------------------------
 
-    def _quality(self, node_energy, collector_up, age) -> dict:
+    def _quality(self, node_energy, collector_up, provider_up, age) -> dict:
         by_source: dict[str, float] = defaultdict(float)
         resets = 0
         for key, inc in self.node_inc.items():
@@ -431,7 +435,10 @@ class Report:
                                  "end": rfc3339(hi), "seconds": hi - lo,
                                  "missing_scrapes": max(0, round((hi - lo) / interval) - 1)})
 
-        failures, absent = self._collector_failures(collector_up, intervals)
+        failures, absent = self._failures(collector_up, "collector",
+                                          lambda r: r in FAILURE_REASONS, intervals)
+        provider_failures, _ = self._failures(provider_up, "provider",
+                                              lambda r: r not in PROVIDER_OK, intervals)
         stale = self._stale(age)
         return {
             "energy_basis": "nodes of the selected workloads" if self.req.workload
@@ -450,39 +457,44 @@ class Report:
             "collector_failures": failures,
             "collector_failure_seconds": math.fsum(f["seconds"] for f in failures),
             "absent_collectors": absent,
+            "provider_failures": provider_failures,
+            "provider_failure_seconds": math.fsum(f["seconds"] for f in provider_failures),
             "stale_intensity": stale,
         }
 
-    def _collector_failures(self, collector_up, intervals):
+    def _failures(self, up, label: str, failing_reasons, intervals) -> tuple[list, list]:
+        """Runs of `up` == 0 with a failing reason, per target and `label` (collector or
+        provider): from the first failing sample to the next good one. A series whose reason
+        changes is a new series, so the timelines merge every reason's samples."""
         timelines: dict[tuple[Target, str], list[tuple[float, float, str]]] = defaultdict(list)
-        for key, points in collector_up.items():
+        for key, points in up.items():
             labels = _labels(key)
-            timeline = timelines[(_target(key), labels.get("collector", ""))]
+            timeline = timelines[(_target(key), labels.get(label, ""))]
             timeline += [(t, v, labels.get("reason", "")) for t, v in points]
         failures, absent = [], []
-        for (target, collector), timeline in sorted(timelines.items()):
+        for (target, name), timeline in sorted(timelines.items()):
             timeline.sort()
             inside = [s for s in timeline if self.start <= s[0] <= self.end]
             if inside and all(v == 0 and r == "absent" for _, v, r in inside):
-                absent.append({"instance": target[1], "collector": collector})
+                absent.append({"instance": target[1], label: name})
                 continue
             run = None
-            for index, (t, v, reason) in enumerate(timeline):
-                failing = v == 0 and reason in FAILURE_REASONS
+            for t, v, reason in timeline:
+                failing = v == 0 and failing_reasons(reason)
                 if failing and run is None:
-                    run = [t, reason]
+                    run = (t, reason)
                 if not failing and run is not None:
-                    failures.append(self._failure(target, collector, run, t))
+                    failures.append(self._failure(target, label, name, run, t))
                     run = None
             if run is not None:
                 last = timeline[-1][0]
-                failures.append(self._failure(target, collector, run,
+                failures.append(self._failure(target, label, name, run,
                                               min(self.end, last + intervals.get(target, 0.0))))
         return [f for f in failures if f["seconds"] > 0], absent
 
-    def _failure(self, target, collector, run, until) -> dict:
+    def _failure(self, target, label, name, run, until) -> dict:
         lo, hi = max(run[0], self.start), min(until, self.end)
-        return {"instance": target[1], "collector": collector, "reason": run[1],
+        return {"instance": target[1], label: name, "reason": run[1],
                 "start": rfc3339(lo), "end": rfc3339(max(lo, hi)), "seconds": max(0.0, hi - lo)}
 
     def _stale(self, age) -> dict:
@@ -731,7 +743,9 @@ def methodology(req: Request, build_info: list[dict], observed: dict) -> dict:
             "source power_sample (power readings integrated); model = source model. A scrape "
             f"gap is two consecutive samples more than {GAP_FACTOR:g}x the median scrape "
             f"interval apart. A collector failure is {names.COLLECTOR_UP} = 0 with reason "
-            f"{' or '.join(FAILURE_REASONS)}. Intensity is stale while "
+            f"{' or '.join(FAILURE_REASONS)}; an intensity provider failure is "
+            f"{names.PROVIDER_UP} = 0 with a reason other than {' or '.join(PROVIDER_OK)}. "
+            f"Intensity is stale while "
             f"{names.GRID_INTENSITY_AGE} > {req.stale_after:g} s.",
             "What-if: facility kWh x alternative intensity. Lowest-intensity hours: per node, "
             "the mean of the k lowest hourly (UTC) time-weighted intensity means in the "

@@ -21,4 +21,5 @@ COLLECTOR_UP = _m.COLLECTOR_UP.name
 BUILD_INFO = _m.BUILD_INFO.name
 WORKLOAD_ENERGY = _name("WORKLOAD_ENERGY", "carbon_workload_energy_joules_total")
 WORKLOAD_EMISSIONS = _name("WORKLOAD_EMISSIONS", "carbon_workload_emissions_grams_total")
+PROVIDER_UP = _name("GRID_PROVIDER_UP", "carbon_grid_provider_up")
 FORECAST_MIN = _name("GRID_FORECAST_MIN", "carbon_grid_intensity_forecast_min_grams_per_kwh")

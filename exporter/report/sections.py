@@ -128,7 +128,9 @@ def build(document: dict) -> list[Section]:
         f"a gap, so energy is not lost, only resolution. Counter resets: "
         f"{quality['counter_resets']} (energy between the last scrape and a restart is lost).",
         f"Collector failures: {len(quality['collector_failures'])} "
-        f"({seconds(quality['collector_failure_seconds'])}). Stale intensity (older than "
+        f"({seconds(quality['collector_failure_seconds'])}). Intensity provider failures: "
+        f"{len(quality['provider_failures'])} ({seconds(quality['provider_failure_seconds'])}; "
+        f"the last good value is kept meanwhile). Stale intensity (older than "
         f"{seconds(stale['threshold_seconds'])}): {len(stale['periods'])} period(s), "
         f"{seconds(stale['seconds'])}, covering {kwh(stale['energy_kwh'])} "
         f"({pct(stale['energy_share'])}) of the energy."
@@ -145,6 +147,10 @@ def build(document: dict) -> list[Section]:
                      [[f["instance"], f["collector"], f["reason"], f["start"], f["end"],
                        seconds(f["seconds"])] for f in quality["collector_failures"]])]
               if quality["collector_failures"] else []),
+            *([Table(["node", "intensity provider", "reason", "start", "end", "length"],
+                     [[f["instance"], f["provider"], f["reason"], f["start"], f["end"],
+                       seconds(f["seconds"])] for f in quality["provider_failures"]])]
+              if quality["provider_failures"] else []),
             *([Table(["node", "zone", "provider", "stale from", "until", "length"],
                      [[p["instance"], p["grid_zone"], p["provider"], p["start"], p["end"],
                        seconds(p["seconds"])] for p in stale["periods"]])]
