@@ -203,7 +203,7 @@ def render(document: dict, fmt: str, output: Path | None) -> tuple[bytes, dict[s
         return render_html(document, images), {}
     from exporter.report.render_md import render_md
     folder = f"{output.stem}_files" if output is not None else None
-    text = render_md(document, images if folder else {}, folder)
+    text = render_md(document, images, folder)
     files = {f"{folder}/{name}.{image.ext}": image.data
              for name, image in images.items()} if folder else {}
     return text, files

@@ -173,7 +173,7 @@ class PromClient:
             for series in data["result"]:
                 points = out.setdefault(labelset(series["metric"]), [])
                 for t, v in series["values"]:
-                    if not points or t > points[-1][0]:
+                    if (not points or t > points[-1][0]) and math.isfinite(float(v)):
                         points.append((float(t), float(v)))
             chunk_start = chunk_end + step
         return out
@@ -194,10 +194,11 @@ class PromClient:
             for series in result:
                 points = out.setdefault(labelset(series["metric"]), [])
                 for t, v in series["values"]:
-                    t = float(t)
-                    # Chunks share their boundary instant; keep each sample once.
-                    if t >= start and (not points or t > points[-1][0]):
-                        points.append((t, float(v)))
+                    t, v = float(t), float(v)
+                    # Chunks share their boundary instant: keep each sample once. NaN and
+                    # infinities carry no quantity to add up (and JSON has no spelling for them).
+                    if t >= start and (not points or t > points[-1][0]) and math.isfinite(v):
+                        points.append((t, v))
         return {k: v for k, v in out.items() if v}
 
     def expected_calls(self, start: float, end: float, raw_selectors: int, others: int) -> int:

@@ -32,4 +32,6 @@ def render_md(document: dict, images: dict[str, charts.Image], folder: str | Non
                 lines += [f"![{image.title}]({folder}/{name}.{image.ext})", ""]
             elif not charts.available():
                 lines += [f"_{charts.MISSING}_", ""]
+            elif image is not None:
+                lines += [f"_chart {image.title!r}: written as a file only with --output_", ""]
     return "\n".join(lines).encode("utf-8")
