@@ -602,6 +602,8 @@ class Report:
         values: dict[Target, float] = {}
         for result in forecast:
             target, value = _target(labelset_of(result)), float(result["value"][1])
+            if not math.isfinite(value):
+                continue
             values[target] = min(value, values.get(target, value))
         lacking = [t[1] for t in self.targets if t not in values]
         grams = math.fsum(facility.get(t, 0.0) / JOULES_PER_KWH * values[t]
