@@ -375,3 +375,44 @@ def test_secured_prometheus_with_tls_and_basic_auth(history_blocks, tmp_path):
         proc.terminate()
         proc.wait(15)
         log.close()
+
+
+def test_bearer_token_and_post_queries_reach_the_server(tmp_path):
+    """What goes over the wire: a bearer token from its file, queries as POST forms with the
+    server-side timeout, and an API error turned into one line."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from urllib.parse import parse_qs
+
+    seen: list[tuple[str, dict]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 (http.server's naming)
+            body = self.rfile.read(int(self.headers["Content-Length"])).decode()
+            seen.append((self.headers.get("Authorization", ""), parse_qs(body)))
+            payload = json.dumps({"status": "error", "errorType": "bad_data",
+                                  "error": "parse error at char 3"}).encode()
+            self.send_response(400)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    token = tmp_path / "token"
+    token.write_text("t0ken\n")
+    try:
+        code, _, err = report("--prometheus", f"http://127.0.0.1:{server.server_port}",
+                              "--prometheus.bearer-token-file", str(token), "--node", "a",
+                              *WINDOW, "--query-timeout", "7s")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert code == 1
+    assert err.strip().endswith("HTTP 400: bad_data: parse error at char 3"), err
+    authorization, form = seen[0]
+    assert authorization == "Bearer t0ken"
+    assert form["timeout"] == ["7s"]
+    assert form["query"][0].startswith('carbon_energy_joules_total{instance="a"}[')
