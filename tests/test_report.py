@@ -160,7 +160,11 @@ def test_node_report_totals_quality_and_what_if_to_the_gram(prometheus):
     methodology = doc["methodology"]
     assert methodology["exporter_versions"] == ["0.1.0"]
     assert methodology["observed"]["pue"] == [1.1, 1.2]
-    assert methodology["datasets"][0]["rows"] == len(grid_dataset())
+    datasets = {d["file"]: d for d in methodology["datasets"]}
+    grid = datasets["exporter/data/grid_intensity.csv"]
+    assert grid["rows"] == len(grid_dataset()) and grid["world_grams_per_kwh"] == 473.05
+    assert sum(grid["years"].values()) == len(grid_dataset()) and "Ember" in grid["source"]
+    assert "exporter/data/cpu_power.csv" in datasets
 
 
 def test_workload_report_by_namespace(prometheus):

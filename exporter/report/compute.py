@@ -699,19 +699,49 @@ def _by_target(series: dict[LabelSet, Points]) -> dict[Target, Points]:
 
 # --- methodology -----------------------------------------------------------------------------
 
-def _dataset_header() -> list[str]:
+def bundled_datasets() -> list[dict]:
+    """Every CSV shipped in exporter/data: its own header comment, size, years and sources,
+    so that a dataset added to the exporter shows up in the methodology by itself."""
+    import csv
     from importlib import resources
-    text = resources.files("exporter.data").joinpath("grid_intensity.csv").read_text("utf-8")
-    return [line.lstrip("# ").strip() for line in text.splitlines() if line.startswith("#")]
+
+    out = []
+    for entry in sorted(resources.files("exporter.data").iterdir(), key=lambda e: e.name):
+        if not entry.name.endswith(".csv"):
+            continue
+        lines = entry.read_text("utf-8").splitlines()
+        header = [line.lstrip("# ").strip() for line in lines if line.startswith("#")]
+        rows = list(csv.DictReader(line for line in lines if line and not line.startswith("#")))
+        years: dict[str, int] = defaultdict(int)
+        for row in rows:
+            if row.get("year"):
+                years[row["year"]] += 1
+        sources = sorted({row["source"] for row in rows if row.get("source")})
+        licence = next((line.split(":", 1)[1].strip() for line in header
+                        if line.lower().startswith("licence")), "see exporter/data/README.md")
+        out.append({
+            "name": header[0].rstrip(".") if header else entry.name,
+            "file": f"exporter/data/{entry.name}",
+            "source": "; ".join(sources[:3]) + (f" (and {len(sources) - 3} more)"
+                                                 if len(sources) > 3 else ""),
+            "basis": "", "licence": licence, "rows": len(rows),
+            "years": dict(sorted(years.items())), "world_grams_per_kwh": None,
+            "header": header,
+        })
+    return out
 
 
 def methodology(req: Request, build_info: list[dict], observed: dict) -> dict:
     from exporter.config import BY_KEY
 
     dataset = grid_dataset()
-    years: dict[int, int] = defaultdict(int)
-    for row in dataset.values():
-        years[row.year] += 1
+    datasets = bundled_datasets()
+    for entry in datasets:
+        if entry["file"].endswith("/grid_intensity.csv"):
+            # The dataset the what-if zones and the default intensity come from.
+            entry.update(basis="lifecycle, production-based annual average",
+                         world_grams_per_kwh=dataset[WORLD].grams_per_kwh
+                         if WORLD in dataset else None)
     settings = []
     for key in ("carbon.zone", "carbon.intensity", "carbon.pue", "sample.interval",
                 "cpu_model.idle_watts_per_thread", "cpu_model.max_watts_per_thread",
@@ -757,18 +787,7 @@ def methodology(req: Request, build_info: list[dict], observed: dict) -> dict:
         ],
         "settings": settings,
         "observed": observed,
-        "datasets": [{
-            "name": "grid carbon intensity by country",
-            "file": "exporter/data/grid_intensity.csv",
-            "source": "Ember, Yearly Electricity Data (emissions_intensity_gco2_per_kwh), "
-                      "https://ember-energy.org",
-            "basis": "lifecycle, production-based annual average",
-            "licence": "CC-BY-4.0 (Ember); see exporter/data/README.md",
-            "rows": len(dataset),
-            "years": {str(y): n for y, n in sorted(years.items())},
-            "world_grams_per_kwh": dataset[WORLD].grams_per_kwh if WORLD in dataset else None,
-            "header": _dataset_header(),
-        }],
+        "datasets": datasets,
         "exporter_versions": versions,
         "report_parameters": {"stale_after_seconds": req.stale_after,
                               "gap_threshold_factor": GAP_FACTOR,

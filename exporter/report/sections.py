@@ -170,8 +170,10 @@ def build(document: dict) -> list[Section]:
     dataset_lines = []
     for d in method["datasets"]:
         years = ", ".join(f"{y}: {n} rows" for y, n in d["years"].items())
-        dataset_lines.append(f"{d['name']} ({d['file']}): {d['source']}; {d['basis']}; "
-                             f"licence {d['licence']}; {d['rows']} rows ({years}).")
+        dataset_lines.append(f"Dataset {d['file']}: {d['name']}. Source: {d['source']}."
+                             + (f" Basis: {d['basis']}." if d["basis"] else "")
+                             + f" Licence: {d['licence'].rstrip('.')}. {d['rows']} rows"
+                             + (f" ({years})." if years else "."))
     observed = method["observed"]
     out.append(Section("Methodology", [
         f"Exporter version(s) seen: {', '.join(method['exporter_versions']) or NA}. Observed "
