@@ -254,6 +254,7 @@ def test_markdown_report_writes_images_beside_it(prometheus, tmp_path):
 
 def test_json_schema_rejects_a_document_missing_totals(prometheus):
     doc = json_report(prometheus, "--pod", "train-1")
+    jsonschema.Draft202012Validator.check_schema(schema())
     version = schema()["properties"]["schema_version"]["const"]
     assert doc["schema_version"] == version
     assert f"**schema version {version}**" in (ROOT / "README.md").read_text()
@@ -420,3 +421,20 @@ def test_bearer_token_and_post_queries_reach_the_server(tmp_path):
     assert authorization == "Bearer t0ken"
     assert form["timeout"] == ["7s"]
     assert form["query"][0].startswith('carbon_energy_joules_total{instance="a"}[')
+
+
+def test_progress_bar_only_on_a_terminal():
+    from exporter.report.promapi import Progress
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    shown, hidden = Terminal(), io.StringIO()
+    for stream in (shown, hidden):
+        bar = Progress(4, stream)
+        for _ in range(4):
+            bar.step("q")
+        bar.close()
+    assert "[" + "#" * 30 + "] 4/4" in shown.getvalue()
+    assert shown.getvalue().endswith("\r") and hidden.getvalue() == ""
