@@ -288,7 +288,7 @@ class SilentServer:
 
 
 @pytest.mark.parametrize("case", ["unreachable", "no match", "empty window", "no data",
-                                  "timeout"])
+                                  "after the data", "timeout"])
 def test_bad_input_one_line_error_and_no_file(case, prometheus, tmp_path):
     output = tmp_path / "report.json"
     output.write_text("previous report\n")
@@ -298,6 +298,8 @@ def test_bad_input_one_line_error_and_no_file(case, prometheus, tmp_path):
     window = {"empty window": ["--from", "2024-03-01T04:00:00Z", "--to",
                                "2024-03-01T04:00:00Z"],
               "no data": ["--from", "2020-01-01T00:00:00Z", "--to", "2020-01-02T00:00:00Z"],
+              # The last samples are at 04:30, inside the lookback for a baseline only.
+              "after the data": ["--from", "2024-03-01T04:31:00Z", "--to", "2024-03-01T05:00:00Z"],
               }.get(case, WINDOW)
     selector = ["--namespace", "does-not-exist"] if case == "no match" else ["--node", h.NODE_A]
     try:
@@ -308,6 +310,7 @@ def test_bad_input_one_line_error_and_no_file(case, prometheus, tmp_path):
             silent.close()
     expected = {"unreachable": "cannot reach Prometheus", "no match": "matches no",
                 "empty window": "empty window", "no data": "matches no",
+                "after the data": "matches no",
                 "timeout": "timed out"}[case]
     assert code != 0
     assert err.count("\n") == 1 and err.startswith("carbon-exporter report: error: "), err

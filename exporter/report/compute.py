@@ -195,7 +195,9 @@ class Report:
         self.client.start_progress(self.client.expected_calls(
             self.fetch_from, self.end, 8 if req.workload else 10, 3))
         try:
-            energy = self.raw(f"{energy_metric}{{{sel}}}")
+            # A series seen only before FROM (its baseline) used no energy in the window.
+            energy = {k: v for k, v in self.raw(f"{energy_metric}{{{sel}}}").items()
+                      if v[-1][0] > self.start}
             if not energy:
                 raise ReportError(f"selector {req.selector} matches no {energy_metric} series "
                                   f"between {rfc3339(self.start)} and {rfc3339(self.end)}")
