@@ -20,7 +20,8 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
 # One PromQL label matcher: name, operator, double- or single-quoted value.
-_MATCHER = re.compile(r"""\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!~|!=|=)\s*("(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')\s*""")
+_MATCHER = re.compile(r"""\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!~|!=|=)\s*
+                          ("(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')\s*""", re.VERBOSE)
 _WORKLOAD_LABELS = {"namespace", "pod", "container", "unit", "workload_job"}
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 LabelSet = tuple[tuple[str, str], ...]  # sorted (name, value) pairs, __name__ included
+Points = list[tuple[float, float]]  # (unix time, value) in time order
 
 # Prometheus refuses range queries with more than 11,000 points per series.
 MAX_RANGE_POINTS = 10_000
@@ -161,9 +162,10 @@ class PromClient:
         """Instant query: [{metric, value: [t, "v"]}] (vector) or matrix results."""
         return self._call("query", {"query": expr, "time": _ts(at)})["result"]
 
-    def query_range(self, expr: str, start: float, end: float, step: float) -> dict[LabelSet, list[tuple[float, float]]]:
+    def query_range(self, expr: str, start: float, end: float,
+                    step: float) -> dict[LabelSet, Points]:
         """Range query split so that no request exceeds Prometheus's points limit."""
-        out: dict[LabelSet, list[tuple[float, float]]] = {}
+        out: dict[LabelSet, Points] = {}
         span = step * MAX_RANGE_POINTS
         chunk_start = start
         while chunk_start <= end:
@@ -184,9 +186,9 @@ class PromClient:
         return [(start + i * size, end if i == count - 1 else start + (i + 1) * size)
                 for i in range(count)]
 
-    def raw_samples(self, selector: str, start: float, end: float) -> dict[LabelSet, list[tuple[float, float]]]:
+    def raw_samples(self, selector: str, start: float, end: float) -> dict[LabelSet, Points]:
         """Every stored sample of `selector` with start <= t <= end, in time order."""
-        out: dict[LabelSet, list[tuple[float, float]]] = {}
+        out: dict[LabelSet, Points] = {}
         for chunk_start, chunk_end in self.chunks(start, end):
             millis = max(1, round((chunk_end - chunk_start) * 1000))
             result = self._call("query", {"query": f"{selector}[{millis}ms]",
