@@ -1,7 +1,8 @@
 #!/bin/sh
 # Bootstrap a fresh Debian/Ubuntu checkout: a venv in .venv with the project installed,
-# and with --with-prometheus the Debian `prometheus` package (server + promtool) the tests use,
-# plus `systemd` for systemd-analyze (the unit tests; harmless in a container: nothing starts).
+# and with --with-prometheus the Debian packages the tests use: `prometheus` (server + promtool),
+# `chromium` (headless, to open the footprint report's HTML) and `systemd` (systemd-analyze
+# for the unit tests; harmless in a container, nothing starts).
 # Idempotent: a second run only checks. Sourced-free: run it, it prints what it does.
 set -eu
 cd "$(dirname "$0")/.."
@@ -52,10 +53,14 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$digest" ]; then
 fi
 
 if [ "$want_prometheus" = yes ]; then
+    missing=""
     if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
-        apt_install prometheus
+        missing="prometheus"
     fi
-    if ! command -v systemd-analyze >/dev/null 2>&1; then
-        apt_install systemd
+    command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
+    command -v systemd-analyze >/dev/null 2>&1 || missing="$missing systemd"
+    if [ -n "$missing" ]; then
+        # shellcheck disable=SC2086 # word splitting wanted: one package per word
+        apt_install $missing
     fi
 fi
