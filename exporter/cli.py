@@ -15,6 +15,7 @@ from typing import Any, Sequence
 from aiohttp import web
 
 from exporter import __version__
+from exporter.attribution import Attribution
 from exporter.carbon import static_intensity
 from exporter.config import SETTINGS, ConfigError, changed_keys, resolve, split_listen_address
 from exporter.sampler import Sampler
@@ -49,15 +50,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="YAML config file with the same settings (reloaded on SIGHUP). "
                              "[env CARBON_EXPORTER_CONFIG_FILE]")
     for setting in SETTINGS:
-        text = f"{setting.help} [env {setting.env}]"
+        # argparse expands %-formats in help: '0% utilisation' must be escaped
+        text = f"{setting.help} [env {setting.env}]".replace("%", "%%")
         if setting.kind == "bool":
             parser.add_argument(setting.flag, dest=setting.key, default=None,
                                 action=argparse.BooleanOptionalAction,
-                                help=f"{text} (default: enabled)")
+                                help=f"{text} (default: {'enabled' if setting.default else 'disabled'})")
             continue
         kwargs: dict[str, Any] = {"dest": setting.key, "default": None, "metavar": "VALUE"}
-        if setting.kind == "float":
-            kwargs["type"] = float
+        if setting.kind in ("float", "int"):
+            kwargs["type"] = float if setting.kind == "float" else int
         if setting.kind == "choice":
             kwargs["choices"] = setting.choices
             kwargs.pop("metavar")
@@ -127,8 +129,9 @@ class Daemon:
         self.flags = flags
         self.intensity = static_intensity(config)
         measured, models = build_sources(config)
+        attribution = Attribution(config) if config.collector_attribution else None
         self.sampler = Sampler(measured, models, config.sample_interval, self.intensity,
-                               config.carbon_pue)
+                               config.carbon_pue, attribution)
         self.stop = asyncio.Event()
 
     def reload(self) -> None:
@@ -177,9 +180,14 @@ class Daemon:
                  self.sampler.interval, self.intensity.grams_per_kwh,
                  self.intensity.grid_zone or "-", self.intensity.provider, self.config.carbon_pue)
         sampling = asyncio.create_task(self.sampler.run(self.stop))
+        metadata = None
+        if self.sampler.attribution is not None:
+            metadata = asyncio.create_task(self.sampler.attribution.kube.run(self.stop))
         await self.stop.wait()
         log.info("shutting down")
         await sampling
+        if metadata is not None:
+            await metadata
         await runner.cleanup()
         self.sampler.close()
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
