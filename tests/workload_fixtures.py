@@ -63,6 +63,7 @@ class WorkloadTree:
     next_pid: int = 1000
     processes: dict[int, FakeProcess] = field(default_factory=dict)
     usage_ns: dict[str, int] = field(default_factory=dict)  # cgroup path -> cumulative ns
+    members: dict[str, list[FakeProcess]] = field(default_factory=dict)  # cgroup -> processes
     write_pid_stats: bool = True
 
     def __post_init__(self) -> None:
@@ -132,12 +133,14 @@ class WorkloadTree:
             (directory / "cgroup").write_text(self._proc_cgroup_text(cgroup))
             self._write_stat(proc)
             self.processes[pid] = proc
+            self.members.setdefault(cgroup, []).append(proc)
             pids.append(pid)
         return pids
 
     def remove(self, cgroup: str) -> None:
         """The workload ended: its processes exit and the cgroup is removed."""
-        for pid in [p for p, proc in self.processes.items() if proc.cgroup == cgroup]:
+        for proc in self.members.pop(cgroup, []):
+            pid = proc.pid
             directory = self.procfs.root / str(pid)
             for name in ("cgroup", "stat"):
                 (directory / name).unlink()
@@ -162,7 +165,7 @@ class WorkloadTree:
                 touched.add(path)
             self.usage_ns["/"] += ns
             total += seconds
-            members = [p for p in self.processes.values() if p.cgroup == cgroup]
+            members = self.members.get(cgroup, [])
             for proc in members:
                 proc.ticks += round(seconds * USER_HZ / len(members))
                 if self.write_pid_stats:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from exporter.attribution import gpu as gpu_basis
 from exporter.attribution.cgroups import Identity
@@ -37,8 +38,7 @@ log = logging.getLogger(__name__)
 CPU_SHARED = ("cpu", "dram")  # components split by CPU time (see README: DRAM by CPU share)
 
 
-@dataclass(frozen=True, slots=True)
-class WorkloadSeries:
+class WorkloadSeries(NamedTuple):  # a NamedTuple: built by the thousand every sample
     component: str
     kind: str
     namespace: str
@@ -103,7 +103,8 @@ class Attribution(Source):
             self.labels = {}
         self.config = config
         self.book.max_workloads = int(config.attribution_max_workloads)
-        self.book.max_processes = int(config.attribution_max_processes)
+        self.book.max_processes = (int(config.attribution_max_processes)
+                                   if config.attribution_processes else 0)
         self.book.grace = config.attribution_grace_period
         self.floors["cpu"].configured = config.attribution_cpu_idle_watts
         self.floors["dram"].configured = config.attribution_dram_idle_watts
@@ -214,6 +215,8 @@ class Attribution(Source):
 
         keys: dict[str, Key] = {}
         identities = obs.identities if obs else {}
+        if len(self.labels) > 2 * len(identities) + 100:  # workloads come and go: forget old ones
+            self.labels = {r: v for r, v in self.labels.items() if r in identities}
         for root, identity in identities.items():
             keys[root] = self._key(identity, obs.comms.get(root))
         fresh = obs is not None and self.previous is not None
@@ -244,7 +247,7 @@ class Attribution(Source):
             self.previous = obs
         self.series = tuple(
             WorkloadSeries(component, *key, total.joules, total.grams)
-            for (component, key), total in sorted(self.book.totals.items()))
+            for (component, key), total in self.book.totals.items())
         self.last_split = SampleSplit(measured, parts)
         return self.last_split
 

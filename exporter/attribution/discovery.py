@@ -72,11 +72,24 @@ class WorkloadReader:
         self.gpus = gpus
         self.layout: Layout | None = None
         self.user_hz = float(os.sysconf("SC_CLK_TCK"))
-        self.pids: dict[int, Process] = {}
+        # keyed by the /proc entry name: set operations on names avoid 10,000 int() calls
+        self.pids: dict[str, Process] = {}
+        self.paths: collections.Counter[str] = collections.Counter()  # cgroup -> processes
+        self.not_pids: set[str] = set()  # /proc entries that are not processes (self, sys, ...)
         self.identities: dict[str, Identity | None] = {}  # cgroup path -> workload
-        self.recheck: collections.deque[int] = collections.deque()
+        self.recheck: collections.deque[str] = collections.deque()
 
-    def _read_pid(self, pid: int, obs: Observation) -> Process | None:
+    def _set(self, pid: str, proc: Process | None) -> None:
+        old = self.pids.pop(pid, None)
+        if old is not None:
+            self.paths[old.cgroup] -= 1
+            if not self.paths[old.cgroup]:
+                del self.paths[old.cgroup]
+        if proc is not None:
+            self.pids[pid] = proc
+            self.paths[proc.cgroup] += 1
+
+    def _read_pid(self, pid: str, obs: Observation) -> Process | None:
         base = f"{self.procfs}/{pid}/"
         try:
             text = read_file(base + "cgroup").decode("utf-8", "replace")
@@ -112,10 +125,11 @@ class WorkloadReader:
         except (OSError, ValueError) as exc:
             obs.problems.append(f"{self.procfs}/stat: {exc}")
         try:
-            current = {int(n) for n in os.listdir(self.procfs) if n.isdigit()}
+            current = set(os.listdir(self.procfs))
         except OSError as exc:
             obs.problems.append(f"{self.procfs}: {exc.strerror}")
             current = set()
+        current -= self.not_pids
         self._track_pids(current, obs)
         self._read_workloads(obs)
         if self.gpus is not None:
@@ -125,26 +139,22 @@ class WorkloadReader:
             self._map_gpu_pids(obs)
         return obs
 
-    def _track_pids(self, current: set[int], obs: Observation) -> None:
+    def _track_pids(self, current: set[str], obs: Observation) -> None:
         pids = self.pids
         for pid in pids.keys() - current:
-            del pids[pid]
+            self._set(pid, None)
         new = current - pids.keys()
         for pid in new:
-            proc = self._read_pid(pid, obs)
-            if proc is not None:
-                pids[pid] = proc
+            if not pid.isdigit():
+                self.not_pids.add(pid)
+                continue
+            self._set(pid, self._read_pid(pid, obs))
         if not self.recheck:
             self.recheck.extend(p for p in pids if p not in new)  # those were just read
         for _ in range(min(len(self.recheck), -(-len(pids) // RECHECK_SAMPLES))):
             pid = self.recheck.popleft()
-            if pid in pids and not self.per_process:
-                # per-process mode re-reads every pid's stat below; cgroup moves are rare
-                proc = self._read_pid(pid, obs)
-                if proc is None:
-                    del pids[pid]
-                else:
-                    pids[pid] = proc
+            if pid in pids:
+                self._set(pid, self._read_pid(pid, obs))
         if self.per_process:
             for pid, proc in list(pids.items()):
                 try:
@@ -152,24 +162,26 @@ class WorkloadReader:
                         read_file(f"{self.procfs}/{pid}/stat"), self.user_hz)
                     obs.pid_reads += 1
                 except (OSError, ValueError, IndexError):
-                    del pids[pid]
+                    self._set(pid, None)
 
     def _read_workloads(self, obs: Observation) -> None:
         layout = self.layout
         roots: dict[str, Identity] = {}
         used: dict[str, Identity | None] = {}
-        for pid, proc in self.pids.items():
-            identity = used.get(proc.cgroup, False)
-            if identity is False:
-                identity = used[proc.cgroup] = self._identity(proc.cgroup)
-            if identity is None:
-                continue
-            roots[identity.root] = identity
-            if self.want_comm and proc.comm:
-                obs.comms.setdefault(identity.root, set()).add(proc.comm)
-            if self.per_process and proc.cpu_seconds is not None:
-                obs.processes[pid] = (identity.root, proc.comm, proc.cpu_seconds)
+        for path in self.paths:  # distinct cgroups: the loop grows with workloads, not pids
+            identity = used[path] = self._identity(path)
+            if identity is not None:
+                roots[identity.root] = identity
         self.identities = used  # forget paths no process uses any more
+        if self.want_comm:  # opt-in: these walk every process
+            for pid, proc in self.pids.items():
+                identity = used[proc.cgroup]
+                if identity is None:
+                    continue
+                if proc.comm:
+                    obs.comms.setdefault(identity.root, set()).add(proc.comm)
+                if self.per_process and proc.cpu_seconds is not None:
+                    obs.processes[int(pid)] = (identity.root, proc.comm, proc.cpu_seconds)
         for root, identity in roots.items():
             try:
                 data = read_file(layout.counter_path(root))
@@ -187,7 +199,7 @@ class WorkloadReader:
             for pid, _weight in gpu.shares:
                 if pid is None or pid in obs.gpu_roots:
                     continue
-                proc = self.pids.get(pid)
+                proc = self.pids.get(str(pid))
                 identity = self._identity(proc.cgroup) if proc is not None else None
                 obs.gpu_roots[pid] = identity.root if identity is not None else None
                 if proc is not None:

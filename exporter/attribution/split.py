@@ -104,7 +104,8 @@ class Book:
     `max_workloads` get their own series, the rest is added to kind="other". With per-process
     series on, the top `max_processes` processes are carved out of their workload's part.
     A series that has not been credited for `grace` seconds (its workload ended, or it fell
-    out of the top N) is dropped; Prometheus keeps what it already scraped.
+    out of the top N) is dropped, sooner if more than max_workloads + max_processes series
+    would be exported; Prometheus keeps what it already scraped.
     """
 
     DECAY = 0.9
@@ -175,6 +176,15 @@ class Book:
         for key in [k for k in self.scores if k not in workload_joules and k not in proc_joules]:
             del self.scores[key]  # not live: it ranks from zero if it comes back
         expired = {k for k, at in self.credited.items() if now - at > self.grace and k not in SPECIAL}
+        # hard bound: when holders change faster than the grace period, the longest-unused
+        # series go first, so never more than max_workloads + max_processes are exported
+        over = len(self.credited) - len(expired) - sum(k in self.credited for k in SPECIAL) \
+            - (self.max_workloads + self.max_processes)
+        if over > 0:
+            spare = sorted((k for k in self.credited
+                            if k not in admitted and k not in expired and k not in SPECIAL),
+                           key=self.credited.__getitem__)
+            expired.update(spare[:over])
         if expired:
             for key in expired:
                 del self.credited[key]
