@@ -15,7 +15,7 @@ from exporter.attribution.split import IDLE, OTHER, split_by_cpu
 from exporter.attribution.tagging import load_rules
 from exporter.config import ConfigError, resolve
 from exporter.ledger import Counted
-from exporter.sampler import Sampler
+from exporter.sampler import Sampler, _timed_read
 from exporter.sources.nvml import NvmlSource
 from exporter.sources.rapl import RaplSource
 from tests.fakes import pynvml as fake_nvml
@@ -234,6 +234,26 @@ def test_no_read_in_time_puts_everything_in_idle_and_other(tmp_path):
     assert_conserved(split)
     assert split.parts["cpu"] == {IDLE: 10.0, OTHER: pytest.approx(20.0)}
     assert split.parts["other"] == {OTHER: 5.0}
+
+
+def test_a_failing_read_or_split_loses_no_energy(tmp_path, monkeypatch):
+    tree = build_tree(tmp_path, "v2")
+    tree.add("/system.slice/a.service")
+    attribution = Attribution(make_config(tmp_path, attribution__cpu_idle_watts=10.0))
+
+    def broken():
+        raise OSError("EIO")
+
+    monkeypatch.setattr(attribution.reader, "read", broken)
+    result, _ = _timed_read(attribution, frozenset())  # as the sampler's worker calls it
+    assert result.status.reason == "error" and "EIO" in result.status.detail
+    assert_conserved(attribution.account(result, counted_cpu(30.0), 1.0))
+    monkeypatch.undo()
+    monkeypatch.setattr(attribution, "_cpu_deltas", lambda *a: 1 / 0)  # a bug in the split
+    attribution.account(attribution.read(), [], 2.0)
+    split = attribution.account(attribution.read(), counted_cpu(30.0), 3.0)
+    assert_conserved(split)
+    assert set(split.parts["cpu"]) == {IDLE, OTHER}
 
 
 def test_no_cgroup_hierarchy_is_absent_not_a_crash(tmp_path):

@@ -193,15 +193,27 @@ class Attribution(Source):
             out[key] = out.get(key, 0.0) + max(0.0, seconds)
         return out
 
-    def account(self, result: AttributionResult | None, counted: list[Counted],
+    def account(self, result: SourceResult | None, counted: list[Counted],
                 now: float | None = None) -> SampleSplit:
-        """Split one sample's counted energy; result None: the read did not finish in time."""
+        """Split one sample's counted energy; result None: the read did not finish in time.
+        Never raises: a failure credits the sample to idle/other rather than losing it."""
         now = time.monotonic() if now is None else now
         seconds = now - self.last_at if self.last_at is not None else 0.0
         self.last_at = now
-        obs = result.observation if result is not None else None
+        # a read that raised comes back as a plain SourceResult, without an observation
+        obs = getattr(result, "observation", None)
         if obs is not None and self.reader.layout is None:
             obs = None
+        try:
+            return self._account(obs, counted, now, seconds)
+        except Exception:
+            log.exception("attribution: split failed; this sample goes to kind=\"other\"")
+            self.previous = None  # start the deltas over
+            self.labels = {}
+            return self._account(None, counted, now, seconds)
+
+    def _account(self, obs: Observation | None, counted: list[Counted], now: float,
+                 seconds: float) -> SampleSplit:
 
         measured: dict[str, float] = {}
         grams: dict[str, float] = {}

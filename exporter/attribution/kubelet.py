@@ -190,7 +190,11 @@ class KubeMetadata:
         self._wake = asyncio.Event()
         async with aiohttp.ClientSession() as session:
             while not stop.is_set():
-                await self.refresh(session)
+                try:
+                    await self.refresh(session)
+                except Exception as exc:  # a bug here must not end the refreshes
+                    log.exception("kubernetes metadata refresh failed")
+                    self._fail(Status(ERROR, f"{type(exc).__name__}: {exc}"))
                 self._wake.clear()
                 waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())]
                 await asyncio.wait(waiters, timeout=self.config.kubernetes_refresh_interval,
