@@ -439,6 +439,17 @@ def test_gpu_split_by_sm_utilisation_memory_fallback_and_mig(tmp_path):
     assert split.parts["gpu"][pod_a] == pytest.approx(50.0)
 
 
+def test_no_nvidia_driver_is_not_an_attribution_error(tmp_path):
+    tree = build_tree(tmp_path, "v2")
+    tree.add("/system.slice/a.service")
+    fake_nvml.set_state({"driver": "550.54.15", "init_error": "NVML_ERROR_DRIVER_NOT_LOADED",
+                         "gpus": []})
+    attribution = Attribution(make_config(tmp_path, collector__nvml=True), nvml=fake_nvml)
+    result = attribution.read()
+    assert result.status.reason == "ok", result.status
+    assert result.observation.gpus == {}
+
+
 def test_gpu_that_fails_goes_to_other_and_says_unavailable(tmp_path):
     build_tree(tmp_path, "v2")
     fake_nvml.set_state({"driver": "550.54.15", "gpus": [gpu(0, error="NVML_ERROR_GPU_IS_LOST")]})

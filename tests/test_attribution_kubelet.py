@@ -5,6 +5,8 @@ reaching the workload series."""
 from __future__ import annotations
 
 import asyncio
+import ssl
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -17,6 +19,7 @@ from tests.test_attribution import assert_conserved, build_tree, make_config, to
 from tests.workload_fixtures import container_cgroup, container_id, pod_uid
 
 TOKEN = "eyJhbGciOiJSUzI1NiIsImtpZCI6InRlc3QifQ.test-token"
+TLS = Path(__file__).resolve().parent / "tls"  # a test CA and a kubelet cert for 127.0.0.1
 
 
 def pod_item(n: int, name: str, namespace: str, labels: dict | None = None,
@@ -87,16 +90,20 @@ class Kubelet:
             items = [i for i in items if i["spec"]["nodeName"] == node]
         return web.json_response(pod_list(items))
 
-    async def start(self) -> str:
+    async def start(self, tls: bool = False) -> str:
+        context = None
+        if tls:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(TLS / "kubelet.crt", TLS / "kubelet.key")
         app = web.Application()
         app.router.add_get("/pods", self.pods)
         app.router.add_get("/api/v1/pods", self.pods)
         self.runner = web.AppRunner(app)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        site = web.TCPSite(self.runner, "127.0.0.1", 0, ssl_context=context)
         await site.start()
         port = site._server.sockets[0].getsockname()[1]
-        return f"http://127.0.0.1:{port}"
+        return f"{'https' if tls else 'http'}://127.0.0.1:{port}"
 
     async def stop(self) -> None:
         await self.runner.cleanup()
@@ -145,6 +152,37 @@ def test_kubelet_refresh_errors_keep_the_last_good_answer(tmp_path):
                 assert meta.status.reason == "ok" and set(meta.pods) == {pod_uid(1)}
         finally:
             await kubelet.stop()
+
+    asyncio.run(run())
+
+
+def test_kubelet_https_is_verified_against_the_service_account_ca(tmp_path):
+    token = tmp_path / "token"
+    token.write_text(TOKEN)
+
+    async def run() -> None:
+        kubelet = Kubelet()
+        url = await kubelet.start(tls=True)
+        outcomes = {}
+        try:
+            async with aiohttp.ClientSession() as session:
+                for name, settings in (
+                        ("ca", {"kubernetes__ca_file": str(TLS / "ca.crt")}),
+                        ("system-trust", {"kubernetes__ca_file": str(tmp_path / "none")}),
+                        ("insecure", {"kubernetes__ca_file": str(tmp_path / "none"),
+                                      "kubernetes__insecure_skip_verify": True})):
+                    meta = KubeMetadata(make_config(
+                        tmp_path, kubernetes__metadata="kubelet", kubernetes__url=url,
+                        kubernetes__token_file=str(token), **settings))
+                    await meta.refresh(session)
+                    outcomes[name] = (meta.status.reason, meta.status.detail, len(meta.pods))
+        finally:
+            await kubelet.stop()
+        assert outcomes["ca"][0] == "ok" and outcomes["ca"][2] == 2, outcomes
+        # the test CA is in no system store: the certificate is refused, with the reason
+        assert outcomes["system-trust"][0] == "error", outcomes
+        assert "certificate" in outcomes["system-trust"][1].lower(), outcomes
+        assert outcomes["insecure"][0] == "ok", outcomes
 
     asyncio.run(run())
 
