@@ -165,8 +165,7 @@ class Sampler:
         extra: tuple[CollectorState, ...] = ()
         if self.attribution is not None:
             self.attribution.account(observed, counted)
-            extra = tuple(CollectorState(name, status, 0.0, 0)
-                          for name, status in self.attribution.states())
+            extra = tuple(CollectorState(*state) for state in self.attribution.states())
         grams = sum(c.grams for c in counted)
         now = time.monotonic()
         rate = None

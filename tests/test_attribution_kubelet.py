@@ -14,6 +14,7 @@ from aiohttp import web
 
 from exporter.attribution import Attribution
 from exporter.attribution.kubelet import KubeMetadata, parse_pod_list
+from exporter.config import ConfigError
 from exporter.ledger import Counted
 from tests.test_attribution import assert_conserved, build_tree, make_config, totals
 from tests.workload_fixtures import container_cgroup, container_id, pod_uid
@@ -150,6 +151,7 @@ def test_kubelet_refresh_errors_keep_the_last_good_answer(tmp_path):
                 kubelet.items.pop()
                 await meta.refresh(session)
                 assert meta.status.reason == "ok" and set(meta.pods) == {pod_uid(1)}
+                assert meta.duration_count == 6 and meta.duration_sum > 0.3  # the slow one
         finally:
             await kubelet.stop()
 
@@ -267,6 +269,12 @@ def test_unknown_pod_triggers_a_refresh_and_names_the_series(tmp_path):
             await kubelet.stop()
 
     asyncio.run(run())
+
+
+def test_apiserver_mode_needs_a_node_name(tmp_path, monkeypatch):
+    monkeypatch.delenv("NODE_NAME", raising=False)
+    with pytest.raises(ConfigError, match="kubernetes.node_name"):
+        KubeMetadata(make_config(tmp_path, kubernetes__metadata="apiserver"))
 
 
 def test_auto_mode_without_a_token_is_absent(tmp_path):

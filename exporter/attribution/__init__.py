@@ -124,8 +124,10 @@ class Attribution(Source):
 
     # --- event loop, after the ledger --------------------------------------------------------
 
-    def states(self) -> list[tuple[str, Status]]:
-        return [("kubernetes", self.kube.status)]
+    def states(self) -> list[tuple[str, Status, float, int]]:
+        """Extra collector states: (name, status, duration sum, duration count)."""
+        kube = self.kube
+        return [("kubernetes", kube.status, kube.duration_sum, kube.duration_count)]
 
     def _values(self, identity: Identity) -> dict:
         values = {"kind": identity.kind, "unit": identity.unit,

@@ -27,6 +27,7 @@ from typing import Any
 
 import aiohttp
 
+from exporter.config import ConfigError
 from exporter.sources import ABSENT, ERROR, OK, PERMISSION, Status
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,8 @@ class KubeMetadata:
         self._unknown: set[str] = set()
         self.last_attempt = 0.0
         self.min_refresh = MIN_REFRESH_SECONDS
+        self.duration_sum = 0.0  # refresh wall time, for carbon_exporter_sample_duration_seconds
+        self.duration_count = 0
         self.configure(config)
 
     def configure(self, config) -> None:
@@ -106,6 +109,10 @@ class KubeMetadata:
         self.mode = mode
         self.config = config
         self.url = _env_url(config) if mode != "none" else ""
+        self.node = config.kubernetes_node_name or os.environ.get("NODE_NAME", "")
+        if mode == "apiserver" and not self.node:
+            raise ConfigError("kubernetes.node_name: needed with kubernetes.metadata=apiserver "
+                              "(or NODE_NAME from the downward API, spec.nodeName)")
         if mode == "none":
             self.status = Status(ABSENT, "no service-account token mounted and "
                                          "kubernetes.metadata not set")
@@ -116,8 +123,7 @@ class KubeMetadata:
 
     def endpoint(self) -> str:
         if self.mode == "apiserver":
-            node = self.config.kubernetes_node_name or os.environ.get("NODE_NAME", "")
-            return f"{self.url}/api/v1/pods?fieldSelector=spec.nodeName%3D{node}"
+            return f"{self.url}/api/v1/pods?fieldSelector=spec.nodeName%3D{self.node}"
         return f"{self.url}/pods"
 
     def want(self, uid: str) -> None:
@@ -148,6 +154,13 @@ class KubeMetadata:
 
     async def refresh(self, session: aiohttp.ClientSession) -> None:
         self.last_attempt = time.monotonic()
+        try:
+            await self._refresh(session)
+        finally:
+            self.duration_sum += time.monotonic() - self.last_attempt
+            self.duration_count += 1
+
+    async def _refresh(self, session: aiohttp.ClientSession) -> None:
         url = self.endpoint()
         try:
             headers = self._headers()
