@@ -44,7 +44,7 @@ def _design_metrics() -> dict[str, str]:
     """metric -> its labels cell, from the design page's metric table."""
     rows = {}
     for line in DESIGN.read_text().splitlines():
-        match = re.match(r"\| `(carbon_[a-z_]+)` \| [^|]+ \| ([^|]*) \|", line)
+        match = re.match(r"\| `(carbon_[a-z_]+)` \|[^|]+\|([^|]*)\|", line)
         if match:
             rows[match.group(1)] = match.group(2)
     return rows
