@@ -16,6 +16,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from exporter import __version__
+from exporter.attribution import Attribution
 from exporter.carbon import static_intensity
 from exporter.config import SETTINGS, ConfigError, changed_keys, resolve, split_listen_address
 from exporter.sampler import Sampler
@@ -53,15 +54,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="YAML config file with the same settings (reloaded on SIGHUP). "
                              "[env CARBON_EXPORTER_CONFIG_FILE]")
     for setting in SETTINGS:
-        text = f"{setting.help} [env {setting.env}]".replace("%", "%%")  # argparse formats help
+        # argparse expands %-formats in help: '0% utilisation' must be escaped
+        text = f"{setting.help} [env {setting.env}]".replace("%", "%%")
         if setting.kind == "bool":
             parser.add_argument(setting.flag, dest=setting.key, default=None,
                                 action=argparse.BooleanOptionalAction,
-                                help=f"{text} (default: enabled)")
+                                help=f"{text} (default: {'enabled' if setting.default else 'disabled'})")
             continue
         kwargs: dict[str, Any] = {"dest": setting.key, "default": None, "metavar": "VALUE"}
-        if setting.kind == "float":
-            kwargs["type"] = float
+        if setting.kind in ("float", "int"):
+            kwargs["type"] = float if setting.kind == "float" else int
         if setting.kind == "choice":
             kwargs["choices"] = setting.choices
             kwargs.pop("metavar")
@@ -146,8 +148,9 @@ class Daemon:
         self.intensity = static_intensity(config)
         self.security = WebSecurity(config.web_config_file, int(config.web_max_requests))
         measured, models = build_sources(config)
+        attribution = Attribution(config) if config.collector_attribution else None
         self.sampler = Sampler(measured, models, config.sample_interval, self.intensity,
-                               config.carbon_pue)
+                               config.carbon_pue, attribution)
         self.stop = asyncio.Event()
 
     def reload(self) -> None:
@@ -206,10 +209,15 @@ class Daemon:
                         self.config.web_listen_address)
         sampling = asyncio.create_task(self.sampler.run(self.stop))
         watching = asyncio.create_task(self.security.watch(self.stop))
+        metadata = None
+        if self.sampler.attribution is not None:
+            metadata = asyncio.create_task(self.sampler.attribution.kube.run(self.stop))
         await self.stop.wait()
         log.info("shutting down")
         await sampling
         await watching
+        if metadata is not None:
+            await metadata
         await runner.cleanup()
         self.sampler.close()
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):

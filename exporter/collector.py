@@ -91,6 +91,18 @@ class SnapshotCollector(Collector):
             glitches.add_metric([collector, device, reason], count)
         yield glitches
 
+        energy, emissions = family(metrics.WORKLOAD_ENERGY), family(metrics.WORKLOAD_EMISSIONS)
+        for w in snap.workloads:
+            labels = [w.component, w.kind, w.namespace, w.pod, w.container, w.unit, w.workload_job]
+            energy.add_metric(labels, w.joules)
+            emissions.add_metric(labels, w.grams)
+        yield energy
+        yield emissions
+        split = family(metrics.WORKLOAD_GPU_SPLIT)
+        for device, basis in snap.gpu_split:
+            split.add_metric([device, basis], 1)
+        yield split
+
         last = family(metrics.LAST_SAMPLE)
         if snap.timestamp is not None:
             last.add_metric([], snap.timestamp)

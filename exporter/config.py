@@ -52,7 +52,7 @@ def parse_duration(value: Any) -> float:
 @dataclass(frozen=True)
 class Setting:
     key: str  # dotted path in the YAML file, e.g. "carbon.pue"
-    kind: str  # str, bool, float, duration, choice
+    kind: str  # str, bool, int, float, duration, choice
     default: Any
     help: str
     minimum: float | None = None  # inclusive
@@ -82,7 +82,7 @@ class Setting:
             return {"enum": list(self.choices)}
         if self.kind == "duration":
             return {"type": ["number", "string"]}
-        number: dict[str, Any] = {"type": ["number", "null"]}
+        number: dict[str, Any] = {"type": ["integer" if self.kind == "int" else "number", "null"]}
         if self.minimum is not None:
             number["minimum"] = self.minimum
         if self.above is not None:
@@ -90,7 +90,7 @@ class Setting:
         return number
 
 
-COLLECTORS = ("rapl", "nvml", "cpu-model", "dram-model")
+COLLECTORS = ("rapl", "nvml", "cpu-model", "dram-model", "attribution")
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("web.listen_address", "str", "127.0.0.1:9875",
@@ -137,6 +137,48 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("dram_model.watts_per_gib", "float", 0.4209,
             "DRAM model: watts per GiB of installed memory (0.392 W/GB, Cloud Carbon Footprint).",
             minimum=0, reloadable=True),
+    Setting("attribution.cpu_idle_watts", "float", None,
+            "CPU power with nothing running, reported as kind=\"idle\" (default: learned as the "
+            "lowest per-sample CPU power over the last hour).", minimum=0, reloadable=True),
+    Setting("attribution.dram_idle_watts", "float", None,
+            "DRAM power with nothing running (default: learned like the CPU's).",
+            minimum=0, reloadable=True),
+    Setting("attribution.max_workloads", "int", 500,
+            "Workload series per component at most: the top N by recent energy; the rest is "
+            "summed into kind=\"other\".", minimum=1, reloadable=True),
+    Setting("attribution.processes", "bool", False,
+            "Per-process series (kind=\"process\") for the top attribution.max-processes "
+            "processes, carved out of their workload's series."),
+    Setting("attribution.max_processes", "int", 20,
+            "Per-process series at most, when attribution.processes is on.",
+            minimum=1, reloadable=True),
+    Setting("attribution.grace_period", "duration", "5m",
+            "How long the series of a workload that ended (or left the top N) stays exported.",
+            reloadable=True),
+    Setting("attribution.rules_file", "str", None,
+            "YAML file of job-tagging rules that set the workload_job label (see README, "
+            "Attribution).", reloadable=True),
+    Setting("kubernetes.metadata", "choice", "auto",
+            "Where pod names come from: kubelet (HTTPS :10250, service-account token), "
+            "kubelet-readonly (HTTP :10255), apiserver (pods with spec.nodeName), none; auto = "
+            "kubelet when a service-account token is mounted, else none.",
+            choices=("auto", "kubelet", "kubelet-readonly", "apiserver", "none")),
+    Setting("kubernetes.url", "str", None,
+            "Base URL of the kubelet or API server (default: https://$NODE_IP:10250, "
+            "http://$NODE_IP:10255 or https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT; "
+            "NODE_IP defaults to 127.0.0.1)."),
+    Setting("kubernetes.node_name", "str", None,
+            "This node's name for the apiserver's spec.nodeName filter (default: $NODE_NAME)."),
+    Setting("kubernetes.token_file", "str", "/var/run/secrets/kubernetes.io/serviceaccount/token",
+            "Bearer token file (re-read at every refresh)."),
+    Setting("kubernetes.ca_file", "str", "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt",
+            "CA bundle that signs the kubelet's or API server's certificate."),
+    Setting("kubernetes.insecure_skip_verify", "bool", False,
+            "Do not verify the TLS certificate (kubelets with self-signed serving certificates)."),
+    Setting("kubernetes.refresh_interval", "duration", "30s",
+            "How often pod metadata is refreshed (also at once for an unknown pod, at most "
+            "every 5s)."),
+    Setting("kubernetes.timeout", "duration", "5s", "Timeout of one metadata request."),
     Setting("log.level", "choice", "info", "Log level.",
             choices=("debug", "info", "warn", "error"), reloadable=True),
     Setting("log.format", "choice", "logfmt", "Log format.", choices=("logfmt", "json")),
@@ -160,7 +202,8 @@ SCHEMA = _nested_schema()
 _VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
 
 
-_TYPE_WORDS = {"number": "a number", "string": "a string", "boolean": "true or false",
+_TYPE_WORDS = {"number": "a number", "integer": "an integer", "string": "a string",
+               "boolean": "true or false",
                "object": "a mapping", "null": "empty"}
 
 
@@ -275,6 +318,11 @@ def _coerce_env(setting: Setting, raw: str) -> Any:
             return float(raw)
         except ValueError:
             raise ConfigError(f"{origin}: {raw!r} is not a number") from None
+    if setting.kind == "int":
+        try:
+            return int(raw)
+        except ValueError:
+            raise ConfigError(f"{origin}: {raw!r} is not an integer") from None
     return raw
 
 

@@ -100,6 +100,27 @@ LAST_SAMPLE = MetricSpec(
     "carbon_exporter_last_sample_timestamp_seconds", "gauge",
     "Unix time of the last completed sample cycle.",
 )
+WORKLOAD_LABELS = ("component", "kind", "namespace", "pod", "container", "unit", "workload_job")
+
+WORKLOAD_ENERGY = MetricSpec(
+    "carbon_workload_energy_joules_total", "counter",
+    "Measured energy attributed to a workload, in joules. kind is pod, container, unit, job, "
+    "process, idle or other; labels that do not apply are empty. Per component, the sum over "
+    "all series equals carbon_energy_joules_total.",
+    WORKLOAD_LABELS,
+)
+WORKLOAD_EMISSIONS = MetricSpec(
+    "carbon_workload_emissions_grams_total", "counter",
+    "Operational emissions attributed to a workload, in grams CO2e (same split as the energy).",
+    WORKLOAD_LABELS,
+)
+WORKLOAD_GPU_SPLIT = MetricSpec(
+    "carbon_workload_gpu_split_info", "gauge",
+    "What the last sample split a GPU's energy by; always 1. basis is sm_utilization, memory "
+    "(no utilisation samples: share of used GPU memory), mig (per MIG instance by SM count, "
+    "then memory), idle (no process) or unavailable (NVML gave no process list: all to other).",
+    ("device", "basis"),
+)
 BUILD_INFO = MetricSpec(
     "carbon_exporter_build_info", "gauge",
     "Build information; always 1.",
@@ -110,4 +131,5 @@ ALL: tuple[MetricSpec, ...] = (
     ENERGY, POWER, RAPL_DOMAIN_ENERGY, GPU_POWER_LIMIT, GPU_INFO,
     GRID_INTENSITY, GRID_INTENSITY_AGE, PUE, EMISSIONS, EMISSIONS_RATE,
     COLLECTOR_UP, SAMPLE_DURATION, COUNTER_GLITCHES, LAST_SAMPLE, BUILD_INFO,
+    WORKLOAD_ENERGY, WORKLOAD_EMISSIONS, WORKLOAD_GPU_SPLIT,
 )

@@ -55,6 +55,8 @@ class Snapshot:
     grams_per_second: float | None = None
     collectors: tuple[CollectorState, ...] = ()
     glitches: tuple[tuple[str, str, str, int], ...] = ()  # (collector, device, reason, count)
+    workloads: tuple = ()  # exporter.attribution.WorkloadSeries
+    gpu_split: tuple[tuple[str, str], ...] = ()  # (device, basis)
 
 
 @dataclass(slots=True)
@@ -80,7 +82,7 @@ def _timed_read(source: Source, covered: frozenset[str]) -> tuple[SourceResult, 
 
 class Sampler:
     def __init__(self, measured: list[Source], models: list[Source], interval: float,
-                 intensity: Intensity, pue: float) -> None:
+                 intensity: Intensity, pue: float, attribution=None) -> None:
         self.interval = interval
         self.intensity = intensity
         self.pue = pue
@@ -89,6 +91,11 @@ class Sampler:
             _Worker(s, ThreadPoolExecutor(1, thread_name_prefix=f"collector-{s.name}"))
             for s in measured
         ]
+        # attribution reads CPU-time counters in its own worker, alongside the energy counters
+        self.attribution = attribution
+        if attribution is not None:
+            self.workers.append(_Worker(attribution, ThreadPoolExecutor(
+                1, thread_name_prefix="collector-attribution")))
         self.model_workers = [_Worker(s, None) for s in models]
         self.model_executor = ThreadPoolExecutor(1, thread_name_prefix="collector-models")
         self.gpus: tuple[GpuInfo, ...] = ()
@@ -113,6 +120,7 @@ class Sampler:
     async def cycle(self) -> Snapshot:
         loop = asyncio.get_running_loop()
         readings = []
+        observed = None
         now = time.monotonic()
         for worker in self.workers:
             if worker.pending is None:
@@ -134,6 +142,8 @@ class Sampler:
             readings.extend(result.readings)
             if worker.source.name == "nvml":
                 self.gpus = tuple(result.gpus)
+            if worker.source is self.attribution:
+                observed = result
         covered = frozenset(r.component for r in readings if r.component)
         # A model whose component a counter covers only stands aside (no I/O): do that here
         # rather than pay a thread hop; the others read procfs in the models' thread.
@@ -147,11 +157,15 @@ class Sampler:
             for worker, (result, duration) in zip(active, model_results):
                 self._record(worker, result, duration)
                 readings.extend(result.readings)
-        return self._publish(readings)
+        return self._publish(readings, observed)
 
-    def _publish(self, readings) -> Snapshot:
+    def _publish(self, readings, observed=None) -> Snapshot:
         intensity, pue = self.intensity, self.pue
         counted = self.ledger.update(readings, grams_per_joule(intensity.grams_per_kwh, pue))
+        extra: tuple[CollectorState, ...] = ()
+        if self.attribution is not None:
+            self.attribution.account(observed, counted)
+            extra = tuple(CollectorState(*state) for state in self.attribution.states())
         grams = sum(c.grams for c in counted)
         now = time.monotonic()
         rate = None
@@ -171,8 +185,10 @@ class Sampler:
             pue=pue,
             grams_per_second=rate,
             collectors=tuple(CollectorState(w.source.name, w.status, w.duration_sum, w.duration_count)
-                             for w in self.workers + self.model_workers),
+                             for w in self.workers + self.model_workers) + extra,
             glitches=tuple((c, d, r, n) for (c, d, r), n in self.ledger.glitches.items()),
+            workloads=self.attribution.series if self.attribution is not None else (),
+            gpu_split=self.attribution.gpu_split if self.attribution is not None else (),
         )
         return self.snapshot
 

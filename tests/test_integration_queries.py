@@ -16,6 +16,7 @@ import yaml
 
 from tests.fixtures import ProcfsTree, intel_two_socket
 from tests.harness import ExporterProcess, PrometheusServer, wait_for
+from tests.workload_fixtures import WorkloadTree, container_cgroup, container_id, pod_uid
 from tests.promql_inventory import (
     all_promql_expressions,
     recorded_names,
@@ -26,18 +27,33 @@ from tests.promql_inventory import (
 # What a user publishes to set emission budgets (docs/runbook.md#emission-budgets).
 BUDGETS = """# TYPE carbon_emission_budget_grams gauge
 carbon_emission_budget_grams{namespace="",pod="",workload_job="",window="1d"} 0
+carbon_emission_budget_grams{namespace="ml",pod="",workload_job="",window="1h"} 5000
+carbon_emission_budget_grams{namespace="ml",pod="",workload_job="",window="1d"} 5000
+carbon_emission_budget_grams{namespace="ml",pod="train-0",workload_job="",window="1h"} 200
+carbon_emission_budget_grams{namespace="ml",pod="train-0",workload_job="",window="1d"} 200
+carbon_emission_budget_grams{namespace="",pod="",workload_job="slurm-42",window="1h"} 1000
+carbon_emission_budget_grams{namespace="",pod="",workload_job="slurm-42",window="1d"} 1000
 """
+
+
+# What a kubelet's read-only port answers on /pods, naming the fixture's one pod.
+PODS = json.dumps({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": [{
+    "metadata": {"name": "train-0", "namespace": "ml", "uid": pod_uid(1)},
+    "status": {"containerStatuses": [{"name": "trainer",
+                                      "containerID": f"containerd://{container_id(1)}"}]}}]})
 
 
 class _BudgetHandler(BaseHTTPRequestHandler):
     body = BUDGETS.encode()
 
     def do_GET(self):  # noqa: N802 - http.server's naming
+        body, kind = (PODS.encode(), "application/json") if self.path == "/pods" else (
+            self.body, "text/plain; version=0.0.4")
         self.send_response(200)
-        self.send_header("Content-Type", "text/plain; version=0.0.4")
-        self.send_header("Content-Length", str(len(self.body)))
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self.wfile.write(self.body)
+        self.wfile.write(body)
 
     def log_message(self, *args):
         pass
@@ -61,6 +77,11 @@ def _fast_rule_files(tmp_path):
 def test_every_shipped_expression_returns_data(tmp_path):
     tree = intel_two_socket(tmp_path / "sys")
     procfs = ProcfsTree(tmp_path / "proc")
+    # a pod and a Slurm job for the per-namespace, per-pod and per-job rules
+    workloads = WorkloadTree(procfs, tmp_path / "sys", write_pid_stats=False)
+    pod, job = container_cgroup(1), "/slurm/uid_1000/job_42/step_0/task_0"
+    workloads.add(pod)
+    workloads.add(job)
     gpu_state = tmp_path / "nvml.json"
     gpu_state.write_text(json.dumps({"gpus": [{
         "name": "NVIDIA A100-SXM4-80GB", "uuid": "GPU-0f1e2d3c-0000-0000-0000-00000000a100",
@@ -69,7 +90,9 @@ def test_every_shipped_expression_returns_data(tmp_path):
     threading.Thread(target=budgets.serve_forever, daemon=True).start()
     exporter = ExporterProcess(tmp_path, [
         f"--path.sysfs={tree.sysfs}", f"--path.procfs={procfs.procfs}", "--sample.interval=250ms",
-        "--carbon.zone=DE", "--carbon.pue=1.3",
+        "--carbon.zone=DE", "--carbon.pue=1.3", "--attribution.cpu-idle-watts=10",
+        "--kubernetes.metadata=kubelet-readonly",
+        f"--kubernetes.url=http://127.0.0.1:{budgets.server_port}",
     ], fake_nvml_state=gpu_state)
     prom = None
     try:
@@ -81,6 +104,7 @@ def test_every_shipped_expression_returns_data(tmp_path):
         while time.monotonic() < stop:  # moving counters, so rates are not zero
             for dirname in ("intel-rapl:0", "intel-rapl:1", "intel-rapl:0:2", "intel-rapl:1:1"):
                 tree.advance(dirname, 30.0)
+            workloads.advance({pod: 0.1, job: 0.1}, outside_seconds=0.02)
             time.sleep(0.25)
         wait_for(lambda: prom.query("instance:carbon_power_watts:sum"), 20, "recording rules")
 

@@ -12,6 +12,13 @@ real exporter process:
 
 energy_mj null means the GPU has no energy counter (pre-Volta): NOT_SUPPORTED. error set to
 an NVML error name makes every call on that GPU raise it.
+
+Per-process state for attribution, in the shapes pynvml returns:
+  "processes": [{"pid": 4242, "used_mem": 2147483648}]    nvmlDeviceGetComputeRunningProcesses
+  "samples": [{"pid": 4242, "ts": 1700000000000000, "sm": 80, "mem": 30}]
+      nvmlDeviceGetProcessUtilization(handle, lastSeenTimeStamp) returns the samples newer than
+      lastSeenTimeStamp, raises NOT_FOUND when there is none; "samples": null -> NOT_SUPPORTED
+  "mig": true, "mig_devices": [{"sm": 42, "processes": [...]}]   MIG instances
 """
 
 from __future__ import annotations
@@ -32,8 +39,11 @@ NVML_ERROR_LIBRARY_NOT_FOUND = 12
 NVML_ERROR_FUNCTION_NOT_FOUND = 13
 NVML_ERROR_GPU_IS_LOST = 15
 NVML_ERROR_UNKNOWN = 999
+NVML_DEVICE_MIG_DISABLE = 0
+NVML_DEVICE_MIG_ENABLE = 1
 
 _NAMES = {v: k for k, v in dict(globals()).items() if k.startswith("NVML_ERROR_")}
+NVML_VALUE_NOT_AVAILABLE_ulonglong = 2**64 - 1
 
 
 class NVMLError(Exception):
@@ -163,3 +173,53 @@ def nvmlDeviceGetMigDeviceHandleByIndex(handle, index):
     if not gpu.get("mig") or index >= len(gpu.get("mig_devices", [])):
         raise NVMLError(NVML_ERROR_NOT_FOUND)
     return (handle, index)
+
+
+def _processes(entries) -> list:
+    # pynvml returns c_nvmlProcessInfo_v3_t turned into plain objects (nvmlStructToFriendlyObject)
+    return [SimpleNamespace(pid=p["pid"], usedGpuMemory=p.get("used_mem"),
+                            gpuInstanceId=p.get("gi", 0xFFFFFFFF),
+                            computeInstanceId=p.get("ci", 0xFFFFFFFF),
+                            usedGpuCcProtectedMemory=0) for p in entries or ()]
+
+
+def _mig(handle) -> dict:
+    parent, index = handle
+    gpu = _gpu(parent)
+    devices = gpu.get("mig_devices", [])
+    if not gpu.get("mig") or index >= len(devices):
+        raise NVMLError(NVML_ERROR_NOT_FOUND)
+    return devices[index]
+
+
+def nvmlDeviceGetComputeRunningProcesses(handle) -> list:
+    _count("nvmlDeviceGetComputeRunningProcesses")
+    if isinstance(handle, tuple):
+        return _processes(_mig(handle).get("processes"))
+    return _processes(_gpu(handle).get("processes"))
+
+
+def nvmlDeviceGetProcessUtilization(handle, timeStamp: int) -> list:
+    _count("nvmlDeviceGetProcessUtilization")
+    if isinstance(handle, tuple):
+        raise NVMLError(NVML_ERROR_NOT_SUPPORTED)
+    gpu = _gpu(handle)
+    if gpu.get("mig") or gpu.get("samples", []) is None:
+        raise NVMLError(NVML_ERROR_NOT_SUPPORTED)
+    samples = [SimpleNamespace(pid=x["pid"], timeStamp=x["ts"], smUtil=x.get("sm", 0),
+                               memUtil=x.get("mem", 0), encUtil=0, decUtil=0)
+               for x in gpu.get("samples", []) if x["ts"] > timeStamp]
+    if not samples:
+        raise NVMLError(NVML_ERROR_NOT_FOUND)
+    return samples
+
+
+def nvmlDeviceGetAttributes(handle):
+    if not isinstance(handle, tuple):
+        raise NVMLError(NVML_ERROR_NOT_SUPPORTED)
+    device = _mig(handle)
+    return SimpleNamespace(multiprocessorCount=device["sm"], sharedCopyEngineCount=1,
+                           sharedDecoderCount=0, sharedEncoderCount=0, sharedJpegCount=0,
+                           sharedOfaCount=0, gpuInstanceSliceCount=device.get("slices", 1),
+                           computeInstanceSliceCount=device.get("slices", 1),
+                           memorySizeMB=device.get("memory_mb", 10240))

@@ -1,0 +1,124 @@
+#!/usr/bin/env python3
+"""Per-sample CPU cost of attribution (discovery read + split) against fixture trees of
+N workload cgroups and M processes (pods, units and Slurm jobs, cgroup v2), and how it grows.
+
+    .venv/bin/python bench/bench_attribution.py [--samples 20] [--quick]
+
+For each size it builds the trees (in /dev/shm when there is one), takes a cold first sample
+(every /proc/<pid>/cgroup read once), then measures steady-state samples: the trees are moved
+on between samples (not measured), and read() + account() are timed with
+time.process_time(), i.e. CPU seconds of this process. It also reports reads per cgroup
+counter file per sample and per-pid procfs reads per sample. Not a pass/fail test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from exporter.attribution import Attribution  # noqa: E402
+from exporter.config import resolve  # noqa: E402
+from exporter.ledger import Counted  # noqa: E402
+from tests.fixtures import ProcfsTree  # noqa: E402
+from tests.workload_fixtures import WorkloadTree, container_cgroup  # noqa: E402
+
+TARGET_MS = 50.0
+
+
+def build(base: Path, cgroups: int, processes: int, per_process: bool) -> tuple[WorkloadTree, list[str]]:
+    tree = WorkloadTree(ProcfsTree(base / "proc"), base / "sys", write_pid_stats=per_process)
+    per = max(1, processes // cgroups)
+    leaves = []
+    for n in range(cgroups):
+        if n % 10 < 6:
+            leaf = container_cgroup(n + 1, ("burstable", "besteffort", "guaranteed")[n % 3])
+        elif n % 10 < 9:
+            leaf = f"/system.slice/svc-{n}.service"
+        else:
+            leaf = f"/system.slice/slurmstepd.scope/job_{n}/step_0/user/task_0"
+        tree.add(leaf, processes=per)
+        leaves.append(leaf)
+    return tree, leaves
+
+
+def measure(cgroups: int, processes: int, samples: int, per_process: bool = False) -> dict:
+    scratch = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+    base = Path(tempfile.mkdtemp(prefix="bench-attribution-", dir=scratch))
+    try:
+        tree, leaves = build(base, cgroups, processes, per_process)
+        config = resolve({"path.procfs": str(base / "proc"), "path.sysfs": str(base / "sys"),
+                          "kubernetes.metadata": "none", "collector.nvml": False,
+                          "attribution.processes": per_process,
+                          "attribution.cpu_idle_watts": 40.0, "attribution.dram_idle_watts": 3.0,
+                          "attribution.max_workloads": 500}, None, environ={})
+        attribution = Attribution(config)
+        rng = random.Random(1)
+        started = time.process_time()
+        attribution.account(attribution.read(), [], 0.0)
+        cold = time.process_time() - started
+        costs, counter_reads, pid_reads, workloads = [], [], [], []
+        now = 0.0
+        for _ in range(samples):
+            tree.advance({leaf: rng.random() * 0.01 for leaf in leaves}, outside_seconds=0.1)
+            now += 1.0
+            counted = [Counted("cpu", "package-0", 150.0, 0.02), Counted("dram", "package-0", 9.0, 0.001)]
+            started = time.process_time()
+            result = attribution.read()
+            split = attribution.account(result, counted, now)
+            costs.append(time.process_time() - started)
+            obs = result.observation
+            counter_reads.append(obs.counter_reads)
+            pid_reads.append(obs.pid_reads)
+            workloads.append(len(obs.usage))
+            for component, energy in split.measured.items():
+                assert abs(sum(split.parts[component].values()) - energy) < 1e-6
+        return {
+            "cgroups": cgroups, "processes": len(tree.processes), "per_process": per_process,
+            "cold_ms": cold * 1e3, "median_ms": statistics.median(costs) * 1e3,
+            "p95_ms": sorted(costs)[int(0.95 * (len(costs) - 1))] * 1e3,
+            "reads_per_cgroup_file": max(r / w for r, w in zip(counter_reads, workloads)),
+            "pid_reads": statistics.mean(pid_reads),
+            "series": len(attribution.series),
+        }
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=20)
+    parser.add_argument("--quick", action="store_true", help="only the two reference sizes")
+    args = parser.parse_args()
+    sizes = [(100, 1_000), (1_000, 10_000)] if args.quick else [
+        (100, 1_000), (250, 2_500), (500, 5_000), (1_000, 10_000), (2_000, 20_000)]
+    rows = [measure(c, p, args.samples) for c, p in sizes]
+    rows.append(measure(1_000, 10_000, max(5, args.samples // 2), per_process=True))
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, {args.samples} steady samples each\n")
+    print("| cgroups | processes | per-process | cold first sample (ms CPU) | per sample, median (ms CPU) "
+          "| p95 (ms CPU) | reads per cgroup file per sample | per-pid reads per sample | series |")
+    print("|---:|---:|:---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['cgroups']:,} | {r['processes']:,} | {'yes' if r['per_process'] else 'no'} "
+              f"| {r['cold_ms']:.1f} | {r['median_ms']:.2f} | {r['p95_ms']:.2f} "
+              f"| {r['reads_per_cgroup_file']:.2f} | {r['pid_reads']:.0f} | {r['series']} |")
+    base = next(r for r in rows if r["cgroups"] == 100 and not r["per_process"])
+    ref = next(r for r in rows if r["cgroups"] == 1_000 and not r["per_process"])
+    print(f"\ngrowth 100 -> 1,000 cgroups (10x): {ref['median_ms'] / base['median_ms']:.1f}x per-sample cost")
+    verdict = "meets" if ref["median_ms"] <= TARGET_MS else "MISSES"
+    print(f"1,000 cgroups / 10,000 processes: {ref['median_ms']:.1f} ms CPU per sample, "
+          f"{verdict} the {TARGET_MS:g} ms target")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

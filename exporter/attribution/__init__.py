@@ -1,0 +1,318 @@
+"""Attribution: the node's measured energy split over pods, containers, systemd units, Slurm
+jobs (and, opt-in, processes), with idle and unattributed energy kept apart.
+
+The sampler runs Attribution.read() in its own worker thread, next to the power sources, so
+the CPU-time counters are read at the same moments as the energy counters; account() then
+splits what the ledger counted in that sample (in memory, no I/O) and keeps the counters
+that scrapes render. Kubernetes names come from KubeMetadata, refreshed on the event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from exporter.attribution import gpu as gpu_basis
+from exporter.attribution.cgroups import Identity
+from exporter.attribution.discovery import Observation, WorkloadReader
+from exporter.attribution.gpu import GpuProcessReader
+from exporter.attribution.kubelet import KubeMetadata
+from exporter.attribution.split import (
+    IDLE,
+    OTHER,
+    Book,
+    IdleFloor,
+    Key,
+    split_by_cpu,
+    split_by_shares,
+)
+from exporter.attribution.tagging import Tagger, load_rules
+from exporter.config import ConfigError
+from exporter.ledger import Counted
+from exporter.sources import ABSENT, ERROR, OK, Source, SourceResult, Status
+
+log = logging.getLogger(__name__)
+
+CPU_SHARED = ("cpu", "dram")  # components split by CPU time (see README: DRAM by CPU share)
+
+
+class WorkloadSeries(NamedTuple):  # a NamedTuple: built by the thousand every sample
+    component: str
+    kind: str
+    namespace: str
+    pod: str
+    container: str
+    unit: str
+    workload_job: str
+    joules: float
+    grams: float
+
+
+@dataclass(slots=True)
+class AttributionResult(SourceResult):
+    observation: Observation | None = None
+
+
+@dataclass(slots=True)
+class SampleSplit:
+    """One sample's split, kept for tests and debugging: parts sum to measured."""
+
+    measured: dict[str, float] = field(default_factory=dict)
+    parts: dict[str, dict[Key, float]] = field(default_factory=dict)
+
+
+def _short(container_id: str) -> str:
+    return container_id[:12]
+
+
+class Attribution(Source):
+    name = "attribution"
+
+    def __init__(self, config, nvml=None) -> None:
+        self.config = config
+        self.tagger: Tagger = load_rules(config.attribution_rules_file)
+        self.reader = WorkloadReader(
+            config.path_procfs, config.path_sysfs,
+            per_process=config.attribution_processes,
+            want_comm=self.tagger.wants_process_names,
+            gpus=GpuProcessReader(nvml) if config.collector_nvml else None)
+        self.kube = KubeMetadata(config)
+        self.book = Book(1, 1, 1.0)
+        self.floors = {"cpu": IdleFloor(), "dram": IdleFloor()}
+        self.previous: Observation | None = None
+        self.last_at: float | None = None
+        self.labels: dict[str, tuple[object, frozenset[str] | None, Key]] = {}
+        self.series: tuple[WorkloadSeries, ...] = ()
+        self.gpu_split: tuple[tuple[str, str], ...] = ()
+        self.last_split = SampleSplit()
+        self.configure(config, initial=True)
+
+    def configure(self, config, initial: bool = False) -> None:
+        """Apply reloadable settings; a bad rules file on reload keeps the old rules."""
+        if not initial:
+            try:
+                tagger = load_rules(config.attribution_rules_file)
+            except ConfigError as exc:
+                log.error("attribution: keeping the previous tagging rules: %s", exc)
+                tagger = self.tagger
+            if tagger.wants_process_names and not self.reader.want_comm:
+                log.warning("attribution: rules on process names take effect after a restart")
+            self.tagger = tagger
+            self.labels = {}
+        self.config = config
+        self.book.max_workloads = int(config.attribution_max_workloads)
+        self.book.max_processes = (int(config.attribution_max_processes)
+                                   if config.attribution_processes else 0)
+        self.book.grace = config.attribution_grace_period
+        self.floors["cpu"].configured = config.attribution_cpu_idle_watts
+        self.floors["dram"].configured = config.attribution_dram_idle_watts
+
+    # --- worker thread ---------------------------------------------------------------------
+
+    def read(self, covered: frozenset[str] = frozenset()) -> AttributionResult:
+        obs = self.reader.read()
+        if self.reader.layout is None:
+            return AttributionResult(Status(ABSENT, "; ".join(obs.problems)), observation=obs)
+        detail = f"{len(obs.usage)} workloads, {len(self.reader.pids)} processes, cgroup {self.reader.layout.version}"
+        status = Status(ERROR, "; ".join(obs.problems)) if obs.problems else Status(OK, detail)
+        return AttributionResult(status, observation=obs)
+
+    def close(self) -> None:
+        self.reader.close()
+
+    # --- event loop, after the ledger --------------------------------------------------------
+
+    def states(self) -> list[tuple[str, Status, float, int]]:
+        """Extra collector states: (name, status, duration sum, duration count)."""
+        kube = self.kube
+        return [("kubernetes", kube.status, kube.duration_sum, kube.duration_count)]
+
+    def _values(self, identity: Identity) -> dict:
+        values = {"kind": identity.kind, "unit": identity.unit,
+                  "unit_name": identity.unit.rsplit(".", 1)[0] if identity.unit else "",
+                  "container": "", "container_id": identity.container_id, "namespace": "",
+                  "pod": "", "pod_uid": identity.pod_uid, "qos": identity.qos,
+                  "slurm_job": identity.slurm_job, "process": "", "labels": {}, "annotations": {}}
+        if identity.pod_uid:
+            pod = self.kube.pods.get(identity.pod_uid)
+            if pod is None:
+                self.kube.want(identity.pod_uid)
+                # not named yet: the UID stands in until the metadata arrives
+                values.update(pod=identity.pod_uid,
+                              container=_short(identity.container_id))
+            else:
+                values.update(pod=pod.name, namespace=pod.namespace, labels=pod.labels,
+                              annotations=pod.annotations,
+                              container=pod.containers.get(identity.container_id,
+                                                           _short(identity.container_id)))
+        elif identity.container_id:
+            values["container"] = _short(identity.container_id)
+        return values
+
+    def _key(self, identity: Identity, comms: set[str] | None) -> Key:
+        cached = self.labels.get(identity.root)
+        comm_key = frozenset(comms) if comms and self.tagger.wants_process_names else None
+        if cached is not None and cached[0] is self.kube.pods and cached[1] == comm_key:
+            return cached[2]
+        values = self._values(identity)
+        tag = self.tagger.tag(values, comms or ())
+        if not tag and identity.kind == "job":
+            tag = f"slurm-{identity.slurm_job}"
+        key = (identity.kind, values["namespace"], values["pod"], values["container"],
+               values["unit"], tag)
+        self.labels[identity.root] = (self.kube.pods, comm_key, key)
+        return key
+
+    def _process_key(self, identity: Identity | None, pid: int, comm: str) -> Key:
+        values = self._values(identity) if identity else {
+            "kind": "", "unit": "", "unit_name": "", "container": "", "container_id": "",
+            "namespace": "", "pod": "", "pod_uid": "", "qos": "", "slurm_job": "",
+            "labels": {}, "annotations": {}}
+        values = dict(values, process=comm, pid=pid)
+        tag = self.tagger.tag(values, (comm,)) or f"{comm}/{pid}"
+        return ("process", values["namespace"], values["pod"], values["container"],
+                values["unit"], tag)
+
+    def _cpu_deltas(self, obs: Observation, keys: dict[str, Key]) -> dict[Key, float]:
+        """CPU seconds per workload since the previous read, with nested workloads (a Slurm
+        job inside slurmstepd's scope, containers inside a pod) taken out of their parent."""
+        before = self.previous.usage if self.previous else {}
+        raw = {root: max(0.0, seconds - before[root])
+               for root, seconds in obs.usage.items() if root in before}
+        own = dict(raw)
+        for root, seconds in raw.items():
+            parent = root.rsplit("/", 1)[0]
+            while parent:
+                if parent in own:
+                    own[parent] -= seconds
+                    break
+                parent = parent.rsplit("/", 1)[0]
+        out: dict[Key, float] = {}
+        for root, seconds in own.items():
+            key = keys[root]
+            out[key] = out.get(key, 0.0) + max(0.0, seconds)
+        return out
+
+    def account(self, result: SourceResult | None, counted: list[Counted],
+                now: float | None = None) -> SampleSplit:
+        """Split one sample's counted energy; result None: the read did not finish in time.
+        Never raises: a failure credits the sample to idle/other rather than losing it."""
+        now = time.monotonic() if now is None else now
+        seconds = now - self.last_at if self.last_at is not None else 0.0
+        self.last_at = now
+        # a read that raised comes back as a plain SourceResult, without an observation
+        obs = getattr(result, "observation", None)
+        if obs is not None and self.reader.layout is None:
+            obs = None
+        try:
+            return self._account(obs, counted, now, seconds)
+        except Exception:
+            log.exception("attribution: split failed; this sample goes to kind=\"other\"")
+            self.previous = None  # start the deltas over
+            self.labels = {}
+            return self._account(None, counted, now, seconds)
+
+    def _account(self, obs: Observation | None, counted: list[Counted], now: float,
+                 seconds: float) -> SampleSplit:
+
+        measured: dict[str, float] = {}
+        grams: dict[str, float] = {}
+        gpu_energy: dict[str, float] = {}
+        for c in counted:
+            measured[c.component] = measured.get(c.component, 0.0) + c.joules
+            grams[c.component] = grams.get(c.component, 0.0) + c.grams
+            if c.component == "gpu":
+                gpu_energy[c.device] = gpu_energy.get(c.device, 0.0) + c.joules
+        ratio = {c: grams[c] / j for c, j in measured.items() if j > 0}
+
+        keys: dict[str, Key] = {}
+        identities = obs.identities if obs else {}
+        if len(self.labels) > 2 * len(identities) + 100:  # workloads come and go: forget old ones
+            self.labels = {r: v for r, v in self.labels.items() if r in identities}
+        for root, identity in identities.items():
+            keys[root] = self._key(identity, obs.comms.get(root))
+        fresh = obs is not None and self.previous is not None
+        workload_cpu = self._cpu_deltas(obs, keys) if fresh else {}
+        busy = None
+        if fresh and obs.node_busy is not None and self.previous.node_busy is not None:
+            busy = max(0.0, obs.node_busy - self.previous.node_busy)
+
+        parts: dict[str, dict[Key, float]] = {}
+        processes: dict[str, dict[Key, tuple[Key, float]]] = {}
+        proc_cpu = self._process_cpu(obs, keys, identities) if fresh and obs.processes else {}
+        for component, energy in measured.items():
+            if component in CPU_SHARED:
+                floor = self.floors[component]
+                idle = floor.watts(energy / seconds, now) * seconds if seconds > 0 else energy
+                parts[component], per_second = split_by_cpu(energy, idle, busy, workload_cpu)
+                if proc_cpu and per_second > 0:
+                    processes[component] = {k: (parent, per_second * s)
+                                            for k, (parent, s) in proc_cpu.items()}
+            elif component != "gpu":
+                parts[component] = {OTHER: energy}
+        if gpu_energy:
+            parts["gpu"], processes["gpu"] = self._split_gpus(obs, gpu_energy, keys, identities)
+
+        live = set(keys.values())
+        self.book.record(parts, ratio, processes, live, now)
+        if obs is not None:
+            self.previous = obs
+        self.series = tuple(
+            WorkloadSeries(component, *key, total.joules, total.grams)
+            for (component, key), total in self.book.totals.items())
+        self.last_split = SampleSplit(measured, parts)
+        return self.last_split
+
+    def _process_cpu(self, obs: Observation, keys: dict[str, Key],
+                     identities: dict[str, Identity]) -> dict[Key, tuple[Key, float]]:
+        before = self.previous.processes
+        out: dict[Key, tuple[Key, float]] = {}
+        for pid, (root, comm, cpu) in obs.processes.items():
+            old = before.get(pid)
+            if old is None or old[0] != root or root not in keys:
+                continue
+            delta = cpu - old[2]
+            if delta <= 0:
+                continue
+            key = self._process_key(identities.get(root), pid, comm)
+            parent, total = out.get(key, (keys[root], 0.0))
+            out[key] = (parent, total + delta)
+        return out
+
+    def _split_gpus(self, obs: Observation | None, gpu_energy: dict[str, float],
+                    keys: dict[str, Key], identities: dict[str, Identity]):
+        parts: dict[Key, float] = {}
+        processes: dict[Key, tuple[Key, float]] = {}
+        basis = []
+        for device, energy in sorted(gpu_energy.items()):
+            shares = obs.gpus.get(device) if obs is not None else None
+            if shares is None:
+                basis.append((device, gpu_basis.UNAVAILABLE))
+                parts[OTHER] = parts.get(OTHER, 0.0) + energy
+                continue
+            basis.append((device, shares.basis))
+            if shares.basis == gpu_basis.UNAVAILABLE:
+                parts[OTHER] = parts.get(OTHER, 0.0) + energy
+                continue
+            weighted: list[tuple[Key | None, float]] = []
+            for pid, weight in shares.shares:
+                if pid is None:
+                    weighted.append((None, weight))  # an unused MIG instance: idle
+                    continue
+                root = obs.gpu_roots.get(pid)
+                key = keys.get(root) if root else None
+                if key is None and root in identities:
+                    key = keys[root] = self._key(identities[root], None)
+                weighted.append((key if key is not None else OTHER, weight))
+                if key is not None and self.config.attribution_processes:
+                    proc_key = self._process_key(identities.get(root), pid,
+                                                 obs.gpu_comms.get(pid, "") or "?")
+                    parent, total = processes.get(proc_key, (key, 0.0))
+                    processes[proc_key] = (parent, total + energy * weight)
+            for key, joules in split_by_shares(energy, weighted).items():
+                parts[key] = parts.get(key, 0.0) + joules
+        self.gpu_split = tuple(basis)
+        parts.setdefault(IDLE, 0.0)
+        return parts, processes

@@ -1,0 +1,192 @@
+"""The energy split, and the book that turns per-sample parts into bounded counter series.
+
+Per sample and component, with E the energy the ledger counted for it:
+
+  CPU and DRAM:  idle   = min(E, P_idle x dt)                 (P_idle configured or learned)
+                 active = E - idle
+                 E_w    = active x cpu_w / max(cpu_node, sum_w cpu_w)
+                 other  = active - sum_w E_w                  (CPU time outside any workload)
+  GPU (per device): E_w = E x share_w (NVML, see gpu.py); unmapped processes -> other,
+                 no process -> idle
+  anything else: other = E
+
+so idle + other + sum_w E_w = E exactly, every sample (a test checks it).
+"""
+
+from __future__ import annotations
+
+import collections
+import heapq
+from dataclasses import dataclass
+
+# (kind, namespace, pod, container, unit, workload_job): the workload metrics' labels after
+# component, in the order of exporter.metrics.WORKLOAD_LABELS.
+Key = tuple[str, str, str, str, str, str]
+IDLE: Key = ("idle", "", "", "", "", "")
+OTHER: Key = ("other", "", "", "", "", "")
+SPECIAL = (IDLE, OTHER)
+
+
+class IdleFloor:
+    """The power a component draws with nothing running: configured, or learned as the lowest
+    per-sample power over the last hour (60 one-minute buckets)."""
+
+    BUCKET_SECONDS = 60.0
+    BUCKETS = 60
+
+    def __init__(self, watts: float | None = None) -> None:
+        self.configured = watts
+        self.buckets: collections.deque[tuple[int, float]] = collections.deque()
+
+    @property
+    def learned(self) -> float | None:
+        return min((w for _, w in self.buckets), default=None)
+
+    def watts(self, observed_watts: float, now: float) -> float:
+        if self.configured is not None:
+            return self.configured
+        bucket = int(now // self.BUCKET_SECONDS)
+        if self.buckets and self.buckets[-1][0] == bucket:
+            if observed_watts < self.buckets[-1][1]:
+                self.buckets[-1] = (bucket, observed_watts)
+        else:
+            self.buckets.append((bucket, observed_watts))
+        while self.buckets and self.buckets[0][0] <= bucket - self.BUCKETS:
+            self.buckets.popleft()
+        return self.learned
+
+
+def split_by_cpu(energy: float, idle: float, node_busy: float | None,
+                 workload_cpu: dict[Key, float]) -> tuple[dict[Key, float], float]:
+    """CPU/DRAM energy of one sample over idle, workloads (by CPU-time delta) and other.
+    Also returns the joules per CPU second of the active part (for per-process shares)."""
+    idle = min(max(idle, 0.0), energy)
+    active = energy - idle
+    parts: dict[Key, float] = {IDLE: idle}
+    used = sum(workload_cpu.values())
+    denominator = max(node_busy or 0.0, used)
+    per_cpu_second = active / denominator if denominator > 0 and active > 0 else 0.0
+    if per_cpu_second > 0:
+        for key, seconds in workload_cpu.items():
+            if seconds > 0:
+                parts[key] = parts.get(key, 0.0) + per_cpu_second * seconds
+    parts[OTHER] = energy - sum(parts.values())  # the remainder: conservation by construction
+    if parts[OTHER] < 0:  # rounding only; fold it into the largest part
+        largest = max((k for k in parts if k != OTHER), key=parts.__getitem__)
+        parts[largest] += parts[OTHER]
+        parts[OTHER] = 0.0
+    return parts, per_cpu_second
+
+
+def split_by_shares(energy: float, shares: list[tuple[Key | None, float]]) -> dict[Key, float]:
+    """GPU energy by weights summing to 1; key None = idle share; no shares = all idle."""
+    if not shares:
+        return {IDLE: energy}
+    parts: dict[Key, float] = {}
+    for key, weight in shares:
+        key = IDLE if key is None else key
+        parts[key] = parts.get(key, 0.0) + energy * weight
+    rest = energy - sum(parts.values())
+    parts[OTHER] = parts.get(OTHER, 0.0) + rest
+    return parts
+
+
+@dataclass(slots=True)
+class Total:
+    joules: float = 0.0
+    grams: float = 0.0
+
+
+class Book:
+    """Accumulates parts into counters with bounded cardinality.
+
+    Each sample, live workloads are ranked by recent energy (a decaying sum); the top
+    `max_workloads` get their own series, the rest is added to kind="other". With per-process
+    series on, the top `max_processes` processes are carved out of their workload's part.
+    A series that has not been credited for `grace` seconds (its workload ended, or it fell
+    out of the top N) is dropped, sooner if more than max_workloads + max_processes series
+    would be exported; Prometheus keeps what it already scraped.
+    """
+
+    DECAY = 0.9
+    INCUMBENCY = 1.25
+
+    def __init__(self, max_workloads: int, max_processes: int, grace: float) -> None:
+        self.max_workloads = max_workloads
+        self.max_processes = max_processes
+        self.grace = grace
+        self.totals: dict[tuple[str, Key], Total] = {}
+        self.credited: dict[Key, float] = {}
+        self.scores: dict[Key, float] = {}
+        self.admitted: set[Key] = set()
+
+    def _admit(self, joules_by_key: dict[Key, float], limit: int) -> set[Key]:
+        scores = {k: self.scores.get(k, 0.0) * self.DECAY + j for k, j in joules_by_key.items()}
+        self.scores.update(scores)
+        if len(scores) <= limit:
+            return set(scores)
+        # holders of a series keep it against a newcomer less than INCUMBENCY times bigger,
+        # so near-equal workloads do not take turns (each turn is a series until the grace)
+        held = self.admitted
+        return set(heapq.nlargest(limit, scores, key=lambda k: scores[k] * (
+            self.INCUMBENCY if k in held else 1.0)))
+
+    def record(self, parts: dict[str, dict[Key, float]], grams_per_joule: dict[str, float],
+               processes: dict[str, dict[Key, tuple[Key, float]]], live: set[Key],
+               now: float) -> None:
+        """Credit one sample. parts: component -> key -> joules (summing to the measured
+        energy); processes: component -> process key -> (its workload's key, joules)."""
+        proc_joules: dict[Key, float] = {}
+        for by_proc in processes.values():
+            for key, (_parent, joules) in by_proc.items():
+                proc_joules[key] = proc_joules.get(key, 0.0) + joules
+        admitted_procs = self._admit(proc_joules, self.max_processes) if proc_joules else set()
+        for component, by_proc in processes.items():
+            component_parts = parts[component]
+            for key, (parent, joules) in by_proc.items():
+                if key not in admitted_procs:
+                    continue  # stays in its workload's series
+                taken = min(joules, component_parts.get(parent, 0.0))
+                if taken <= 0:
+                    continue
+                component_parts[parent] -= taken
+                component_parts[key] = component_parts.get(key, 0.0) + taken
+
+        workload_joules: dict[Key, float] = {k: 0.0 for k in live if k not in SPECIAL}
+        for component_parts in parts.values():
+            for key, joules in component_parts.items():
+                if key not in SPECIAL and key not in admitted_procs:
+                    workload_joules[key] = workload_joules.get(key, 0.0) + joules
+        admitted = self._admit(workload_joules, self.max_workloads)
+        admitted |= admitted_procs
+        self.admitted = admitted
+        for component, component_parts in parts.items():
+            ratio = grams_per_joule.get(component, 0.0)
+            for key, joules in component_parts.items():
+                if key not in SPECIAL and key not in admitted:
+                    key = OTHER
+                total = self.totals.get((component, key))
+                if total is None:
+                    total = self.totals[(component, key)] = Total()
+                total.joules += joules
+                total.grams += joules * ratio
+                self.credited[key] = now
+        for key in admitted:
+            self.credited[key] = now
+        for key in [k for k in self.scores if k not in workload_joules and k not in proc_joules]:
+            del self.scores[key]  # not live: it ranks from zero if it comes back
+        expired = {k for k, at in self.credited.items() if now - at > self.grace and k not in SPECIAL}
+        # hard bound: when holders change faster than the grace period, the longest-unused
+        # series go first, so never more than max_workloads + max_processes are exported
+        over = len(self.credited) - len(expired) - sum(k in self.credited for k in SPECIAL) \
+            - (self.max_workloads + self.max_processes)
+        if over > 0:
+            spare = sorted((k for k in self.credited
+                            if k not in admitted and k not in expired and k not in SPECIAL),
+                           key=self.credited.__getitem__)
+            expired.update(spare[:over])
+        if expired:
+            for key in expired:
+                del self.credited[key]
+            for series in [s for s in self.totals if s[1] in expired]:
+                del self.totals[series]

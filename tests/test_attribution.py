@@ -1,0 +1,511 @@
+"""Attribution: cgroup path parsing, the split and its conservation, job tagging, cardinality,
+GPU split with the fake NVML, through fixture procfs + cgroup trees (v1 and v2)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from pathlib import Path
+
+import pytest
+
+from exporter.attribution import Attribution
+from exporter.attribution.cgroups import parse_cgroup_path, parse_pid_stat
+from exporter.attribution.split import IDLE, OTHER, split_by_cpu
+from exporter.attribution.tagging import load_rules
+from exporter.config import ConfigError, resolve
+from exporter.ledger import Counted
+from exporter.sampler import Sampler, _timed_read
+from exporter.sources.nvml import NvmlSource
+from exporter.sources.rapl import RaplSource
+from tests.fakes import pynvml as fake_nvml
+from tests.fixtures import PowercapTree, ProcfsTree
+from tests.workload_fixtures import (
+    WorkloadTree,
+    container_cgroup,
+    container_id,
+    pod_cgroup,
+    pod_uid,
+)
+
+HEX = "0123456789abcdef" * 4
+UID = "1a2b3c4d-1111-2222-3333-444455556666"
+
+
+@pytest.mark.parametrize("path, expected", [
+    (f"/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{UID.replace('-', '_')}"
+     f".slice/cri-containerd-{HEX}.scope", ("container", UID, HEX, "burstable", "", "")),
+    (f"/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{UID.replace('-', '_')}"
+     f".slice/crio-{HEX}.scope", ("container", UID, HEX, "besteffort", "", "")),
+    (f"/kubepods.slice/kubepods-pod{UID.replace('-', '_')}.slice/crio-conmon-{HEX}.scope",
+     ("pod", UID, "", "guaranteed", "", "")),
+    (f"/kubepods/burstable/pod{UID}/{HEX}", ("container", UID, HEX, "burstable", "", "")),
+    (f"/kubepods/pod{UID}/{HEX}", ("container", UID, HEX, "guaranteed", "", "")),
+    (f"/kubepods/besteffort/pod{UID}", ("pod", UID, "", "besteffort", "", "")),
+    (f"/system.slice/docker-{HEX}.scope", ("container", "", HEX, "", "", "")),
+    (f"/docker/{HEX}", ("container", "", HEX, "", "", "")),
+    (f"/machine.slice/libpod-{HEX}.scope/container", ("container", "", HEX, "", "", "")),
+    ("/system.slice/resnet-train.service", ("unit", "", "", "", "resnet-train.service", "")),
+    ("/system.slice/resnet-train.service/worker", ("unit", "", "", "", "resnet-train.service", "")),
+    ("/user.slice/user-1000.slice/user@1000.service/app.slice/run-u42.service",
+     ("unit", "", "", "", "run-u42.service", "")),
+    ("/user.slice/user-1000.slice/session-3.scope", ("unit", "", "", "", "session-3.scope", "")),
+    ("/slurm/uid_1000/job_4242/step_0/task_1", ("job", "", "", "", "", "4242")),
+    ("/system.slice/slurmstepd.scope/job_77/step_batch/user/task_0", ("job", "", "", "", "", "77")),
+    ("/system.slice/node1_slurmstepd.scope/job_78/step_0", ("job", "", "", "", "", "78")),
+    ("/system.slice/slurmstepd.scope/system", ("unit", "", "", "", "slurmstepd.scope", "")),
+])
+def test_cgroup_paths_name_their_workload(path, expected):
+    identity = parse_cgroup_path(path)
+    assert (identity.kind, identity.pod_uid, identity.container_id, identity.qos,
+            identity.unit, identity.slurm_job) == expected
+    assert path.startswith(identity.root)
+
+
+@pytest.mark.parametrize("path", ["/", "/system.slice", "/user.slice/user-1000.slice",
+                                  "/job_5", "/kubepods.slice"])
+def test_cgroups_of_no_workload(path):
+    assert parse_cgroup_path(path) is None
+
+
+def test_pid_stat_with_spaces_and_parens_in_comm():
+    data = b"77 (my (odd) proc) R 1 77 77 0 -1 0 0 0 0 0 250 50 0 0 20 0 1 0 1 1 1\n"
+    assert parse_pid_stat(data, 100.0) == ("my (odd) proc", 3.0)
+
+
+def test_split_by_cpu_formula_and_remainder():
+    a, b = ("unit", "", "", "", "a.service", ""), ("unit", "", "", "", "b.service", "")
+    parts, per_second = split_by_cpu(110.0, 10.0, 4.0, {a: 1.0, b: 2.0})
+    assert parts[IDLE] == 10.0
+    assert parts[a] == pytest.approx(25.0) and parts[b] == pytest.approx(50.0)
+    assert parts[OTHER] == pytest.approx(25.0)  # 1 s of the node's 4 busy seconds: no workload
+    assert per_second == pytest.approx(25.0)
+    # cgroup counters a little ahead of /proc/stat: shares are scaled, nothing negative
+    parts, _ = split_by_cpu(50.0, 80.0, 1.0, {a: 3.0, b: 1.0})
+    assert parts[IDLE] == 50.0 and sum(parts.values()) == pytest.approx(50.0)
+    parts, _ = split_by_cpu(20.0, 0.0, 1.0, {a: 3.0, b: 1.0})
+    assert parts[a] == pytest.approx(15.0) and parts[OTHER] == pytest.approx(0.0)
+
+
+# --- fixtures ------------------------------------------------------------------------------
+
+def make_config(tmp_path: Path, **settings):
+    flags = {"path.procfs": str(tmp_path / "proc"), "path.sysfs": str(tmp_path / "sys"),
+             "kubernetes.metadata": "none", "collector.nvml": False}
+    flags.update({k.replace("__", "."): v for k, v in settings.items()})
+    return resolve(flags, None, environ={})
+
+
+def build_tree(tmp_path: Path, version: str, write_pid_stats: bool = True) -> WorkloadTree:
+    procfs = ProcfsTree(tmp_path / "proc")
+    return WorkloadTree(procfs, tmp_path / "sys", version=version, write_pid_stats=write_pid_stats)
+
+
+def populate(tree: WorkloadTree, pods: int = 30, units: int = 10, jobs: int = 6,
+             driver: str = "systemd") -> list[str]:
+    """Several hundred processes in pods, systemd units and Slurm jobs; returns the leaf
+    cgroups that get CPU time."""
+    leaves = []
+    qos = ("burstable", "besteffort", "guaranteed")
+    for n in range(1, pods + 1):
+        leaf = container_cgroup(n, qos[n % 3], driver, "crio" if n % 4 == 0 else "cri-containerd")
+        tree.add(leaf, processes=5, comm="python3")
+        leaves.append(leaf)
+    for n in range(units):
+        leaf = f"/system.slice/svc-{n}.service"
+        tree.add(leaf, processes=4, comm=f"svc{n}")
+        leaves.append(leaf)
+    for n in range(jobs):
+        job = (f"/system.slice/slurmstepd.scope/job_{100 + n}" if tree.version == "v2"
+               else f"/slurm/uid_1000/job_{100 + n}")
+        for step in ("step_batch", "step_0"):
+            leaf = f"{job}/{step}/user/task_0" if tree.version == "v2" else f"{job}/{step}/task_0"
+            tree.add(leaf, processes=6, comm="mpi_rank")
+            leaves.append(leaf)
+    tree.add("/system.slice/slurmstepd.scope/system" if tree.version == "v2"
+             else "/system.slice/slurmd.service", processes=1, comm="slurmstepd")
+    tree.add("/init.scope", processes=1, comm="systemd")
+    return leaves
+
+
+def counted_cpu(joules: float, grams_per_joule: float = 1e-4) -> list[Counted]:
+    return [Counted("cpu", "package-0", joules * 0.6, joules * 0.6 * grams_per_joule),
+            Counted("cpu", "package-1", joules * 0.4, joules * 0.4 * grams_per_joule)]
+
+
+def assert_conserved(split) -> None:
+    for component, energy in split.measured.items():
+        assert sum(split.parts[component].values()) == pytest.approx(energy, rel=1e-9, abs=1e-9), \
+            component
+        assert all(j >= -1e-9 for j in split.parts[component].values()), split.parts[component]
+
+
+def totals(attribution, component="cpu"):
+    return {(s.kind, s.namespace, s.pod, s.container, s.unit, s.workload_job): s.joules
+            for s in attribution.series if s.component == component}
+
+
+# --- the split over fixture trees ------------------------------------------------------------
+
+@pytest.mark.parametrize("version, driver", [("v2", "systemd"), ("v1", "cgroupfs")])
+def test_cpu_split_is_conserved_every_sample_over_hundreds_of_processes(tmp_path, version, driver):
+    tree = build_tree(tmp_path, version, write_pid_stats=False)
+    leaves = populate(tree, driver=driver)
+    assert len(tree.processes) >= 200
+    attribution = Attribution(make_config(tmp_path, attribution__cpu_idle_watts=20.0))
+    rng = random.Random(7)
+    now = 1000.0
+    attribution.account(attribution.read(), [], now)
+    expected: dict[str, float] = {}
+    measured_total = 0.0
+    for sample in range(12):
+        given = {leaf: rng.choice([0, 0.05, 0.1, 0.37, 1.0]) for leaf in leaves}
+        if sample == 5:  # a workload ends mid-run; its energy stays in its series
+            gone = leaves.pop()
+            given.pop(gone)
+            tree.remove(gone)
+        outside = 0.5
+        tree.advance(given, outside_seconds=outside)
+        node_busy = sum(round(s * 100) for s in given.values()) / 100 + outside
+        now += 1.0
+        energy = 120.0 + 10 * sample
+        result = attribution.read()
+        assert result.status.reason == "ok", result.status
+        split = attribution.account(result, counted_cpu(energy), now)
+        assert_conserved(split)
+        measured_total += energy
+        assert split.parts["cpu"][IDLE] == pytest.approx(20.0)
+        active = energy - 20.0
+        denominator = max(node_busy, sum(given.values()))
+        for leaf, seconds in given.items():
+            expected[leaf] = expected.get(leaf, 0.0) + active * seconds / denominator
+    series = totals(attribution)
+    assert sum(series.values()) == pytest.approx(measured_total)
+    # every unit and pod got exactly its CPU-time share of the active energy
+    svc = ("unit", "", "", "", "svc-3.service", "")
+    assert series[svc] == pytest.approx(expected["/system.slice/svc-3.service"])
+    pod7 = ("container", "", pod_uid(7), container_id(7)[:12], "", "")
+    assert series[pod7] == pytest.approx(expected[container_cgroup(7, "besteffort", driver)])
+    # a Slurm job is one series summing its steps, tagged slurm-<id> by default
+    job = next(k for k in series if k[0] == "job" and k[5] == "slurm-101")
+    steps = sum(v for leaf, v in expected.items() if "job_101/" in leaf)
+    assert series[job] == pytest.approx(steps)
+    if version == "v2":  # slurmstepd's own scope holds the jobs: they are taken out of it
+        stepd = ("unit", "", "", "", "slurmstepd.scope", "")
+        assert series.get(stepd, 0.0) == pytest.approx(0.0, abs=1e-6)
+    kinds = {k[0] for k in series}
+    assert kinds >= {"container", "unit", "job", "idle", "other"}
+
+
+def test_reads_each_cgroup_file_at_most_once_per_sample(tmp_path):
+    tree = build_tree(tmp_path, "v2", write_pid_stats=False)
+    populate(tree)
+    attribution = Attribution(make_config(tmp_path))
+    first = attribution.read().observation
+    second = attribution.read().observation
+    workloads = len(second.usage)
+    assert first.counter_reads == second.counter_reads == workloads
+    # steady state: only the rotating recheck reads per-pid files, not every process
+    assert second.pid_reads <= len(tree.processes) // 60 + 1
+    assert first.pid_reads == len(tree.processes)
+
+
+def test_learned_idle_floor_is_the_lowest_power_seen(tmp_path):
+    tree = build_tree(tmp_path, "v2")
+    tree.add("/system.slice/a.service")
+    attribution = Attribution(make_config(tmp_path))
+    now = 0.0
+    attribution.account(attribution.read(), [], now)
+    for watts in (80.0, 50.0, 90.0):
+        tree.advance({"/system.slice/a.service": 0.5})
+        now += 1.0
+        split = attribution.account(attribution.read(), counted_cpu(watts), now)
+        assert_conserved(split)
+    assert split.parts["cpu"][IDLE] == pytest.approx(50.0)
+    assert split.parts["cpu"][("unit", "", "", "", "a.service", "")] == pytest.approx(40.0)
+
+
+def test_no_read_in_time_puts_everything_in_idle_and_other(tmp_path):
+    tree = build_tree(tmp_path, "v2")
+    tree.add("/system.slice/a.service")
+    attribution = Attribution(make_config(tmp_path, attribution__cpu_idle_watts=10.0))
+    attribution.account(attribution.read(), [], 0.0)
+    split = attribution.account(None, counted_cpu(30.0) + [Counted("other", "x", 5.0, 0.0)], 1.0)
+    assert_conserved(split)
+    assert split.parts["cpu"] == {IDLE: 10.0, OTHER: pytest.approx(20.0)}
+    assert split.parts["other"] == {OTHER: 5.0}
+
+
+def test_a_failing_read_or_split_loses_no_energy(tmp_path, monkeypatch):
+    tree = build_tree(tmp_path, "v2")
+    tree.add("/system.slice/a.service")
+    attribution = Attribution(make_config(tmp_path, attribution__cpu_idle_watts=10.0))
+
+    def broken():
+        raise OSError("EIO")
+
+    monkeypatch.setattr(attribution.reader, "read", broken)
+    result, _ = _timed_read(attribution, frozenset())  # as the sampler's worker calls it
+    assert result.status.reason == "error" and "EIO" in result.status.detail
+    assert_conserved(attribution.account(result, counted_cpu(30.0), 1.0))
+    monkeypatch.undo()
+    monkeypatch.setattr(attribution, "_cpu_deltas", lambda *a: 1 / 0)  # a bug in the split
+    attribution.account(attribution.read(), [], 2.0)
+    split = attribution.account(attribution.read(), counted_cpu(30.0), 3.0)
+    assert_conserved(split)
+    assert set(split.parts["cpu"]) == {IDLE, OTHER}
+
+
+def test_no_cgroup_hierarchy_is_absent_not_a_crash(tmp_path):
+    ProcfsTree(tmp_path / "proc")
+    attribution = Attribution(make_config(tmp_path))
+    result = attribution.read()
+    assert result.status.reason == "absent" and "cgroup" in result.status.detail
+    split = attribution.account(result, counted_cpu(10.0), 1.0)
+    assert_conserved(split)
+
+
+def test_top_n_and_grace_period_bound_the_series(tmp_path):
+    tree = build_tree(tmp_path, "v2")
+    leaves = [f"/system.slice/s{n}.service" for n in range(20)]
+    for leaf in leaves:
+        tree.add(leaf)
+    attribution = Attribution(make_config(tmp_path, attribution__max_workloads=5,
+                                          attribution__grace_period="10s",
+                                          attribution__cpu_idle_watts=0.0))
+    now = 0.0
+    attribution.account(attribution.read(), [], now)
+    total = 0.0
+    for _ in range(3):
+        # s0..s4 use the most CPU: they hold the five series
+        tree.advance({leaf: (10 - n if n < 5 else 0.1) for n, leaf in enumerate(leaves)})
+        now += 1.0
+        assert_conserved(attribution.account(attribution.read(), counted_cpu(100.0), now))
+        total += 100.0
+    series = totals(attribution)
+    units = sorted(k[4] for k in series if k[0] == "unit")
+    assert units == [f"s{n}.service" for n in range(5)]
+    assert sum(series.values()) == pytest.approx(total)
+    assert series[OTHER] > 0  # the 15 small ones, summed
+    for leaf in leaves[:3]:  # three of them end
+        tree.remove(leaf)
+    for _ in range(12):
+        tree.advance({leaf: 1.0 for leaf in leaves[3:]})
+        now += 1.0
+        assert_conserved(attribution.account(attribution.read(), counted_cpu(100.0), now))
+    units = {k[4] for k in totals(attribution) if k[0] == "unit"}
+    assert not units & {"s0.service", "s1.service", "s2.service"}  # dropped after the grace
+    assert len(units) == 5
+
+
+def test_per_process_series_are_top_n_and_carved_out_of_their_workload(tmp_path):
+    tree = build_tree(tmp_path, "v2")
+    tree.add("/system.slice/train.service", processes=4, comm="python3")
+    tree.add("/system.slice/web.service", processes=3, comm="nginx")
+    attribution = Attribution(make_config(tmp_path, attribution__processes=True,
+                                          attribution__max_processes=3,
+                                          attribution__cpu_idle_watts=0.0))
+    now = 0.0
+    attribution.account(attribution.read(), [], now)
+    for _ in range(3):
+        tree.advance({"/system.slice/train.service": 2.0, "/system.slice/web.service": 0.6})
+        now += 1.0
+        split = attribution.account(attribution.read(), counted_cpu(26.0), now)
+        assert_conserved(split)
+    series = totals(attribution)
+    procs = {k: v for k, v in series.items() if k[0] == "process"}
+    assert len(procs) == 3
+    assert all(k[4] == "train.service" and k[5].startswith("python3/") for k in procs)
+    # train.service: 2 of 2.6 CPU seconds of 26 J per sample; 3 of its 4 processes carved out
+    unit = series[("unit", "", "", "", "train.service", "")]
+    assert unit + sum(procs.values()) == pytest.approx(3 * 20.0)
+    assert unit == pytest.approx(3 * 5.0)
+
+
+# --- tagging -----------------------------------------------------------------------------------
+
+RULES = """
+rules:
+  - match: {unit: "resnet-*.service"}
+    workload_job: "{unit_name}"
+  - match: {labels: {batch.kubernetes.io/job-name: "*"}}
+    workload_job: "{labels[batch.kubernetes.io/job-name]}"
+  - match: {slurm_job: "*"}
+    workload_job: "hpc-{slurm_job}"
+  - match: {process: "torchrun"}
+    workload_job: "torch-{kind}"
+"""
+
+
+def test_tagging_rules_name_units_jobs_and_processes(tmp_path):
+    rules = tmp_path / "rules.yml"
+    rules.write_text(RULES)
+    tree = build_tree(tmp_path, "v2")
+    tree.add("/system.slice/resnet-50.service", comm="python3")
+    tree.add("/system.slice/slurmstepd.scope/job_9/step_0/user/task_0", comm="mpi")
+    tree.add("/user.slice/user-1000.slice/session-2.scope", comm="torchrun")
+    tree.add("/system.slice/cron.service", comm="cron")
+    attribution = Attribution(make_config(tmp_path, attribution__rules_file=str(rules),
+                                          attribution__cpu_idle_watts=0.0))
+    attribution.account(attribution.read(), [], 0.0)
+    tree.advance({"/system.slice/resnet-50.service": 1, "/system.slice/cron.service": 1,
+                  "/system.slice/slurmstepd.scope/job_9/step_0/user/task_0": 1,
+                  "/user.slice/user-1000.slice/session-2.scope": 1})
+    attribution.account(attribution.read(), counted_cpu(4.0), 1.0)
+    jobs = {k[0:1] + k[4:] for k in totals(attribution)}
+    assert ("unit", "resnet-50.service", "resnet-50") in jobs
+    assert ("job", "", "hpc-9") in jobs
+    assert ("unit", "session-2.scope", "torch-unit") in jobs
+    assert ("unit", "cron.service", "") in jobs
+
+
+@pytest.mark.parametrize("text, message", [
+    ("rules: [{match: {unit: x}}]", "'workload_job' is a required property"),
+    ("rules: [{match: {colour: x}, workload_job: a}]", "rules.0.match"),
+    ("rules: [{match: {unit: x}, workload_job: '{nope}'}]", "unknown field 'nope'"),
+    ("rules: [{match: {unit: x}, workload_job: '{unit'}]", "rules.0: workload_job"),
+    ("rules: {", "line"),
+])
+def test_bad_rules_file_names_the_field(tmp_path, text, message):
+    path = tmp_path / "rules.yml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match="rules file") as info:
+        load_rules(str(path))
+    assert message in str(info.value)
+
+
+def test_bad_rules_on_reload_keep_the_old_ones(tmp_path):
+    rules = tmp_path / "rules.yml"
+    rules.write_text(RULES)
+    build_tree(tmp_path, "v2")
+    attribution = Attribution(make_config(tmp_path, attribution__rules_file=str(rules)))
+    before = attribution.tagger
+    rules.write_text("rules: 3")
+    attribution.configure(make_config(tmp_path, attribution__rules_file=str(rules)))
+    assert attribution.tagger is before
+
+
+# --- GPU split with the fake NVML ----------------------------------------------------------------
+
+def gpu(n: int, **extra) -> dict:
+    state = {"name": "NVIDIA H100 80GB HBM3", "uuid": f"GPU-{n}", "pci": f"00000000:{n:02x}:00.0",
+             "energy_mj": 1000, "power_mw": 300000, "limit_mw": 700000}
+    state.update(extra)
+    return state
+
+
+def test_gpu_split_by_sm_utilisation_memory_fallback_and_mig(tmp_path):
+    tree = build_tree(tmp_path, "v2")
+    a = tree.add(container_cgroup(1), processes=1)[0]
+    b = tree.add(container_cgroup(2), processes=1)[0]
+    c = tree.add("/system.slice/render.service", processes=1)[0]
+    stranger = 99999  # a process NVML sees but procfs does not (another PID namespace)
+    state = {"driver": "550.54.15", "gpus": [
+        gpu(0, processes=[{"pid": a, "used_mem": 1 << 30}, {"pid": b, "used_mem": 1 << 30}],
+            samples=[{"pid": a, "ts": 5, "sm": 10}]),
+        gpu(1, processes=[{"pid": b, "used_mem": 3 << 30}, {"pid": c, "used_mem": 1 << 30}],
+            samples=None),
+        gpu(2, mig=True, mig_devices=[{"sm": 42, "processes": [{"pid": c, "used_mem": 1}]},
+                                      {"sm": 14, "processes": []}]),
+        gpu(3, processes=[]),
+    ]}
+    fake_nvml.set_state(state)
+    attribution = Attribution(make_config(tmp_path, collector__nvml=True), nvml=fake_nvml)
+    attribution.account(attribution.read(), [], 0.0)
+    # samples since the previous call only: the one at ts=5 was seen by the first read
+    state["gpus"][0]["samples"] += [
+        {"pid": a, "ts": 10, "sm": 60}, {"pid": a, "ts": 20, "sm": 60},
+        {"pid": b, "ts": 20, "sm": 40}, {"pid": stranger, "ts": 20, "sm": 40}]
+    counted = [Counted("gpu", f"gpu-{n}", 100.0, 0.01) for n in range(4)]
+    split = attribution.account(attribution.read(), counted, 1.0)
+    assert_conserved(split)
+    pod_a = ("container", "", pod_uid(1), container_id(1)[:12], "", "")
+    pod_b = ("container", "", pod_uid(2), container_id(2)[:12], "", "")
+    unit_c = ("unit", "", "", "", "render.service", "")
+    gpu_parts = split.parts["gpu"]
+    # gpu-0: smUtil 120 / 40 / 40 (stranger -> other); gpu-1: memory 3:1; gpu-2: MIG 42:14 SMs
+    assert gpu_parts[pod_a] == pytest.approx(60.0)
+    assert gpu_parts[pod_b] == pytest.approx(20.0 + 75.0)
+    assert gpu_parts[unit_c] == pytest.approx(25.0 + 75.0)
+    assert gpu_parts[OTHER] == pytest.approx(20.0)
+    assert gpu_parts[IDLE] == pytest.approx(25.0 + 100.0)  # the empty MIG instance, gpu-3
+    assert dict(attribution.gpu_split) == {"gpu-0": "sm_utilization", "gpu-1": "memory",
+                                           "gpu-2": "mig", "gpu-3": "idle"}
+    grams = {s.workload_job or s.kind: s.grams for s in attribution.series if s.kind == "idle"}
+    assert grams["idle"] == pytest.approx(125.0 * 0.01 / 100.0)
+    # the next sample sees no new utilisation sample on gpu-0: memory share, and says so
+    split = attribution.account(attribution.read(), counted[:1], 2.0)
+    assert dict(attribution.gpu_split) == {"gpu-0": "memory"}
+    assert split.parts["gpu"][pod_a] == pytest.approx(50.0)
+
+
+def test_no_nvidia_driver_is_not_an_attribution_error(tmp_path):
+    tree = build_tree(tmp_path, "v2")
+    tree.add("/system.slice/a.service")
+    fake_nvml.set_state({"driver": "550.54.15", "init_error": "NVML_ERROR_DRIVER_NOT_LOADED",
+                         "gpus": []})
+    attribution = Attribution(make_config(tmp_path, collector__nvml=True), nvml=fake_nvml)
+    result = attribution.read()
+    assert result.status.reason == "ok", result.status
+    assert result.observation.gpus == {}
+
+
+def test_gpu_that_fails_goes_to_other_and_says_unavailable(tmp_path):
+    build_tree(tmp_path, "v2")
+    fake_nvml.set_state({"driver": "550.54.15", "gpus": [gpu(0, error="NVML_ERROR_GPU_IS_LOST")]})
+    attribution = Attribution(make_config(tmp_path, collector__nvml=True), nvml=fake_nvml)
+    attribution.account(attribution.read(), [], 0.0)
+    split = attribution.account(attribution.read(), [Counted("gpu", "gpu-0", 7.0, 0.0)], 1.0)
+    assert split.parts["gpu"][OTHER] == 7.0
+    assert dict(attribution.gpu_split) == {"gpu-0": "unavailable"}
+
+
+# --- the whole sampler: workload series sum to the node's energy at every cycle ------------------
+
+def test_sampler_workload_totals_equal_node_energy_every_cycle(tmp_path):
+    tree = build_tree(tmp_path, "v2", write_pid_stats=False)
+    leaves = populate(tree, pods=20, units=8, jobs=4)
+    gpu_pid = tree.processes[min(tree.processes)].pid
+    powercap = PowercapTree(tmp_path / "sys")
+    powercap.add_zone("intel-rapl:0", "package-0", 1_000_000)
+    powercap.add_zone("intel-rapl:0:0", "dram", 100_000, wrap_uj=65712999613)
+    state = {"driver": "550.54.15", "gpus": [gpu(0, processes=[{"pid": gpu_pid, "used_mem": 1}])]}
+    fake_nvml.set_state(state)
+    config = make_config(tmp_path, collector__nvml=True)
+    attribution = Attribution(config, nvml=fake_nvml)
+    sampler = Sampler([RaplSource(config.path_sysfs), NvmlSource(fake_nvml)], [], 0.5,
+                      _intensity(), 1.0, attribution)
+    rng = random.Random(3)
+
+    async def run() -> None:
+        for cycle in range(8):
+            tree.advance({leaf: rng.random() for leaf in leaves}, outside_seconds=0.2)
+            # plausible energy for the time between cycles: the ledger drops > 5 kW / 3 kW
+            await asyncio.sleep(0.05)
+            powercap.advance("intel-rapl:0", 6 + rng.random() * 4)
+            powercap.advance("intel-rapl:0:0", 0.5 + rng.random())
+            state["gpus"][0]["energy_mj"] += 10_000
+            snap = await sampler.cycle()
+            if cycle:
+                assert_conserved(attribution.last_split)
+            for component in ("cpu", "dram", "gpu"):
+                node = sum(e.joules for e in snap.energy if e.component == component)
+                workloads = sum(w.joules for w in snap.workloads if w.component == component)
+                assert workloads == pytest.approx(node, rel=1e-9), (cycle, component)
+                node_grams = sum(e.grams for e in snap.energy if e.component == component)
+                grams = sum(w.grams for w in snap.workloads if w.component == component)
+                assert grams == pytest.approx(node_grams, rel=1e-9)
+        states = {c.name: c.status.reason for c in snap.collectors}
+        assert states["attribution"] == "ok" and states["kubernetes"] == "absent"
+        assert ("gpu-0", "memory") in snap.gpu_split
+
+    try:
+        asyncio.run(run())
+    finally:
+        sampler.close()
+
+
+def _intensity():
+    from exporter.carbon import Intensity
+
+    return Intensity(400.0, "DE", "static")
