@@ -146,7 +146,7 @@ class Daemon:
         self.config = config
         self.flags = flags
         self.intensity = static_intensity(config)
-        self.security = WebSecurity(config.web_config_file, int(config.web_max_requests))
+        self.security = WebSecurity(config.web_config_file, config.web_max_requests)
         measured, models = build_sources(config)
         attribution = Attribution(config) if config.collector_attribution else None
         self.sampler = Sampler(measured, models, config.sample_interval, self.intensity,

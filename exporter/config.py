@@ -100,7 +100,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("web.config_file", "str", None,
             "Web config file (exporter-toolkit format): TLS, mutual TLS, basic auth, headers. "
             "Reloaded when it or its certificates change.", flag_name="--web.config.file"),
-    Setting("web.max_requests", "float", 40,
+    Setting("web.max_requests", "int", 40,
             "Maximum number of concurrent requests (scrapes); more get 503. 0 means no limit.",
             minimum=0),
     Setting("path.sysfs", "str", "/sys", "sysfs mount point (RAPL under class/powercap)."),
@@ -269,8 +269,6 @@ def _check_value(setting: Setting, value: Any, origin: str) -> None:
             raise ConfigError(f"{where}: {value!r} must be at least {setting.minimum:g}s")
         if setting.minimum is None and seconds <= 0:
             raise ConfigError(f"{where}: {value!r} must be greater than 0")
-    if setting.key == "web.max_requests" and value is not None and float(value) != int(value):
-        raise ConfigError(f"{where}: {value!r} must be a whole number")
     if setting.key == "web.telemetry_path" and not str(value).startswith("/"):
         raise ConfigError(f"{where}: {value!r} must start with /")
     if setting.key == "web.listen_address":
