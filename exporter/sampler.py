@@ -54,6 +54,9 @@ class Snapshot:
     grams_per_second: float | None = None
     collectors: tuple[CollectorState, ...] = ()
     glitches: tuple[tuple[str, str, str, int], ...] = ()  # (collector, device, reason, count)
+    embodied: tuple[tuple[str, str, float], ...] = ()  # (component, device, grams)
+    embodied_grams_per_second: float | None = None
+    grid: object = None  # carbon.providers.chain.GridState: forecast, index, provider states
 
 
 @dataclass(slots=True)
@@ -91,6 +94,8 @@ class Sampler:
         self.model_workers = [_Worker(s, None) for s in models]
         self.model_executor = ThreadPoolExecutor(1, thread_name_prefix="collector-models")
         self.gpus: tuple[GpuInfo, ...] = ()
+        self.grid = None  # set by the provider chain, read at each cycle like intensity
+        self.embodied = None  # carbon.embodied.Embodied, set by the daemon
         self.snapshot = Snapshot(timestamp=None, intensity=intensity, pue=pue)
         self.cycles = 0
         self.last_cycle_at: float | None = None
@@ -148,9 +153,11 @@ class Sampler:
         counted = self.ledger.update(readings, grams_per_joule(intensity.grams_per_kwh, pue))
         grams = sum(c.grams for c in counted)
         now = time.monotonic()
-        rate = None
+        rate = embodied_rate = None
         if self.last_cycle_at is not None and now > self.last_cycle_at:
             rate = grams / (now - self.last_cycle_at)
+            if self.embodied is not None:
+                embodied_rate = self.embodied.update(self.gpus, now - self.last_cycle_at)
         self.last_cycle_at = now
         self.cycles += 1
         tracks = self.ledger.tracks.values()
@@ -166,6 +173,10 @@ class Sampler:
             collectors=tuple(CollectorState(w.source.name, w.status, w.duration_sum, w.duration_count)
                              for w in self.workers + self.model_workers),
             glitches=tuple((c, d, r, n) for (c, d, r), n in self.ledger.glitches.items()),
+            embodied=tuple((c, d, g) for (c, d), g in self.embodied.totals.items())
+            if self.embodied is not None else (),
+            embodied_grams_per_second=embodied_rate,
+            grid=self.grid,
         )
         return self.snapshot
 
