@@ -142,10 +142,10 @@ class Provider(abc.ABC):
         return self.spec.url or self.type
 
     async def get_json(self, session: aiohttp.ClientSession, url: str, *,
-                       headers: dict[str, str] | None = None, params: dict[str, str] | None = None,
-                       auth: aiohttp.BasicAuth | None = None) -> Any:
+                       headers: dict[str, str] | None = None,
+                       params: dict[str, str] | None = None) -> Any:
         try:
-            async with session.get(url, headers=headers, params=params, auth=auth,
+            async with session.get(url, headers=headers, params=params,
                                    allow_redirects=False) as response:
                 body = await response.read()
                 status = response.status

@@ -192,7 +192,8 @@ class Chain:
     async def _run(self, state: _State) -> None:
         provider = state.provider
         while True:
-            delay = provider.spec.refresh
+            # +-10% jitter spreads a fleet's requests; never below what the server asked for
+            delay = provider.spec.refresh * (random.uniform(0.9, 1.1) if provider.live else 1)
             previous = state.reason
             try:
                 fetched = await self._attempt(state)
@@ -219,7 +220,7 @@ class Chain:
                 state.reason, state.detail = "error", redact(f"{type(exc).__name__}: {exc}")
                 log.exception("provider %s failed", provider.name)
             self._publish()
-            await asyncio.sleep(delay * random.uniform(0.9, 1.1) if provider.live else delay)
+            await asyncio.sleep(delay)
 
     async def _ticker(self) -> None:
         """Re-select every tick: values age, forecasts slide, even when nothing is fetched."""

@@ -8,6 +8,7 @@ unit of gCO2eq/kWh. Forecast: `forecast[]` of {`carbonIntensity`, `datetime`}, h
 
 from __future__ import annotations
 
+import logging
 import time
 
 from exporter.carbon import Intensity
@@ -17,6 +18,8 @@ from exporter.carbon.providers import (
 )
 from exporter.carbon.secrets import load_secret
 from exporter.config import ConfigError
+
+log = logging.getLogger(__name__)
 
 BASE_URL = "https://api.electricitymap.org/v3"
 TOKEN_ENV = "CARBON_EXPORTER_ELECTRICITYMAPS_TOKEN"
@@ -50,9 +53,12 @@ class ElectricityMaps(Provider):
         stamp = parse_time(dig(latest, "datetime", "latest"), "datetime")
         forecast: tuple[ForecastPoint, ...] = ()
         if self.with_forecast:
-            answer = await self.get_json(session, f"{self.base}/carbon-intensity/forecast",
-                                         headers=headers, params=params)
-            forecast = _points(dig(answer, "forecast", "forecast"), factor)
+            try:
+                answer = await self.get_json(session, f"{self.base}/carbon-intensity/forecast",
+                                             headers=headers, params=params)
+                forecast = _points(dig(answer, "forecast", "forecast"), factor)
+            except ProviderError as exc:  # the latest value stands; the last forecast is kept
+                log.debug("provider %s: forecast unusable: %s", self.name, exc.detail)
         zone = latest.get("zone") if isinstance(latest.get("zone"), str) else self.zone_id
         return Fetched(Intensity(grams, zone, self.name, "average", min(stamp, time.time())),
                        forecast)

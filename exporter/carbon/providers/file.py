@@ -82,7 +82,7 @@ class FileProvider(Provider):
 
 
 def _series(rows, where: str) -> list[tuple[float, float]]:
-    points = sorted((parse_time(r.get("timestamp"), f"{where} timestamp"),
+    points = sorted((parse_time(_number(r.get("timestamp")), f"{where} timestamp"),
                      check_grams(_number(r.get("grams_per_kwh")), f"{where} grams_per_kwh"))
                     for r in rows)
     if not points:

@@ -11,6 +11,7 @@ The `index` word (very low .. very high) is not used: the number is.
 
 from __future__ import annotations
 
+import logging
 import time
 from datetime import datetime, timezone
 
@@ -18,6 +19,8 @@ from exporter.carbon import Intensity
 from exporter.carbon.providers import (
     INVALID, Fetched, ForecastPoint, Provider, ProviderError, check_grams, dig, parse_time,
 )
+
+log = logging.getLogger(__name__)
 
 BASE_URL = "https://api.carbonintensity.org.uk"
 
@@ -48,21 +51,27 @@ class UkGrid(Provider):
         stamp = parse_time(dig(period, "from", "intensity"), "from")
         forecast: tuple[ForecastPoint, ...] = ()
         if self.with_forecast:
-            start = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%MZ")
-            if self.region is None:
-                answer = await self.get_json(session, f"{self.base}/intensity/{start}/fw24h")
-                items = dig(answer, "data", "forecast")
-            else:
-                answer = await self.get_json(
-                    session, f"{self.base}/regional/intensity/{start}/fw24h/regionid/{self.region}")
-                data = dig(answer, "data", "forecast")
-                items = dig(data[0] if isinstance(data, list) and data else data, "data", "forecast")
-            if not isinstance(items, list):
-                raise ProviderError(INVALID, "forecast data is not a list")
-            forecast = tuple(sorted(
-                (ForecastPoint(parse_time(dig(p, "from", "forecast"), "from"),
-                               parse_time(dig(p, "to", "forecast"), "to"),
-                               check_grams(dig(p, "intensity.forecast", "forecast"), "intensity.forecast"))
-                 for p in items), key=lambda p: p.start))
+            try:
+                forecast = await self._forecast(session)
+            except ProviderError as exc:  # the value in force stands; the last forecast is kept
+                log.debug("provider %s: forecast unusable: %s", self.name, exc.detail)
         return Fetched(Intensity(grams, self.zone_label, self.name, "average", min(stamp, time.time())),
                        forecast)
+
+    async def _forecast(self, session) -> tuple[ForecastPoint, ...]:
+        start = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%MZ")
+        if self.region is None:
+            answer = await self.get_json(session, f"{self.base}/intensity/{start}/fw24h")
+            items = dig(answer, "data", "forecast")
+        else:
+            answer = await self.get_json(
+                session, f"{self.base}/regional/intensity/{start}/fw24h/regionid/{self.region}")
+            data = dig(answer, "data", "forecast")
+            items = dig(data[0] if isinstance(data, list) and data else data, "data", "forecast")
+        if not isinstance(items, list):
+            raise ProviderError(INVALID, "forecast data is not a list")
+        return tuple(sorted(
+            (ForecastPoint(parse_time(dig(p, "from", "forecast"), "from"),
+                           parse_time(dig(p, "to", "forecast"), "to"),
+                           check_grams(dig(p, "intensity.forecast", "forecast"), "intensity.forecast"))
+             for p in items), key=lambda p: p.start))

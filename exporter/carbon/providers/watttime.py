@@ -12,9 +12,8 @@ on expiry or a 401). Then, with `Authorization: Bearer <token>`:
 
 from __future__ import annotations
 
+import base64
 import time
-
-import aiohttp
 
 from exporter.carbon import Intensity
 from exporter.carbon.providers import (
@@ -58,8 +57,10 @@ class WattTime(Provider):
     async def _login(self, session) -> str:
         if self._token and time.monotonic() < self._token_until:
             return self._token
-        answer = await self.get_json(session, f"{self.base}/login", auth=aiohttp.BasicAuth(
-            self.username.reveal(), self.password.reveal()))
+        basic = base64.b64encode(
+            f"{self.username.reveal()}:{self.password.reveal()}".encode()).decode()
+        answer = await self.get_json(session, f"{self.base}/login",
+                                     headers={"Authorization": f"Basic {basic}"})
         token = answer.get("token") if isinstance(answer, dict) else None
         if not isinstance(token, str) or not token:
             raise ProviderError(INVALID, "login answer has no token")
