@@ -135,6 +135,7 @@ class Daemon:
                                config.carbon_pue)
         self.sampler.embodied = Embodied(config)
         self.chain = Chain.from_config(config, self._publish_grid)
+        self._swapping = asyncio.Lock()  # two quick SIGHUPs must not start chains out of order
         self.stop = asyncio.Event()
 
     def _publish_grid(self, state: GridState) -> None:
@@ -143,8 +144,10 @@ class Daemon:
         self.sampler.grid = state
 
     async def _swap_chain(self, old: Chain, new: Chain) -> None:
-        await old.stop()
-        new.start()
+        async with self._swapping:
+            await old.stop()
+            if new is self.chain:  # a later reload may already have replaced it
+                new.start()
 
     def reload(self) -> None:
         """SIGHUP: re-read the config file; keep the running config if the new one is bad."""

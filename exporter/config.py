@@ -103,7 +103,8 @@ SETTINGS: tuple[Setting, ...] = (
             "(US-MIDA-PJM) or a cloud region (aws:eu-west-1, gcp:europe-west4, azure:westeurope); "
             "default: the world average.", reloadable=True),
     Setting("carbon.intensity", "float", None,
-            "Static grid intensity in gCO2e/kWh; overrides --carbon.zone.",
+            "Static grid intensity in gCO2e/kWh: replaces the dataset value for --carbon.zone "
+            "(and is the fallback after any carbon.providers).",
             minimum=0, reloadable=True),
     Setting("carbon.providers", "providers", None,
             "Intensity providers in fallback order: a list in the config file (see Carbon "
