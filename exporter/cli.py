@@ -13,6 +13,7 @@ import time
 from typing import Any, Sequence
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from exporter import __version__
 from exporter.carbon import static_intensity
@@ -99,6 +100,18 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
+class MalformedRequestFilter(logging.Filter):
+    """aiohttp logs a client's malformed HTTP with a traceback at error level; a bad client
+    must not flood the log, so those become one debug line. Handler bugs still log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            log.debug("malformed request refused: %s", exc)
+            return False
+        return True
+
+
 def setup_logging(level: str, fmt: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else LogfmtFormatter())
@@ -107,6 +120,8 @@ def setup_logging(level: str, fmt: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(_LEVELS[level])
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    server_log = logging.getLogger("aiohttp.server")
+    server_log.filters[:] = [MalformedRequestFilter()]
 
 
 # --- wiring ----------------------------------------------------------------------------------

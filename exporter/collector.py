@@ -91,7 +91,7 @@ class SnapshotCollector(Collector):
         if snap.intensity is not None:
             i = snap.intensity
             intensity.add_metric([i.grid_zone, i.provider, i.kind], i.grams_per_kwh)
-            age.add_metric([i.grid_zone, i.provider], i.age())
+            age.add_metric([i.grid_zone, i.provider], snap.intensity_age)
         yield intensity
         yield age
         yield from grid_families(snap.grid)

@@ -7,6 +7,7 @@ Every error names the field and says what is wrong, in one line.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -31,12 +32,17 @@ def parse_duration(value: Any) -> float:
     if isinstance(value, bool):
         raise ValueError(f"{value!r} is not a duration")
     if isinstance(value, (int, float)):
-        return float(value)
+        number = float(value)
+    else:
+        try:
+            number = float(str(value).strip())
+        except ValueError:
+            number = None
+    if number is not None:
+        if not math.isfinite(number):  # nan/inf parse as floats but are no interval
+            raise ValueError(f"{value!r} is not a duration (use e.g. 500ms, 1s, 1m30s or 0.5)")
+        return number
     text = str(value).strip()
-    try:
-        return float(text)
-    except ValueError:
-        pass
     match = _DURATION_RE.match(text)
     if not text or not match or not any(match.groups()):
         raise ValueError(f"{value!r} is not a duration (use e.g. 500ms, 1s, 1m30s or 0.5)")
@@ -154,8 +160,8 @@ def _nested_schema() -> dict[str, Any]:
     root: dict[str, Any] = {"type": "object", "additionalProperties": False, "properties": {}}
     for setting in SETTINGS:
         section, _, name = setting.key.partition(".")
-        group = root["properties"].setdefault(
-            section, {"type": "object", "additionalProperties": False, "properties": {}}
+        group = root["properties"].setdefault(  # an empty section (`carbon:`) is allowed
+            section, {"type": ["object", "null"], "additionalProperties": False, "properties": {}}
         )
         group["properties"][name] = setting.schema()
     return root
@@ -220,6 +226,8 @@ def validate_tree(tree: Any, origin: str) -> dict[str, Any]:
 
 def _check_value(setting: Setting, value: Any, origin: str) -> None:
     where = _field(setting.key, origin)
+    if setting.kind == "float" and value is not None and not math.isfinite(value):
+        raise ConfigError(f"{where}: {value!r} must be a finite number")
     if setting.kind == "duration":
         try:
             seconds = parse_duration(value)

@@ -102,7 +102,9 @@ class Ledger:
         if reading.counter:
             raw = reading.value - track.last_value
             if raw < 0:
-                if reading.wrap is None or reading.value > reading.wrap:
+                # a value above the wrap point on either side cannot be a wraparound
+                if (reading.wrap is None or reading.value > reading.wrap
+                        or track.last_value > reading.wrap):
                     self._glitch(reading, "reset",
                                  f"counter went from {track.last_value:.6f} to {reading.value:.6f}")
                     return Delta(None, seconds)

@@ -105,7 +105,7 @@ EMISSIONS_RATE = MetricSpec(
 )
 COLLECTOR_UP = MetricSpec(
     "carbon_exporter_collector_up", "gauge",
-    "1 if the collector worked at the last sample, else 0; reason is ok, absent, "
+    "Whether the collector worked at the last sample (1) or not (0); reason is ok, absent, "
     "permission, error or superseded.",
     ("collector", "reason"),
 )

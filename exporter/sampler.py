@@ -50,6 +50,7 @@ class Snapshot:
     rapl_domains: tuple[tuple[str, str, float], ...] = ()  # (domain, device, joules)
     gpus: tuple[GpuInfo, ...] = ()
     intensity: Intensity | None = None
+    intensity_age: float = 0.0  # seconds, at the time of the snapshot
     pue: float = 1.0
     grams_per_second: float | None = None
     collectors: tuple[CollectorState, ...] = ()
@@ -168,6 +169,7 @@ class Sampler:
             rapl_domains=tuple((t.domain, t.device, t.joules) for t in tracks if t.domain),
             gpus=self.gpus,
             intensity=intensity,
+            intensity_age=intensity.age(),
             pue=pue,
             grams_per_second=rate,
             collectors=tuple(CollectorState(w.source.name, w.status, w.duration_sum, w.duration_count)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import html
 import time
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from prometheus_client import CollectorRegistry
-from prometheus_client.aiohttp import make_aiohttp_handler
+from prometheus_client.exposition import choose_encoder
 
 from exporter import __version__
 from exporter.carbon.secrets import redact
@@ -73,18 +73,57 @@ async def healthz(request: web.Request) -> web.Response:
     return web.Response(text="ok\n")
 
 
+@web.middleware
+async def refuse_large_bodies(request: web.Request, handler):
+    """GET handlers never read the body, so aiohttp's client_max_size alone would let any
+    size through: refuse a declared large one at once, and read a chunked one, which raises
+    413 above MAX_REQUEST_BYTES."""
+    size = request.content_length
+    if size is not None and size > MAX_REQUEST_BYTES:
+        raise web.HTTPRequestEntityTooLarge(max_size=MAX_REQUEST_BYTES, actual_size=size)
+    if request.body_exists:
+        await request.read()
+    return await handler(request)
+
+
 def make_registry(sampler: Sampler) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=True)
     registry.register(SnapshotCollector(lambda: sampler.snapshot))
     return registry
 
 
+class MetricsHandler:
+    """The telemetry path. The snapshot changes once per sample, so the exposition is rendered
+    once per snapshot and format and every scrape in between gets those bytes: many scrapers
+    cost little. Format by content negotiation (text or OpenMetrics, as prometheus_client's
+    own handler does), `name[]` filtering, and gzip when Accept-Encoding allows it."""
+
+    def __init__(self, sampler: Sampler) -> None:
+        self.sampler = sampler
+        self.registry = make_registry(sampler)
+        self.cache: dict[str, tuple[object, bytes]] = {}  # content type -> (snapshot, body)
+
+    async def __call__(self, request: web.Request) -> web.Response:
+        encoder, content_type = choose_encoder(",".join(request.headers.getall(hdrs.ACCEPT, [])))
+        names = request.query.getall("name[]", [])
+        if names:
+            body = encoder(self.registry.restricted_registry(names))
+        else:
+            snapshot = self.sampler.snapshot
+            cached = self.cache.get(content_type)
+            if cached is None or cached[0] is not snapshot:
+                cached = self.cache[content_type] = (snapshot, encoder(self.registry))
+            body = cached[1]
+        response = web.Response(body=body, headers={hdrs.CONTENT_TYPE: content_type})
+        response.enable_compression()  # only when the client's Accept-Encoding allows it
+        return response
+
+
 def make_app(sampler: Sampler, telemetry_path: str = "/metrics") -> web.Application:
-    app = web.Application(client_max_size=MAX_REQUEST_BYTES)
+    app = web.Application(client_max_size=MAX_REQUEST_BYTES, middlewares=[refuse_large_bodies])
     app[SAMPLER_KEY] = sampler
     app[PATH_KEY] = telemetry_path
-    metrics_handler = make_aiohttp_handler(make_registry(sampler))
-    app.router.add_get(telemetry_path, metrics_handler)
+    app.router.add_get(telemetry_path, MetricsHandler(sampler))
     app.router.add_get("/healthz", healthz)
     if telemetry_path != "/":
         app.router.add_get("/", landing)

@@ -79,7 +79,8 @@ class ExporterProcess:
         wait_for(healthy, timeout, "exporter /healthz")
 
     def output(self) -> str:
-        self.log.flush()
+        if not self.log.closed:
+            self.log.flush()
         return self.log_path.read_text(errors="replace")
 
     def metrics(self) -> str:

@@ -18,6 +18,8 @@ from exporter.sources import ERROR, OK, SUPERSEDED, Source, SourceResult, Status
 from exporter.sources.cpu_model import MODEL_MAX_WATTS
 
 GIB = 1024**3
+# Installed memory changes only with hot-plug: re-read it now and then, not every sample.
+MEMTOTAL_REFRESH_SECONDS = 60.0
 
 
 class DramModelSource(Source):
@@ -27,6 +29,8 @@ class DramModelSource(Source):
         self.procfs = procfs
         self.joules = 0.0
         self.last_at: float | None = None
+        self.installed_gib: float | None = None
+        self.installed_read_at = 0.0
         self.configure(config)
 
     def configure(self, config) -> None:
@@ -36,13 +40,18 @@ class DramModelSource(Source):
         if "dram" in covered:
             self.last_at = None
             return SourceResult(Status(SUPERSEDED, "RAPL dram counters measure the memory"))
-        try:
-            psutil.PROCFS_PATH = self.procfs
-            installed = psutil.virtual_memory().total / GIB
-        except (OSError, ValueError, KeyError) as exc:
-            return SourceResult(Status(ERROR, f"dram-model: cannot read {self.procfs}/meminfo: {exc}"))
-        watts = installed * self.watts_per_gib
         at = time.monotonic()
+        if self.installed_gib is None or at - self.installed_read_at > MEMTOTAL_REFRESH_SECONDS:
+            try:
+                psutil.PROCFS_PATH = self.procfs
+                self.installed_gib = psutil.virtual_memory().total / GIB
+                self.installed_read_at = at
+            except (OSError, ValueError, KeyError) as exc:
+                self.installed_gib = None
+                return SourceResult(Status(
+                    ERROR, f"dram-model: cannot read {self.procfs}/meminfo: {exc}"))
+        installed = self.installed_gib
+        watts = installed * self.watts_per_gib
         previous, self.last_at = self.last_at, at
         if previous is not None:
             self.joules += watts * (at - previous)

@@ -162,6 +162,8 @@ class NvmlSource(Source):
             # Every GPU failed: the driver may have been reloaded. Start over later.
             self._shutdown()
             self.next_init = time.monotonic() + REINIT_AFTER_SECONDS
+            # reported until the re-init, instead of the stale "ok" from the last init
+            self.init_status = Status(ERROR, "; ".join(problems))
         status = Status(ERROR, "; ".join(problems)) if problems else Status(
             OK, f"{len(readings)} GPU(s)")
         return SourceResult(status, readings, infos)

@@ -1,0 +1,63 @@
+"""The metric contract: exporter/metrics.py is the one place names are defined; the README and
+the shared design page must agree with it, and names must follow Prometheus conventions."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from exporter import metrics
+
+ROOT = Path(__file__).resolve().parent.parent
+DESIGN = ROOT.parent / "shared" / "design.md"
+# Target labels Prometheus or common setups attach; an exporter label with these names clashes.
+RESERVED_LABELS = {"job", "instance", "zone", "region", "cluster", "env", "node"}
+
+
+def test_readme_tables_are_generated_from_the_code():
+    result = subprocess.run([sys.executable, "scripts/gen_readme.py", "--check"], cwd=ROOT,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("spec", metrics.ALL, ids=lambda s: s.name)
+def test_metric_names_follow_prometheus_conventions(spec):
+    assert re.fullmatch(r"carbon_[a-z0-9_]+", spec.name)
+    assert spec.name.endswith("_total") == (spec.type == "counter")
+    units = ("_joules_total", "_grams_total", "_watts", "_seconds", "_ratio", "_grams_per_kwh",
+             "_grams_per_second", "_info", "_up", "_glitches_total", "_timestamp_seconds")
+    assert spec.name.endswith(units), f"{spec.name} does not end in a base unit"
+    assert not set(spec.labels) & RESERVED_LABELS
+    assert spec.help and spec.help[0].isupper()
+
+
+def test_names_are_unique():
+    names = [m.name for m in metrics.ALL]
+    assert len(names) == len(set(names))
+
+
+def _design_metrics() -> dict[str, str]:
+    """metric -> its labels cell, from the design page's metric table."""
+    rows = {}
+    for line in DESIGN.read_text().splitlines():
+        match = re.match(r"\| `(carbon_[a-z_]+)` \| [^|]+ \| ([^|]*) \|", line)
+        if match:
+            rows[match.group(1)] = match.group(2)
+    return rows
+
+
+@pytest.mark.skipif(not DESIGN.exists(), reason="shared/design.md is not beside this checkout")
+def test_every_design_metric_that_exists_has_the_agreed_labels():
+    by_name = {m.name: m for m in metrics.ALL}
+    for name, label_cell in _design_metrics().items():
+        if name not in by_name:
+            continue
+        spec = by_name[name]
+        if label_cell.strip().startswith("same"):
+            continue
+        agreed = re.findall(r"`([a-z_]+)`", re.sub(r"\([^)]*\)", "", label_cell))
+        assert set(agreed) <= set(spec.labels), (name, agreed, spec.labels)
