@@ -325,7 +325,7 @@ def _finish(values: dict[str, Any]) -> Any:
             value = parse_duration(value)
         elif setting.kind == "float" and value is not None:
             value = float(value)
-        elif setting.kind == "providers":
+        elif setting.kind == "providers" and value is not None:
             from exporter.carbon.providers.spec import parse_chain
             value = parse_chain(value, setting.key)
         out[setting.attr] = value

@@ -83,8 +83,8 @@ GRID_INDEX = MetricSpec(
 )
 GRID_PROVIDER_UP = MetricSpec(
     "carbon_grid_provider_up", "gauge",
-    "1 if the intensity provider's last fetch worked, else 0; reason is ok, not_yet, auth, "
-    "rate_limited, http_error, timeout, unreachable, invalid, no_data or error.",
+    "Whether the intensity provider's last fetch worked (1) or not (0); reason is ok, not_yet, "
+    "auth, rate_limited, http_error, timeout, unreachable, invalid, no_data or error.",
     ("provider", "reason"),
 )
 PUE = MetricSpec(

@@ -88,7 +88,7 @@ class _State:
 def build_providers(config) -> list[Provider]:
     """Providers for config.carbon_providers; ConfigError for a bad zone or missing secret."""
     zone = resolve_zone(config.carbon_zone)
-    return [PROVIDERS[spec.type](spec, zone) for spec in config.carbon_providers]
+    return [PROVIDERS[spec.type](spec, zone) for spec in config.carbon_providers or ()]
 
 
 class Chain:
