@@ -12,6 +12,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from exporter import metrics
 from tests.fake_grid import FakeGrid
 from tests.fixtures import PowercapTree, ProcfsTree
 from tests.harness import ExporterProcess, http_get, wait_for
@@ -158,10 +159,19 @@ def test_failing_providers_keep_sampling_and_never_leak_secrets(tmp_path, fake):
         assert http_get(exporter.url + "/healthz")[0] == 200
         landing = http_get(exporter.url + "/")[2].decode()
         assert "electricitymaps" in landing and "http_error" in landing
-        fake.mode["em"] = "ok"  # now the token is accepted and used
+        fake.mode["em"] = fake.mode["wt"] = "ok"  # now the token is accepted and used
         wait_for(lambda: value(exporter.metrics(), "carbon_grid_intensity_grams_per_kwh",
                                provider="electricitymaps", grid_zone="US-CAL-CISO") == 300.0,
                  10, "Electricity Maps in force")
+        wait_for(lambda: value(exporter.metrics(), "carbon_grid_intensity_index_ratio",
+                               provider="watttime") == 0.73, 10, "the WattTime index")
+        # the metrics only live providers produce, as metrics.py defines them
+        families = {f.name: f for f in text_string_to_metric_families(exporter.metrics())}
+        for spec in (metrics.GRID_FORECAST_MIN, metrics.GRID_FORECAST_MIN_START, metrics.GRID_INDEX,
+                     metrics.GRID_PROVIDER_UP):
+            family = families[spec.family_name]
+            assert (family.type, family.documentation) == (spec.type, spec.help)
+            assert family.samples and all(set(x.labels) == set(spec.labels) for x in family.samples)
         landing = http_get(exporter.url + "/")[2].decode()
         everything = exporter.output() + exporter.metrics() + landing
         for secret in (fake.token, fake.password, fake.wt_token, fake.json_token):
