@@ -132,6 +132,9 @@ class Ledger:
             seen.add(key)
             track = self.tracks.get(key)
             if track is None:
+                # Counters known from the start at 0, so the first glitch shows in increase().
+                for reason in ("reset", "implausible"):
+                    self.glitches.setdefault((reading.collector, reading.device, reason), 0)
                 self.tracks[key] = Track(
                     reading.collector, reading.component, reading.domain, reading.device,
                     reading.source, reading.value, reading.at,

@@ -140,11 +140,16 @@ class Sampler:
             if worker.source.name == "nvml":
                 self.gpus = tuple(result.gpus)
         covered = frozenset(r.component for r in readings if r.component)
-        if self.model_workers:
+        # A model whose component a counter covers only stands aside (no I/O): do that here
+        # rather than pay a thread hop; the others read procfs in the models' thread.
+        standing_aside = [w for w in self.model_workers if w.source.component in covered]
+        for worker in standing_aside:
+            self._record(worker, *_timed_read(worker.source, covered))
+        active = [w for w in self.model_workers if w.source.component not in covered]
+        if active:
             model_results = await loop.run_in_executor(
-                self.model_executor,
-                lambda: [_timed_read(w.source, covered) for w in self.model_workers])
-            for worker, (result, duration) in zip(self.model_workers, model_results):
+                self.model_executor, lambda: [_timed_read(w.source, covered) for w in active])
+            for worker, (result, duration) in zip(active, model_results):
                 self._record(worker, result, duration)
                 readings.extend(result.readings)
         return self._publish(readings)
@@ -184,21 +189,22 @@ class Sampler:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Sample until `stop` is set, on a fixed grid so slow cycles do not drift."""
+        stopped = asyncio.ensure_future(stop.wait())  # one waiter for the whole run
         next_at = time.monotonic()
-        while not stop.is_set():
-            try:
-                await self.cycle()
-            except Exception:  # keep sampling: the next cycle may work
-                log.exception("sample cycle failed")
-            next_at += self.interval
-            delay = next_at - time.monotonic()
-            if delay < 0:  # overran: skip the missed ticks rather than bunching cycles
-                next_at = time.monotonic()
-                delay = 0
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=delay)
-            except asyncio.TimeoutError:
-                pass
+        try:
+            while not stop.is_set():
+                try:
+                    await self.cycle()
+                except Exception:  # keep sampling: the next cycle may work
+                    log.exception("sample cycle failed")
+                next_at += self.interval
+                delay = next_at - time.monotonic()
+                if delay < 0:  # overran: skip the missed ticks rather than bunching cycles
+                    next_at = time.monotonic()
+                    delay = 0
+                await asyncio.wait([stopped], timeout=delay)
+        finally:
+            stopped.cancel()
 
     def close(self) -> None:
         for worker in self.workers:

@@ -173,7 +173,7 @@ def test_zone_vanishing_mid_run_then_returning(tmp_path):
     assert package1.present is True
     assert package1.joules == pytest.approx(3.0 + 4.0 + 5.0)  # the gap is counted too
     assert ledger.tracks[("cpu", "package", "package-0", "rapl")].joules == pytest.approx(3.0)
-    assert ledger.glitches == {}
+    assert not any(ledger.glitches.values())
 
 
 def test_wraparound_through_the_ledger(tmp_path):
@@ -196,7 +196,7 @@ def test_wraparound_through_the_ledger(tmp_path):
     # the fixture wraps modulo max_energy_range_uj + 1: at most 1 uJ per wrap apart
     assert package.joules == pytest.approx(injected, abs=1e-5)
     assert dram.joules == pytest.approx(6.0, abs=1e-5)
-    assert ledger.glitches == {}
+    assert not any(ledger.glitches.values())
 
 
 def test_counter_going_backwards_is_a_counted_glitch_not_a_decrease(tmp_path):
@@ -211,7 +211,7 @@ def test_counter_going_backwards_is_a_counted_glitch_not_a_decrease(tmp_path):
     ledger.update(source.read().readings, 0.0)
     package = ledger.tracks[("cpu", "package", "package-0", "rapl")]
     assert package.joules == pytest.approx(2.0)
-    assert ledger.glitches == {("rapl", "package-0", "reset"): 1}
+    assert {k: n for k, n in ledger.glitches.items() if n} == {("rapl", "package-0", "reset"): 1}
 
 
 def _read_as_nobody(sysfs: str) -> dict:

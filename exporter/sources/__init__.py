@@ -51,6 +51,7 @@ class Source(abc.ABC):
     """Base class: subclasses set `name` and implement read()."""
 
     name = ""
+    component: str | None = None  # set by models: the component they estimate
 
     @abc.abstractmethod
     def read(self, covered: frozenset[str] = frozenset()) -> SourceResult:

@@ -118,6 +118,7 @@ def _busy_and_total(times) -> tuple[float, float]:
 
 class CpuModelSource(Source):
     name = "cpu-model"
+    component = "cpu"
 
     def __init__(self, procfs: str, config) -> None:
         self.procfs = procfs

@@ -24,6 +24,7 @@ MEMTOTAL_REFRESH_SECONDS = 60.0
 
 class DramModelSource(Source):
     name = "dram-model"
+    component = "dram"
 
     def __init__(self, procfs: str, config) -> None:
         self.procfs = procfs

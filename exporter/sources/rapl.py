@@ -82,6 +82,8 @@ class RaplSource(Source):
         self.root = os.path.join(sysfs, "class", "powercap")
         self.zones: dict[str, Zone] = {}
         self.bad_zones: dict[str, str] = {}  # dirname -> why it was skipped at discovery
+        self.active: list[Zone] = []  # recomputed only when the zone set changes
+        self.active_detail = ""
 
     def _load_zone(self, dirname: str, control: str, package_index: str, sub_index: str | None) -> Zone:
         path = os.path.join(self.root, dirname)
@@ -114,6 +116,7 @@ class RaplSource(Source):
             try:
                 self.zones[dirname] = self._load_zone(dirname, *match.groups())
                 self.bad_zones.pop(dirname, None)
+                self._choose_active()
             except (OSError, UnicodeError) as exc:
                 self.bad_zones[dirname] = str(exc)
                 problems.append(f"{dirname}: {exc.strerror if isinstance(exc, OSError) else exc}")
@@ -122,7 +125,7 @@ class RaplSource(Source):
             # keep it known so the problem is reported until it returns
         return problems
 
-    def _active_zones(self) -> list[Zone]:
+    def _choose_active(self) -> None:
         """Zones to read: duplicates of a package through another interface left out."""
         best: dict[tuple[str, str], Zone] = {}
         for zone in self.zones.values():
@@ -130,7 +133,9 @@ class RaplSource(Source):
             held = best.get(key)
             if held is None or _CONTROL_PREFERENCE[zone.control] < _CONTROL_PREFERENCE[held.control]:
                 best[key] = zone
-        return sorted(best.values(), key=lambda z: z.dirname)
+        self.active = sorted(best.values(), key=lambda z: z.dirname)
+        self.active_detail = f"{len(self.active)} zones: " + ", ".join(
+            f"{z.device}/{z.name}" if z.device != z.name else z.name for z in self.active)
 
     def read(self, covered: frozenset[str] = frozenset()) -> SourceResult:
         problems = self._discover()
@@ -142,7 +147,7 @@ class RaplSource(Source):
                         "or the intel_rapl_msr module is not loaded)"))
         readings = []
         denied = []
-        for zone in self._active_zones():
+        for zone in self.active:
             at = time.monotonic()
             try:
                 joules = read_microjoules(zone.energy_path)
@@ -169,6 +174,4 @@ class RaplSource(Source):
             problems.append(f"permission denied for {', '.join(denied)}")
         if problems:
             return SourceResult(Status(ERROR, "; ".join(problems)), readings)
-        return SourceResult(Status(OK, f"{len(readings)} zones: " + ", ".join(
-            f"{z.device}/{z.name}" if z.device != z.name else z.name for z in self._active_zones())),
-            readings)
+        return SourceResult(Status(OK, self.active_detail), readings)
