@@ -15,7 +15,10 @@ import threading
 from exporter.config import ConfigError
 
 REDACTED = "<redacted>"
-_known: set[str] = set()
+# Insertion-ordered; bounded because WattTime hands out a new token every 30 minutes and an
+# expired token no longer needs hiding (configured secrets are loaded first and stay).
+MAX_KNOWN = 64
+_known: dict[str, None] = {}
 _lock = threading.Lock()
 
 
@@ -26,7 +29,9 @@ class Secret:
         self._value = value
         if len(value) >= 4:  # shorter strings would redact ordinary words
             with _lock:
-                _known.add(value)
+                _known[value] = None
+                while len(_known) > MAX_KNOWN:
+                    _known.pop(next(iter(_known)))
 
     def reveal(self) -> str:
         return self._value
