@@ -318,3 +318,11 @@ def test_redaction_of_registered_secrets(caplog):
         logger.removeHandler(handler)
     assert "tok-abcdef-123456" not in records[0].getMessage()
     assert "tok-abcdef-123456" not in records[1].getMessage() and records[1].exc_info is None
+
+
+def test_configured_secrets_outlive_a_stream_of_short_lived_tokens():
+    Secret("configured-api-key-777")
+    for n in range(200):
+        Secret(f"short-lived-token-{n:04d}", short_lived=True)
+    text = redact("configured-api-key-777 short-lived-token-0000 short-lived-token-0199")
+    assert text == f"{REDACTED} short-lived-token-0000 {REDACTED}"

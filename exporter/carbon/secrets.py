@@ -15,23 +15,27 @@ import threading
 from exporter.config import ConfigError
 
 REDACTED = "<redacted>"
-# Insertion-ordered; bounded because WattTime hands out a new token every 30 minutes and an
-# expired token no longer needs hiding (configured secrets are loaded first and stay).
-MAX_KNOWN = 64
-_known: dict[str, None] = {}
+# Configured secrets stay registered; short-lived ones (WattTime hands out a new token every
+# 30 minutes) are kept in a bounded, insertion-ordered window: an expired token needs no hiding.
+MAX_SHORT_LIVED = 64
+_known: set[str] = set()
+_short_lived: dict[str, None] = {}
 _lock = threading.Lock()
 
 
 class Secret:
     __slots__ = ("_value",)
 
-    def __init__(self, value: str) -> None:
+    def __init__(self, value: str, short_lived: bool = False) -> None:
         self._value = value
         if len(value) >= 4:  # shorter strings would redact ordinary words
             with _lock:
-                _known[value] = None
-                while len(_known) > MAX_KNOWN:
-                    _known.pop(next(iter(_known)))
+                if not short_lived:
+                    _known.add(value)
+                    return
+                _short_lived[value] = None
+                while len(_short_lived) > MAX_SHORT_LIVED:
+                    _short_lived.pop(next(iter(_short_lived)))
 
     def reveal(self) -> str:
         return self._value
@@ -50,7 +54,7 @@ class Secret:
 
 def redact(text: str) -> str:
     with _lock:
-        known = sorted(_known, key=len, reverse=True)
+        known = sorted(_known | set(_short_lived), key=len, reverse=True)
     for value in known:
         if value in text:
             text = text.replace(value, REDACTED)

@@ -64,7 +64,7 @@ class WattTime(Provider):
         token = answer.get("token") if isinstance(answer, dict) else None
         if not isinstance(token, str) or not token:
             raise ProviderError(INVALID, "login answer has no token")
-        Secret(token)  # registers it for redaction
+        Secret(token, short_lived=True)  # registers it for redaction
         self._token, self._token_until = token, time.monotonic() + TOKEN_LIFETIME
         return token
 
