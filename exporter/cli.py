@@ -46,7 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="carbon-exporter",
         description="Prometheus exporter for node power (RAPL, NVML, utilisation models), "
                     "energy and CO2e emissions. Every flag also reads from the environment "
-                    "variable shown, and from the same key in --config.file; flags win.",
+                    "variable shown, and from the same key in --config.file; flags win. "
+                    "`carbon-exporter report --help`: the footprint report from Prometheus "
+                    "history.",
     )
     parser.add_argument("--version", action="version", version=f"carbon-exporter {__version__}")
     parser.add_argument("--config.file", dest="config_file", metavar="PATH",
@@ -230,6 +232,11 @@ class Daemon:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["report"]:
+        # The footprint report is a client of Prometheus, not part of the daemon.
+        from exporter.report.cli import main as report_main
+        return report_main(argv[1:])
     parser = build_parser()
     args = vars(parser.parse_args(argv))
     config_file = args.pop("config_file", None) or os.environ.get("CARBON_EXPORTER_CONFIG_FILE")

@@ -1,6 +1,7 @@
 #!/bin/sh
 # Bootstrap a fresh Debian/Ubuntu checkout: a venv in .venv with the project installed,
-# and with --with-prometheus the Debian `prometheus` package (server + promtool) the tests use.
+# and with --with-prometheus the Debian packages the tests use: `prometheus` (server + promtool)
+# and `chromium` (headless, to open the footprint report's HTML).
 # Idempotent: a second run only checks. Sourced-free: run it, it prints what it does.
 set -eu
 cd "$(dirname "$0")/.."
@@ -51,7 +52,13 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$digest" ]; then
 fi
 
 if [ "$want_prometheus" = yes ]; then
+    missing=""
     if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
-        apt_install prometheus
+        missing="prometheus"
+    fi
+    command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
+    if [ -n "$missing" ]; then
+        # shellcheck disable=SC2086 # word splitting wanted: one package per word
+        apt_install $missing
     fi
 fi

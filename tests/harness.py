@@ -108,10 +108,13 @@ def prometheus_binary() -> str | None:
 
 
 class PrometheusServer:
-    """A real Prometheus scraping `targets` every `interval`, loading `rule_files`."""
+    """A real Prometheus scraping `targets` every `interval`, loading `rule_files`.
+    data_dir: serve an existing TSDB (e.g. blocks made by promtool) instead of a fresh one;
+    retention is then unlimited so that old history is not deleted at start-up."""
 
     def __init__(self, tmp: Path, targets: list[str], interval: str = "1s",
-                 rule_files: list[Path] | None = None, job: str = "carbon-exporter") -> None:
+                 rule_files: list[Path] | None = None, job: str = "carbon-exporter",
+                 data_dir: Path | None = None) -> None:
         binary = prometheus_binary()
         if binary is None:
             raise RuntimeError("prometheus is not installed: run ./scripts/test.sh, which installs it")
@@ -121,7 +124,8 @@ class PrometheusServer:
         self.dir.mkdir()
         config = {
             "global": {"scrape_interval": interval, "evaluation_interval": interval},
-            "scrape_configs": [{"job_name": job, "static_configs": [{"targets": targets}]}],
+            "scrape_configs": [{"job_name": job, "static_configs": [{"targets": targets}]}]
+            if targets else [],
         }
         if rule_files:
             config["rule_files"] = [str(p) for p in rule_files]
@@ -130,9 +134,10 @@ class PrometheusServer:
         self.log = open(self.log_path, "wb")
         self.proc = subprocess.Popen([
             binary, f"--config.file={self.dir / 'prometheus.yml'}",
-            f"--storage.tsdb.path={self.dir / 'data'}",
+            f"--storage.tsdb.path={data_dir or self.dir / 'data'}",
             f"--web.listen-address=127.0.0.1:{self.port}",
             "--web.enable-lifecycle", "--log.level=warn",
+            *(["--storage.tsdb.retention.time=100y"] if data_dir else []),
         ], stdout=self.log, stderr=subprocess.STDOUT)
         wait_for(self._ready, 30, "prometheus /-/ready")
 
