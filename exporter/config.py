@@ -299,19 +299,24 @@ def split_listen_address(address: str) -> tuple[str | None, int]:
     return (host or None), int(port)
 
 
-def load_file(path: str) -> dict[str, Any]:
-    """Read and validate a YAML config file; flat {dotted key: value}."""
+def read_yaml(path: str, origin: str) -> Any:
+    """Parse a YAML file; ConfigError with `origin` and the line on any problem."""
     try:
         with open(path, encoding="utf-8") as handle:
-            tree = yaml.safe_load(handle)
+            return yaml.safe_load(handle)
     except OSError as exc:
-        raise ConfigError(f"config file {path}: {exc.strerror}") from None
+        raise ConfigError(f"{origin}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "not valid YAML"
-        raise ConfigError(f"config file {path}{where}: {problem}") from None
-    return validate_tree(tree, f"config file {path}")
+        raise ConfigError(f"{origin}{where}: {problem}") from None
+
+
+def load_file(path: str) -> dict[str, Any]:
+    """Read and validate a YAML config file; flat {dotted key: value}."""
+    origin = f"config file {path}"
+    return validate_tree(read_yaml(path, origin), origin)
 
 
 def _coerce_env(setting: Setting, raw: str) -> Any:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import csv
 import functools
 import time
 from dataclasses import dataclass
-from importlib import resources
 
+from exporter import data
 from exporter.config import ConfigError
 
 WORLD = "WORLD"
@@ -39,10 +38,9 @@ class DatasetRow:
 @functools.lru_cache(maxsize=1)
 def grid_dataset() -> dict[str, DatasetRow]:
     """exporter/data/grid_intensity.csv: annual average gCO2e/kWh by ISO 3166-1 alpha-2 code."""
-    text = resources.files("exporter.data").joinpath("grid_intensity.csv").read_text("utf-8")
-    rows = csv.DictReader(line for line in text.splitlines() if line and not line.startswith("#"))
     return {r["zone"].upper(): DatasetRow(r["zone"].upper(), r["name"], float(r["grams_per_kwh"]),
-                                          int(r["year"]), r["source"]) for r in rows}
+                                          int(r["year"]), r["source"])
+            for r in data.rows("grid_intensity.csv")}
 
 
 def static_intensity(config) -> Intensity:

@@ -10,12 +10,11 @@ device server): embodied.server_kgco2e, else the row named by embodied.server_mo
 
 from __future__ import annotations
 
-import csv
 import functools
 import re
 from dataclasses import dataclass
-from importlib import resources
 
+from exporter import data
 from exporter.config import ConfigError
 
 
@@ -30,10 +29,8 @@ class EmbodiedRow:
 
 @functools.lru_cache(maxsize=1)
 def embodied_table() -> tuple[EmbodiedRow, ...]:
-    text = resources.files("exporter.data").joinpath("embodied.csv").read_text("utf-8")
-    rows = csv.DictReader(line for line in text.splitlines() if line and not line.startswith("#"))
     return tuple(EmbodiedRow(r["kind"], r["name"], r["pattern"], float(r["kgco2e"]), r["source"])
-                 for r in rows)
+                 for r in data.rows("embodied.csv"))
 
 
 def gpu_row(name: str) -> EmbodiedRow | None:

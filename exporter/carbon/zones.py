@@ -3,12 +3,11 @@ bundled mapping (exporter/data/cloud_regions.csv)."""
 
 from __future__ import annotations
 
-import csv
 import functools
 import re
 from dataclasses import dataclass
-from importlib import resources
 
+from exporter import data
 from exporter.config import ConfigError
 
 CLOUDS = ("aws", "gcp", "azure")
@@ -36,9 +35,8 @@ class CloudRegion:
 
 @functools.lru_cache(maxsize=1)
 def cloud_regions() -> dict[str, CloudRegion]:
-    text = resources.files("exporter.data").joinpath("cloud_regions.csv").read_text("utf-8")
-    rows = csv.DictReader(line for line in text.splitlines() if line and not line.startswith("#"))
-    return {f"{r['provider']}:{r['region']}": CloudRegion(**r) for r in rows}
+    return {f"{r['provider']}:{r['region']}": CloudRegion(**r)
+            for r in data.rows("cloud_regions.csv")}
 
 
 def resolve_zone(text: str | None) -> GridZone:
