@@ -18,6 +18,9 @@ from aiohttp.http_exceptions import HttpProcessingError
 from exporter import __version__
 from exporter.attribution import Attribution
 from exporter.carbon import static_intensity
+from exporter.carbon.embodied import Embodied
+from exporter.carbon.providers.chain import Chain, GridState
+from exporter.carbon.secrets import RedactingFilter
 from exporter.config import SETTINGS, ConfigError, changed_keys, resolve, split_listen_address
 from exporter.sampler import Sampler
 from exporter.server import make_app
@@ -117,6 +120,7 @@ class MalformedRequestFilter(logging.Filter):
 def setup_logging(level: str, fmt: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else LogfmtFormatter())
+    handler.addFilter(RedactingFilter())  # no token reaches a log line, whoever logs it
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(_LEVELS[level])
@@ -151,7 +155,21 @@ class Daemon:
         attribution = Attribution(config) if config.collector_attribution else None
         self.sampler = Sampler(measured, models, config.sample_interval, self.intensity,
                                config.carbon_pue, attribution)
+        self.sampler.embodied = Embodied(config)
+        self.chain = Chain.from_config(config, self._publish_grid)
+        self._swapping = asyncio.Lock()  # two quick SIGHUPs must not start chains out of order
         self.stop = asyncio.Event()
+
+    def _publish_grid(self, state: GridState) -> None:
+        # Plain assignments: the sampler picks them up at its next cycle, never waiting.
+        self.sampler.intensity = state.intensity
+        self.sampler.grid = state
+
+    async def _swap_chain(self, old: Chain, new: Chain) -> None:
+        async with self._swapping:
+            await old.stop()
+            if new is self.chain:  # a later reload may already have replaced it
+                new.start()
 
     def reload(self) -> None:
         """SIGHUP: re-read the config file; keep the running config if the new one is bad."""
@@ -160,6 +178,8 @@ class Daemon:
         try:
             new = resolve(self.flags, self.config.config_file)
             intensity = static_intensity(new)
+            chain = Chain.from_config(new, self._publish_grid, previous=self.chain)
+            Embodied(new)  # validates embodied.server_model before anything is applied
         except ConfigError as exc:
             log.error("config reload failed, keeping the previous config: %s", exc)
             return
@@ -169,7 +189,10 @@ class Daemon:
         if restart:
             log.warning("config reload: %s changed but only take effect after a restart",
                         ", ".join(restart))
-        self.sampler.intensity = intensity
+        self.intensity = intensity
+        old, self.chain = self.chain, chain
+        asyncio.get_running_loop().create_task(self._swap_chain(old, chain))
+        self.sampler.embodied.configure(new)
         self.sampler.pue = new.carbon_pue
         for source in self.sampler.sources:
             configure = getattr(source, "configure", None)
@@ -207,6 +230,9 @@ class Daemon:
             log.warning("listening on %s without TLS or basic auth: anyone who can reach the "
                         "port reads this node's power (see README, Security)",
                         self.config.web_listen_address)
+        for status in self.chain.select().providers:
+            log.info("intensity provider %s (%s): %s", status.name, status.type, status.description)
+        self.chain.start()
         sampling = asyncio.create_task(self.sampler.run(self.stop))
         watching = asyncio.create_task(self.security.watch(self.stop))
         metadata = None
@@ -216,6 +242,7 @@ class Daemon:
         log.info("shutting down")
         await sampling
         await watching
+        await self.chain.stop()
         if metadata is not None:
             await metadata
         await runner.cleanup()

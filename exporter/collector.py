@@ -24,6 +24,22 @@ def family(spec: MetricSpec):
     return _FAMILY[spec.type](spec.family_name, spec.help, labels=spec.labels)
 
 
+def grid_families(grid) -> Iterator[Metric]:
+    """Forecast, index and provider states from the chain's GridState (None: no chain)."""
+    low, start = family(metrics.GRID_FORECAST_MIN), family(metrics.GRID_FORECAST_MIN_START)
+    index, up = family(metrics.GRID_INDEX), family(metrics.GRID_PROVIDER_UP)
+    if grid is not None:
+        if grid.forecast_min is not None:
+            f = grid.forecast_min
+            low.add_metric([f.grid_zone, f.provider], f.grams_per_kwh)
+            start.add_metric([f.grid_zone, f.provider], f.start)
+        for zone, provider, value in grid.indexes:
+            index.add_metric([zone, provider], value)
+        for p in grid.providers:
+            up.add_metric([p.name, p.reason], 1 if p.up else 0)
+    yield from (low, start, index, up)
+
+
 class SnapshotCollector(Collector):
     def __init__(self, snapshot: Callable[[], Snapshot]) -> None:
         self._snapshot = snapshot
@@ -45,6 +61,8 @@ class SnapshotCollector(Collector):
             if s.watts is not None:
                 power.add_metric(labels, s.watts)
             emissions.add_metric([s.component, s.device, "operational"], s.grams)
+        for component, device, grams in snap.embodied:
+            emissions.add_metric([component, device, "embodied"], grams)
         yield energy
         yield power
         yield emissions
@@ -52,6 +70,8 @@ class SnapshotCollector(Collector):
         rate = family(metrics.EMISSIONS_RATE)
         if snap.grams_per_second is not None:
             rate.add_metric(["operational"], snap.grams_per_second)
+        if snap.embodied_grams_per_second is not None:
+            rate.add_metric(["embodied"], snap.embodied_grams_per_second)
         yield rate
 
         domains = family(metrics.RAPL_DOMAIN_ENERGY)
@@ -74,6 +94,7 @@ class SnapshotCollector(Collector):
             age.add_metric([i.grid_zone, i.provider], snap.intensity_age)
         yield intensity
         yield age
+        yield from grid_families(snap.grid)
 
         pue = family(metrics.PUE)
         pue.add_metric([], snap.pue)

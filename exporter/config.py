@@ -52,7 +52,7 @@ def parse_duration(value: Any) -> float:
 @dataclass(frozen=True)
 class Setting:
     key: str  # dotted path in the YAML file, e.g. "carbon.pue"
-    kind: str  # str, bool, int, float, duration, choice
+    kind: str  # str, bool, int, float, duration, choice, providers (a structured list)
     default: Any
     help: str
     minimum: float | None = None  # inclusive
@@ -82,6 +82,8 @@ class Setting:
             return {"enum": list(self.choices)}
         if self.kind == "duration":
             return {"type": ["number", "string"]}
+        if self.kind == "providers":  # checked in depth by exporter.carbon.providers.spec
+            return {"type": ["array", "string", "null"]}
         number: dict[str, Any] = {"type": ["integer" if self.kind == "int" else "number", "null"]}
         if self.minimum is not None:
             number["minimum"] = self.minimum
@@ -115,11 +117,17 @@ SETTINGS: tuple[Setting, ...] = (
             "to bound the energy resolution scrapers see (Platypus side channel). 0s: every "
             "sample.", minimum=0, reloadable=True),
     Setting("carbon.zone", "str", None,
-            "Grid zone (ISO 3166-1 alpha-2 country code, e.g. DE) looked up in the bundled "
-            "dataset; default: the world average.", reloadable=True),
+            "Grid zone: an ISO 3166-1 alpha-2 country code (DE), a provider's zone id "
+            "(US-MIDA-PJM) or a cloud region (aws:eu-west-1, gcp:europe-west4, azure:westeurope); "
+            "default: the world average.", reloadable=True),
     Setting("carbon.intensity", "float", None,
-            "Static grid intensity in gCO2e/kWh; overrides --carbon.zone.",
+            "Static grid intensity in gCO2e/kWh: replaces the dataset value for --carbon.zone "
+            "(and is the fallback after any carbon.providers).",
             minimum=0, reloadable=True),
+    Setting("carbon.providers", "providers", None,
+            "Intensity providers in fallback order: a list in the config file (see Carbon "
+            "providers), or comma-separated types for the simple case (ukgrid,dataset). "
+            "The bundled dataset is always the last resort.", reloadable=True),
     Setting("carbon.pue", "float", 1.0,
             "Power usage effectiveness of the facility (>= 1), applied to operational emissions.",
             minimum=1, reloadable=True),
@@ -179,6 +187,21 @@ SETTINGS: tuple[Setting, ...] = (
             "How often pod metadata is refreshed (also at once for an unknown pod, at most "
             "every 5s)."),
     Setting("kubernetes.timeout", "duration", "5s", "Timeout of one metadata request."),
+    Setting("embodied.enabled", "bool", True,
+            "Amortise embodied (manufacturing) emissions of GPUs and the server into "
+            "carbon_emissions_grams_total{scope=\"embodied\"}.", reloadable=True),
+    Setting("embodied.gpu_kgco2e", "float", None,
+            "Embodied kgCO2e per GPU (default: the bundled table by GPU name).",
+            minimum=0, reloadable=True),
+    Setting("embodied.server_kgco2e", "float", None,
+            "Embodied kgCO2e of the server without its GPUs (default: none, or embodied.server_model).",
+            minimum=0, reloadable=True),
+    Setting("embodied.server_model", "str", None,
+            "A server row of the bundled embodied table (exporter/data/embodied.csv), e.g. gpu-server.",
+            reloadable=True),
+    Setting("embodied.lifetime", "duration", "4y",
+            "Service life over which embodied emissions are spread evenly (Prometheus duration).",
+            reloadable=True),
     Setting("log.level", "choice", "info", "Log level.",
             choices=("debug", "info", "warn", "error"), reloadable=True),
     Setting("log.format", "choice", "logfmt", "Log format.", choices=("logfmt", "json")),
@@ -269,6 +292,9 @@ def _check_value(setting: Setting, value: Any, origin: str) -> None:
             raise ConfigError(f"{where}: {value!r} must be at least {setting.minimum:g}s")
         if setting.minimum is None and seconds <= 0:
             raise ConfigError(f"{where}: {value!r} must be greater than 0")
+    if setting.kind == "providers":
+        from exporter.carbon.providers.spec import parse_chain  # late: carbon imports config
+        parse_chain(value, where)
     if setting.key == "web.telemetry_path" and not str(value).startswith("/"):
         raise ConfigError(f"{where}: {value!r} must start with /")
     if setting.key == "web.listen_address":
@@ -287,19 +313,24 @@ def split_listen_address(address: str) -> tuple[str | None, int]:
     return (host or None), int(port)
 
 
-def load_file(path: str) -> dict[str, Any]:
-    """Read and validate a YAML config file; flat {dotted key: value}."""
+def read_yaml(path: str, origin: str) -> Any:
+    """Parse a YAML file; ConfigError with `origin` and the line on any problem."""
     try:
         with open(path, encoding="utf-8") as handle:
-            tree = yaml.safe_load(handle)
+            return yaml.safe_load(handle)
     except OSError as exc:
-        raise ConfigError(f"config file {path}: {exc.strerror}") from None
+        raise ConfigError(f"{origin}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "not valid YAML"
-        raise ConfigError(f"config file {path}{where}: {problem}") from None
-    return validate_tree(tree, f"config file {path}")
+        raise ConfigError(f"{origin}{where}: {problem}") from None
+
+
+def load_file(path: str) -> dict[str, Any]:
+    """Read and validate a YAML config file; flat {dotted key: value}."""
+    origin = f"config file {path}"
+    return validate_tree(read_yaml(path, origin), origin)
 
 
 def _coerce_env(setting: Setting, raw: str) -> Any:
@@ -361,6 +392,9 @@ def _finish(values: dict[str, Any]) -> Any:
             value = parse_duration(value)
         elif setting.kind == "float" and value is not None:
             value = float(value)
+        elif setting.kind == "providers" and value is not None:
+            from exporter.carbon.providers.spec import parse_chain
+            value = parse_chain(value, setting.key)
         out[setting.attr] = value
     config = Config(**out, config_file=values.get("config_file"))
     if config.cpu_model_idle_watts is not None and config.cpu_model_max_watts is not None:

@@ -64,6 +64,29 @@ GRID_INTENSITY_AGE = MetricSpec(
     "Age of the grid carbon intensity value in force, in seconds.",
     ("grid_zone", "provider"),
 )
+GRID_FORECAST_MIN = MetricSpec(
+    "carbon_grid_intensity_forecast_min_grams_per_kwh", "gauge",
+    "Lowest forecast grid carbon intensity over the next 24 hours, in gCO2e per kWh.",
+    ("grid_zone", "provider"),
+)
+GRID_FORECAST_MIN_START = MetricSpec(
+    "carbon_grid_intensity_forecast_min_start_timestamp_seconds", "gauge",
+    "Unix time the forecast's lowest-intensity period (within the next 24 hours) starts; "
+    "at or before now when the cleanest period is the current one.",
+    ("grid_zone", "provider"),
+)
+GRID_INDEX = MetricSpec(
+    "carbon_grid_intensity_index_ratio", "gauge",
+    "Relative index of the current marginal intensity, 0 (cleanest) to 1 (dirtiest) against "
+    "the provider's recent range (WattTime percentile / 100); an index, not grams.",
+    ("grid_zone", "provider"),
+)
+GRID_PROVIDER_UP = MetricSpec(
+    "carbon_grid_provider_up", "gauge",
+    "Whether the intensity provider's last fetch worked (1) or not (0); reason is ok, not_yet, "
+    "auth, rate_limited, http_error, timeout, unreachable, invalid, no_data or error.",
+    ("provider", "reason"),
+)
 PUE = MetricSpec(
     "carbon_pue_ratio", "gauge",
     "Power usage effectiveness applied to operational emissions (facility energy / IT energy).",
@@ -71,7 +94,8 @@ PUE = MetricSpec(
 EMISSIONS = MetricSpec(
     "carbon_emissions_grams_total", "counter",
     "Emissions integrated in the exporter since it started, in grams CO2e. Operational "
-    "scope = energy x intensity in force at that sample x PUE.",
+    "scope = energy x intensity in force at that sample x PUE; embodied scope = the "
+    "device's manufacturing emissions spread evenly over its service life.",
     ("component", "device", "scope"),
 )
 EMISSIONS_RATE = MetricSpec(
@@ -129,7 +153,8 @@ BUILD_INFO = MetricSpec(
 
 ALL: tuple[MetricSpec, ...] = (
     ENERGY, POWER, RAPL_DOMAIN_ENERGY, GPU_POWER_LIMIT, GPU_INFO,
-    GRID_INTENSITY, GRID_INTENSITY_AGE, PUE, EMISSIONS, EMISSIONS_RATE,
+    GRID_INTENSITY, GRID_INTENSITY_AGE, GRID_FORECAST_MIN, GRID_FORECAST_MIN_START, GRID_INDEX,
+    GRID_PROVIDER_UP, PUE, EMISSIONS, EMISSIONS_RATE,
     COLLECTOR_UP, SAMPLE_DURATION, COUNTER_GLITCHES, LAST_SAMPLE, BUILD_INFO,
     WORKLOAD_ENERGY, WORKLOAD_EMISSIONS, WORKLOAD_GPU_SPLIT,
 )

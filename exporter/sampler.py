@@ -57,6 +57,9 @@ class Snapshot:
     glitches: tuple[tuple[str, str, str, int], ...] = ()  # (collector, device, reason, count)
     workloads: tuple = ()  # exporter.attribution.WorkloadSeries
     gpu_split: tuple[tuple[str, str], ...] = ()  # (device, basis)
+    embodied: tuple[tuple[str, str, float], ...] = ()  # (component, device, grams)
+    embodied_grams_per_second: float | None = None
+    grid: object = None  # carbon.providers.chain.GridState: forecast, index, provider states
 
 
 @dataclass(slots=True)
@@ -99,6 +102,8 @@ class Sampler:
         self.model_workers = [_Worker(s, None) for s in models]
         self.model_executor = ThreadPoolExecutor(1, thread_name_prefix="collector-models")
         self.gpus: tuple[GpuInfo, ...] = ()
+        self.grid = None  # set by the provider chain, read at each cycle like intensity
+        self.embodied = None  # carbon.embodied.Embodied, set by the daemon
         self.snapshot = Snapshot(timestamp=None, intensity=intensity, pue=pue)
         self.cycles = 0
         self.last_cycle_at: float | None = None
@@ -168,9 +173,11 @@ class Sampler:
             extra = tuple(CollectorState(*state) for state in self.attribution.states())
         grams = sum(c.grams for c in counted)
         now = time.monotonic()
-        rate = None
+        rate = embodied_rate = None
         if self.last_cycle_at is not None and now > self.last_cycle_at:
             rate = grams / (now - self.last_cycle_at)
+            if self.embodied is not None:
+                embodied_rate = self.embodied.update(self.gpus, now - self.last_cycle_at)
         self.last_cycle_at = now
         self.cycles += 1
         tracks = self.ledger.tracks.values()
@@ -189,6 +196,10 @@ class Sampler:
             glitches=tuple((c, d, r, n) for (c, d, r), n in self.ledger.glitches.items()),
             workloads=self.attribution.series if self.attribution is not None else (),
             gpu_split=self.attribution.gpu_split if self.attribution is not None else (),
+            embodied=tuple((c, d, g) for (c, d), g in self.embodied.totals.items())
+            if self.embodied is not None else (),
+            embodied_grams_per_second=embodied_rate,
+            grid=self.grid,
         )
         return self.snapshot
 

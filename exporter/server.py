@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
 from exporter import __version__
+from exporter.carbon.secrets import redact
 from exporter.collector import SnapshotCollector
 from exporter.sampler import Sampler
 from exporter.webconfig import WebSecurity
@@ -35,6 +36,19 @@ async def landing(request: web.Request) -> web.Response:
         f"provider {html.escape(intensity.provider)}, PUE {snap.pue:g}"
         if intensity else "none"
     )
+    grid = getattr(snap, "grid", None)
+    providers = "".join(
+        f"<tr><td>{html.escape(p.name)}</td><td>{html.escape(p.type)}</td>"
+        f"<td>{html.escape(p.description)}</td><td>{html.escape(p.reason)}</td>"
+        f"<td>{html.escape(redact(p.detail))}</td>"
+        f"<td>{'' if p.value is None else f'{p.value.grams_per_kwh:g}'}</td>"
+        f"<td>{'yes' if p.in_force else ''}</td></tr>"
+        for p in (grid.providers if grid is not None else ())
+    )
+    if providers:
+        carbon += ("<table border=\"1\" cellpadding=\"4\"><tr><th>provider</th><th>type</th>"
+                   "<th>source</th><th>state</th><th>detail</th><th>gCO2e/kWh</th>"
+                   f"<th>in force</th></tr>{providers}</table>")
     body = f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>carbon-exporter</title></head>
 <body>

@@ -14,11 +14,12 @@ Three dashboards, linked to each other by the tag `carbon-exporter`:
   carbon-node      one node: live power by component and device, gCO2e/s,
                    intensity in force, energy and emissions, GPUs, exporter health
   carbon-cluster   all nodes of a job: nodes ranked, top namespaces, pods, jobs
-  carbon-workload  one pod or batch job over time: energy, emissions, share of node
+  carbon-workload  one pod or batch job over time: energy, emissions, share of node;
+                   the SCI score of every workload that publishes functional units
 
 Queries use raw exporter metrics (not recording rules) so the dashboards work
-on any Prometheus that scrapes the exporter; the emission-budget panels are the
-exception, since budgets exist only through the rules. Every template variable
+on any Prometheus that scrapes the exporter; the emission-budget and SCI panels are the
+exceptions, since budgets and functional units exist only through the rules. Every template variable
 used in a query ($job, $instance, $namespace, $pod, $workload_job, $topn) is
 matched with =~ so that tests/promql_inventory.py can substitute it.
 """
@@ -60,6 +61,7 @@ GRAMS = "suffix: gCO2e"
 KILOGRAMS = "suffix: kgCO2e"
 GRAMS_PER_SECOND = "suffix: gCO2e/s"
 GRAMS_PER_KWH = "suffix: gCO2e/kWh"
+GRAMS_PER_UNIT = "suffix: gCO2e/unit"
 
 TIME_RANGE_LINK = "${__url_time_range}"
 
@@ -407,6 +409,21 @@ def node_dashboard() -> db.Dashboard:
         "the bundled dataset does not.",
         SECONDS, query(f"carbon_grid_intensity_age_seconds{s}", "{{grid_zone}} · {{provider}}"),
         calcs=("lastNotNull", "max")))
+    d = d.with_panel(P.timeseries(
+        "Grid intensity now and forecast minimum", "The intensity in force and the lowest intensity "
+        "the provider forecasts for the next 24 hours: the gap is what starting later would save.",
+        GRAMS_PER_KWH,
+        query(f"max(carbon_grid_intensity_grams_per_kwh{s})", "now"),
+        query(f"min(carbon_grid_intensity_forecast_min_grams_per_kwh{s})", "forecast minimum, next 24 h",
+              ref="B"),
+        w=16, calcs=("lastNotNull", "min")))
+    d = d.with_panel(P.stat(
+        "Cleanest period in the next 24 h starts", "When the forecast's lowest-intensity period "
+        "starts (carbon_grid_intensity_forecast_min_start_timestamp_seconds); a time in the past "
+        "means the cleanest period is now. Needs a provider with a forecast.",
+        units.DateTimeFromNow,
+        query(f"min(carbon_grid_intensity_forecast_min_start_timestamp_seconds{s}) * 1000", instant=True),
+        w=8, h=8))
 
     d = d.with_row(P.row("GPUs"))
     gpu_limits = (
@@ -735,6 +752,21 @@ def workload_dashboard() -> db.Dashboard:
         query(f"sum by (container) (rate(carbon_workload_energy_joules_total{containers}[$__rate_interval]))",
               "{{container}}"), w=24, stacked=True))
     d = section(d, "Batch job $workload_job", job, "batch job")
+
+    d = d.with_row(P.row("Software Carbon Intensity (SCI)"))
+    d = d.with_panel(P.timeseries(
+        "SCI: gCO2e per functional unit", "Green Software Foundation SCI = (E·I + M) per R for every "
+        "workload that publishes its functional units (sci:functional_units:rate5m; see the README's "
+        "SCI section): operational plus embodied emissions per sample, token or request.",
+        GRAMS_PER_UNIT,
+        query("workload:sci_grams_per_functional_unit:ratio5m", "{{workload}} per {{functional_unit}}"),
+        calcs=("mean", "min", "lastNotNull")))
+    d = d.with_panel(P.bargauge(
+        "SCI by scope", "The score split into operational (E·I: energy x intensity in force x PUE) "
+        "and embodied (M: amortised manufacturing) grams per functional unit.",
+        GRAMS_PER_UNIT,
+        query("workload_scope:sci_grams_per_functional_unit:ratio5m",
+              "{{workload}} per {{functional_unit}} · {{scope}}", instant=True)))
 
     d = d.with_row(P.row("Emission budgets"))
     d = d.with_panel(P.bargauge(

@@ -24,7 +24,6 @@ from tests.workload_fixtures import (
     WorkloadTree,
     container_cgroup,
     container_id,
-    pod_cgroup,
     pod_uid,
 )
 

@@ -59,10 +59,29 @@ class _BudgetHandler(BaseHTTPRequestHandler):
         pass
 
 
+# What a workload owner writes for the SCI rules (prometheus/examples/sci-workloads.rules.yml):
+# functional units per second. Here the unit is a joule of the fixture node, once per node and
+# once per attributed pod, so that every SCI rule has something to divide by.
+SCI_UNITS = {"groups": [{"name": "sci-functional-units", "interval": "1s", "rules": [
+    {"record": "sci:functional_units:rate5m",
+     "expr": "sum by (instance) (rate(carbon_energy_joules_total[5m]))",
+     "labels": {"workload": "fixture-node", "functional_unit": "joule"}},
+    {"record": "sci:functional_units:rate5m",
+     "expr": 'sum by (namespace, pod) (rate(carbon_workload_energy_joules_total{pod!=""}[5m]))',
+     "labels": {"workload": "fixture-pods", "functional_unit": "joule"}},
+]}]}
+
+# A live intensity provider with a forecast (an hourly profile in a file), so the forecast
+# metrics the dashboards read exist.
+HOURLY_PROFILE = {"hourly": [300 + 10 * abs(hour - 12) for hour in range(24)]}
+
+
 def _fast_rule_files(tmp_path):
     """The bundled rule files with every group evaluated each second, so a short test sees
     the 5-minute groups too. The expressions are untouched."""
-    copies = []
+    units = tmp_path / "sci-units.rules.yml"
+    units.write_text(yaml.safe_dump(SCI_UNITS, sort_keys=False))
+    copies = [units]
     for path in rule_files():
         doc = yaml.safe_load(path.read_text())
         for group in doc.get("groups", []):
@@ -86,12 +105,16 @@ def test_every_shipped_expression_returns_data(tmp_path):
     gpu_state.write_text(json.dumps({"gpus": [{
         "name": "NVIDIA A100-SXM4-80GB", "uuid": "GPU-0f1e2d3c-0000-0000-0000-00000000a100",
         "pci": "00000000:07:00.0", "energy_mj": 1000, "power_mw": 250000, "limit_mw": 400000}]}))
+    profile = tmp_path / "intensity.json"
+    profile.write_text(json.dumps(HOURLY_PROFILE))
+    config = tmp_path / "carbon.yml"
+    config.write_text(yaml.safe_dump({"carbon": {"providers": [{"type": "file", "path": str(profile)}]}}))
     budgets = ThreadingHTTPServer(("127.0.0.1", 0), _BudgetHandler)
     threading.Thread(target=budgets.serve_forever, daemon=True).start()
     exporter = ExporterProcess(tmp_path, [
         f"--path.sysfs={tree.sysfs}", f"--path.procfs={procfs.procfs}", "--sample.interval=250ms",
-        "--carbon.zone=DE", "--carbon.pue=1.3", "--attribution.cpu-idle-watts=10",
-        "--kubernetes.metadata=kubelet-readonly",
+        "--carbon.zone=DE", "--carbon.pue=1.3", f"--config.file={config}",
+        "--attribution.cpu-idle-watts=10", "--kubernetes.metadata=kubelet-readonly",
         f"--kubernetes.url=http://127.0.0.1:{budgets.server_port}",
     ], fake_nvml_state=gpu_state)
     prom = None

@@ -22,9 +22,8 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 import jsonschema
-import yaml
 
-from exporter.config import ConfigError
+from exporter.config import ConfigError, read_yaml
 
 FIELDS = ("kind", "unit", "unit_name", "container", "container_id", "namespace", "pod",
           "pod_uid", "qos", "slurm_job", "process")
@@ -145,13 +144,4 @@ def load_rules(path: str | None) -> Tagger:
     if not path:
         return Tagger()
     origin = f"rules file {path}"
-    try:
-        with open(path, encoding="utf-8") as handle:
-            tree = yaml.safe_load(handle)
-    except OSError as exc:
-        raise ConfigError(f"{origin}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{origin}{line}: {getattr(exc, 'problem', None) or 'not valid YAML'}") from None
-    return parse_rules(tree, origin)
+    return parse_rules(read_yaml(path, origin), origin)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import csv
 import functools
 import time
 from dataclasses import dataclass
-from importlib import resources
 
+from exporter import data
 from exporter.config import ConfigError
 
 WORLD = "WORLD"
@@ -17,7 +16,7 @@ WORLD = "WORLD"
 class Intensity:
     grams_per_kwh: float
     grid_zone: str
-    provider: str  # static, dataset
+    provider: str  # static, dataset, or a live provider's name
     kind: str = "average"  # average or marginal
     fetched_at: float | None = None  # unix time; None: a fixed value that does not age
 
@@ -39,22 +38,26 @@ class DatasetRow:
 @functools.lru_cache(maxsize=1)
 def grid_dataset() -> dict[str, DatasetRow]:
     """exporter/data/grid_intensity.csv: annual average gCO2e/kWh by ISO 3166-1 alpha-2 code."""
-    text = resources.files("exporter.data").joinpath("grid_intensity.csv").read_text("utf-8")
-    rows = csv.DictReader(line for line in text.splitlines() if line and not line.startswith("#"))
     return {r["zone"].upper(): DatasetRow(r["zone"].upper(), r["name"], float(r["grams_per_kwh"]),
-                                          int(r["year"]), r["source"]) for r in rows}
+                                          int(r["year"]), r["source"])
+            for r in data.rows("grid_intensity.csv")}
 
 
 def static_intensity(config) -> Intensity:
-    """Carbon v1: --carbon.intensity, else --carbon.zone in the dataset, else the world average."""
-    zone = (config.carbon_zone or "").strip()
+    """--carbon.intensity, else --carbon.zone's country in the dataset, else the world average.
+
+    The zone may be a cloud region (aws:eu-west-1) or a sub-national zone id (US-CAL-CISO):
+    the dataset is by country, so both resolve to their country here.
+    """
+    from exporter.carbon.zones import resolve_zone  # zones imports config, like this module
+
+    zone = resolve_zone(config.carbon_zone)
     if config.carbon_intensity is not None:
-        return Intensity(config.carbon_intensity, zone.upper(), "static")
-    dataset = grid_dataset()
-    key = zone.upper() or WORLD
-    row = dataset.get(key)
+        return Intensity(config.carbon_intensity, zone.em_zone or zone.country if zone.text else "",
+                         "static")
+    row = grid_dataset().get(zone.country)
     if row is None:
         raise ConfigError(
-            f"carbon.zone: {zone!r} is not in the bundled dataset (use an ISO 3166-1 alpha-2 "
+            f"carbon.zone: {zone.text!r} is not in the bundled dataset (use an ISO 3166-1 alpha-2 "
             f"code such as DE or US, {WORLD} for the world average, or set carbon.intensity)")
     return Intensity(row.grams_per_kwh, row.zone, "dataset")

@@ -704,16 +704,11 @@ def _by_target(series: dict[LabelSet, Points]) -> dict[Target, Points]:
 def bundled_datasets() -> list[dict]:
     """Every CSV shipped in exporter/data: its own header comment, size, years and sources,
     so that a dataset added to the exporter shows up in the methodology by itself."""
-    import csv
-    from importlib import resources
+    from exporter import data
 
     out = []
-    for entry in sorted(resources.files("exporter.data").iterdir(), key=lambda e: e.name):
-        if not entry.name.endswith(".csv"):
-            continue
-        lines = entry.read_text("utf-8").splitlines()
-        header = [line.lstrip("# ").strip() for line in lines if line.startswith("#")]
-        rows = list(csv.DictReader(line for line in lines if line and not line.startswith("#")))
+    for name in data.names():
+        header, rows = data.header_and_rows(name)
         years: dict[str, int] = defaultdict(int)
         for row in rows:
             if row.get("year"):
@@ -722,8 +717,8 @@ def bundled_datasets() -> list[dict]:
         licence = next((line.split(":", 1)[1].strip() for line in header
                         if line.lower().startswith("licence")), "see exporter/data/README.md")
         out.append({
-            "name": header[0].rstrip(".") if header else entry.name,
-            "file": f"exporter/data/{entry.name}",
+            "name": header[0].rstrip(".") if header else name,
+            "file": f"exporter/data/{name}",
             "source": "; ".join(sources[:3]) + (f" (and {len(sources) - 3} more)"
                                                  if len(sources) > 3 else ""),
             "basis": "", "licence": licence, "rows": len(rows),

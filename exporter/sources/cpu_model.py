@@ -16,16 +16,15 @@ P_idle and P_max, first match wins:
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
 import re
 import time
 from dataclasses import dataclass
-from importlib import resources
 
 import psutil
 
+from exporter import data
 from exporter.ledger import Reading
 from exporter.sources import ERROR, OK, SUPERSEDED, Source, SourceResult, Status
 
@@ -84,10 +83,9 @@ class CpuTableRow:
 
 
 def load_cpu_table() -> list[CpuTableRow]:
-    text = resources.files("exporter.data").joinpath("cpu_power.csv").read_text("utf-8")
-    rows = csv.DictReader(line for line in text.splitlines() if not line.startswith("#"))
     return [CpuTableRow(re.compile(r["pattern"], re.IGNORECASE), r["model"],
-                        float(r["tdp_watts"]), int(r["threads"]), r["source"]) for r in rows]
+                        float(r["tdp_watts"]), int(r["threads"]), r["source"])
+            for r in data.rows("cpu_power.csv")]
 
 
 def power_range(topology: CpuTopology, idle_watts: float | None, max_watts: float | None,

@@ -1,0 +1,187 @@
+"""Grid intensity providers. Each turns one API (or file) into a `Fetched` value; the chain
+(chain.py) schedules them, retries, caches and picks the value in force.
+
+A provider raises ProviderError with a short reason for anything it cannot trust: the
+chain keeps the last good value and moves down the list. Values are checked before use:
+a number, finite, within 0..MAX_GRAMS_PER_KWH, in a unit we know how to convert.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+import math
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import aiohttp
+
+from exporter.carbon import Intensity
+from exporter.carbon.secrets import redact
+from exporter.carbon.zones import GridZone
+
+# Above any grid on record (lignite-only systems are ~1,100-1,300 g/kWh lifecycle).
+MAX_GRAMS_PER_KWH = 2000.0
+LBS_PER_MWH_TO_G_PER_KWH = 0.453592  # 1 lb = 453.592 g; 1 MWh = 1000 kWh
+
+# Units seen in provider answers or configured for http_json, to gCO2e/kWh.
+UNIT_FACTORS = {
+    "g/kwh": 1.0, "gco2/kwh": 1.0, "gco2eq/kwh": 1.0, "gco2e/kwh": 1.0, "g_co2_per_kwh": 1.0,
+    "kg/kwh": 1000.0, "kg/mwh": 1.0, "kg_co2_per_mwh": 1.0, "t/mwh": 1000.0,
+    "lbs/mwh": LBS_PER_MWH_TO_G_PER_KWH, "lbs_co2_per_mwh": LBS_PER_MWH_TO_G_PER_KWH,
+}
+
+# ProviderError reasons, exported as carbon_grid_provider_up{reason}.
+AUTH, RATE_LIMITED, HTTP, TIMEOUT, UNREACHABLE, INVALID, NO_DATA = (
+    "auth", "rate_limited", "http_error", "timeout", "unreachable", "invalid", "no_data")
+
+
+class ProviderError(Exception):
+    def __init__(self, reason: str, detail: str, retry_after: float | None = None,
+                 retryable: bool = True) -> None:
+        super().__init__(redact(detail))
+        self.reason = reason
+        self.detail = redact(detail)
+        self.retry_after = retry_after
+        self.retryable = retryable
+
+
+@dataclass(frozen=True, slots=True)
+class ForecastPoint:
+    start: float  # unix time
+    end: float
+    grams_per_kwh: float
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    intensity: Intensity
+    forecast: tuple[ForecastPoint, ...] = ()
+    index: float | None = None  # 0..1 where the provider gives a relative index (WattTime)
+
+
+def check_grams(value: Any, field: str, factor: float = 1.0) -> float:
+    """A plausible gCO2e/kWh from `value` (in a unit converted by `factor`), or INVALID."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ProviderError(INVALID, f"{field} is {value!r}, not a number")
+    grams = float(value) * factor
+    if not math.isfinite(grams) or grams < 0:
+        raise ProviderError(INVALID, f"{field} is {value!r}: negative or not finite")
+    if grams > MAX_GRAMS_PER_KWH:
+        raise ProviderError(INVALID, f"{field} is {value!r} = {grams:g} gCO2e/kWh, above the "
+                                     f"plausible {MAX_GRAMS_PER_KWH:g}")
+    return grams
+
+
+def unit_factor(unit: Any, field: str) -> float:
+    key = str(unit).strip().lower().replace(" ", "")
+    if key not in UNIT_FACTORS:
+        raise ProviderError(INVALID, f"{field} is {unit!r}: not a unit of carbon intensity we "
+                                     f"can convert to gCO2e/kWh")
+    return UNIT_FACTORS[key]
+
+
+def parse_time(value: Any, field: str) -> float:
+    """ISO 8601 (with Z or offset; '2018-01-20T12:00Z' too) or unix seconds -> unix time."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    if not isinstance(value, str) or not value:
+        raise ProviderError(INVALID, f"{field} is {value!r}, not a timestamp")
+    text = value.strip().replace("Z", "+00:00").replace("z", "+00:00")
+    try:
+        stamp = datetime.fromisoformat(text)
+    except ValueError:
+        raise ProviderError(INVALID, f"{field} is {value!r}, not an ISO 8601 timestamp") from None
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=timezone.utc)
+    return stamp.timestamp()
+
+
+def dig(document: Any, path: str, what: str) -> Any:
+    """document['a']['b'][0] for path 'a.b.0'; NO_DATA/INVALID naming the missing part."""
+    node = document
+    walked = []
+    for part in path.split("."):
+        walked.append(part)
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.lstrip("-").isdigit() and -len(node) <= int(part) < len(node):
+            node = node[int(part)]
+        else:
+            raise ProviderError(INVALID, f"{what}: no field {'.'.join(walked)} in the answer")
+    return node
+
+
+def iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%MZ")
+
+
+class Provider(abc.ABC):
+    """Base class: subclasses set `type` and implement fetch()."""
+
+    type = ""
+    kind = "average"
+    live = True  # False for static/dataset: never aged, never fetched over the network
+
+    def __init__(self, spec, zone: GridZone) -> None:
+        self.spec = spec
+        self.zone = zone
+        self.name = spec.name
+
+    @property
+    def where(self) -> str:
+        return f"provider {self.name}"
+
+    @abc.abstractmethod
+    async def fetch(self, session: aiohttp.ClientSession) -> Fetched:
+        """The value in force now (and a forecast where the API has one)."""
+
+    def describe(self) -> str:
+        """One line for the landing page and start-up log: no secrets, only where from."""
+        return self.spec.url or self.type
+
+    async def get_json(self, session: aiohttp.ClientSession, url: str, *,
+                       headers: dict[str, str] | None = None,
+                       params: dict[str, str] | None = None) -> Any:
+        try:
+            async with session.get(url, headers=headers, params=params,
+                                   allow_redirects=False) as response:
+                body = await response.read()
+                status = response.status
+                retry_after = _retry_after(response.headers.get("Retry-After"))
+        except aiohttp.ClientError as exc:
+            raise ProviderError(UNREACHABLE, f"{type(exc).__name__}: {exc}") from None
+        return decode(status, body, retry_after, url)
+
+
+def decode(status: int, body: bytes, retry_after: float | None, url: str) -> Any:
+    path = url.split("?")[0]
+    if status in (401, 403):
+        raise ProviderError(AUTH, f"HTTP {status} from {path}: check the credentials",
+                            retryable=False)
+    if status == 429:
+        raise ProviderError(RATE_LIMITED, f"HTTP 429 from {path}", retry_after=retry_after)
+    if status >= 500:
+        raise ProviderError(HTTP, f"HTTP {status} from {path}", retry_after=retry_after)
+    if status != 200:
+        raise ProviderError(HTTP, f"HTTP {status} from {path}", retryable=False)
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProviderError(INVALID, f"malformed JSON from {path}: {exc}") from None
+
+
+def _retry_after(header: str | None) -> float | None:
+    """Retry-After in seconds (delta-seconds or an HTTP date)."""
+    if not header:
+        return None
+    header = header.strip()
+    if header.isdigit():
+        return float(header)
+    try:
+        from email.utils import parsedate_to_datetime
+        when = parsedate_to_datetime(header)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - datetime.now(timezone.utc).timestamp())

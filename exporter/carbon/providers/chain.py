@@ -1,0 +1,248 @@
+"""The provider chain: each provider on its own refresh timer (an asyncio task), with a
+timeout, retries with exponential backoff and jitter, Retry-After on 429 and 5xx, and its
+last good value cached. The value in force is the first provider's, in configured order,
+whose cached value is younger than its max_age; after the list, the fallback (static
+--carbon.intensity or the bundled dataset), which never fails.
+
+The chain only ever *publishes* a GridState (a plain assignment the sampler reads at its
+next cycle): sampling never waits on the network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import aiohttp
+
+from exporter import __version__
+from exporter.carbon import Intensity, static_intensity
+from exporter.carbon.providers import (
+    INVALID, TIMEOUT, Fetched, ForecastPoint, Provider, ProviderError,
+)
+from exporter.carbon.providers.electricitymaps import ElectricityMaps
+from exporter.carbon.providers.file import FileProvider
+from exporter.carbon.providers.http_json import HttpJson
+from exporter.carbon.providers.static import Dataset, Static
+from exporter.carbon.providers.ukgrid import UkGrid
+from exporter.carbon.providers.watttime import WattTime
+from exporter.carbon.secrets import redact
+from exporter.carbon.zones import resolve_zone
+
+log = logging.getLogger(__name__)
+
+PROVIDERS: dict[str, type[Provider]] = {
+    p.type: p for p in (ElectricityMaps, WattTime, UkGrid, HttpJson, FileProvider, Static, Dataset)
+}
+FORECAST_WINDOW = 24 * 3600.0
+USER_AGENT = f"carbon-exporter/{__version__}"
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderStatus:
+    name: str
+    type: str
+    description: str
+    up: bool
+    reason: str  # ok, not_yet, or a ProviderError reason
+    detail: str  # redacted
+    value: Intensity | None  # the cached last good value
+    in_force: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ForecastMin:
+    grid_zone: str
+    provider: str
+    grams_per_kwh: float
+    start: float  # unix time the cleanest period starts (may be now or in the past if current)
+
+
+@dataclass(frozen=True, slots=True)
+class GridState:
+    intensity: Intensity
+    forecast_min: ForecastMin | None = None
+    indexes: tuple[tuple[str, str, float], ...] = ()  # (grid_zone, provider, 0..1)
+    providers: tuple[ProviderStatus, ...] = ()
+
+
+@dataclass(slots=True)
+class _State:
+    provider: Provider
+    fetched: Fetched | None = None
+    forecast: tuple[ForecastPoint, ...] = ()
+    reason: str = "not_yet"
+    detail: str = "not fetched yet"
+    attempts: int = 0
+
+    def fresh(self, now: float) -> bool:
+        if self.fetched is None:
+            return False
+        return self.fetched.intensity.age(now) <= self.provider.spec.max_age
+
+
+def build_providers(config) -> list[Provider]:
+    """Providers for config.carbon_providers; ConfigError for a bad zone or missing secret."""
+    zone = resolve_zone(config.carbon_zone)
+    return [PROVIDERS[spec.type](spec, zone) for spec in config.carbon_providers or ()]
+
+
+class Chain:
+    def __init__(self, providers: list[Provider], fallback: Intensity,
+                 publish: Callable[[GridState], None], tick: float = 1.0) -> None:
+        self.states = [_State(p) for p in providers]
+        self.fallback = fallback
+        self.publish = publish
+        self.tick = tick
+        self.in_force_name: str | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._session: aiohttp.ClientSession | None = None
+
+    @classmethod
+    def from_config(cls, config, publish: Callable[[GridState], None], tick: float = 1.0,
+                    previous: "Chain | None" = None) -> "Chain":
+        chain = cls(build_providers(config), static_intensity(config), publish, tick)
+        if previous is not None:  # keep cached values of providers that did not change
+            old = {(s.provider.spec, s.provider.zone): s for s in previous.states}
+            for state in chain.states:
+                kept = old.get((state.provider.spec, state.provider.zone))
+                if kept is not None:
+                    state.fetched, state.forecast = kept.fetched, kept.forecast
+                    state.reason, state.detail = kept.reason, kept.detail
+        return chain
+
+    # --- selection ---------------------------------------------------------------------------
+
+    def select(self, now: float | None = None) -> GridState:
+        now = time.time() if now is None else now
+        chosen = next((s for s in self.states if s.fresh(now)), None)
+        intensity = chosen.fetched.intensity if chosen else self.fallback
+        name = intensity.provider
+        if name != self.in_force_name:
+            before = self.states[: self.states.index(chosen)] if chosen else self.states
+            skipped = "; ".join(f"{s.provider.name} {s.reason if s.fetched is None else 'stale'}"
+                                for s in before)
+            log.info("grid intensity in force: %g gCO2e/kWh from %s (zone %s)%s",
+                     intensity.grams_per_kwh, name, intensity.grid_zone or "-",
+                     f"; skipped: {skipped}" if skipped else "")
+            self.in_force_name = name
+        return GridState(
+            intensity=intensity,
+            forecast_min=self._forecast_min(chosen, now),
+            indexes=tuple((s.fetched.intensity.grid_zone, s.provider.name, s.fetched.index)
+                          for s in self.states if s.fetched and s.fetched.index is not None
+                          and s.fresh(now)),
+            providers=tuple(ProviderStatus(
+                s.provider.name, s.provider.type, s.provider.describe(), s.reason == "ok",
+                s.reason, s.detail, s.fetched.intensity if s.fetched else None, s is chosen)
+                for s in self.states),
+        )
+
+    def _forecast_min(self, chosen: _State | None, now: float) -> ForecastMin | None:
+        """Cleanest forecast period over the next 24 h: the value in force's provider first,
+        else the first provider in order with a forecast covering the window."""
+        order = ([chosen] if chosen else []) + [s for s in self.states if s is not chosen]
+        for state in order:
+            window = [p for p in state.forecast if p.end > now and p.start < now + FORECAST_WINDOW]
+            if window:
+                best = min(window, key=lambda p: (p.grams_per_kwh, p.start))
+                zone = state.fetched.intensity.grid_zone if state.fetched else ""
+                return ForecastMin(zone, state.provider.name, best.grams_per_kwh, best.start)
+        return None
+
+    def _publish(self) -> None:
+        try:
+            self.publish(self.select())
+        except Exception:  # a publishing bug must not stop the providers
+            log.exception("publishing the grid state failed")
+
+    # --- fetching ----------------------------------------------------------------------------
+
+    async def _attempt(self, state: _State) -> Fetched:
+        provider = state.provider
+        spec = provider.spec
+        attempt = 0
+        while True:
+            state.attempts += 1
+            try:
+                async with asyncio.timeout(spec.timeout):
+                    return await provider.fetch(self._session)
+            except TimeoutError:
+                error = ProviderError(TIMEOUT, f"no answer within {spec.timeout:g} s")
+            except ProviderError as exc:
+                error = exc
+            except (KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
+                error = ProviderError(INVALID, f"unexpected answer shape: {type(exc).__name__}: {exc}")
+            if not error.retryable or attempt == spec.retries:
+                raise error
+            delay = min(spec.refresh, spec.backoff * 2 ** attempt) * random.uniform(0.5, 1.5)
+            if error.retry_after is not None:
+                if error.retry_after > spec.refresh:
+                    raise error  # the server wants longer than a refresh: wait in _run
+                delay = max(delay, error.retry_after)
+            log.debug("provider %s: %s (%s); retry %d in %.2f s", provider.name, error.reason,
+                      error.detail, attempt + 1, delay)
+            await asyncio.sleep(delay)
+            attempt += 1
+
+    async def _run(self, state: _State) -> None:
+        provider = state.provider
+        while True:
+            # +-10% jitter spreads a fleet's requests; never below what the server asked for
+            delay = provider.spec.refresh * (random.uniform(0.9, 1.1) if provider.live else 1)
+            previous = state.reason
+            try:
+                fetched = await self._attempt(state)
+                state.fetched = fetched
+                if fetched.forecast:
+                    state.forecast = fetched.forecast
+                state.reason, state.detail = "ok", ""
+                if previous != "ok":
+                    log.info("provider %s: ok, %g gCO2e/kWh (%s, zone %s)", provider.name,
+                             fetched.intensity.grams_per_kwh, fetched.intensity.kind,
+                             fetched.intensity.grid_zone or "-")
+            except ProviderError as exc:
+                state.reason, state.detail = exc.reason, exc.detail
+                if exc.retry_after is not None:
+                    delay = max(delay, exc.retry_after)
+                if previous != exc.reason:
+                    kept = (f"keeping its last value from {state.fetched.intensity.age():.0f} s ago"
+                            if state.fetched else "no value yet")
+                    log.warning("provider %s: %s (%s); %s; next try in %g s", provider.name,
+                                exc.reason, exc.detail, kept, delay)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a provider bug: report it, keep the chain alive
+                state.reason, state.detail = "error", redact(f"{type(exc).__name__}: {exc}")
+                log.exception("provider %s failed", provider.name)
+            self._publish()
+            await asyncio.sleep(delay)
+
+    async def _ticker(self) -> None:
+        """Re-select every tick: values age, forecasts slide, even when nothing is fetched."""
+        while True:
+            await asyncio.sleep(self.tick)
+            self._publish()
+
+    def start(self) -> None:
+        self._publish()
+        if not self.states:
+            return
+        self._session = aiohttp.ClientSession(headers={"User-Agent": USER_AGENT},
+                                              raise_for_status=False)
+        self._tasks = [asyncio.create_task(self._run(s), name=f"provider-{s.provider.name}")
+                       for s in self.states]
+        self._tasks.append(asyncio.create_task(self._ticker(), name="provider-ticker"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        if self._session is not None:
+            await self._session.close()
+            self._session = None

@@ -1,0 +1,75 @@
+"""Electricity Maps API v3: GET /carbon-intensity/latest and /carbon-intensity/forecast.
+
+Request: `?zone=<zone id>` with the token in the `auth-token` header.
+Answer used (latest): `carbonIntensity` (gCO2eq/kWh, lifecycle by default), `datetime`
+(ISO 8601, the hour the value describes), `zone`; a `unit` field, where present, must be a
+unit of gCO2eq/kWh. Forecast: `forecast[]` of {`carbonIntensity`, `datetime`}, hourly.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from exporter.carbon import Intensity
+from exporter.carbon.providers import (
+    Fetched, ForecastPoint, Provider, ProviderError, INVALID, check_grams, dig, parse_time,
+    unit_factor,
+)
+from exporter.carbon.secrets import load_secret
+from exporter.config import ConfigError
+
+log = logging.getLogger(__name__)
+
+BASE_URL = "https://api.electricitymap.org/v3"
+TOKEN_ENV = "CARBON_EXPORTER_ELECTRICITYMAPS_TOKEN"
+
+
+class ElectricityMaps(Provider):
+    type = "electricitymaps"
+
+    def __init__(self, spec, zone) -> None:
+        super().__init__(spec, zone)
+        self.base = (spec.url or BASE_URL).rstrip("/")
+        self.zone_id = spec.zone or zone.em_zone or (zone.country if zone.country != "WORLD" else None)
+        if not self.zone_id:
+            raise ConfigError(f"{self.where}: no zone: set carbon.zone or the provider's zone")
+        self.token = load_secret(self.where, "token", spec.option("token_file"),
+                                 spec.option("token_env"), TOKEN_ENV)
+        if self.token is None:
+            raise ConfigError(f"{self.where}: no API token: set token_file, token_env or {TOKEN_ENV}")
+        self.with_forecast = spec.option("forecast", True)
+
+    def describe(self) -> str:
+        return f"{self.base} zone {self.zone_id}"
+
+    async def fetch(self, session) -> Fetched:
+        headers = {"auth-token": self.token.reveal()}
+        params = {"zone": self.zone_id}
+        latest = await self.get_json(session, f"{self.base}/carbon-intensity/latest",
+                                     headers=headers, params=params)
+        factor = unit_factor(latest["unit"], "unit") if isinstance(latest, dict) and "unit" in latest else 1.0
+        grams = check_grams(dig(latest, "carbonIntensity", "latest"), "carbonIntensity", factor)
+        stamp = parse_time(dig(latest, "datetime", "latest"), "datetime")
+        forecast: tuple[ForecastPoint, ...] = ()
+        if self.with_forecast:
+            try:
+                answer = await self.get_json(session, f"{self.base}/carbon-intensity/forecast",
+                                             headers=headers, params=params)
+                forecast = _points(dig(answer, "forecast", "forecast"), factor)
+            except ProviderError as exc:  # the latest value stands; the last forecast is kept
+                log.debug("provider %s: forecast unusable: %s", self.name, exc.detail)
+        zone = latest.get("zone") if isinstance(latest.get("zone"), str) else self.zone_id
+        return Fetched(Intensity(grams, zone, self.name, "average", min(stamp, time.time())),
+                       forecast)
+
+
+def _points(items, factor: float) -> tuple[ForecastPoint, ...]:
+    if not isinstance(items, list):
+        raise ProviderError(INVALID, "forecast is not a list")
+    starts = [(parse_time(dig(p, "datetime", "forecast"), "forecast[].datetime"),
+               check_grams(dig(p, "carbonIntensity", "forecast"), "forecast[].carbonIntensity", factor))
+              for p in items]
+    starts.sort()
+    return tuple(ForecastPoint(start, starts[n + 1][0] if n + 1 < len(starts) else start + 3600, grams)
+                 for n, (start, grams) in enumerate(starts))

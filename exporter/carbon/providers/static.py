@@ -1,0 +1,45 @@
+"""Fixed values: `static` (a configured gCO2e/kWh) and `dataset` (the bundled annual average
+for the zone's country). They never age and never fail, so they end every chain."""
+
+from __future__ import annotations
+
+from exporter.carbon import Intensity, grid_dataset
+from exporter.carbon.providers import Fetched, Provider
+from exporter.config import ConfigError
+
+
+class Static(Provider):
+    type = "static"
+    live = False
+
+    def __init__(self, spec, zone) -> None:
+        super().__init__(spec, zone)
+        label = spec.zone or (zone.em_zone or zone.country if zone.text else "")
+        self.value = Intensity(float(spec.option("value")), label, self.name,
+                               spec.option("kind", "average"))
+
+    def describe(self) -> str:
+        return f"{self.value.grams_per_kwh:g} gCO2e/kWh"
+
+    async def fetch(self, session) -> Fetched:
+        return Fetched(self.value)
+
+
+class Dataset(Provider):
+    type = "dataset"
+    live = False
+
+    def __init__(self, spec, zone) -> None:
+        super().__init__(spec, zone)
+        country = (spec.zone or zone.country).upper()
+        row = grid_dataset().get(country)
+        if row is None:
+            raise ConfigError(f"{self.where}: zone {country!r} is not in the bundled dataset")
+        self.row = row
+        self.value = Intensity(row.grams_per_kwh, row.zone, self.name)
+
+    def describe(self) -> str:
+        return f"bundled {self.row.source.split(',')[0]} {self.row.year} for {self.row.zone}"
+
+    async def fetch(self, session) -> Fetched:
+        return Fetched(self.value)

@@ -1,0 +1,112 @@
+"""WattTime API v3: marginal operating emissions rate (MOER), kind="marginal".
+
+GET /login with HTTP basic auth answers {"token": ...} (valid 30 minutes; cached, renewed
+on expiry or a 401). Then, with `Authorization: Bearer <token>`:
+- GET /v3/forecast?region=R&signal_type=co2_moer: `data[]` of {`point_time`, `value`} and
+  `meta.units` (lbs_co2_per_mwh) and `meta.generated_at`. The point covering now is the
+  value in force, converted with 1 lb/MWh = 0.453592 g/kWh; the rest is the forecast.
+- GET /v3/signal-index?region=R&signal_type=co2_moer: `data[0].value`, a percentile 0-100
+  (`meta.units` "percentile") of the current MOER against the recent past. A percentile
+  cannot become grams: it is exported only as carbon_grid_intensity_index_ratio (value/100).
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+
+from exporter.carbon import Intensity
+from exporter.carbon.providers import (
+    AUTH, INVALID, Fetched, ForecastPoint, Provider, ProviderError, check_grams, dig, parse_time,
+    unit_factor,
+)
+from exporter.carbon.secrets import Secret, load_secret
+from exporter.config import ConfigError
+
+BASE_URL = "https://api.watttime.org"
+USER_ENV = "CARBON_EXPORTER_WATTTIME_USERNAME"
+PASSWORD_ENV = "CARBON_EXPORTER_WATTTIME_PASSWORD"
+TOKEN_LIFETIME = 30 * 60 - 60  # renew a minute before WattTime's 30 minutes run out
+
+
+class WattTime(Provider):
+    type = "watttime"
+    kind = "marginal"
+
+    def __init__(self, spec, zone) -> None:
+        super().__init__(spec, zone)
+        self.base = (spec.url or BASE_URL).rstrip("/")
+        self.region = spec.option("region") or spec.zone or zone.wt_region
+        if not self.region:
+            raise ConfigError(f"{self.where}: no region: set the provider's region "
+                              f"(e.g. CAISO_NORTH) or a cloud region as carbon.zone")
+        self.username = load_secret(self.where, "username", spec.option("username_file"),
+                                    spec.option("username_env"), USER_ENV)
+        self.password = load_secret(self.where, "password", spec.option("password_file"),
+                                    spec.option("password_env"), PASSWORD_ENV)
+        if self.username is None or self.password is None:
+            raise ConfigError(f"{self.where}: no credentials: set username_file/username_env and "
+                              f"password_file/password_env, or {USER_ENV} and {PASSWORD_ENV}")
+        self.with_forecast = spec.option("forecast", True)
+        self._token: str | None = None
+        self._token_until = 0.0
+
+    def describe(self) -> str:
+        return f"{self.base} region {self.region}"
+
+    async def _login(self, session) -> str:
+        if self._token and time.monotonic() < self._token_until:
+            return self._token
+        basic = base64.b64encode(
+            f"{self.username.reveal()}:{self.password.reveal()}".encode()).decode()
+        answer = await self.get_json(session, f"{self.base}/login",
+                                     headers={"Authorization": f"Basic {basic}"})
+        token = answer.get("token") if isinstance(answer, dict) else None
+        if not isinstance(token, str) or not token:
+            raise ProviderError(INVALID, "login answer has no token")
+        Secret(token, short_lived=True)  # registers it for redaction
+        self._token, self._token_until = token, time.monotonic() + TOKEN_LIFETIME
+        return token
+
+    async def _get(self, session, path: str) -> dict:
+        params = {"region": self.region, "signal_type": "co2_moer"}
+        url = f"{self.base}{path}"
+        token = await self._login(session)
+        try:
+            return await self.get_json(session, url, params=params,
+                                       headers={"Authorization": f"Bearer {token}"})
+        except ProviderError as exc:
+            if exc.reason != AUTH:
+                raise
+        self._token = None  # the token expired early: log in again, once
+        token = await self._login(session)
+        return await self.get_json(session, url, params=params,
+                                   headers={"Authorization": f"Bearer {token}"})
+
+    async def fetch(self, session) -> Fetched:
+        answer = await self._get(session, "/v3/forecast")
+        factor = unit_factor(dig(answer, "meta.units", "forecast"), "meta.units")
+        items = dig(answer, "data", "forecast")
+        if not isinstance(items, list) or not items:
+            raise ProviderError(INVALID, "forecast data is empty")
+        points = sorted((parse_time(dig(p, "point_time", "forecast"), "data[].point_time"),
+                         check_grams(dig(p, "value", "forecast"), "data[].value", factor))
+                        for p in items)
+        period = answer.get("meta", {}).get("data_point_period_seconds", 300)
+        period = period if isinstance(period, (int, float)) and period > 0 else 300
+        now = time.time()
+        current = [p for p in points if p[0] <= now] or points[:1]
+        stamp, grams = current[-1]
+        forecast = tuple(ForecastPoint(start, start + period, g) for start, g in points) \
+            if self.with_forecast else ()
+        index = None
+        try:
+            signal = await self._get(session, "/v3/signal-index")
+            units = str(dig(signal, "meta.units", "signal-index")).lower()
+            value = dig(signal, "data.0.value", "signal-index")
+            if units == "percentile" and isinstance(value, (int, float)) and 0 <= value <= 100:
+                index = float(value) / 100
+        except ProviderError:
+            index = None  # the index is optional: the MOER above is what is accounted
+        return Fetched(Intensity(grams, self.region, self.name, "marginal", min(stamp, now)),
+                       forecast, index)
