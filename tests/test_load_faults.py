@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import ctypes
+import http.server
 import json
 import os
 import signal
@@ -193,6 +194,45 @@ def test_memory_stable_over_10000_scrapes(tmp_path):
 
 # --- faults ----------------------------------------------------------------------------------
 
+class IntensityFeed(http.server.ThreadingHTTPServer):
+    """A grid-intensity endpoint on loopback for the http_json provider. While `hanging` is
+    set it accepts the request and never answers (until released): a hung upstream."""
+
+    daemon_threads = True
+
+    def __init__(self, grams: float) -> None:
+        self.grams = grams
+        self.hanging = threading.Event()
+        self.release = threading.Event()
+        self.requests = 0
+        feed = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                feed.requests += 1
+                if feed.hanging.is_set():
+                    feed.release.wait(60)
+                    return
+                body = json.dumps({"data": {"intensity": feed.grams}}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server_address[1]}/now"
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.release.set()
+        self.shutdown()
+        self.server_close()
+
+
 class CounterWatch(threading.Thread):
     """Scrapes every 100 ms; records any failed scrape and any counter that went backwards."""
 
@@ -234,8 +274,11 @@ class Rig:
         self.gpu_mj = [5_000_000, 9_000_000]
         self.gpu_error: str | None = None
         self.write_gpus()
+        self.feed = IntensityFeed(250.0)
         self.config = root / "carbon-exporter.yml"
-        self.config.write_text(yaml.safe_dump({"carbon": {"pue": 1.1, "intensity": 300}}))
+        self.config.write_text(yaml.safe_dump({"carbon": {"pue": 1.1, "intensity": 300, "providers": [
+            {"type": "http_json", "name": "feed", "url": self.feed.url, "field": "data.intensity",
+             "refresh": "1s", "timeout": "1s", "retries": 0, "max_age": "1h"}]}}))
         self.rapl_running = threading.Event()
         self.rapl_running.set()
         self.stop = threading.Event()
@@ -284,7 +327,10 @@ class Rig:
         self.watch.stop.set()
         self.advancer.join(5)
         self.watch.join(10)
-        return self.exporter.stop()
+        self.feed.release.set()  # a hung request must not hold the exporter's shutdown
+        code = self.exporter.stop()
+        self.feed.close()
+        return code
 
 
 @pytest.fixture(scope="module")
@@ -358,6 +404,32 @@ def test_fault_nvml_raising(rig):
         rig.write_gpus()
     wait_for(lambda: rig.up("nvml") == (1.0, "ok"), 10, "nvml to recover")
     wait_for(lambda: rig.energy("gpu-0", "nvml") > before, 10, "gpu-0 to count again")
+    _still_fine(rig)
+
+
+def test_fault_intensity_provider_hangs(rig):
+    def feed_in_force():
+        return value(rig.metrics(), "carbon_grid_intensity_grams_per_kwh", provider="feed")
+    wait_for(lambda: feed_in_force() == 250.0, 10, "the feed's intensity to be in force")
+    grams = value(rig.metrics(), "carbon_emissions_grams_total", device="package-0")
+    rig.feed.hanging.set()
+    try:
+        wait_for(lambda: value(rig.metrics(), "carbon_grid_provider_up", provider="feed",
+                               reason="timeout") == 0.0, 15, "the provider to report its timeout")
+        hung_at = rig.feed.requests
+        assert feed_in_force() == 250.0  # the last good value stays in force (max_age 1h)
+        # sampling never waits on the network: emissions keep being integrated meanwhile
+        wait_for(lambda: value(rig.metrics(), "carbon_emissions_grams_total",
+                               device="package-0") > grams, 10, "emissions to keep counting")
+        assert rig.feed.requests >= hung_at  # and it keeps trying
+        _still_fine(rig)
+    finally:
+        rig.feed.hanging.clear()
+        rig.feed.release.set()
+    rig.feed.grams = 180.0
+    wait_for(lambda: feed_in_force() == 180.0, 15, "the provider to recover")
+    wait_for(lambda: value(rig.metrics(), "carbon_grid_provider_up", provider="feed",
+                           reason="ok") == 1.0, 10, "provider_up ok")
     _still_fine(rig)
 
 
