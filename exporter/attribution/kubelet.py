@@ -3,7 +3,7 @@
 Sources (kubernetes.metadata):
   kubelet           GET https://<node>:10250/pods with the service-account bearer token,
                     verified against the service-account CA (the ClusterRole needs
-                    nodes/proxy get, as for any kubelet /pods reader)
+                    get on nodes/pods from Kubernetes 1.33, nodes/proxy before)
   kubelet-readonly  GET http://<node>:10255/pods, no authentication (only where the kubelet's
                     read-only port is enabled)
   apiserver         GET <apiserver>/api/v1/pods?fieldSelector=spec.nodeName=<node> with the
@@ -175,8 +175,9 @@ class KubeMetadata:
                     raise RuntimeError(f"answer from {url} is over {MAX_BODY_BYTES} bytes")
             pods = parse_pod_list(_json(body))
         except PermissionError as exc:
-            self._fail(Status(PERMISSION, f"{exc}: the service account needs get on nodes/proxy "
-                                          "(kubelet) or list on pods (apiserver)"))
+            self._fail(Status(PERMISSION, f"{exc}: the service account needs get on nodes/pods "
+                                          "(kubelet, Kubernetes 1.33+; nodes/proxy before) or "
+                                          "list on pods (apiserver)"))
             return
         except asyncio.TimeoutError:
             self._fail(Status(ERROR, f"{url}: timed out after {self.config.kubernetes_timeout:g}s"))
