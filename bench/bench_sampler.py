@@ -2,8 +2,11 @@
 """Benchmark the exporter process: CPU per sample cycle, scrape latency, RSS.
 
 Runs the real `python -m exporter` on a fixture node (2 RAPL sockets with dram, psys and
-core sub-zones, 8 GPUs through the fake pynvml) and, side by side in the same run, on the
-zero-config model-only node, so the ratio is fair on a noisy machine.
+core sub-zones, 8 GPUs through the fake pynvml), with attribution on (the default) and off,
+and on the zero-config model-only node, side by side in the same run so the ratios are fair
+on a noisy machine. The CPU figure is the whole process's CPU time (all threads, from
+/proc/PID/task/*/schedstat) over an idle stretch, divided by the sample cycles in it; the
+last row is the floor: a bare asyncio loop that wakes once a second and does nothing.
 
     .venv/bin/python bench/bench_sampler.py [--seconds 20] [--scrapes 1000]
 
@@ -17,6 +20,7 @@ import http.client
 import json
 import os
 import re
+import subprocess
 import sys
 import tempfile
 import time
@@ -51,6 +55,25 @@ def cycles(port: int) -> int:
     body = conn.getresponse().read().decode()
     counts = re.findall(r'carbon_exporter_sample_duration_seconds_count\{collector="[^"]+"\} (\S+)', body)
     return int(max(float(c) for c in counts))
+
+
+IDLE_LOOP = "import asyncio\nasync def main():\n    while True:\n        await asyncio.sleep(1)\nasyncio.run(main())\n"
+
+
+def measure_floor(seconds: float) -> dict:
+    proc = subprocess.Popen([sys.executable, "-c", IDLE_LOOP])
+    try:
+        time.sleep(2)
+        cpu0 = cpu_seconds(proc.pid)
+        time.sleep(seconds)
+        cpu1 = cpu_seconds(proc.pid)
+        rss, hwm = rss_mb(proc.pid)
+    finally:
+        proc.kill()
+        proc.wait()
+    return {"node": "floor: bare asyncio loop, 1 wake-up/s", "cycles": int(seconds),
+            "cpu_ms_per_cycle": (cpu1 - cpu0) / seconds * 1000, "scrape_p50_ms": float("nan"),
+            "scrape_p99_ms": float("nan"), "scrape_bytes": 0, "rss_mb": rss, "peak_rss_mb": hwm}
 
 
 def measure(name: str, exporter: ExporterProcess, seconds: float, scrapes: int) -> dict:
@@ -100,6 +123,9 @@ def main() -> int:
             ("2 sockets + 8 GPUs", ExporterProcess(tmp, [
                 f"--path.sysfs={tree.sysfs}", f"--path.procfs={procfs.procfs}",
                 "--sample.interval=1s"], fake_nvml_state=state)),
+            ("2 sockets + 8 GPUs, --no-collector.attribution", ExporterProcess(tmp, [
+                f"--path.sysfs={tree.sysfs}", f"--path.procfs={procfs.procfs}",
+                "--sample.interval=1s", "--no-collector.attribution"], fake_nvml_state=state)),
             ("model only (zero config)", ExporterProcess(tmp, [
                 f"--path.sysfs={tmp / 'empty'}", f"--path.procfs={procfs.procfs}",
                 "--no-collector.nvml", "--sample.interval=1s"])),
@@ -108,6 +134,7 @@ def main() -> int:
         try:
             for name, exporter in runs:
                 results.append(measure(name, exporter, args.seconds, args.scrapes))
+            results.append(measure_floor(args.seconds))
         finally:
             for _, exporter in runs:
                 exporter.stop()

@@ -234,14 +234,17 @@ class Daemon:
             log.info("intensity provider %s (%s): %s", status.name, status.type, status.description)
         self.chain.start()
         sampling = asyncio.create_task(self.sampler.run(self.stop))
-        watching = asyncio.create_task(self.security.watch(self.stop))
+        watching = None  # only a web config file can change under the running exporter
+        if self.security.config.path:
+            watching = asyncio.create_task(self.security.watch(self.stop))
         metadata = None
         if self.sampler.attribution is not None:
             metadata = asyncio.create_task(self.sampler.attribution.kube.run(self.stop))
         await self.stop.wait()
         log.info("shutting down")
         await sampling
-        await watching
+        if watching is not None:
+            await watching
         await self.chain.stop()
         if metadata is not None:
             await metadata

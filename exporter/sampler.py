@@ -1,11 +1,13 @@
 """The sampling clock: reads every source on --sample.interval, feeds the ledger and publishes
 an immutable Snapshot that scrapes render. Scrapes never wait on hardware.
 
-Each measured source (RAPL, NVML) reads in its own worker thread, so a hung driver stalls
-only itself: a read still running after one interval is reported as an error and its
-result, when it comes, is used at the next cycle (counters make late readings harmless).
-Model sources run after the measured ones, in the same cycle, so they know which
-components counters already cover.
+Reads run off the event loop, in two kinds of worker thread. A source that talks to a driver
+that can hang (NVML: `Source.own_thread`) has a thread of its own, so it stalls only itself.
+The sources that read kernel pseudo-files (RAPL, the models, attribution) share one host
+thread and run one after the other: RAPL first, then the models, which stand aside for a
+component RAPL measured, then attribution. One thread hand-off per cycle instead of one per
+source keeps a cycle cheap. A read still running after one interval is reported as an error;
+its result, when it comes, is used at the next cycle (counters make late readings harmless).
 """
 
 from __future__ import annotations
@@ -64,13 +66,22 @@ class Snapshot:
 
 @dataclass(slots=True)
 class _Worker:
+    """Bookkeeping of one source: its last status and the time its reads took."""
+
     source: Source
-    executor: ThreadPoolExecutor | None  # None for models: they share the models' thread
-    pending: Future | None = None
-    pending_since: float = 0.0
     status: Status = field(default_factory=lambda: Status(ERROR, "not read yet"))
     duration_sum: float = 0.0
     duration_count: int = 0
+
+
+@dataclass(slots=True)
+class _Thread:
+    """A worker thread and the sources it reads in order; models go last."""
+
+    executor: ThreadPoolExecutor
+    workers: list[_Worker]
+    pending: Future | None = None
+    pending_since: float = 0.0
 
 
 def _timed_read(source: Source, covered: frozenset[str]) -> tuple[SourceResult, float]:
@@ -83,6 +94,19 @@ def _timed_read(source: Source, covered: frozenset[str]) -> tuple[SourceResult, 
     return result, time.perf_counter() - started
 
 
+def _read_in_order(workers: list[_Worker]) -> list[tuple[SourceResult, float]]:
+    """Runs in a worker thread: each source once; a model learns what the counters read
+    before it already cover."""
+    results = []
+    covered: set[str] = set()
+    for worker in workers:
+        result, duration = _timed_read(worker.source, frozenset(covered))
+        covered.update(r.component for r in result.readings
+                       if r.component and worker.source.component is None)
+        results.append((result, duration))
+    return results
+
+
 class Sampler:
     def __init__(self, measured: list[Source], models: list[Source], interval: float,
                  intensity: Intensity, pue: float, attribution=None) -> None:
@@ -90,17 +114,15 @@ class Sampler:
         self.intensity = intensity
         self.pue = pue
         self.ledger = Ledger(max_power_gap=max(5 * interval, 5.0))
-        self.workers = [
-            _Worker(s, ThreadPoolExecutor(1, thread_name_prefix=f"collector-{s.name}"))
-            for s in measured
-        ]
-        # attribution reads CPU-time counters in its own worker, alongside the energy counters
         self.attribution = attribution
-        if attribution is not None:
-            self.workers.append(_Worker(attribution, ThreadPoolExecutor(
-                1, thread_name_prefix="collector-attribution")))
-        self.model_workers = [_Worker(s, None) for s in models]
-        self.model_executor = ThreadPoolExecutor(1, thread_name_prefix="collector-models")
+        # attribution reads CPU-time counters in the same cycle as the energy counters
+        readers = list(measured) + ([attribution] if attribution is not None else [])
+        host = [s for s in readers if not s.own_thread] + list(models)
+        self.threads = [_Thread(ThreadPoolExecutor(1, thread_name_prefix=f"collector-{s.name}"),
+                                [_Worker(s)]) for s in readers if s.own_thread]
+        if host:
+            self.threads.append(_Thread(ThreadPoolExecutor(1, thread_name_prefix="collector-host"),
+                                        [_Worker(s) for s in host]))
         self.gpus: tuple[GpuInfo, ...] = ()
         self.grid = None  # set by the provider chain, read at each cycle like intensity
         self.embodied = None  # carbon.embodied.Embodied, set by the daemon
@@ -109,8 +131,12 @@ class Sampler:
         self.last_cycle_at: float | None = None
 
     @property
+    def workers(self) -> list[_Worker]:
+        return [w for t in self.threads for w in t.workers]
+
+    @property
     def sources(self) -> list[Source]:
-        return [w.source for w in self.workers + self.model_workers]
+        return [w.source for w in self.workers]
 
     def _record(self, worker: _Worker, result: SourceResult, duration: float) -> None:
         worker.duration_sum += duration
@@ -127,41 +153,28 @@ class Sampler:
         readings = []
         observed = None
         now = time.monotonic()
-        for worker in self.workers:
-            if worker.pending is None:
-                worker.pending = loop.run_in_executor(
-                    worker.executor, _timed_read, worker.source, frozenset())
-                worker.pending_since = now
-        pending = [w.pending for w in self.workers]
-        if pending:
-            await asyncio.wait(pending, timeout=self.interval)
-        for worker in self.workers:
-            if not worker.pending.done():
-                stuck = time.monotonic() - worker.pending_since
-                self._record(worker, SourceResult(Status(
-                    ERROR, f"read still running after {stuck:.1f} s")), 0.0)
+        for thread in self.threads:
+            if thread.pending is None:
+                thread.pending = loop.run_in_executor(thread.executor, _read_in_order,
+                                                      thread.workers)
+                thread.pending_since = now
+        if self.threads:
+            await asyncio.wait([t.pending for t in self.threads], timeout=self.interval)
+        for thread in self.threads:
+            if not thread.pending.done():
+                stuck = time.monotonic() - thread.pending_since
+                for worker in thread.workers:
+                    self._record(worker, SourceResult(Status(
+                        ERROR, f"read still running after {stuck:.1f} s")), 0.0)
                 continue
-            result, duration = worker.pending.result()
-            worker.pending = None
-            self._record(worker, result, duration)
-            readings.extend(result.readings)
-            if worker.source.name == "nvml":
-                self.gpus = tuple(result.gpus)
-            if worker.source is self.attribution:
-                observed = result
-        covered = frozenset(r.component for r in readings if r.component)
-        # A model whose component a counter covers only stands aside (no I/O): do that here
-        # rather than pay a thread hop; the others read procfs in the models' thread.
-        standing_aside = [w for w in self.model_workers if w.source.component in covered]
-        for worker in standing_aside:
-            self._record(worker, *_timed_read(worker.source, covered))
-        active = [w for w in self.model_workers if w.source.component not in covered]
-        if active:
-            model_results = await loop.run_in_executor(
-                self.model_executor, lambda: [_timed_read(w.source, covered) for w in active])
-            for worker, (result, duration) in zip(active, model_results):
+            results, thread.pending = thread.pending.result(), None
+            for worker, (result, duration) in zip(thread.workers, results):
                 self._record(worker, result, duration)
                 readings.extend(result.readings)
+                if worker.source.name == "nvml":
+                    self.gpus = tuple(result.gpus)
+                if worker.source is self.attribution:
+                    observed = result
         return self._publish(readings, observed)
 
     def _publish(self, readings, observed=None) -> Snapshot:
@@ -192,7 +205,7 @@ class Sampler:
             pue=pue,
             grams_per_second=rate,
             collectors=tuple(CollectorState(w.source.name, w.status, w.duration_sum, w.duration_count)
-                             for w in self.workers + self.model_workers) + extra,
+                             for w in self.workers) + extra,
             glitches=tuple((c, d, r, n) for (c, d, r), n in self.ledger.glitches.items()),
             workloads=self.attribution.series if self.attribution is not None else (),
             gpu_split=self.attribution.gpu_split if self.attribution is not None else (),
@@ -223,9 +236,8 @@ class Sampler:
             stopped.cancel()
 
     def close(self) -> None:
-        for worker in self.workers:
-            worker.executor.shutdown(wait=False, cancel_futures=True)
-        self.model_executor.shutdown(wait=False, cancel_futures=True)
+        for thread in self.threads:
+            thread.executor.shutdown(wait=False, cancel_futures=True)
         for source in self.sources:
             try:
                 source.close()

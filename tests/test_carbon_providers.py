@@ -19,7 +19,7 @@ from exporter.carbon.secrets import REDACTED, RedactingFilter, Secret, redact
 from exporter.carbon.zones import resolve_zone
 from exporter.ledger import Reading
 from exporter.sampler import Sampler
-from exporter.sources import OK, SourceResult, Status
+from exporter.sources import OK, Source, SourceResult, Status
 from tests.fake_grid import FakeGrid
 
 FALLBACK = Intensity(473.05, "WORLD", "dataset")
@@ -258,7 +258,7 @@ def test_forecast_minimum_over_the_next_24_hours(fake):
     assert low.provider == "electricitymaps" and low.grid_zone == "DE"
 
 
-class _Counter:
+class _Counter(Source):
     """A source whose energy counter grows 10 J per read."""
 
     name = "fake"
@@ -266,13 +266,10 @@ class _Counter:
     def __init__(self):
         self.joules = 0.0
 
-    def read(self, covered):
+    def read(self, covered=frozenset()):
         self.joules += 10
         return SourceResult(Status(OK), [Reading("fake", "package-0", "rapl", self.joules,
                                                   time.monotonic(), component="cpu")])
-
-    def close(self):
-        pass
 
 
 def test_sampling_never_waits_on_a_hung_provider(fake):

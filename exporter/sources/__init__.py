@@ -52,6 +52,7 @@ class Source(abc.ABC):
 
     name = ""
     component: str | None = None  # set by models: the component they estimate
+    own_thread = False  # True where a driver call can hang: the source gets its own thread
 
     @abc.abstractmethod
     def read(self, covered: frozenset[str] = frozenset()) -> SourceResult:
