@@ -1,21 +1,33 @@
 #!/bin/sh
 # Bootstrap a fresh Debian/Ubuntu checkout: a venv in .venv with the project installed,
-# and with --with-prometheus the Debian packages the tests use: `prometheus` (server + promtool),
-# `chromium` (headless, to open the footprint report's HTML) and `systemd` (systemd-analyze
-# for the unit tests; harmless in a container, nothing starts).
+# and with --test-tools the Debian packages the tests use: `prometheus` (server + promtool),
+# `prometheus-alertmanager` (amtool checks the example Alertmanager config), `chromium`
+# (headless, to open the footprint report's HTML) and `systemd` (systemd-analyze for the
+# unit checks). The packages' own services are not started: the tests run their own servers.
 # Idempotent: a second run only checks. Sourced-free: run it, it prints what it does.
 set -eu
 cd "$(dirname "$0")/.."
 
-want_prometheus=no
-[ "${1:-}" = "--with-prometheus" ] && want_prometheus=yes
+want_test_tools=no
+[ "${1:-}" = "--test-tools" ] && want_test_tools=yes
 
 is_root() { [ "$(id -u)" = 0 ]; }
 apt_install() {
     if is_root; then
         echo "bootstrap: apt-get install $*" >&2
-        DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >&2
+        # policy-rc.d 101: packages install without starting their daemons (Debian policy)
+        policy=""
+        if [ ! -e /usr/sbin/policy-rc.d ]; then
+            policy=/usr/sbin/policy-rc.d
+            printf '#!/bin/sh\nexit 101\n' > "$policy"
+            chmod 0755 "$policy"
+        fi
+        status=0
+        { DEBIAN_FRONTEND=noninteractive apt-get update -qq &&
+          DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@"; } >&2 ||
+            status=$?
+        [ -n "$policy" ] && rm -f "$policy"
+        [ "$status" = 0 ] || exit "$status"
     else
         echo "bootstrap: missing Debian packages; run: sudo apt-get install -y $*" >&2
         exit 1
@@ -52,11 +64,12 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$digest" ]; then
     echo "$digest" > "$stamp"
 fi
 
-if [ "$want_prometheus" = yes ]; then
+if [ "$want_test_tools" = yes ]; then
     missing=""
     if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
         missing="prometheus"
     fi
+    command -v amtool >/dev/null 2>&1 || missing="$missing prometheus-alertmanager"
     command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
     command -v systemd-analyze >/dev/null 2>&1 || missing="$missing systemd"
     if [ -n "$missing" ]; then
