@@ -138,18 +138,21 @@ class Panels:
     def row(self, title: str) -> db.Row:
         return db.Row(title).id(self._id())
 
+    def _panel(self, panel, title: str, description: str, targets, w: int, h: int,
+               unit: str | None = None):
+        """What every panel sets: id, title, description, datasource, size, unit, targets."""
+        p = panel.id(self._id()).title(title).description(description).datasource(DS).span(w).height(h)
+        if unit is not None:
+            p = p.unit(unit)
+        for t in targets:
+            p = p.with_target(t)
+        return p
+
     def stat(self, title: str, description: str, unit: str, *targets: pq.Dataquery,
              w: int = 4, h: int = 4, steps=NEUTRAL, decimals: int | None = None,
              text_mode: cm.BigValueTextMode = cm.BigValueTextMode.AUTO) -> stat.Panel:
         p = (
-            stat.Panel()
-            .id(self._id())
-            .title(title)
-            .description(description)
-            .datasource(DS)
-            .unit(unit)
-            .span(w)
-            .height(h)
+            self._panel(stat.Panel(), title, description, targets, w, h, unit)
             .thresholds(thresholds(*steps))
             .color_mode(cm.BigValueColorMode.VALUE)
             .graph_mode(cm.BigValueGraphMode.NONE)
@@ -158,8 +161,6 @@ class Panels:
         )
         if decimals is not None:
             p = p.decimals(decimals)
-        for t in targets:
-            p = p.with_target(t)
         return p
 
     def timeseries(self, title: str, description: str, unit: str, *targets: pq.Dataquery,
@@ -167,14 +168,7 @@ class Panels:
                    min_zero: bool = True, calcs: tuple[str, ...] = ("mean", "max", "lastNotNull")
                    ) -> timeseries.Panel:
         p = (
-            timeseries.Panel()
-            .id(self._id())
-            .title(title)
-            .description(description)
-            .datasource(DS)
-            .unit(unit)
-            .span(w)
-            .height(h)
+            self._panel(timeseries.Panel(), title, description, targets, w, h, unit)
             .line_width(1)
             .fill_opacity(60 if bars else (35 if stacked else 10))
             .draw_style(cm.GraphDrawStyle.BARS if bars else cm.GraphDrawStyle.LINE)
@@ -193,22 +187,13 @@ class Panels:
             p = p.stacking(cb.StackingConfig().mode(cm.StackingMode.NORMAL))
         if min_zero:
             p = p.min(0)
-        for t in targets:
-            p = p.with_target(t)
         return p
 
     def bargauge(self, title: str, description: str, unit: str, *targets: pq.Dataquery,
                  w: int = 12, h: int = 8, steps=((None, "blue"),), max_value: float | None = None
                  ) -> bargauge.Panel:
         p = (
-            bargauge.Panel()
-            .id(self._id())
-            .title(title)
-            .description(description)
-            .datasource(DS)
-            .unit(unit)
-            .span(w)
-            .height(h)
+            self._panel(bargauge.Panel(), title, description, targets, w, h, unit)
             .min(0)
             .thresholds(thresholds(*steps))
             .display_mode(cm.BarGaugeDisplayMode.GRADIENT)
@@ -218,24 +203,14 @@ class Panels:
         )
         if max_value is not None:
             p = p.max(max_value)
-        for t in targets:
-            p = p.with_target(t)
         return p
 
     def table(self, title: str, description: str, *targets: pq.Dataquery,
               w: int = 24, h: int = 8) -> table.Panel:
         p = (
-            table.Panel()
-            .id(self._id())
-            .title(title)
-            .description(description)
-            .datasource(DS)
-            .span(w)
-            .height(h)
+            self._panel(table.Panel(), title, description, targets, w, h)
             .thresholds(thresholds(*NEUTRAL))
         )
-        for t in targets:
-            p = p.with_target(t)
         return p
 
 
@@ -250,6 +225,33 @@ def merge_and_organize(p: table.Panel, rename: dict[str, str], exclude: tuple[st
     return (
         p.with_transformation(dm.DataTransformerConfig(id_val="merge", options={}))
         .with_transformation(dm.DataTransformerConfig(id_val="organize", options=organize))
+    )
+
+
+def power_emissions_table(P, title: str, description: str, keys: dict[str, str], *, power: str,
+                          rate: str, energy: str, emissions: str, energy_decimals: int,
+                          emissions_config: list, link_column: str, link_to, w: int):
+    """A ranked table of live power, emissions rate, and energy and emissions over the time
+    range, one row per `keys` (label -> column title), the `link_column` linking onwards."""
+    values = {"Value #A": "Power", "Value #B": "Emissions rate", "Value #C": "Energy",
+              "Value #D": "Emissions"}
+    return merge_and_organize(
+        P.table(
+            title, description,
+            query(power, instant=True, table_format=True),
+            query(rate, ref="B", instant=True, table_format=True),
+            query(energy, ref="C", instant=True, table_format=True),
+            query(emissions, ref="D", instant=True, table_format=True),
+            w=w, h=10)
+        .sort_by([cb.TableSortByFieldState().display_name("Power").desc(True)])
+        .override_by_name("Power", [dm.DynamicConfigValue(id_val="unit", value=WATT)])
+        .override_by_name("Emissions rate", [dm.DynamicConfigValue(id_val="unit", value=GRAMS_PER_SECOND)])
+        .override_by_name("Energy", [dm.DynamicConfigValue(id_val="unit", value=KWH),
+                                     dm.DynamicConfigValue(id_val="decimals", value=energy_decimals)])
+        .override_by_name("Emissions", emissions_config)
+        .override_by_name(link_column, [link_to]),
+        rename={**keys, **values},
+        order=(*keys, *values),
     )
 
 
@@ -559,31 +561,20 @@ def cluster_dashboard() -> db.Dashboard:
         decimals=1))
 
     d = d.with_row(P.row("Nodes"))
-    ranked = merge_and_organize(
-        P.table(
-            "Nodes ranked by power",
-            "Live power, emissions rate, and energy and emissions over the selected time range per node. "
-            "Click a node to open its dashboard.",
-            query(f"sort_desc(sum by (instance) (carbon_power_watts{s}))", instant=True, table_format=True),
-            query(f"sum by (instance) (rate(carbon_emissions_grams_total{s}[$__rate_interval]))",
-                  ref="B", instant=True, table_format=True),
-            query(f"sum by (instance) (increase(carbon_energy_joules_total{s}[$__range])) / 3.6e6",
-                  ref="C", instant=True, table_format=True),
-            query(f"sum by (instance) (increase(carbon_emissions_grams_total{s}[$__range])) / 1000",
-                  ref="D", instant=True, table_format=True),
-            w=12, h=10)
-        .sort_by([cb.TableSortByFieldState().display_name("Power").desc(True)])
-        .override_by_name("Power", [dm.DynamicConfigValue(id_val="unit", value=WATT)])
-        .override_by_name("Emissions rate", [dm.DynamicConfigValue(id_val="unit", value=GRAMS_PER_SECOND)])
-        .override_by_name("Energy", [dm.DynamicConfigValue(id_val="unit", value=KWH),
-                                     dm.DynamicConfigValue(id_val="decimals", value=3)])
-        .override_by_name("Emissions", [dm.DynamicConfigValue(id_val="unit", value=KILOGRAMS),
-                                        dm.DynamicConfigValue(id_val="decimals", value=3)])
-        .override_by_name("Node", [links_property("Node dashboard", node_link("${__data.fields.instance}"))]),
-        rename={"instance": "Node", "Value #A": "Power", "Value #B": "Emissions rate",
-                "Value #C": "Energy", "Value #D": "Emissions"},
-        order=("instance", "Value #A", "Value #B", "Value #C", "Value #D"),
-    )
+    ranked = power_emissions_table(
+        P, "Nodes ranked by power",
+        "Live power, emissions rate, and energy and emissions over the selected time range per node. "
+        "Click a node to open its dashboard.",
+        {"instance": "Node"},
+        power=f"sort_desc(sum by (instance) (carbon_power_watts{s}))",
+        rate=f"sum by (instance) (rate(carbon_emissions_grams_total{s}[$__rate_interval]))",
+        energy=f"sum by (instance) (increase(carbon_energy_joules_total{s}[$__range])) / 3.6e6",
+        emissions=f"sum by (instance) (increase(carbon_emissions_grams_total{s}[$__range])) / 1000",
+        energy_decimals=3,
+        emissions_config=[dm.DynamicConfigValue(id_val="unit", value=KILOGRAMS),
+                          dm.DynamicConfigValue(id_val="decimals", value=3)],
+        link_column="Node", link_to=links_property("Node dashboard", node_link("${__data.fields.instance}")),
+        w=12)
     d = d.with_panel(ranked)
     d = d.with_panel(P.timeseries(
         "Power by node", "Live power per node.",
@@ -626,31 +617,19 @@ def cluster_dashboard() -> db.Dashboard:
               "{{namespace}}"), stacked=True))
 
     d = d.with_row(P.row("Pods and jobs"))
-    top_pods = merge_and_organize(
-        P.table(
-            "Top pods", "The pods with the highest attributed power, with their emissions. Click a pod "
-            "to open the workload dashboard.",
-            query(f"topk($topn, sum by (namespace, pod) (rate(carbon_workload_energy_joules_total{pods}[$__rate_interval])))",
-                  instant=True, table_format=True),
-            query(f"sum by (namespace, pod) (rate(carbon_workload_emissions_grams_total{pods}[$__rate_interval]))",
-                  ref="B", instant=True, table_format=True),
-            query(f"sum by (namespace, pod) (increase(carbon_workload_energy_joules_total{pods}[$__range])) / 3.6e6",
-                  ref="C", instant=True, table_format=True),
-            query(f"sum by (namespace, pod) (increase(carbon_workload_emissions_grams_total{pods}[$__range]))",
-                  ref="D", instant=True, table_format=True),
-            w=16, h=10)
-        .sort_by([cb.TableSortByFieldState().display_name("Power").desc(True)])
-        .override_by_name("Power", [dm.DynamicConfigValue(id_val="unit", value=WATT)])
-        .override_by_name("Emissions rate", [dm.DynamicConfigValue(id_val="unit", value=GRAMS_PER_SECOND)])
-        .override_by_name("Energy", [dm.DynamicConfigValue(id_val="unit", value=KWH),
-                                     dm.DynamicConfigValue(id_val="decimals", value=4)])
-        .override_by_name("Emissions", [dm.DynamicConfigValue(id_val="unit", value=GRAMS)])
-        .override_by_name("Pod", [links_property(
-            "Workload dashboard", workload_link("${__data.fields.namespace}", pod_ref="${__data.fields.pod}"))]),
-        rename={"namespace": "Namespace", "pod": "Pod", "Value #A": "Power", "Value #B": "Emissions rate",
-                "Value #C": "Energy", "Value #D": "Emissions"},
-        order=("namespace", "pod", "Value #A", "Value #B", "Value #C", "Value #D"),
-    )
+    top_pods = power_emissions_table(
+        P, "Top pods", "The pods with the highest attributed power, with their emissions. Click a pod "
+        "to open the workload dashboard.",
+        {"namespace": "Namespace", "pod": "Pod"},
+        power=f"topk($topn, sum by (namespace, pod) (rate(carbon_workload_energy_joules_total{pods}[$__rate_interval])))",
+        rate=f"sum by (namespace, pod) (rate(carbon_workload_emissions_grams_total{pods}[$__rate_interval]))",
+        energy=f"sum by (namespace, pod) (increase(carbon_workload_energy_joules_total{pods}[$__range])) / 3.6e6",
+        emissions=f"sum by (namespace, pod) (increase(carbon_workload_emissions_grams_total{pods}[$__range]))",
+        energy_decimals=4,
+        emissions_config=[dm.DynamicConfigValue(id_val="unit", value=GRAMS)],
+        link_column="Pod", link_to=links_property(
+            "Workload dashboard", workload_link("${__data.fields.namespace}", pod_ref="${__data.fields.pod}")),
+        w=16)
     d = d.with_panel(top_pods)
     jobs_panel = P.bargauge(
         "Top batch jobs by emissions in time range", "Attributed emissions per batch job "
