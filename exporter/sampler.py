@@ -1,12 +1,12 @@
 """The sampling clock: reads every source on --sample.interval, feeds the ledger and publishes
 an immutable Snapshot that scrapes render. Scrapes never wait on hardware.
 
-Reads run off the event loop, in two kinds of worker thread. A source that talks to a driver
-that can hang (NVML: `Source.own_thread`) has a thread of its own, so it stalls only itself.
-The sources that read kernel pseudo-files (RAPL, the models, attribution) share one host
-thread and run one after the other: RAPL first, then the models, which stand aside for a
-component RAPL measured, then attribution. One thread hand-off per cycle instead of one per
-source keeps a cycle cheap. A read still running after one interval is reported as an error;
+Reads run off the event loop in worker threads named by `Source.thread`, each reading its
+sources one after the other. The sources that call NVML (the GPUs, and attribution's GPU
+process queries) share the "nvml" thread, so a wedged driver stalls only them; the kernel
+pseudo-file readers (RAPL, the models, cgroup attribution without GPUs) share the "host"
+thread, where the models go last and stand aside for a component RAPL measured. One thread
+hand-off per thread and cycle, instead of one per source, keeps a cycle cheap. A read still running after one interval is reported as an error;
 its result, when it comes, is used at the next cycle (counters make late readings harmless).
 """
 
@@ -116,13 +116,11 @@ class Sampler:
         self.ledger = Ledger(max_power_gap=max(5 * interval, 5.0))
         self.attribution = attribution
         # attribution reads CPU-time counters in the same cycle as the energy counters
-        readers = list(measured) + ([attribution] if attribution is not None else [])
-        host = [s for s in readers if not s.own_thread] + list(models)
-        self.threads = [_Thread(ThreadPoolExecutor(1, thread_name_prefix=f"collector-{s.name}"),
-                                [_Worker(s)]) for s in readers if s.own_thread]
-        if host:
-            self.threads.append(_Thread(ThreadPoolExecutor(1, thread_name_prefix="collector-host"),
-                                        [_Worker(s) for s in host]))
+        groups: dict[str, list[Source]] = {}
+        for source in [*measured, *([attribution] if attribution is not None else []), *models]:
+            groups.setdefault(source.thread, []).append(source)
+        self.threads = [_Thread(ThreadPoolExecutor(1, thread_name_prefix=f"collector-{name}"),
+                                [_Worker(s) for s in sources]) for name, sources in groups.items()]
         self.gpus: tuple[GpuInfo, ...] = ()
         self.grid = None  # set by the provider chain, read at each cycle like intensity
         self.embodied = None  # carbon.embodied.Embodied, set by the daemon

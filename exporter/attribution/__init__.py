@@ -72,8 +72,8 @@ class Attribution(Source):
 
     def __init__(self, config, nvml=None) -> None:
         self.config = config
-        # GPU process accounting calls NVML, whose driver can hang: then a thread of its own
-        self.own_thread = bool(config.collector_nvml)
+        # GPU process accounting calls NVML, whose driver can hang: then read in NVML's thread
+        self.thread = "nvml" if config.collector_nvml else "host"
         self.tagger: Tagger = load_rules(config.attribution_rules_file)
         self.reader = WorkloadReader(
             config.path_procfs, config.path_sysfs,

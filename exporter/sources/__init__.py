@@ -52,7 +52,9 @@ class Source(abc.ABC):
 
     name = ""
     component: str | None = None  # set by models: the component they estimate
-    own_thread = False  # True where a driver call can hang: the source gets its own thread
+    # Worker thread the sampler reads this source in. Sources that call a driver that can
+    # hang (NVML) share that driver's thread, so a wedged driver stalls only them.
+    thread = "host"
 
     @abc.abstractmethod
     def read(self, covered: frozenset[str] = frozenset()) -> SourceResult:

@@ -39,7 +39,7 @@ class Gpu:
 
 class NvmlSource(Source):
     name = "nvml"
-    own_thread = True  # a wedged driver must not stall the other sources
+    thread = "nvml"  # a wedged driver must not stall the other sources
 
     def __init__(self, nvml: ModuleType | None = None) -> None:
         self._nvml = nvml
