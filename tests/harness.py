@@ -16,6 +16,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -106,6 +107,22 @@ class ExporterProcess:
 
 def prometheus_binary() -> str | None:
     return shutil.which("prometheus")
+
+
+def require(message: str) -> None:
+    """Something the tests need is missing: in CI (CI=true) a failure, since scripts/test.sh
+    installs everything; elsewhere a skip that says what to install."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(message + " (scripts/test.sh installs it)")
+    pytest.skip(message + ": run ./scripts/test.sh")
+
+
+def require_tool(binary: str, package: str) -> str:
+    """Path of a program the tests need (see require())."""
+    path = shutil.which(binary)
+    if path is None:
+        require(f"{binary} is not installed (Debian package {package})")
+    return path
 
 
 class PrometheusServer:

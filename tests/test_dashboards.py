@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +19,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import promql_inventory as inv  # noqa: E402
+from tests.harness import require, require_tool  # noqa: E402
 
 ROOT = inv.ROOT
 GENERATOR = ROOT / "grafana" / "generate.py"
@@ -33,24 +32,15 @@ EXPECTED = {
 TAG = "carbon-exporter"
 
 
-def required(message: str) -> None:
-    if os.environ.get("CI") == "true":
-        pytest.fail(message + "; it is required in CI")
-    pytest.skip(message)
-
-
 def promtool() -> str:
-    path = shutil.which("promtool")
-    if not path:
-        required("promtool not found (install Prometheus, e.g. `apt-get install prometheus`)")
-    return path
+    return require_tool("promtool", "prometheus")
 
 
 def load_generator():
     try:
         import grafana_foundation_sdk  # noqa: F401
     except ImportError:
-        required("grafana-foundation-sdk not installed (pip install -r pyproject.toml test extras)")
+        require("grafana-foundation-sdk is not installed (pyproject.toml test extras)")
     spec = importlib.util.spec_from_file_location("carbon_dashboards_generate", GENERATOR)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 import shutil
 import socket
 import subprocess
@@ -24,7 +23,7 @@ from exporter.report import cli as report_cli
 from exporter.report.compute import counter_increase
 from exporter.report.render_json import schema
 from tests import history as h
-from tests.harness import ROOT, PrometheusServer, free_port, prometheus_binary, wait_for
+from tests.harness import ROOT, PrometheusServer, free_port, require_tool, wait_for
 
 WINDOW = ["--from", "2024-03-01T00:00:00Z", "--to", "2024-03-01T04:00:00Z"]
 KWH = 3.6e6
@@ -34,10 +33,8 @@ GRAM = 1e-3  # "to the gram", with room only for float rounding
 @pytest.fixture(scope="module")
 def history_blocks(tmp_path_factory) -> Path:
     """TSDB blocks of tests/history.py, made by promtool."""
-    if prometheus_binary() is None or shutil.which("promtool") is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("prometheus is not installed (scripts/test.sh installs it)")
-        pytest.skip("prometheus not installed: run ./scripts/test.sh")
+    require_tool("prometheus", "prometheus")
+    require_tool("promtool", "prometheus")
     tmp = tmp_path_factory.mktemp("history")
     source = tmp / "history.om"
     source.write_text(h.openmetrics())
@@ -59,12 +56,7 @@ def prometheus(history_blocks, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def chromium():
-    binary = shutil.which("chromium")
-    if binary is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("chromium is not installed (scripts/test.sh installs it)")
-        pytest.skip("chromium not installed: run ./scripts/test.sh")
-    return binary
+    return require_tool("chromium", "chromium")
 
 
 def report(*args: str) -> tuple[int, str, str]:
@@ -359,7 +351,7 @@ def test_secured_prometheus_with_tls_and_basic_auth(history_blocks, tmp_path):
     url = f"https://127.0.0.1:{port}"
     log = open(tmp_path / "prometheus.log", "wb")
     proc = subprocess.Popen([
-        prometheus_binary(), f"--config.file={tmp_path / 'prometheus.yml'}",
+        require_tool("prometheus", "prometheus"), f"--config.file={tmp_path / 'prometheus.yml'}",
         f"--storage.tsdb.path={tmp_path / 'data'}", "--storage.tsdb.retention.time=100y",
         f"--web.listen-address=127.0.0.1:{port}", f"--web.config.file={web}",
         "--log.level=warn"], stdout=log, stderr=subprocess.STDOUT)

@@ -8,9 +8,7 @@ with a message, but fail when CI=true: CI must install it.
 from __future__ import annotations
 
 import importlib.util
-import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +18,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import promql_inventory as inv  # noqa: E402
+from tests.harness import require_tool  # noqa: E402
 
 ROOT = inv.ROOT
 PROM = ROOT / "prometheus"
@@ -31,13 +30,7 @@ SEVERITIES = {"critical", "warning", "info"}
 
 
 def promtool() -> str:
-    path = shutil.which("promtool")
-    if path:
-        return path
-    message = "promtool not found (install Prometheus, e.g. `apt-get install prometheus`)"
-    if os.environ.get("CI") == "true":
-        pytest.fail(message + "; it is required in CI")
-    pytest.skip(message)
+    return require_tool("promtool", "prometheus")
 
 
 def run_promtool(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
@@ -294,12 +287,7 @@ def test_alertmanager_example_routes_to_defined_receivers():
 def test_alertmanager_example_with_amtool():
     """amtool (Debian: prometheus-alertmanager, installed by scripts/test.sh) validates the
     example and its routes."""
-    amtool = shutil.which("amtool")
-    if not amtool:
-        message = "amtool not found (Debian package prometheus-alertmanager)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message + "; scripts/test.sh installs it")
-        pytest.skip(message)
+    amtool = require_tool("amtool", "prometheus-alertmanager")
     config = str(PROM / "alertmanager.yml")
     result = subprocess.run([amtool, "check-config", config], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr

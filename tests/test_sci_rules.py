@@ -3,22 +3,16 @@ their exact-value unit tests."""
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
+from tests.harness import require_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess:
-    binary = shutil.which("promtool")
-    if binary is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("promtool is not installed (scripts/test.sh installs the prometheus package)")
-        pytest.skip("promtool not installed: run ./scripts/test.sh")
+    binary = require_tool("promtool", "prometheus")
     return subprocess.run([binary, *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
 
 
