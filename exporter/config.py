@@ -202,6 +202,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("embodied.lifetime", "duration", "4y",
             "Service life over which embodied emissions are spread evenly (Prometheus duration).",
             reloadable=True),
+    Setting("runs.socket", "str", "/run/carbon-exporter/runs.sock",
+            "Local Unix socket where `carbon-exporter run` and the Python API register a run "
+            "with the daemon (it moves the caller into a cgroup named after the run); empty "
+            "disables it. Nothing is exposed on the network."),
     Setting("log.level", "choice", "info", "Log level.",
             choices=("debug", "info", "warn", "error"), reloadable=True),
     Setting("log.format", "choice", "logfmt", "Log format.", choices=("logfmt", "json")),
