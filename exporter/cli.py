@@ -240,6 +240,13 @@ class Daemon:
         metadata = None
         if self.sampler.attribution is not None:
             metadata = asyncio.create_task(self.sampler.attribution.kube.run(self.stop))
+        runs = None
+        if self.config.runs_socket and self.sampler.attribution is not None:
+            from exporter.runs.service import RunService  # daemon mode of `carbon-exporter run`
+            runs = RunService(self.sampler, self.config.runs_socket,
+                              os.path.join(self.config.path_sysfs, "fs", "cgroup"),
+                              self.config.path_procfs)
+            await runs.start()
         await self.stop.wait()
         log.info("shutting down")
         await sampling
@@ -248,6 +255,8 @@ class Daemon:
         await self.chain.stop()
         if metadata is not None:
             await metadata
+        if runs is not None:
+            await runs.stop()
         await runner.cleanup()
         self.sampler.close()
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
