@@ -105,6 +105,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("web.max_requests", "int", 40,
             "Maximum number of concurrent requests (scrapes); more get 503. 0 means no limit.",
             minimum=0),
+    Setting("web.disable_exporter_metrics", "bool", False,
+            "Leave the exporter's own metrics out of /metrics: process_*, python_* and "
+            "carbon_exporter_http_* (as node_exporter's flag of that name)."),
     Setting("path.sysfs", "str", "/sys", "sysfs mount point (RAPL under class/powercap)."),
     Setting("path.procfs", "str", "/proc", "procfs mount point (CPU times, memory size)."),
     Setting("sample.interval", "duration", "1s",

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from exporter.ledger import Reading
 
-# Reasons reported in carbon_exporter_collector_up{reason}.
+# Reasons reported in carbon_exporter_collector_status_info{reason}.
 OK = "ok"
 ABSENT = "absent"  # no such hardware or driver on this node: not a failure
 PERMISSION = "permission"
