@@ -109,13 +109,17 @@ class SnapshotCollector(Collector):
 
         up, duration = family(metrics.COLLECTOR_UP), family(metrics.SAMPLE_DURATION)
         status = family(metrics.COLLECTOR_STATUS)
+        model = family(metrics.MODEL_INFO)
         for c in snap.collectors:
             # one _up series per collector whatever the reason, so for: and history hold
             up.add_metric([c.name], 1 if c.status.up else 0)
             status.add_metric([c.name, c.status.reason], 1)
             duration.add_metric([c.name], count_value=c.duration_count, sum_value=c.duration_sum)
+            if c.status.up and c.status.method:
+                model.add_metric([c.name, c.status.method, c.status.detail], 1)
         yield up
         yield status
+        yield model
         yield duration
 
         glitches = family(metrics.ENERGY_GLITCHES)

@@ -132,6 +132,13 @@ COLLECTOR_STATUS = MetricSpec(
     "permission, error or superseded (absent and superseded are not failures).",
     ("collector", "reason"),
 )
+MODEL_INFO = MetricSpec(
+    "carbon_model_info", "gauge",
+    "How a modelled (source=\"model\") series was obtained; always 1. method is configured, "
+    "cloud_per_vcpu, tdp_curve or per_thread (CPU) and all_memory or beyond_reference (DRAM); "
+    "basis names the table row or coefficients, the VM share and the curve.",
+    ("collector", "method", "basis"),
+)
 SAMPLE_DURATION = MetricSpec(
     "carbon_exporter_sample_duration_seconds", "summary",
     "Wall time spent reading each collector's source, in seconds.",
@@ -196,7 +203,8 @@ ALL: tuple[MetricSpec, ...] = (
     ENERGY, POWER, RAPL_DOMAIN_ENERGY, GPU_POWER_LIMIT, GPU_INFO,
     GRID_INTENSITY, GRID_INTENSITY_AGE, GRID_FORECAST_MIN, GRID_FORECAST_MIN_START, GRID_INDEX,
     GRID_PROVIDER_UP, GRID_PROVIDER_STATUS, PUE, EMISSIONS, EMISSIONS_RATE,
-    COLLECTOR_UP, COLLECTOR_STATUS, SAMPLE_DURATION, ENERGY_GLITCHES, LAST_SAMPLE, BUILD_INFO,
+    COLLECTOR_UP, COLLECTOR_STATUS, MODEL_INFO, SAMPLE_DURATION, ENERGY_GLITCHES, LAST_SAMPLE,
+    BUILD_INFO,
     WORKLOAD_ENERGY, WORKLOAD_EMISSIONS, WORKLOAD_GPU_SPLIT,
     GRID_PROVIDER_FETCHES, GRID_PROVIDER_FETCH_DURATION,
     HTTP_REQUESTS, HTTP_DURATION, HTTP_IN_FLIGHT,
