@@ -10,12 +10,16 @@ Like the CPU model, it keeps its own energy counter (source="model").
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 import psutil
 
 from exporter.ledger import Reading
-from exporter.sources import ERROR, OK, SUPERSEDED, Source, SourceResult, Status
+from exporter.sources import ERROR, MODEL, OK, SUPERSEDED, Source, SourceResult, Status
 from exporter.sources.cpu_model import MODEL_MAX_WATTS
+
+if TYPE_CHECKING:
+    from exporter.config import Config
 
 GIB = 1024**3
 # Installed memory changes only with hot-plug: re-read it now and then, not every sample.
@@ -24,9 +28,18 @@ MEMTOTAL_REFRESH_SECONDS = 60.0
 
 class DramModelSource(Source):
     name = "dram-model"
-    component = "dram"
+    role = MODEL
+    components = ("dram",)
+    source_labels = ("model",)
+    summary = (
+        "where no measured source covers the memory: `dram_model.watts_per_gib` x installed "
+        "memory (`MemTotal`), default 0.392 W per GB (Cloud Carbon Footprint).")
 
-    def __init__(self, procfs: str, config) -> None:
+    @classmethod
+    def from_config(cls, config: Config) -> DramModelSource:
+        return cls(config.path_procfs, config)
+
+    def __init__(self, procfs: str, config: Config) -> None:
         self.procfs = procfs
         self.joules = 0.0
         self.last_at: float | None = None
@@ -34,7 +47,7 @@ class DramModelSource(Source):
         self.installed_read_at = 0.0
         self.configure(config)
 
-    def configure(self, config) -> None:
+    def configure(self, config: Config) -> None:
         self.watts_per_gib = config.dram_model_watts_per_gib
 
     def read(self, covered: frozenset[str] = frozenset()) -> SourceResult:
