@@ -171,8 +171,9 @@ class Config:
         minimum=1, reloadable=True)
     cpu_model_idle_watts: float | None = _s(
         "cpu_model.idle_watts", "float", None,
-        "CPU model: node CPU power at 0% utilisation in watts (default: bundled CPU table, "
-        "else per-thread default).", minimum=0, reloadable=True)
+        "CPU model: node CPU power at 0% utilisation in watts (default: the cloud's per-vCPU "
+        "figures, else the bundled CPU table's TDP on the Teads curve, else per thread).",
+        minimum=0, reloadable=True)
     cpu_model_max_watts: float | None = _s(
         "cpu_model.max_watts", "float", None,
         "CPU model: node CPU power at 100% utilisation in watts.", minimum=0, reloadable=True)
@@ -185,8 +186,9 @@ class Config:
         "CPU model fallback: full-load watts per hardware thread (Cloud Carbon Footprint).",
         minimum=0, reloadable=True)
     dram_model_watts_per_gib: float = _s(
-        "dram_model.watts_per_gib", "float", 0.4209,
-        "DRAM model: watts per GiB of installed memory (0.392 W/GB, Cloud Carbon Footprint).",
+        "dram_model.watts_per_gib", "float", 0.392,
+        "DRAM model: watts per GiB of memory not covered by another figure (Cloud Carbon "
+        "Footprint's 0.392 W per GB, whose sources count binary GB).",
         minimum=0, reloadable=True)
     attribution_cpu_idle_watts: float | None = _s(
         "attribution.cpu_idle_watts", "float", None,
@@ -265,6 +267,11 @@ class Config:
         "embodied.lifetime", "duration", "4y",
         "Service life over which embodied emissions are spread evenly (Prometheus duration).",
         reloadable=True)
+    runs_socket: str = _s(
+        "runs.socket", "str", "/run/carbon-exporter/runs.sock",
+        "Local Unix socket where `carbon-exporter run` and the Python API register a run "
+        "with the daemon (it moves the caller into a cgroup named after the run); empty "
+        "disables it. Nothing is exposed on the network.")
     log_level: str = _s(
         "log.level", "choice", "info", "Log level.",
         choices=("debug", "info", "warn", "error"), reloadable=True)

@@ -37,6 +37,8 @@ WORKLOADS = "workloads"  # usage per workload, split by the observer after the l
 class Status:
     reason: str
     detail: str = ""
+    # a model's method (carbon_model_info{method}); detail then says the figures it used
+    method: str = ""
 
     @property
     def up(self) -> bool:

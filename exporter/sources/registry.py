@@ -48,6 +48,7 @@ def by_name(name: str) -> type[Source]:
     raise KeyError(name)
 
 
-def build_sources(config: Config) -> list[Source]:
-    """The enabled sources, built from the settings, in registry order."""
-    return [cls.from_config(config) for cls in registered() if config.collector(cls.name)]
+def build_sources(config: Config, roles: frozenset[str] = frozenset(_ROLE_ORDER)) -> list[Source]:
+    """The enabled sources of these roles, built from the settings, in registry order."""
+    return [cls.from_config(config) for cls in registered()
+            if cls.role in roles and config.collector(cls.name)]
