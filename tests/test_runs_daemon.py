@@ -19,7 +19,7 @@ import pytest
 from exporter.attribution import Attribution
 from exporter.attribution.cgroups import detect_layout
 from exporter.carbon import static_intensity
-from exporter.cli import build_sources
+from exporter.sources.registry import build_sources
 from exporter.runs.protocol import ProtocolError, request
 from exporter.runs.record import load_record
 from exporter.runs.scope import run_name, scope_name
@@ -180,9 +180,8 @@ def test_v2_layout_run_scope_and_split_by_fixture(tmp_path):
                       "collector.rapl": False, "cpu_model.idle_watts": IDLE_W,
                       "cpu_model.max_watts": MAX_W, "attribution.cpu_idle_watts": IDLE_W},
                      None, environ={})
-    measured, models = build_sources(config)
-    sampler = Sampler(measured, models, INTERVAL, static_intensity(config), 1.0,
-                      Attribution(config))
+    sampler = Sampler(build_sources(config), INTERVAL, static_intensity(config), 1.0)
+    assert isinstance(sampler.attribution, Attribution)
     socket_path = str(tmp_path / "runs.sock")
     service = RunService(sampler, socket_path, str(tmp_path / "sys" / "fs" / "cgroup"),
                          str(tmp_path / "proc"))
