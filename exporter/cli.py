@@ -23,8 +23,10 @@ from exporter.carbon.secrets import RedactingFilter
 from exporter.config import SETTINGS, Config, changed_keys, resolve, split_listen_address
 from exporter.confutil import ConfigError
 from exporter.sampler import Sampler
+from exporter.selfmetrics import SelfMetrics
 from exporter.server import make_app
 from exporter.sources.registry import build_sources
+from exporter.version import version_text
 from exporter.webconfig import WebSecurity
 
 log = logging.getLogger("exporter")
@@ -39,6 +41,15 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
+class VersionAction(argparse.Action):
+    """--version as node_exporter prints it, unwrapped (argparse's own action re-wraps it),
+    and worked out only when asked (a source checkout asks git)."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print(version_text())
+        parser.exit(0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="carbon-exporter",
@@ -48,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "`carbon-exporter report --help`: the footprint report from Prometheus "
                     "history.",
     )
-    parser.add_argument("--version", action="version", version=f"carbon-exporter {__version__}")
+    parser.add_argument("--version", action=VersionAction, nargs=0,
+                        help="Print the version, revision and build date, and exit.")
     parser.add_argument("--config.file", dest="config_file", metavar="PATH",
                         help="YAML config file with the same settings (reloaded on SIGHUP). "
                              "[env CARBON_EXPORTER_CONFIG_FILE]")
@@ -137,6 +149,8 @@ class Daemon:
                                config.carbon_pue)
         self.sampler.embodied = Embodied(config)
         self.chain = Chain.from_config(config, self._publish_grid)
+        self.live = SelfMetrics(not config.web_disable_exporter_metrics)
+        self.chain.observe = self.live.fetch.observe
         self._swapping = asyncio.Lock()  # two quick SIGHUPs must not start chains out of order
         self.stop = asyncio.Event()
 
@@ -187,7 +201,7 @@ class Daemon:
         loop.add_signal_handler(signal.SIGINT, self.stop.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         host, port = split_listen_address(self.config.web_listen_address)
-        app = make_app(self.sampler, self.config.web_telemetry_path, self.security)
+        app = make_app(self.sampler, self.config.web_telemetry_path, self.security, self.live)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         try:

@@ -135,6 +135,10 @@ class Config:
         "web.max_requests", "int", 40,
         "Maximum number of concurrent requests (scrapes); more get 503. 0 means no limit.",
         minimum=0)
+    web_disable_exporter_metrics: bool = _s(
+        "web.disable_exporter_metrics", "bool", False,
+        "Leave the exporter's own metrics out of /metrics: process_*, python_* and "
+        "carbon_exporter_http_* (as node_exporter's flag of that name).")
     path_sysfs: str = _s(
         "path.sysfs", "str", "/sys", "sysfs mount point (RAPL under class/powercap).")
     path_procfs: str = _s(

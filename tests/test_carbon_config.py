@@ -232,7 +232,8 @@ def test_collector_renders_embodied_forecast_index_and_providers():
     assert value("carbon_grid_intensity_forecast_min_grams_per_kwh", **watttime) == 99.0
     assert value("carbon_grid_intensity_forecast_min_start_timestamp_seconds", **watttime) == 1.8e9
     assert value("carbon_grid_intensity_index_ratio", **watttime) == 0.73
-    assert value("carbon_grid_provider_up", provider="em", reason="auth") == 0
+    assert value("carbon_grid_provider_up", provider="em") == 0
+    assert value("carbon_grid_provider_status_info", provider="em", reason="auth") == 1
     assert value("carbon_grid_intensity_grams_per_kwh", kind="marginal", **watttime) == 123.0
 
 

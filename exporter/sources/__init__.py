@@ -16,7 +16,7 @@ from exporter.ledger import Reading
 if TYPE_CHECKING:
     from exporter.config import Config
 
-# Reasons reported in carbon_exporter_collector_up{reason}.
+# Reasons reported in carbon_exporter_collector_status_info{reason}.
 OK = "ok"
 ABSENT = "absent"  # no such hardware or driver on this node: not a failure
 PERMISSION = "permission"

@@ -42,7 +42,7 @@ UNIT_FACTORS = {
     "lbs/mwh": LBS_PER_MWH_TO_G_PER_KWH, "lbs_co2_per_mwh": LBS_PER_MWH_TO_G_PER_KWH,
 }
 
-# ProviderError reasons, exported as carbon_grid_provider_up{reason}.
+# ProviderError reasons, exported as carbon_grid_provider_status_info{reason}.
 AUTH, RATE_LIMITED, HTTP, TIMEOUT, UNREACHABLE, INVALID, NO_DATA = (
     "auth", "rate_limited", "http_error", "timeout", "unreachable", "invalid", "no_data")
 

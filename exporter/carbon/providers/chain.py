@@ -94,12 +94,15 @@ class Chain:
         self.in_force_name: str | None = None
         self._tasks: list[asyncio.Task] = []
         self._session: aiohttp.ClientSession | None = None
+        # (provider, outcome, seconds) per request: selfmetrics.FetchMetrics.observe
+        self.observe: Callable[[str, str, float], None] | None = None
 
     @classmethod
     def from_config(cls, config, publish: Callable[[GridState], None], tick: float = 1.0,
                     previous: "Chain | None" = None) -> "Chain":
         chain = cls(build_providers(config), static_intensity(config), publish, tick)
-        if previous is not None:  # keep cached values of providers that did not change
+        if previous is not None:
+            chain.observe = previous.observe  # keep cached values of providers that did not change
             old = {(s.provider.spec, s.provider.zone): s for s in previous.states}
             for state in chain.states:
                 kept = old.get((state.provider.spec, state.provider.zone))
@@ -162,15 +165,26 @@ class Chain:
         while True:
             state.attempts += 1
             assert self._session is not None  # start() opens it before any fetch
+            started, outcome = time.monotonic(), "error"  # "error": a provider bug raised
             try:
                 async with asyncio.timeout(spec.timeout):
-                    return await provider.fetch(self._session)
+                    fetched = await provider.fetch(self._session)
+                outcome = "ok"
+                return fetched
             except TimeoutError:
                 error = ProviderError(TIMEOUT, f"no answer within {spec.timeout:g} s")
+                outcome = error.reason
             except ProviderError as exc:
-                error = exc
+                error, outcome = exc, exc.reason
             except (KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
                 error = ProviderError(INVALID, f"unexpected answer shape: {type(exc).__name__}: {exc}")
+                outcome = error.reason
+            except asyncio.CancelledError:
+                outcome = ""  # shutdown or reload: not an answer to count
+                raise
+            finally:
+                if self.observe is not None and outcome:
+                    self.observe(provider.name, outcome, time.monotonic() - started)
             if not error.retryable or attempt == spec.retries:
                 raise error
             delay = min(spec.refresh, spec.backoff * 2 ** attempt) * random.uniform(0.5, 1.5)
