@@ -166,7 +166,7 @@ def run_main(argv: Sequence[str]) -> int:
                     # the command's own MLflow logging (mlflow.start_run()) joins this run
                     env["MLFLOW_RUN_ID"] = start_run(run.name)
                 run.mlflow_run_id = env["MLFLOW_RUN_ID"]
-            except Exception as exc:  # noqa: BLE001 - MLflow's errors have no common base
+            except Exception as exc:
                 run.stop("failed", f"MLflow: {exc}")
                 print(f"carbon-exporter run: error: MLflow: {exc}", file=sys.stderr)
                 return EXIT_USAGE

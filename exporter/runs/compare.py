@@ -47,7 +47,7 @@ def compare(a: list[dict[str, Any]], b: list[dict[str, Any]], a_label: str = "A"
                 "mean": mean, "sd": sd, "values": values}
         groups[key] = group
     comparisons = []
-    for field, word, symbol in METRICS:
+    for field, word, _ in METRICS:
         name = f"{field}_per_{'unit' if unit else 'run'}"
         av, bv = groups["a"][name]["values"], groups["b"][name]["values"]
         comparisons.append(_compare_one(name, word, av, bv, a_label, b_label, per,

@@ -27,8 +27,8 @@ class MlflowUnavailable(RuntimeError):
 
 def _mlflow():
     try:
-        import mlflow  # noqa: PLC0415 - optional extra
-        from mlflow.tracking import MlflowClient  # noqa: PLC0415
+        import mlflow
+        from mlflow.tracking import MlflowClient
     except ImportError:
         raise MlflowUnavailable("MLflow logging needs the mlflow extra: "
                                 "pip install 'carbon-exporter[mlflow]'") from None
@@ -100,7 +100,7 @@ def start_run(name: str) -> str:
 def log_record(record: dict[str, Any], run_id: str | None = None) -> str:
     """Log to `run_id`, else the active run, else MLFLOW_RUN_ID, else a new run; its id."""
     mlflow, client_cls = _mlflow()
-    from mlflow.entities import Metric, Param, RunTag  # noqa: PLC0415
+    from mlflow.entities import Metric, Param, RunTag
 
     client = client_cls()
     created = False
