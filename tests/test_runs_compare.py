@@ -4,35 +4,46 @@ against known values, and the life-cycle roll-up."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
-from exporter.runs import track
 from exporter.runs.compare import compare
 from exporter.runs.lifecycle import render_markdown, rollup
 from exporter.runs.record import load_record
 from exporter.runs.stats import t_quantile, welch
 from tests.harness import ROOT
 
-SETTINGS = {"cpu_model.idle_watts": 10.0, "cpu_model.max_watts": 50.0,
-            "sample.interval": "200ms", "carbon.intensity": 300.0, "runs.socket": ""}
-MATMULS = 30
+MATMULS = 20
+# One BLAS thread: OpenBLAS workers spin while waiting, which on a loaded machine would add
+# CPU time unrelated to the arithmetic.
+BLAS_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+MATMUL = """
+import sys
+import numpy as np
+a = np.random.default_rng(0).random((600, 600)).astype(sys.argv[1])
+for _ in range(int(sys.argv[2])):
+    a @ a
+"""
 
 
 def matmul_run(path, dtype: str, tags: dict[str, str], model: str = "mm",
                phase: str = "training") -> dict:
-    rng = np.random.default_rng(0)
-    a = rng.random((250, 250)).astype(dtype)
-    b = rng.random((250, 250)).astype(dtype)
-    with track(f"matmul-{dtype}", unit="matmuls", json=str(path), mode="embedded",
-               settings=SETTINGS, tags=tags, model=model, phase=phase) as run:
-        for _ in range(MATMULS):
-            a @ b
-            run.add_units(1)
-    return run.record
+    """One real workload under `carbon-exporter run` (embedded mode): the record."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CARBON_EXPORTER_")}
+    env.update(BLAS_ENV, CARBON_EXPORTER_CPU_MODEL_IDLE_WATTS="10",
+               CARBON_EXPORTER_CPU_MODEL_MAX_WATTS="50", CARBON_EXPORTER_SAMPLE_INTERVAL="200ms",
+               CARBON_EXPORTER_CARBON_INTENSITY="300", CARBON_EXPORTER_RUNS_SOCKET="")
+    tag_args = [arg for k, v in tags.items() for arg in ("--tag", f"{k}={v}")]
+    done = subprocess.run(
+        [sys.executable, "-m", "exporter", "run", "--quiet", "--mode", "embedded", "--name",
+         f"matmul-{dtype}", "--unit", "matmuls", "--units", str(MATMULS), "--model", model,
+         "--phase", phase, "--json", str(path), *tag_args, "--", sys.executable, "-c", MATMUL,
+         dtype, str(MATMULS)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return load_record(str(path))
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:

@@ -217,7 +217,8 @@ class RunService:
                                for w in self.sampler.workers],
                 "intensity": {"grams_per_kwh": intensity.grams_per_kwh,
                               "grid_zone": intensity.grid_zone, "provider": intensity.provider,
-                              "kind": intensity.kind}}
+                              "kind": intensity.kind,
+                              "basis": getattr(intensity, "basis", "")}}
 
     # --- every sample (event loop, from Attribution._account) ---------------------------------
 
@@ -280,6 +281,7 @@ def account_to_wire(account: RunAccount) -> dict[str, Any]:
         "seconds": account.seconds, "peak_watts": account.peak_watts, "pue": account.pue,
         "intensities": [{"grams_per_kwh": i.intensity.grams_per_kwh,
                          "grid_zone": i.intensity.grid_zone, "provider": i.intensity.provider,
-                         "kind": i.intensity.kind, "joules": i.joules}
+                         "kind": i.intensity.kind, "joules": i.joules,
+                         "basis": getattr(i.intensity, "basis", "")}
                         for i in account.intensities],
     }
