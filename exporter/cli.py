@@ -65,8 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 help=f"{text} (default: {'enabled' if setting.default else 'disabled'})")
             continue
         kwargs: dict[str, Any] = {"dest": setting.key, "default": None, "metavar": "VALUE"}
-        if setting.kind in ("float", "int"):
-            kwargs["type"] = float if setting.kind == "float" else int
+        if setting.kind in ("float", "int", "budget"):
+            kwargs["type"] = int if setting.kind == "int" else float
         if setting.kind == "choice":
             kwargs["choices"] = setting.choices
             kwargs.pop("metavar")
@@ -154,7 +154,8 @@ class Daemon:
         measured, models = build_sources(config)
         attribution = Attribution(config) if config.collector_attribution else None
         self.sampler = Sampler(measured, models, config.sample_interval, self.intensity,
-                               config.carbon_pue, attribution)
+                               config.carbon_pue, attribution, config.power_peak_window)
+        self.sampler.power_budget = config.power_budget_watts
         self.sampler.embodied = Embodied(config)
         self.chain = Chain.from_config(config, self._publish_grid)
         self._swapping = asyncio.Lock()  # two quick SIGHUPs must not start chains out of order
@@ -194,6 +195,7 @@ class Daemon:
         asyncio.get_running_loop().create_task(self._swap_chain(old, chain))
         self.sampler.embodied.configure(new)
         self.sampler.pue = new.carbon_pue
+        self.sampler.power_budget = new.power_budget_watts
         for source in self.sampler.sources:
             configure = getattr(source, "configure", None)
             if configure is not None:

@@ -84,6 +84,8 @@ class Setting:
             return {"type": ["number", "string"]}
         if self.kind == "providers":  # checked in depth by exporter.carbon.providers.spec
             return {"type": ["array", "string", "null"]}
+        if self.kind == "budget":
+            return _BUDGET_SCHEMA
         number: dict[str, Any] = {"type": ["integer" if self.kind == "int" else "number", "null"]}
         if self.minimum is not None:
             number["minimum"] = self.minimum
@@ -91,6 +93,15 @@ class Setting:
             number["exclusiveMinimum"] = self.above
         return number
 
+
+_WATTS: dict[str, Any] = {"type": "number", "exclusiveMinimum": 0}
+# power.budget_watts: a number (the node), or {node: W, gpu: W (each GPU) | {gpu-0: W, ...}}
+_BUDGET_SCHEMA: dict[str, Any] = {"oneOf": [
+    {"type": ["number", "null"], "exclusiveMinimum": 0},
+    {"type": "object", "additionalProperties": False, "properties": {
+        "node": _WATTS,
+        "gpu": {"oneOf": [_WATTS, {"type": "object", "additionalProperties": _WATTS}]}}},
+]}
 
 COLLECTORS = ("rapl", "nvml", "cpu-model", "dram-model", "attribution")
 
@@ -116,6 +127,14 @@ SETTINGS: tuple[Setting, ...] = (
             "Read RAPL energy counters at most this often (e.g. 1s), whatever --sample.interval, "
             "to bound the energy resolution scrapers see (Platypus side channel). 0s: every "
             "sample.", minimum=0, reloadable=True),
+    Setting("power.peak_window", "duration", "1m",
+            "carbon_power_peak_watts is the highest per-sample power over this window (at least "
+            "--sample.interval; make it at least the scrape interval so no burst falls between "
+            "scrapes).", reloadable=False),
+    Setting("power.budget_watts", "budget", None,
+            "Power budget exported as carbon_power_budget_watts for the CarbonPowerAboveBudget "
+            "alert: watts for the node; in the config file also {node: W, gpu: W} (each GPU) or "
+            "{node: W, gpu: {gpu-0: W, ...}}.", reloadable=True),
     Setting("carbon.zone", "str", None,
             "Grid zone: an ISO 3166-1 alpha-2 country code (DE), a provider's zone id "
             "(US-MIDA-PJM) or a cloud region (aws:eu-west-1, gcp:europe-west4, azure:westeurope); "
@@ -342,7 +361,7 @@ def _coerce_env(setting: Setting, raw: str) -> Any:
         if lowered in ("0", "false", "no", "off"):
             return False
         raise ConfigError(f"{origin}: {raw!r} is not a boolean (true/false)")
-    if setting.kind == "float":
+    if setting.kind in ("float", "budget"):
         try:
             return float(raw)
         except ValueError:
@@ -397,6 +416,9 @@ def _finish(values: dict[str, Any]) -> Any:
             value = parse_chain(value, setting.key)
         out[setting.attr] = value
     config = Config(**out, config_file=values.get("config_file"))
+    if config.power_peak_window < config.sample_interval:
+        raise ConfigError(f"power.peak_window ({config.power_peak_window:g}s) must be at least "
+                          f"sample.interval ({config.sample_interval:g}s)")
     if config.cpu_model_idle_watts is not None and config.cpu_model_max_watts is not None:
         if config.cpu_model_max_watts < config.cpu_model_idle_watts:
             raise ConfigError("cpu_model.max_watts must be at least cpu_model.idle_watts")

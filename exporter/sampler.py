@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from exporter.carbon import Intensity
 from exporter.ledger import Ledger, grams_per_joule
+from exporter.peak import PeakTracker, budgets
 from exporter.sources import ERROR, GpuInfo, Source, SourceResult, Status
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,8 @@ class Snapshot:
     embodied: tuple[tuple[str, str, float], ...] = ()  # (component, device, grams)
     embodied_grams_per_second: float | None = None
     grid: object = None  # carbon.providers.chain.GridState: forecast, index, provider states
+    peaks: tuple[tuple[str, str, str, float], ...] = ()  # (component, device, source, watts)
+    budgets: tuple[tuple[str, str, float], ...] = ()  # (scope, device, watts)
 
 
 @dataclass(slots=True)
@@ -109,8 +112,11 @@ def _read_in_order(workers: list[_Worker]) -> list[tuple[SourceResult, float]]:
 
 class Sampler:
     def __init__(self, measured: list[Source], models: list[Source], interval: float,
-                 intensity: Intensity, pue: float, attribution=None) -> None:
+                 intensity: Intensity, pue: float, attribution=None,
+                 peak_window: float = 60.0) -> None:
         self.interval = interval
+        self.peaks = PeakTracker(max(peak_window, interval))
+        self.power_budget = None  # the power.budget_watts setting, set by the daemon
         self.intensity = intensity
         self.pue = pue
         self.ledger = Ledger(max_power_gap=max(5 * interval, 5.0))
@@ -192,6 +198,9 @@ class Sampler:
         self.last_cycle_at = now
         self.cycles += 1
         tracks = self.ledger.tracks.values()
+        for t in tracks:
+            if t.component and t.present:
+                self.peaks.observe((t.component, t.device, t.source), t.last_at, t.watts)
         self.snapshot = Snapshot(
             timestamp=time.time(),
             energy=tuple(EnergySeries(t.component, t.device, t.source, t.joules, t.watts, t.grams)
@@ -211,6 +220,8 @@ class Sampler:
             if self.embodied is not None else (),
             embodied_grams_per_second=embodied_rate,
             grid=self.grid,
+            peaks=self.peaks.peaks(now),
+            budgets=budgets(self.power_budget, (g.device for g in self.gpus)),
         )
         return self.snapshot
 
