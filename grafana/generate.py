@@ -753,11 +753,11 @@ def workload_dashboard() -> db.Dashboard:
         "carbon_emission_budget_grams (needs the carbon-exporter recording rules; "
         "see docs/runbook.md#emission-budgets).",
         PERCENT,
-        query('max by (namespace, window) (namespace:carbon_emission_budget_usage:ratio{job=~"$job", namespace=~"$namespace"})',
+        query('max by (namespace, window) (namespace:carbon_workload_emissions_grams_per_carbon_emission_budget_grams:ratio{job=~"$job", namespace=~"$namespace"})',
               "namespace {{namespace}} ({{window}})", instant=True),
-        query('max by (namespace, pod, window) (namespace_pod:carbon_emission_budget_usage:ratio{job=~"$job", namespace=~"$namespace", pod=~"$pod"})',
+        query('max by (namespace, pod, window) (namespace_pod:carbon_workload_emissions_grams_per_carbon_emission_budget_grams:ratio{job=~"$job", namespace=~"$namespace", pod=~"$pod"})',
               "pod {{namespace}}/{{pod}} ({{window}})", ref="B", instant=True),
-        query('max by (workload_job, window) (workload_job:carbon_emission_budget_usage:ratio{job=~"$job", workload_job=~"$workload_job"})',
+        query('max by (workload_job, window) (workload_job:carbon_workload_emissions_grams_per_carbon_emission_budget_grams:ratio{job=~"$job", workload_job=~"$workload_job"})',
               "job {{workload_job}} ({{window}})", ref="C", instant=True),
         w=12, max_value=1.5, steps=((None, "green"), (0.8, "yellow"), (1, "red"))))
     d = d.with_panel(P.timeseries(
