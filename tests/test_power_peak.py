@@ -83,7 +83,7 @@ def test_exporter_keeps_a_short_burst_for_the_peak_window(tmp_path):
             time.sleep(0.6)
             text = exporter.metrics()
             assert _gauges(text, "carbon_power_watts")[key] < 50  # the gauge is back near 20 W
-            assert 70 < _gauges(text, "carbon_power_peak_watts")[key] < 110  # a sample inside it
+            assert 70 < _gauges(text, "carbon_power_peak_watts")[key] < 150  # a sample inside it
             assert _gauges(text, "carbon_power_budget_watts") == {
                 (("device", ""), ("scope", "node")): 60.0,
                 (("device", "gpu-0"), ("scope", "gpu")): 300.0}
