@@ -36,7 +36,8 @@ carbon_emission_budget_grams{namespace="",pod="",workload_job="slurm-42",window=
 """
 # What kube-state-metrics serves about the fixture's pod and node (read by the SCI rules).
 KUBE_STATE = """# TYPE kube_pod_container_resource_requests gauge
-kube_pod_container_resource_requests{namespace="ml",pod="train-0",container="trainer",node="fixture-node",resource="cpu",unit="core"} 2
+kube_pod_container_resource_requests{namespace="ml",pod="train-0",container="trainer",\
+node="fixture-node",resource="cpu",unit="core"} 2
 # TYPE kube_node_status_capacity gauge
 kube_node_status_capacity{node="fixture-node",resource="cpu",unit="core"} 8
 # TYPE kube_pod_status_phase gauge

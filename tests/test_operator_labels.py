@@ -41,7 +41,7 @@ class _Kubelet(BaseHTTPRequestHandler):
                                           "containerID": f"containerd://{container_id(n)}"}]},
     } for n, namespace, pod, container in PODS]}).encode()
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+    def do_GET(self) -> None:
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(self.body)))
@@ -190,7 +190,8 @@ def test_operator_target_labels_keep_workload_pods(tmp_path):
                          "namespace_pod:carbon_workload_emissions_grams:rate5m"):
                 got = sorted((s["namespace"], s["pod"]) for s in _series(prom, f'{rule}{{job="carbon-exporter"}}'))
                 assert got == sorted((namespace, pod) for _, namespace, pod, _ in PODS), rule
-            for s in _series(prom, 'instance_namespace_pod:carbon_workload_energy_joules:rate5m{job="carbon-exporter"}'):
+            by_instance = 'instance_namespace_pod:carbon_workload_energy_joules:rate5m{job="carbon-exporter"}'
+            for s in _series(prom, by_instance):
                 assert s["instance"] == NODE
             namespaces = sorted(s["namespace"] for s in _series(
                 prom, 'namespace:carbon_workload_energy_joules:rate5m{job="carbon-exporter"}'))

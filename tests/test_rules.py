@@ -236,7 +236,7 @@ def test_collector_alert_ignores_absent_and_superseded():
 def test_prometheusrule_is_up_to_date():
     module = load_build_prometheusrule()
     assert PROMETHEUSRULE.read_text(encoding="utf-8") == module.render(), (
-        "deploy/kubernetes/components/prometheus-operator/prometheusrule.yaml is stale: run python prometheus/build_prometheusrule.py"
+        f"{PROMETHEUSRULE.relative_to(ROOT)} is stale: run python prometheus/build_prometheusrule.py"
     )
 
 
