@@ -149,6 +149,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("attribution.cpu_idle_watts", "float", None,
             "CPU power with nothing running, reported as kind=\"idle\" (default: learned as the "
             "lowest per-sample CPU power over the last hour).", minimum=0, reloadable=True),
+    Setting("attribution.gpu_idle_watts", "float", None,
+            "Power of one GPU with nothing running, reported as kind=\"idle\" (default: learned "
+            "per GPU like the CPU's).", minimum=0, reloadable=True),
     Setting("attribution.dram_idle_watts", "float", None,
             "DRAM power with nothing running (default: learned like the CPU's).",
             minimum=0, reloadable=True),

@@ -212,7 +212,7 @@ def test_embodied_table_rows_have_sources():
 
 def test_collector_renders_embodied_forecast_index_and_providers():
     grid = GridState(
-        Intensity(123.0, "CAISO_NORTH", "watttime", "marginal", time.time()),
+        Intensity(123.0, "CAISO_NORTH", "watttime", "marginal", time.time(), "direct"),
         ForecastMin("CAISO_NORTH", "watttime", 99.0, 1_800_000_000.0),
         (("CAISO_NORTH", "watttime", 0.73),),
         (ProviderStatus("watttime", "watttime", "x", True, "ok", "", None, True),
@@ -227,7 +227,7 @@ def test_collector_renders_embodied_forecast_index_and_providers():
     assert samples[("carbon_grid_intensity_forecast_min_start_timestamp_seconds", (("grid_zone", "CAISO_NORTH"), ("provider", "watttime")))] == 1.8e9
     assert samples[("carbon_grid_intensity_index_ratio", (("grid_zone", "CAISO_NORTH"), ("provider", "watttime")))] == 0.73
     assert samples[("carbon_grid_provider_up", (("provider", "em"), ("reason", "auth")))] == 0
-    assert samples[("carbon_grid_intensity_grams_per_kwh", (("grid_zone", "CAISO_NORTH"), ("kind", "marginal"), ("provider", "watttime")))] == 123.0
+    assert samples[("carbon_grid_intensity_grams_per_kwh", (("basis", "direct"), ("grid_zone", "CAISO_NORTH"), ("kind", "marginal"), ("provider", "watttime")))] == 123.0
 
 
 def test_bundled_csvs_parse_with_comment_headers():

@@ -1,9 +1,12 @@
-"""Electricity Maps API v3: GET /carbon-intensity/latest and /carbon-intensity/forecast.
+"""Electricity Maps API v3 (https://api.electricitymaps.com/v3, the current host; the old
+api.electricitymap.org redirects): GET /carbon-intensity/latest and /carbon-intensity/forecast.
 
-Request: `?zone=<zone id>` with the token in the `auth-token` header.
-Answer used (latest): `carbonIntensity` (gCO2eq/kWh, lifecycle by default), `datetime`
-(ISO 8601, the hour the value describes), `zone`; a `unit` field, where present, must be a
-unit of gCO2eq/kWh. Forecast: `forecast[]` of {`carbonIntensity`, `datetime`}, hourly.
+Request: `?zone=<zone id>&emissionFactorType=<lifecycle|direct>` with the token in the
+`auth-token` header. Answer used (latest): `carbonIntensity` (gCO2eq/kWh), `datetime` (ISO
+8601, the hour the value describes), `zone`, `emissionFactorType` where present (the basis);
+a `unit` field, where present, must be a unit of gCO2eq/kWh. Forecast: `forecast[]` of
+{`carbonIntensity`, `datetime`}, hourly. Redirects are followed only on the same host: the
+token is never sent to another one.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 
-from exporter.carbon import Intensity
+from exporter.carbon import DIRECT, LIFECYCLE, Intensity
 from exporter.carbon.providers import (
     Fetched, ForecastPoint, Provider, ProviderError, INVALID, check_grams, dig, parse_time,
     unit_factor,
@@ -21,7 +24,7 @@ from exporter.config import ConfigError
 
 log = logging.getLogger(__name__)
 
-BASE_URL = "https://api.electricitymap.org/v3"
+BASE_URL = "https://api.electricitymaps.com/v3"
 TOKEN_ENV = "CARBON_EXPORTER_ELECTRICITYMAPS_TOKEN"
 
 
@@ -39,13 +42,15 @@ class ElectricityMaps(Provider):
         if self.token is None:
             raise ConfigError(f"{self.where}: no API token: set token_file, token_env or {TOKEN_ENV}")
         self.with_forecast = spec.option("forecast", True)
+        # lifecycle is Electricity Maps' default and the bundled dataset's basis
+        self.basis = spec.option("basis", LIFECYCLE)
 
     def describe(self) -> str:
         return f"{self.base} zone {self.zone_id}"
 
     async def fetch(self, session) -> Fetched:
         headers = {"auth-token": self.token.reveal()}
-        params = {"zone": self.zone_id}
+        params = {"zone": self.zone_id, "emissionFactorType": self.basis}
         latest = await self.get_json(session, f"{self.base}/carbon-intensity/latest",
                                      headers=headers, params=params)
         factor = unit_factor(latest["unit"], "unit") if isinstance(latest, dict) and "unit" in latest else 1.0
@@ -60,8 +65,10 @@ class ElectricityMaps(Provider):
             except ProviderError as exc:  # the latest value stands; the last forecast is kept
                 log.debug("provider %s: forecast unusable: %s", self.name, exc.detail)
         zone = latest.get("zone") if isinstance(latest.get("zone"), str) else self.zone_id
-        return Fetched(Intensity(grams, zone, self.name, "average", min(stamp, time.time())),
-                       forecast)
+        basis = latest.get("emissionFactorType")
+        basis = basis if basis in (LIFECYCLE, DIRECT) else self.basis
+        return Fetched(Intensity(grams, zone, self.name, "average", min(stamp, time.time()),
+                                 basis), forecast)
 
 
 def _points(items, factor: float) -> tuple[ForecastPoint, ...]:

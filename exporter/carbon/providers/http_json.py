@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 
-from exporter.carbon import Intensity
+from exporter.carbon import UNKNOWN, Intensity
 from exporter.carbon.providers import Fetched, Provider, check_grams, dig, parse_time, unit_factor
 from exporter.carbon.secrets import load_secret
 
@@ -27,6 +27,7 @@ class HttpJson(Provider):
         self.unit = spec.option("unit", "g/kWh")
         self.unit_field = spec.option("unit_field")
         self.kind = spec.option("kind", "average")
+        self.basis = spec.option("basis", UNKNOWN)
         self.header = spec.option("header", "Authorization")
         self.token = load_secret(self.where, "token", spec.option("token_file"),
                                  spec.option("token_env"), None)
@@ -47,4 +48,5 @@ class HttpJson(Provider):
         now = time.time()
         stamp = parse_time(dig(answer, self.time_field, "answer"), self.time_field) \
             if self.time_field else now
-        return Fetched(Intensity(grams, self.zone_label, self.name, self.kind, min(stamp, now)))
+        return Fetched(Intensity(grams, self.zone_label, self.name, self.kind, min(stamp, now),
+                                 self.basis))

@@ -32,8 +32,11 @@ _COMMON = {
     "url": {"type": "string", "pattern": "^https?://"},
 }
 _SECRET = {"token_file": {"type": "string"}, "token_env": {"type": "string"}}
+# what a configured value counts: lifecycle CO2e or direct CO2 (exporter.carbon.BASES)
+_BASIS = {"enum": ["lifecycle", "direct", "unknown"]}
 _OPTIONS: dict[str, dict[str, Any]] = {
-    "electricitymaps": {**_SECRET, "forecast": {"type": "boolean"}},
+    "electricitymaps": {**_SECRET, "forecast": {"type": "boolean"},
+                        "basis": {"enum": ["lifecycle", "direct"]}},
     "watttime": {"region": {"type": "string", "minLength": 1},
                  "username_env": {"type": "string"}, "username_file": {"type": "string"},
                  "password_env": {"type": "string"}, "password_file": {"type": "string"},
@@ -44,12 +47,12 @@ _OPTIONS: dict[str, dict[str, Any]] = {
                   "time_field": {"type": "string", "minLength": 1},
                   "unit": {"enum": ["g/kWh", "kg/kWh", "kg/MWh", "lbs/MWh", "t/MWh"]},
                   "unit_field": {"type": "string", "minLength": 1},
-                  "kind": {"enum": ["average", "marginal"]},
+                  "kind": {"enum": ["average", "marginal"]}, "basis": _BASIS,
                   "header": {"type": "string", "pattern": r"^[A-Za-z0-9-]+$"}},
     "file": {"path": {"type": "string", "minLength": 1},
-             "kind": {"enum": ["average", "marginal"]}},
+             "kind": {"enum": ["average", "marginal"]}, "basis": _BASIS},
     "static": {"value": {"type": "number", "minimum": 0, "maximum": 2000},
-               "kind": {"enum": ["average", "marginal"]}},
+               "kind": {"enum": ["average", "marginal"]}, "basis": _BASIS},
     "dataset": {},
 }
 _REQUIRED = {"http_json": ["url", "field"], "file": ["path"], "static": ["value"]}

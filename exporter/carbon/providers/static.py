@@ -3,7 +3,7 @@ for the zone's country). They never age and never fail, so they end every chain.
 
 from __future__ import annotations
 
-from exporter.carbon import Intensity, grid_dataset
+from exporter.carbon import LIFECYCLE, UNKNOWN, Intensity, grid_dataset
 from exporter.carbon.providers import Fetched, Provider
 from exporter.config import ConfigError
 
@@ -16,7 +16,8 @@ class Static(Provider):
         super().__init__(spec, zone)
         label = spec.zone or (zone.em_zone or zone.country if zone.text else "")
         self.value = Intensity(float(spec.option("value")), label, self.name,
-                               spec.option("kind", "average"))
+                               spec.option("kind", "average"),
+                               basis=spec.option("basis", UNKNOWN))
 
     def describe(self) -> str:
         return f"{self.value.grams_per_kwh:g} gCO2e/kWh"
@@ -36,7 +37,7 @@ class Dataset(Provider):
         if row is None:
             raise ConfigError(f"{self.where}: zone {country!r} is not in the bundled dataset")
         self.row = row
-        self.value = Intensity(row.grams_per_kwh, row.zone, self.name)
+        self.value = Intensity(row.grams_per_kwh, row.zone, self.name, basis=LIFECYCLE)  # Ember
 
     def describe(self) -> str:
         return f"bundled {self.row.source.split(',')[0]} {self.row.year} for {self.row.zone}"

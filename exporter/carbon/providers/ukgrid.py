@@ -15,7 +15,7 @@ import logging
 import time
 from datetime import datetime, timezone
 
-from exporter.carbon import Intensity
+from exporter.carbon import DIRECT, Intensity
 from exporter.carbon.providers import (
     INVALID, Fetched, ForecastPoint, Provider, ProviderError, check_grams, dig, parse_time,
 )
@@ -55,7 +55,9 @@ class UkGrid(Provider):
                 forecast = await self._forecast(session)
             except ProviderError as exc:  # the value in force stands; the last forecast is kept
                 log.debug("provider %s: forecast unusable: %s", self.name, exc.detail)
-        return Fetched(Intensity(grams, self.zone_label, self.name, "average", min(stamp, time.time())),
+        # direct CO2 from generation (the API's methodology), not lifecycle
+        return Fetched(Intensity(grams, self.zone_label, self.name, "average", min(stamp, time.time()),
+                                 DIRECT),
                        forecast)
 
     async def _forecast(self, session) -> tuple[ForecastPoint, ...]:
