@@ -50,7 +50,8 @@ GPU_POWER_LIMIT = MetricSpec(
 )
 GPU_INFO = MetricSpec(
     "carbon_gpu_info", "gauge",
-    "GPU identity; always 1. Join on device.",
+    "GPU identity; always 1. Join on device; uuid and pci_bus_id survive reboots, the NVML "
+    "index in device does not always.",
     ("device", "uuid", "name", "driver_version", "pci_bus_id"),
 )
 GRID_INTENSITY = MetricSpec(

@@ -100,6 +100,13 @@ class _State:
         return fetched.intensity.grid_zone if fetched.intensity else fetched.zone
 
 
+def _why_not(state: _State) -> str:
+    """Why a provider before the one in force is not in force."""
+    if state.fetched is None:
+        return state.reason
+    return "index only" if state.fetched.intensity is None else "stale"
+
+
 def build_providers(config) -> list[Provider]:
     """Providers for config.carbon_providers; ConfigError for a bad zone or missing secret."""
     zone = resolve_zone(config.carbon_zone)
@@ -141,10 +148,7 @@ class Chain:
         name = intensity.provider
         if name != self.in_force_name:
             before = self.states[: self.states.index(chosen)] if chosen else self.states
-            skipped = "; ".join(
-                f"{s.provider.name} "
-                f"{s.reason if s.fetched is None else 'index only' if s.fetched.intensity is None else 'stale'}"
-                for s in before)
+            skipped = "; ".join(f"{s.provider.name} {_why_not(s)}" for s in before)
             basis = (intensity.kind, intensity.basis)
             changed = self.in_force_basis is not None and basis != self.in_force_basis
             log.log(logging.WARNING if changed else logging.INFO,

@@ -56,9 +56,8 @@ class UkGrid(Provider):
             except ProviderError as exc:  # the value in force stands; the last forecast is kept
                 log.debug("provider %s: forecast unusable: %s", self.name, exc.detail)
         # direct CO2 from generation (the API's methodology), not lifecycle
-        return Fetched(Intensity(grams, self.zone_label, self.name, "average", min(stamp, time.time()),
-                                 DIRECT),
-                       forecast)
+        return Fetched(Intensity(grams, self.zone_label, self.name, "average",
+                                 min(stamp, time.time()), DIRECT), forecast)
 
     async def _forecast(self, session) -> tuple[ForecastPoint, ...]:
         start = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%MZ")

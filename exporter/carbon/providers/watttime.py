@@ -121,8 +121,8 @@ class WattTime(Provider):
             index = await self._index(session)
         except ProviderError:
             index = None  # the index is optional: the MOER above is what is accounted
-        return Fetched(Intensity(grams, self.region, self.name, "marginal", min(stamp, now), DIRECT),
-                       forecast, index)
+        return Fetched(Intensity(grams, self.region, self.name, "marginal", min(stamp, now),
+                                 DIRECT), forecast, index)
 
     async def _index(self, session) -> float | None:
         signal = await self._get(session, "/v3/signal-index")
