@@ -26,10 +26,16 @@ import logging
 import time
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from exporter.ledger import Reading
-from exporter.sources import ABSENT, ERROR, OK, PERMISSION, GpuInfo, Source, SourceResult, Status
+from exporter.sources import (
+    ABSENT, ENERGY, ERROR, GPU_INFO, OK, PERMISSION, GpuInfo, Source, SourceResult, Status,
+)
+from exporter.sources import device_name as _device_name
+
+if TYPE_CHECKING:
+    from exporter.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +57,7 @@ def text(value: Any) -> str:
 
 
 def device_name(index: int) -> str:
-    return f"gpu-{index}"
+    return _device_name("gpu", index)
 
 
 def error_code(nvml: ModuleType | None, exc: BaseException, *names: str) -> bool:
@@ -246,7 +252,27 @@ class NvmlSession:
 
 class NvmlSource(Source):
     name = "nvml"
-    thread = "nvml"  # a wedged driver must not stall the other sources
+    lane = "nvml"  # a wedged driver must not stall the other sources
+    components = ("gpu",)
+    provides = frozenset({ENERGY, GPU_INFO})
+    source_labels = ("nvml", "power_sample")
+    summary = (
+        "per physical NVIDIA GPU: `nvmlDeviceGetTotalEnergyConsumption` (Volta and newer) as a "
+        "counter, else `nvmlDeviceGetPowerUsage` samples integrated with the trapezoid rule (gaps "
+        "over 5 intervals are not bridged); enforced power limit (read apart, once a minute: a "
+        "GPU without a readable limit keeps its energy); identity. MIG instances are never "
+        "enumerated as GPUs, so a partitioned GPU counts once. Every GPU fails alone: one whose "
+        "handle, UUID, name or PCI info cannot be read, or that fell off the bus "
+        "(`GPU_IS_LOST`), is named in the collector's detail and tried again on a back-off timer "
+        "(30 s doubling to 5 min) while the others are read; NVML is initialised again only "
+        "when no GPU can be read. `device` is `gpu-<NVML index>`; NVML's index order can change "
+        "across reboots and driver updates, so join on `carbon_gpu_info{device, uuid, "
+        "pci_bus_id}` for an identity that survives them, e.g. `carbon_energy_joules_total"
+        "{component=\"gpu\"} * on(instance, device) group_left(uuid) carbon_gpu_info`.")
+
+    @classmethod
+    def from_config(cls, config: Config) -> NvmlSource:
+        return cls()
 
     def __init__(self, nvml: ModuleType | None = None) -> None:
         self.session = NvmlSession(nvml, owner="nvml")
