@@ -76,17 +76,19 @@ class ElectricityMaps(Provider):
         stamp = parse_time(dig(latest, "datetime", "latest"), "datetime")
         forecast: tuple[ForecastPoint, ...] = ()
         if self.with_forecast:
-            try:
-                answer = await self.get_json(session, f"{self.base}/carbon-intensity/forecast",
-                                             headers=headers, params=params)
-                forecast = _points(dig(answer, "forecast", "forecast"), factor)
-            except ProviderError as exc:  # the latest value stands; the last forecast is kept
-                log.debug("provider %s: forecast unusable: %s", self.name, exc.detail)
+            forecast = await self.forecast_or_keep(self._forecast(session, headers, params, factor))
         zone = latest.get("zone") if isinstance(latest.get("zone"), str) else self.zone_id
         basis = latest.get("emissionFactorType")
         basis = basis if basis in (LIFECYCLE, DIRECT) else self.basis
         return Fetched(Intensity(grams, zone, self.name, "average", min(stamp, time.time()),
                                  basis), forecast)
+
+
+    async def _forecast(self, session, headers: dict[str, str], params: dict[str, str],
+                        factor: float) -> tuple[ForecastPoint, ...]:
+        answer = await self.get_json(session, f"{self.base}/carbon-intensity/forecast",
+                                     headers=headers, params=params)
+        return _points(dig(answer, "forecast", "forecast"), factor)
 
 
 def _points(items, factor: float) -> tuple[ForecastPoint, ...]:
