@@ -132,7 +132,7 @@ def test_unreadable_power_limit_keeps_the_energy_and_nvml():
     value = state(*(gpu(i, errors={"nvmlDeviceGetEnforcedPowerLimit": "NVML_ERROR_NOT_SUPPORTED"})
                     for i in range(2)))
     source, ledger = NvmlSource(nvml=fake), Ledger()
-    for cycle in range(5):
+    for _cycle in range(5):
         result = source.read()
         assert result.status.reason == OK, result.status
         assert [r.device for r in result.readings] == ["gpu-0", "gpu-1"]

@@ -119,7 +119,7 @@ class NvmlSession:
 
     def _module(self) -> ModuleType:
         if self._nvml is None:
-            import pynvml  # noqa: PLC0415 - imported lazily: the collector may be disabled
+            import pynvml  # imported lazily: the collector may be disabled
 
             self._nvml = pynvml
         return self._nvml

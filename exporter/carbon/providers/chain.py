@@ -194,6 +194,7 @@ class Chain:
         attempt = 0
         while True:
             state.attempts += 1
+            assert self._session is not None  # start() opens it before any fetch
             started, outcome = time.monotonic(), "error"  # "error": a provider bug raised
             try:
                 async with asyncio.timeout(spec.timeout):

@@ -12,7 +12,10 @@ from __future__ import annotations
 import time
 
 from exporter.carbon import UNKNOWN, Intensity
-from exporter.carbon.providers import BASIS_OPTION, KIND_OPTION, TOKEN_OPTIONS, Fetched, Provider, check_grams, dig, parse_time, unit_factor
+from exporter.carbon.providers import (
+    BASIS_OPTION, KIND_OPTION, TOKEN_OPTIONS, Fetched, Provider, check_grams, dig, parse_time,
+    unit_factor,
+)
 from exporter.carbon.secrets import load_secret
 
 
