@@ -103,8 +103,17 @@ SETTINGS: tuple[Setting, ...] = (
             "Web config file (exporter-toolkit format): TLS, mutual TLS, basic auth, headers. "
             "Reloaded when it or its certificates change.", flag_name="--web.config.file"),
     Setting("web.max_requests", "int", 40,
-            "Maximum number of concurrent requests (scrapes); more get 503. 0 means no limit.",
+            "Maximum number of requests in flight at once (scrapes), counted after "
+            "authentication; more get 503. 0 means no limit.",
             minimum=0),
+    Setting("web.max_connections", "int", 1024,
+            "Maximum number of open client connections (lowered to fit the open-files limit); "
+            "at the limit a new connection closes the longest-idle one.", minimum=1),
+    Setting("web.read_header_timeout", "duration", "10s",
+            "Time a client has to send a request's headers, from its first byte or from "
+            "connecting; slower connections are closed."),
+    Setting("web.idle_timeout", "duration", "60s",
+            "Idle keep-alive connections are closed after this long."),
     Setting("path.sysfs", "str", "/sys", "sysfs mount point (RAPL under class/powercap)."),
     Setting("path.procfs", "str", "/proc", "procfs mount point (CPU times, memory size)."),
     Setting("sample.interval", "duration", "1s",
