@@ -53,6 +53,7 @@ class DramModelSource(Source):
                     ERROR, f"dram-model: cannot read {self.procfs}/meminfo: {exc}"))
         installed = self.installed_gib
         watts = installed * self.watts_per_gib
+        at = time.monotonic()  # after a meminfo read, which may have been slow
         previous, self.last_at = self.last_at, at
         if previous is not None:
             self.joules += watts * (at - previous)
