@@ -17,6 +17,7 @@ from exporter.carbon.secrets import redact
 from exporter.collector import SnapshotCollector
 from exporter.connections import BACKLOG, ConnectionGuard
 from exporter.sampler import Sampler
+from exporter.selfmetrics import SelfMetrics
 from exporter.webconfig import OPEN_PATHS, WebSecurity
 
 # No endpoint takes a body; anything bigger than this is refused with 413.
@@ -26,6 +27,7 @@ BODY_READ_TIMEOUT = 10.0  # seconds
 # `name[]` selections (bigger selections are rendered every time, not kept).
 MAX_CACHED_BODIES = 32
 MAX_CACHED_NAMES = 64
+EOF = b"# EOF\n"
 SAMPLER_KEY = web.AppKey("sampler", Sampler)
 PATH_KEY = web.AppKey("telemetry_path", str)
 
@@ -127,13 +129,15 @@ class MetricsHandler:
     (text or OpenMetrics, as prometheus_client's own handler does), `name[]` filtering, and
     gzip when Accept-Encoding allows it."""
 
-    def __init__(self, sampler: Sampler) -> None:
+    def __init__(self, sampler: Sampler, live: SelfMetrics | None = None) -> None:
         self.sampler = sampler
         self.registry = make_registry(sampler)
+        self.live = live  # the exporter's own metrics: rendered at every scrape, not cached
         self.cached_for: object = None  # the snapshot the cache holds bodies of
         self.cache: dict[tuple[str, tuple[str, ...], bool], bytes] = {}
 
-    def _body(self, encoder, content_type: str, names: tuple[str, ...], zipped: bool) -> bytes:
+    def _snapshot_body(self, encoder, content_type: str, names: tuple[str, ...],
+                       zipped: bool) -> bytes:
         snapshot = self.sampler.snapshot
         if snapshot is not self.cached_for:
             self.cache.clear()
@@ -143,6 +147,8 @@ class MetricsHandler:
         if body is None:
             registry = self.registry.restricted_registry(names) if names else self.registry
             body = encoder(registry)
+            if self.live is not None and body.endswith(EOF):
+                body = body[: -len(EOF)]  # OpenMetrics ends once: after the live part
             if zipped:
                 body = gzip.compress(body, compresslevel=6, mtime=0)
             if len(self.cache) < MAX_CACHED_BODIES and len(names) <= MAX_CACHED_NAMES:
@@ -153,11 +159,18 @@ class MetricsHandler:
         encoder, content_type = choose_encoder(",".join(request.headers.getall(hdrs.ACCEPT, [])))
         names = tuple(request.query.getall("name[]", []))
         zipped = accepts_gzip(request.headers.getall(hdrs.ACCEPT_ENCODING, []))
+        body = self._snapshot_body(encoder, content_type, names, zipped)
+        if self.live is not None:
+            live = self.live.registry
+            live_body = encoder(live.restricted_registry(names) if names else live)
+            # A gzip stream may hold several members (RFC 1952) and every decoder reads
+            # them all: the snapshot's member is the cached one, only this small part is
+            # compressed per scrape.
+            body += gzip.compress(live_body, compresslevel=6, mtime=0) if zipped else live_body
         headers = {hdrs.CONTENT_TYPE: content_type, hdrs.VARY: hdrs.ACCEPT_ENCODING}
         if zipped:
             headers[hdrs.CONTENT_ENCODING] = "gzip"
-        return web.Response(body=self._body(encoder, content_type, names, zipped),
-                            headers=headers)
+        return web.Response(body=body, headers=headers)
 
 
 class RequestLimit:
@@ -191,18 +204,21 @@ class RequestLimit:
 
 
 def make_app(sampler: Sampler, telemetry_path: str = "/metrics",
-             security: WebSecurity | None = None, max_requests: int = 0,
-             guard: ConnectionGuard | None = None) -> web.Application:
-    # Connection bookkeeping first, then cheap refusals: oversized bodies, authentication,
-    # and only then the limit on requests in flight.
+             security: WebSecurity | None = None, live: SelfMetrics | None = None,
+             max_requests: int = 0, guard: ConnectionGuard | None = None) -> web.Application:
+    # The HTTP request metrics wrap everything, so refusals are counted too; then connection
+    # bookkeeping, cheap refusals (oversized bodies, authentication) and only then the limit
+    # on requests in flight.
     middlewares = ([guard.middleware] if guard else []) + [refuse_large_bodies] \
         + ([security.middleware] if security else []) + [RequestLimit(max_requests).middleware]
+    if live is not None and live.http is not None:
+        middlewares.insert(0, live.http.middleware)
     app = web.Application(client_max_size=MAX_REQUEST_BYTES, middlewares=middlewares)
     if security:
         app.on_response_prepare.append(security.add_headers)
     app[SAMPLER_KEY] = sampler
     app[PATH_KEY] = telemetry_path
-    app.router.add_get(telemetry_path, MetricsHandler(sampler))
+    app.router.add_get(telemetry_path, MetricsHandler(sampler, live))
     app.router.add_get("/healthz", healthz)
     if telemetry_path != "/":
         app.router.add_get("/", landing)
