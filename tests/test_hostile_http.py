@@ -28,7 +28,7 @@ import pytest
 import yaml
 
 from tests.fixtures import ProcfsTree, intel_two_socket
-from tests.harness import ROOT, ExporterProcess, free_port, http_get, wait_for
+from tests.harness import ROOT, ExporterProcess, free_port, http_get
 from tests.test_load_faults import rss_kib, value
 
 PASSWORD = "correct horse"
@@ -317,7 +317,7 @@ def test_large_request_heads_hold_bounded_memory(tmp_path):
         before = rss_kib(exporter.proc.pid)
         header = b"X-Big-%d: " + b"a" * 8000 + b"\r\n"
         answers = []
-        for batch in range(4):  # 200 clients, each sending 100 x 8 KB headers
+        for _ in range(4):  # 200 clients, each sending 100 x 8 KB headers
             socks = [socket.create_connection(("127.0.0.1", exporter.port)) for _ in range(50)]
             for sock in socks:
                 sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")

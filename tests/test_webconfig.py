@@ -4,7 +4,6 @@ in the test with `cryptography`, clients are Python's ssl/http.client on loopbac
 from __future__ import annotations
 
 import base64
-import concurrent.futures
 import http.client
 import signal
 import ssl
