@@ -333,11 +333,11 @@ class NvmlSource(Source):
         for device in attempted:
             try:
                 counter = self._energy_kind(device)
-                at = time.monotonic()
                 if counter:
                     value = nvml.nvmlDeviceGetTotalEnergyConsumption(device.handle) / 1000.0
                 else:
                     value = nvml.nvmlDeviceGetPowerUsage(device.handle) / 1000.0
+                at = time.monotonic()  # when the value was obtained: a slow call shifts no energy
             except Exception as exc:
                 if session.stale(exc):
                     session.restart_later(f"NVML: {exc}; initialising again")
