@@ -105,7 +105,7 @@ class SnapshotCollector(Collector):
         intensity, age = family(metrics.GRID_INTENSITY), family(metrics.GRID_INTENSITY_AGE)
         if snap.intensity is not None:
             i = snap.intensity
-            intensity.add_metric([i.grid_zone, i.provider, i.kind], i.grams_per_kwh)
+            intensity.add_metric([i.grid_zone, i.provider, i.kind, i.basis], i.grams_per_kwh)
             age.add_metric([i.grid_zone, i.provider], snap.intensity_age)
         yield intensity
         yield age
@@ -131,8 +131,8 @@ class SnapshotCollector(Collector):
         yield duration
 
         glitches = family(metrics.ENERGY_GLITCHES)
-        for collector, device, reason, count in snap.glitches:
-            glitches.add_metric([collector, device, reason], count)
+        for collector, device, domain, reason, count in snap.glitches:
+            glitches.add_metric([collector, device, domain, reason], count)
         yield glitches
 
         energy, emissions = family(metrics.WORKLOAD_ENERGY), family(metrics.WORKLOAD_EMISSIONS)
