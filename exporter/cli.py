@@ -27,8 +27,10 @@ from exporter.server import make_app
 from exporter.sources import Source
 from exporter.sources.cpu_model import CpuModelSource
 from exporter.sources.dram_model import DramModelSource
+from exporter.sources.hwmon import HwmonSource
 from exporter.sources.nvml import NvmlSource
 from exporter.sources.rapl import RaplSource
+from exporter.sources.redfish import RedfishSource
 from exporter.webconfig import WebSecurity
 
 log = logging.getLogger("exporter")
@@ -138,6 +140,10 @@ def build_sources(config) -> tuple[list[Source], list[Source]]:
         measured.append(RaplSource(config.path_sysfs, config.rapl_min_interval))
     if config.collector_nvml:
         measured.append(NvmlSource())
+    if config.collector_hwmon:
+        measured.append(HwmonSource(config.path_sysfs))
+    if config.collector_redfish:
+        measured.append(RedfishSource(config))
     if config.collector_cpu_model:
         models.append(CpuModelSource(config.path_procfs, config))
     if config.collector_dram_model:

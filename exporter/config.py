@@ -92,7 +92,7 @@ class Setting:
         return number
 
 
-COLLECTORS = ("rapl", "nvml", "cpu-model", "dram-model", "attribution")
+COLLECTORS = ("rapl", "nvml", "hwmon", "redfish", "cpu-model", "dram-model", "attribution")
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("web.listen_address", "str", "127.0.0.1:9875",
@@ -105,7 +105,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("web.max_requests", "int", 40,
             "Maximum number of concurrent requests (scrapes); more get 503. 0 means no limit.",
             minimum=0),
-    Setting("path.sysfs", "str", "/sys", "sysfs mount point (RAPL under class/powercap)."),
+    Setting("path.sysfs", "str", "/sys", "sysfs mount point (RAPL under class/powercap, power meters under class/hwmon)."),
     Setting("path.procfs", "str", "/proc", "procfs mount point (CPU times, memory size)."),
     Setting("sample.interval", "duration", "1s",
             "How often sources are read: a Prometheus duration (500ms, 1s) or seconds (0.5)."),
@@ -116,6 +116,28 @@ SETTINGS: tuple[Setting, ...] = (
             "Read RAPL energy counters at most this often (e.g. 1s), whatever --sample.interval, "
             "to bound the energy resolution scrapers see (Platypus side channel). 0s: every "
             "sample.", minimum=0, reloadable=True),
+    Setting("redfish.url", "str", None,
+            "Base URL of this node's BMC for the redfish collector (https://10.0.0.5); unset: "
+            "the collector reports absent."),
+    Setting("redfish.username_file", "str", None, "File holding the BMC user name."),
+    Setting("redfish.username_env", "str", None,
+            "Environment variable holding the BMC user name (default: "
+            "CARBON_EXPORTER_REDFISH_USERNAME)."),
+    Setting("redfish.password_file", "str", None, "File holding the BMC password."),
+    Setting("redfish.password_env", "str", None,
+            "Environment variable holding the BMC password (default: "
+            "CARBON_EXPORTER_REDFISH_PASSWORD)."),
+    Setting("redfish.ca_file", "str", None,
+            "CA bundle that signs the BMC's certificate (default: the system's)."),
+    Setting("redfish.insecure_skip_verify", "bool", False,
+            "Do not verify the BMC's TLS certificate (self-signed BMC certificates)."),
+    Setting("redfish.timeout", "duration", "10s", "Timeout of one Redfish request."),
+    Setting("redfish.poll_interval", "duration", "15s",
+            "How often the BMC is asked for chassis power (its own timer, doubled per failure "
+            "up to 10m); the last value stands for the node between polls."),
+    Setting("redfish.chassis", "str", None,
+            "Chassis id whose power is the node's (default: the first chassis that reports "
+            "power)."),
     Setting("carbon.zone", "str", None,
             "Grid zone: an ISO 3166-1 alpha-2 country code (DE), a provider's zone id "
             "(US-MIDA-PJM) or a cloud region (aws:eu-west-1, gcp:europe-west4, azure:westeurope); "

@@ -37,6 +37,20 @@ POWER = MetricSpec(
     "Power of a top-level device over the last sample interval, in watts.",
     ENERGY_LABELS,
 )
+PLATFORM_ENERGY = MetricSpec(
+    "carbon_platform_energy_joules_total", "counter",
+    "Energy of the whole node as its platform meter reports it (ACPI power meter through "
+    "hwmon, or the BMC through Redfish), in joules. When present, carbon_energy_joules_total "
+    "sums to it: the components are its split and component=\"other\", "
+    "source=\"platform_remainder\" is what they do not explain. Do not add the two metrics.",
+    ("device", "source"),
+)
+PLATFORM_POWER = MetricSpec(
+    "carbon_platform_power_watts", "gauge",
+    "Power of the whole node as its platform meter reports it, over the last sample "
+    "interval, in watts (compare with the sum of carbon_power_watts).",
+    ("device", "source"),
+)
 RAPL_DOMAIN_ENERGY = MetricSpec(
     "carbon_rapl_domain_joules_total", "counter",
     "Energy of every RAPL zone as read (package, core, uncore, dram, psys), in joules. "
@@ -152,7 +166,7 @@ BUILD_INFO = MetricSpec(
 )
 
 ALL: tuple[MetricSpec, ...] = (
-    ENERGY, POWER, RAPL_DOMAIN_ENERGY, GPU_POWER_LIMIT, GPU_INFO,
+    ENERGY, POWER, PLATFORM_ENERGY, PLATFORM_POWER, RAPL_DOMAIN_ENERGY, GPU_POWER_LIMIT, GPU_INFO,
     GRID_INTENSITY, GRID_INTENSITY_AGE, GRID_FORECAST_MIN, GRID_FORECAST_MIN_START, GRID_INDEX,
     GRID_PROVIDER_UP, PUE, EMISSIONS, EMISSIONS_RATE,
     COLLECTOR_UP, SAMPLE_DURATION, COUNTER_GLITCHES, LAST_SAMPLE, BUILD_INFO,

@@ -19,7 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from exporter.carbon import Intensity
-from exporter.ledger import Ledger, grams_per_joule
+from exporter.ledger import PLATFORM, Ledger, grams_per_joule
 from exporter.sources import ERROR, GpuInfo, Source, SourceResult, Status
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,8 @@ class Snapshot:
     timestamp: float | None  # unix time of the cycle; None before the first one
     energy: tuple[EnergySeries, ...] = ()
     rapl_domains: tuple[tuple[str, str, float], ...] = ()  # (domain, device, joules)
+    # whole-node meters as read, (device, source, joules, watts): never summed with `energy`
+    platform: tuple[tuple[str, str, float, float | None], ...] = ()
     gpus: tuple[GpuInfo, ...] = ()
     intensity: Intensity | None = None
     intensity_age: float = 0.0  # seconds, at the time of the snapshot
@@ -196,7 +198,10 @@ class Sampler:
             timestamp=time.time(),
             energy=tuple(EnergySeries(t.component, t.device, t.source, t.joules, t.watts, t.grams)
                          for t in tracks if t.component),
-            rapl_domains=tuple((t.domain, t.device, t.joules) for t in tracks if t.domain),
+            rapl_domains=tuple((t.domain, t.device, t.joules) for t in tracks
+                               if t.domain and t.domain != PLATFORM),
+            platform=tuple((t.device, t.source, t.joules, t.watts)
+                           for t in self.ledger.platform_tracks()),
             gpus=self.gpus,
             intensity=intensity,
             intensity_age=intensity.age(),
