@@ -103,7 +103,6 @@ class RedfishClient:
             token = base64.b64encode(
                 f"{username.reveal()}:{password.reveal()}".encode()).decode()
             self._auth = Secret(f"Basic {token}")
-        self.user = username.reveal() if username is not None else ""
         self.context: ssl.SSLContext | None = None
         if self.base.startswith("https://"):
             context = ssl.create_default_context(cafile=ca_file)
@@ -124,9 +123,13 @@ class RedfishClient:
                 body = response.read(MAX_BODY + 1)
         except urllib.error.HTTPError as exc:
             if exc.code in (401, 403):
-                who = f"user {self.user!r}" if self.user else "no credentials configured"
+                if self._auth is None:
+                    raise RedfishError(PERMISSION, (
+                        f"the BMC wants credentials (HTTP {exc.code} for {path}) and none are "
+                        f"configured: set redfish.username_file/_env and redfish.password_file/"
+                        f"_env, or {USERNAME_ENV} and {PASSWORD_ENV}")) from None
                 raise RedfishError(PERMISSION, (
-                    f"the BMC refused the credentials (HTTP {exc.code} for {path}; {who}): check "
+                    f"the BMC refused the credentials (HTTP {exc.code} for {path}): check "
                     "redfish.username_file/_env and redfish.password_file/_env (BMCs lock an "
                     "account after repeated failures: retries back off)")) from None
             raise RedfishError(ERROR, f"HTTP {exc.code} for {path}") from None
