@@ -48,7 +48,8 @@ def test_amdgpu_power_prefers_power1_input_and_is_a_gpu_power_sample(tmp_path):
     assert by_device["amdgpu-0000:03:00.0"].value == pytest.approx(150.0)
     assert by_device["amdgpu-0000:04:00.0"].value == pytest.approx(230.0)
     for reading in by_device.values():
-        assert (reading.component, reading.source, reading.counter) == ("gpu", "power_sample", False)
+        assert (reading.component, reading.source, reading.counter) == (
+            "gpu", "power_sample", False)
     # power samples are integrated by the ledger (trapezoid)
     ledger = Ledger()
     source = HwmonSource(tree.sysfs)

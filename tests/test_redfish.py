@@ -4,7 +4,6 @@ mockup in tests/redfish/mockup (HTTP and HTTPS), and sushy-emulator for HTTP bas
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import socket
@@ -197,7 +196,8 @@ def test_bad_credentials_give_a_clear_reason_and_the_longest_back_off(tmp_path, 
         result = polled(bad)
         assert result.status.reason == PERMISSION, result.status
         assert "refused the credentials" in result.status.detail
-        assert "HTTP 401" in result.status.detail and "redfish.password_file" in result.status.detail
+        assert "HTTP 401" in result.status.detail
+        assert "redfish.password_file" in result.status.detail
         assert "wrong-password" not in result.status.detail
         assert bad.next_delay() == MAX_BACKOFF  # retries must not lock the BMC account
 
@@ -293,10 +293,12 @@ def test_exporter_keeps_sampling_with_a_hung_bmc_and_the_total_follows_it_after(
                     name, value = line.rsplit(" ", 1)
                     out[name] = float(value)
             return out
-        other = 'carbon_power_watts{component="other",device="chassis-1U",source="platform_remainder"}'
+        other = ('carbon_power_watts{component="other",device="chassis-1U",'
+                 'source="platform_remainder"}')
         found = wait_for(lambda: (v := values()).get(other) and v, 20, "the remainder series")
         assert found['carbon_platform_power_watts{device="chassis-1U",source="redfish"}'] == 374.0
-        gpu = 'carbon_power_watts{component="gpu",device="amdgpu-0000:03:00.0",source="power_sample"}'
+        gpu = ('carbon_power_watts{component="gpu",device="amdgpu-0000:03:00.0",'
+               'source="power_sample"}')
         assert found[gpu] == pytest.approx(300.0)
         # per sample the two lanes read a few ms apart, so one sample's remainder wobbles;
         # over a window the node's energy is the meter's

@@ -22,14 +22,14 @@ import base64
 import json
 import logging
 import math
-import socket
 import ssl
 import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from exporter.carbon.secrets import Secret, load_secret, redact
 from exporter.config import ConfigError
@@ -140,10 +140,11 @@ class RedfishClient:
                     f"TLS certificate of {self.base} not trusted ({why.verify_message}): set "
                     "redfish.ca_file to the CA that signed it, or redfish.insecure_skip_verify "
                     "(BMCs ship self-signed certificates)")) from None
-            if isinstance(why, (socket.timeout, TimeoutError)):
-                raise RedfishError(ERROR, f"no answer within {self.timeout:g}s from {url}") from None
+            if isinstance(why, TimeoutError):  # socket.timeout is TimeoutError
+                raise RedfishError(ERROR, f"no answer within {self.timeout:g}s from {url}") \
+                    from None
             raise RedfishError(ERROR, f"cannot reach {url}: {why}") from None
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             raise RedfishError(ERROR, f"no answer within {self.timeout:g}s from {url}") from None
         except (OSError, ValueError) as exc:  # connection reset mid-body, bad URL
             raise RedfishError(ERROR, f"{url}: {exc}") from None
