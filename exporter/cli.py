@@ -267,6 +267,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The footprint report is a client of Prometheus, not part of the daemon.
         from exporter.report.cli import main as report_main
         return report_main(argv[1:])
+    if argv[:1] in (["run"], ["compare"], ["lifecycle"]):
+        # ML runs: a wrapper and record tools, not the daemon (exporter/runs/).
+        from exporter.runs.cli import main as runs_main
+        return runs_main(argv)
     parser = build_parser()
     args = vars(parser.parse_args(argv))
     config_file = args.pop("config_file", None) or os.environ.get("CARBON_EXPORTER_CONFIG_FILE")

@@ -154,8 +154,8 @@ SETTINGS: tuple[Setting, ...] = (
             "Power usage effectiveness of the facility (>= 1), applied to operational emissions.",
             minimum=1, reloadable=True),
     Setting("cpu_model.idle_watts", "float", None,
-            "CPU model: node CPU power at 0% utilisation in watts (default: bundled CPU table, "
-            "else per-thread default).", minimum=0, reloadable=True),
+            "CPU model: node CPU power at 0% utilisation in watts (default: the cloud's per-vCPU "
+            "figures, else the bundled CPU table's TDP on the Teads curve, else per thread).", minimum=0, reloadable=True),
     Setting("cpu_model.max_watts", "float", None,
             "CPU model: node CPU power at 100% utilisation in watts.", minimum=0, reloadable=True),
     Setting("cpu_model.idle_watts_per_thread", "float", 0.74,
@@ -164,8 +164,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("cpu_model.max_watts_per_thread", "float", 3.5,
             "CPU model fallback: full-load watts per hardware thread (Cloud Carbon Footprint).",
             minimum=0, reloadable=True),
-    Setting("dram_model.watts_per_gib", "float", 0.4209,
-            "DRAM model: watts per GiB of installed memory (0.392 W/GB, Cloud Carbon Footprint).",
+    Setting("dram_model.watts_per_gib", "float", 0.392,
+            "DRAM model: watts per GiB of memory not covered by another figure (Cloud Carbon "
+            "Footprint's 0.392 W per GB, whose sources count binary GB).",
             minimum=0, reloadable=True),
     Setting("attribution.cpu_idle_watts", "float", None,
             "CPU power with nothing running, reported as kind=\"idle\" (default: learned as the "
@@ -224,6 +225,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("embodied.lifetime", "duration", "4y",
             "Service life over which embodied emissions are spread evenly (Prometheus duration).",
             reloadable=True),
+    Setting("runs.socket", "str", "/run/carbon-exporter/runs.sock",
+            "Local Unix socket where `carbon-exporter run` and the Python API register a run "
+            "with the daemon (it moves the caller into a cgroup named after the run); empty "
+            "disables it. Nothing is exposed on the network."),
     Setting("log.level", "choice", "info", "Log level.",
             choices=("debug", "info", "warn", "error"), reloadable=True),
     Setting("log.format", "choice", "logfmt", "Log format.", choices=("logfmt", "json")),

@@ -24,6 +24,8 @@ SUPERSEDED = "superseded"  # a model not used because a measured counter covers 
 class Status:
     reason: str
     detail: str = ""
+    # a model's method (carbon_model_info{method}); detail then says the figures it used
+    method: str = ""
 
     @property
     def up(self) -> bool:
