@@ -95,7 +95,7 @@ def energy_totals(node: Node) -> dict[tuple, float]:
 
 def test_text_format(node):
     # the meter's remainder needs two meter readings: wait for the second sample
-    wait_for(lambda: b"platform_remainder" in http_get(node.url + "/metrics")[2], 10,
+    wait_for(lambda: b'source="platform_remainder"}' in http_get(node.url + "/metrics")[2], 10,
              "the platform remainder")
     status, headers, body = http_get(node.url + "/metrics")
     assert status == 200

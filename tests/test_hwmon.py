@@ -44,9 +44,9 @@ def test_amdgpu_power_prefers_power1_input_and_is_a_gpu_power_sample(tmp_path):
     result = HwmonSource(tree.sysfs).read()
     assert result.status.reason == OK
     by_device = {r.device: r for r in result.readings}
-    assert set(by_device) == {"amdgpu-0000:03:00.0", "amdgpu-0000:04:00.0"}
-    assert by_device["amdgpu-0000:03:00.0"].value == pytest.approx(150.0)
-    assert by_device["amdgpu-0000:04:00.0"].value == pytest.approx(230.0)
+    assert set(by_device) == {"gpu-0000:03:00.0", "gpu-0000:04:00.0"}
+    assert by_device["gpu-0000:03:00.0"].value == pytest.approx(150.0)
+    assert by_device["gpu-0000:04:00.0"].value == pytest.approx(230.0)
     for reading in by_device.values():
         assert (reading.component, reading.source, reading.counter) == (
             "gpu", "power_sample", False)
@@ -57,7 +57,7 @@ def test_amdgpu_power_prefers_power1_input_and_is_a_gpu_power_sample(tmp_path):
     time.sleep(0.05)
     tree.write(old, "power1_average", 170_000_000)
     ledger.update(source.read().readings, 0.0)
-    track = ledger.tracks[("gpu", "", "amdgpu-0000:03:00.0", "power_sample")]
+    track = ledger.tracks[("gpu", "", "gpu-0000:03:00.0", "power_sample")]
     assert track.watts == pytest.approx(170.0) and track.joules > 0
     assert new  # two cards, two series
 
@@ -72,7 +72,7 @@ def test_intel_card_energy_counter_is_a_counter_with_reset_handling(tmp_path):
     first = source.read()
     assert first.status.reason == OK, first.status
     assert sorted((r.device, r.source, r.counter) for r in first.readings) == [
-        ("i915-0000:05:00.0", "hwmon", True), ("xe-0000:03:00.0", "hwmon", True)]
+        ("gpu-0000:03:00.0", "hwmon", True), ("gpu-0000:05:00.0", "hwmon", True)]
     ledger.update(first.readings, 0.0)
     time.sleep(0.05)
     tree.write(xe, "energy1_input", 5_000_000 + 3_000_000)  # 3 J
@@ -85,10 +85,10 @@ def test_intel_card_energy_counter_is_a_counter_with_reset_handling(tmp_path):
     time.sleep(0.05)
     tree.write(xe, "energy1_input", 1_000 + 1_000_000)  # 1 J after the reset
     ledger.update(source.read().readings, 0.0)
-    xe_track = ledger.tracks[("gpu", "", "xe-0000:03:00.0", "hwmon")]
+    xe_track = ledger.tracks[("gpu", "", "gpu-0000:03:00.0", "hwmon")]
     assert xe_track.joules == pytest.approx(4.0)
-    assert ledger.tracks[("gpu", "", "i915-0000:05:00.0", "hwmon")].joules == pytest.approx(2.0)
-    assert ledger.glitches[("hwmon", "xe-0000:03:00.0", "reset")] == 1
+    assert ledger.tracks[("gpu", "", "gpu-0000:05:00.0", "hwmon")].joules == pytest.approx(2.0)
+    assert ledger.glitches[("hwmon", "gpu-0000:03:00.0", "reset")] == 1
 
 
 def test_identity_is_name_and_device_link_not_the_hwmon_number(tmp_path):
@@ -99,7 +99,7 @@ def test_identity_is_name_and_device_link_not_the_hwmon_number(tmp_path):
     second.add_acpi_power_meter(400_000_000)
     devices = [sorted(r.device for r in HwmonSource(t.sysfs).read().readings)
                for t in (first, second)]
-    assert devices[0] == devices[1] == ["amdgpu-0000:03:00.0", "power_meter-ACPI000D:00"]
+    assert devices[0] == devices[1] == ["gpu-0000:03:00.0", "power_meter-ACPI000D:00"]
 
 
 def test_no_hwmon_class_is_absent_and_sensor_that_vanishes_is_an_error(tmp_path):
@@ -122,7 +122,7 @@ def test_garbage_value_is_an_error_not_a_reading(tmp_path):
     tree.write(meter, "power1_average", "-1")
     result = HwmonSource(tree.sysfs).read()
     assert result.status.reason == ERROR and "not a sensor value" in result.status.detail
-    assert [r.device for r in result.readings] == ["amdgpu-0000:03:00.0"]
+    assert [r.device for r in result.readings] == ["gpu-0000:03:00.0"]
     assert gpu
 
 
@@ -186,5 +186,5 @@ def test_one_unreadable_sensor_is_an_error_and_the_rest_read(traversable_tmp):
     tree.path(gpu, "power1_average").chmod(0o400 if os.geteuid() == 0 else 0o000)
     status = _read_unprivileged(tree.sysfs)
     assert status["reason"] == ERROR, status
-    assert "permission denied for amdgpu-0000:03:00.0" in status["detail"]
+    assert "permission denied for gpu-0000:03:00.0" in status["detail"]
     assert status["readings"] == ["power_meter-ACPI000D:00"]

@@ -297,7 +297,7 @@ def test_exporter_keeps_sampling_with_a_hung_bmc_and_the_total_follows_it_after(
                  'source="platform_remainder"}')
         found = wait_for(lambda: (v := values()).get(other) and v, 20, "the remainder series")
         assert found['carbon_platform_power_watts{device="chassis-1U",source="redfish"}'] == 374.0
-        gpu = ('carbon_power_watts{component="gpu",device="amdgpu-0000:03:00.0",'
+        gpu = ('carbon_power_watts{component="gpu",device="gpu-0000:03:00.0",'
                'source="power_sample"}')
         assert found[gpu] == pytest.approx(300.0)
         # per sample the two lanes read a few ms apart, so one sample's remainder wobbles;

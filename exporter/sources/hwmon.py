@@ -15,7 +15,8 @@ What counts, and as what (anything else is listed as ignored, never summed):
   i915, xe     Intel discrete GPUs: energy1_input (xe: the channel labelled "card"; "pkg" is
                inside it); the per-tile i915_gtN sensors are inside the card and not summed
 Sensors are identified by name + device link (ACPI000D:00, 0000:03:00.0): hwmonN numbers
-change from boot to boot, the device does not.
+change from boot to boot, the device does not. Device labels are vendor-neutral: the meter is
+power_meter-<ACPI device>, a GPU gpu-<PCI address> (NVML's gpu-<index> cannot collide with it).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class Sensor:
 
     hwmon: str  # hwmon3 (changes across boots; for messages only)
     driver: str  # the hwmon name: power_meter, amdgpu, xe
-    device: str  # exported device label: <driver>-<device link>, e.g. power_meter-ACPI000D:00
+    device: str  # exported device label: power_meter-ACPI000D:00, gpu-0000:03:00.0
     path: str  # the attribute file
     counter: bool  # energy*_input (microjoules) or a power sample (microwatts)
     component: str | None  # "gpu" for components; None for the platform meter
@@ -112,7 +113,8 @@ def classify(hwmon: str, hwmon_dir: str) -> tuple[Sensor | None, str]:
     """The sensor this hwmon device contributes (None: nothing counted) and a short note."""
     attrs = _attribute_dir(hwmon_dir)
     driver = _read_text(os.path.join(attrs, "name"))
-    device = f"{driver}-{_device_link(hwmon_dir)}"
+    link = _device_link(hwmon_dir)
+    device = f"{driver}-{link}"
     if driver == "power_meter":
         battery = _first(attrs, ("power1_is_battery",))
         if battery is not None and _read_text(battery) == "1":
@@ -126,12 +128,14 @@ def classify(hwmon: str, hwmon_dir: str) -> tuple[Sensor | None, str]:
         path = _first(attrs, ("power1_input", "power1_average"))
         if path is None:
             return None, f"{device}: no power reading"
-        return Sensor(hwmon, driver, device, path, False, "gpu", None, MAX_GPU_WATTS), device
+        return Sensor(hwmon, driver, f"gpu-{link}", path, False, "gpu", None,
+                      MAX_GPU_WATTS), device
     if driver in ("i915", "xe"):
         path = _energy_channel(attrs, "card")
         if path is None:
             return None, f"{device}: no card energy counter"
-        return Sensor(hwmon, driver, device, path, True, "gpu", None, MAX_GPU_WATTS), device
+        return Sensor(hwmon, driver, f"gpu-{link}", path, True, "gpu", None,
+                      MAX_GPU_WATTS), device
     return None, ""  # temperature, fan and CPU sensors: not ours (RAPL has the CPU)
 
 
@@ -176,7 +180,7 @@ class HwmonSource(Source):
         self.sensors = sorted(unique.values(), key=lambda s: s.device)
         self.listing = entries
         self.problems = problems
-        described = [f"{s.device} ({'platform' if s.domain else s.component}, "
+        described = [f"{s.device} ({s.driver} {'platform meter' if s.domain else s.component}, "
                      f"{os.path.basename(s.path)})" for s in self.sensors]
         self.detail = "; ".join(described + [f"ignored {n}" for n in notes])
 
