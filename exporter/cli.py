@@ -16,21 +16,17 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from exporter import __version__
-from exporter.attribution import Attribution
 from exporter.carbon import static_intensity
 from exporter.carbon.embodied import Embodied
 from exporter.carbon.providers.chain import Chain, GridState
 from exporter.carbon.secrets import RedactingFilter
-from exporter.config import SETTINGS, ConfigError, changed_keys, resolve, split_listen_address
+from exporter.config import SETTINGS, Config, changed_keys, resolve, split_listen_address
+from exporter.confutil import ConfigError
 from exporter.sampler import Sampler
+from exporter.selfmetrics import SelfMetrics
 from exporter.server import make_app
-from exporter.sources import Source
-from exporter.sources.cpu_model import CpuModelSource
-from exporter.sources.dram_model import DramModelSource
-from exporter.sources.hwmon import HwmonSource
-from exporter.sources.nvml import NvmlSource
-from exporter.sources.rapl import RaplSource
-from exporter.sources.redfish import RedfishSource
+from exporter.sources.registry import build_sources
+from exporter.version import version_text
 from exporter.webconfig import WebSecurity
 
 log = logging.getLogger("exporter")
@@ -45,6 +41,15 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
+class VersionAction(argparse.Action):
+    """--version as node_exporter prints it, unwrapped (argparse's own action re-wraps it),
+    and worked out only when asked (a source checkout asks git)."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print(version_text())
+        parser.exit(0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="carbon-exporter",
@@ -54,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "`carbon-exporter report --help`: the footprint report from Prometheus "
                     "history.",
     )
-    parser.add_argument("--version", action="version", version=f"carbon-exporter {__version__}")
+    parser.add_argument("--version", action=VersionAction, nargs=0,
+                        help="Print the version, revision and build date, and exit.")
     parser.add_argument("--config.file", dest="config_file", metavar="PATH",
                         help="YAML config file with the same settings (reloaded on SIGHUP). "
                              "[env CARBON_EXPORTER_CONFIG_FILE]")
@@ -133,36 +139,18 @@ def setup_logging(level: str, fmt: str) -> None:
 
 # --- wiring ----------------------------------------------------------------------------------
 
-def build_sources(config) -> tuple[list[Source], list[Source]]:
-    measured: list[Source] = []
-    models: list[Source] = []
-    if config.collector_rapl:
-        measured.append(RaplSource(config.path_sysfs, config.rapl_min_interval))
-    if config.collector_nvml:
-        measured.append(NvmlSource())
-    if config.collector_hwmon:
-        measured.append(HwmonSource(config.path_sysfs))
-    if config.collector_redfish:
-        measured.append(RedfishSource(config))
-    if config.collector_cpu_model:
-        models.append(CpuModelSource(config.path_procfs, config))
-    if config.collector_dram_model:
-        models.append(DramModelSource(config.path_procfs, config))
-    return measured, models
-
-
 class Daemon:
-    def __init__(self, config, flags: dict[str, Any]) -> None:
+    def __init__(self, config: Config, flags: dict[str, Any]) -> None:
         self.config = config
         self.flags = flags
         self.intensity = static_intensity(config)
         self.security = WebSecurity(config.web_config_file, config.web_max_requests)
-        measured, models = build_sources(config)
-        attribution = Attribution(config) if config.collector_attribution else None
-        self.sampler = Sampler(measured, models, config.sample_interval, self.intensity,
-                               config.carbon_pue, attribution)
+        self.sampler = Sampler(build_sources(config), config.sample_interval, self.intensity,
+                               config.carbon_pue)
         self.sampler.embodied = Embodied(config)
         self.chain = Chain.from_config(config, self._publish_grid)
+        self.live = SelfMetrics(not config.web_disable_exporter_metrics)
+        self.chain.observe = self.live.fetch.observe
         self._swapping = asyncio.Lock()  # two quick SIGHUPs must not start chains out of order
         self.stop = asyncio.Event()
 
@@ -201,9 +189,7 @@ class Daemon:
         self.sampler.embodied.configure(new)
         self.sampler.pue = new.carbon_pue
         for source in self.sampler.sources:
-            configure = getattr(source, "configure", None)
-            if configure is not None:
-                configure(new)
+            source.configure(new)
         logging.getLogger().setLevel(_LEVELS[new.log_level])
         self.config = new
         log.info("config reloaded: %s", ", ".join(changed) if changed else "no changes")
@@ -214,7 +200,7 @@ class Daemon:
         loop.add_signal_handler(signal.SIGINT, self.stop.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         host, port = split_listen_address(self.config.web_listen_address)
-        app = make_app(self.sampler, self.config.web_telemetry_path, self.security)
+        app = make_app(self.sampler, self.config.web_telemetry_path, self.security, self.live)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         try:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class MetricSpec:
     name: str  # full name as scraped (counters include the _total suffix)
-    type: str  # counter, gauge, summary, info
+    type: str  # counter, gauge, summary, histogram
     help: str
     labels: tuple[str, ...] = ()
 
@@ -97,9 +97,26 @@ GRID_INDEX = MetricSpec(
 )
 GRID_PROVIDER_UP = MetricSpec(
     "carbon_grid_provider_up", "gauge",
-    "Whether the intensity provider's last fetch worked (1) or not (0); reason is ok, not_yet, "
-    "auth, rate_limited, http_error, timeout, unreachable, invalid, no_data or error.",
+    "Whether the intensity provider's last fetch worked (1) or not (0); one series per "
+    "provider whatever the reason (see carbon_grid_provider_status_info).",
+    ("provider",),
+)
+GRID_PROVIDER_STATUS = MetricSpec(
+    "carbon_grid_provider_status_info", "gauge",
+    "Why the intensity provider is up or not; always 1. reason is ok, not_yet, auth, "
+    "rate_limited, http_error, timeout, unreachable, invalid, no_data or error.",
     ("provider", "reason"),
+)
+GRID_PROVIDER_FETCHES = MetricSpec(
+    "carbon_grid_provider_fetches_total", "counter",
+    "Requests made to an intensity provider, by outcome (ok, or the failure reason as in "
+    "carbon_grid_provider_status_info); retries count once each.",
+    ("provider", "outcome"),
+)
+GRID_PROVIDER_FETCH_DURATION = MetricSpec(
+    "carbon_grid_provider_fetch_duration_seconds", "histogram",
+    "Time one request to an intensity provider took, answered or not, in seconds.",
+    ("provider",),
 )
 PUE = MetricSpec(
     "carbon_pue_ratio", "gauge",
@@ -119,8 +136,14 @@ EMISSIONS_RATE = MetricSpec(
 )
 COLLECTOR_UP = MetricSpec(
     "carbon_exporter_collector_up", "gauge",
-    "Whether the collector worked at the last sample (1) or not (0); reason is ok, absent, "
-    "permission, error or superseded.",
+    "Whether the collector worked at the last sample (1) or not (0); one series per "
+    "collector whatever the reason (see carbon_exporter_collector_status_info).",
+    ("collector",),
+)
+COLLECTOR_STATUS = MetricSpec(
+    "carbon_exporter_collector_status_info", "gauge",
+    "Why the collector is up or not at the last sample; always 1. reason is ok, absent, "
+    "permission, error or superseded (absent and superseded are not failures).",
     ("collector", "reason"),
 )
 MODEL_INFO = MetricSpec(
@@ -135,8 +158,8 @@ SAMPLE_DURATION = MetricSpec(
     "Wall time spent reading each collector's source, in seconds.",
     ("collector",),
 )
-COUNTER_GLITCHES = MetricSpec(
-    "carbon_exporter_counter_glitches_total", "counter",
+ENERGY_GLITCHES = MetricSpec(
+    "carbon_exporter_energy_glitches_total", "counter",
     "Energy deltas dropped instead of counted: reason=reset (counter went back without a "
     "wraparound) or implausible (implied power above the device's physical bound).",
     ("collector", "device", "reason"),
@@ -169,13 +192,38 @@ WORKLOAD_GPU_SPLIT = MetricSpec(
 BUILD_INFO = MetricSpec(
     "carbon_exporter_build_info", "gauge",
     "Build information; always 1.",
-    ("version", "python"),
+    ("version", "revision", "builddate", "python"),
+)
+
+# The exporter's own HTTP server (off with --web.disable-exporter-metrics, like the process_*
+# and python_* families prometheus_client provides).
+HTTP_REQUESTS = MetricSpec(
+    "carbon_exporter_http_requests_total", "counter",
+    "HTTP requests answered, by handler (the route, or other for unknown paths) and status "
+    "code, refusals included (401 unauthorised, 413, 503 over --web.max-requests).",
+    ("handler", "code"),
+)
+HTTP_DURATION = MetricSpec(
+    "carbon_exporter_http_request_duration_seconds", "histogram",
+    "Time from a request's arrival to its response, by handler, in seconds.",
+    ("handler",),
+)
+HTTP_IN_FLIGHT = MetricSpec(
+    "carbon_exporter_http_requests_in_flight", "gauge",
+    "HTTP requests being answered now.",
 )
 
 ALL: tuple[MetricSpec, ...] = (
     ENERGY, POWER, PLATFORM_ENERGY, PLATFORM_POWER, RAPL_DOMAIN_ENERGY, GPU_POWER_LIMIT, GPU_INFO,
     GRID_INTENSITY, GRID_INTENSITY_AGE, GRID_FORECAST_MIN, GRID_FORECAST_MIN_START, GRID_INDEX,
-    GRID_PROVIDER_UP, PUE, EMISSIONS, EMISSIONS_RATE,
-    COLLECTOR_UP, MODEL_INFO, SAMPLE_DURATION, COUNTER_GLITCHES, LAST_SAMPLE, BUILD_INFO,
+    GRID_PROVIDER_UP, GRID_PROVIDER_STATUS, PUE, EMISSIONS, EMISSIONS_RATE,
+    COLLECTOR_UP, COLLECTOR_STATUS, MODEL_INFO, SAMPLE_DURATION, ENERGY_GLITCHES, LAST_SAMPLE,
+    BUILD_INFO,
     WORKLOAD_ENERGY, WORKLOAD_EMISSIONS, WORKLOAD_GPU_SPLIT,
+    GRID_PROVIDER_FETCHES, GRID_PROVIDER_FETCH_DURATION,
+    HTTP_REQUESTS, HTTP_DURATION, HTTP_IN_FLIGHT,
 )
+# Rendered live at each scrape from exporter/selfmetrics.py, not from the sample snapshot.
+LIVE: tuple[MetricSpec, ...] = (GRID_PROVIDER_FETCHES, GRID_PROVIDER_FETCH_DURATION)
+# The exporter's own HTTP metrics, off with --web.disable-exporter-metrics.
+EXPORTER_SELF: tuple[MetricSpec, ...] = (HTTP_REQUESTS, HTTP_DURATION, HTTP_IN_FLIGHT)

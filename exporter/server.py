@@ -13,6 +13,7 @@ from exporter import __version__
 from exporter.carbon.secrets import redact
 from exporter.collector import SnapshotCollector
 from exporter.sampler import Sampler
+from exporter.selfmetrics import SelfMetrics
 from exporter.webconfig import WebSecurity
 
 # No endpoint takes a body; anything bigger than this is refused with 413.
@@ -99,9 +100,10 @@ class MetricsHandler:
     cost little. Format by content negotiation (text or OpenMetrics, as prometheus_client's
     own handler does), `name[]` filtering, and gzip when Accept-Encoding allows it."""
 
-    def __init__(self, sampler: Sampler) -> None:
+    def __init__(self, sampler: Sampler, live: SelfMetrics | None = None) -> None:
         self.sampler = sampler
         self.registry = make_registry(sampler)
+        self.live = live  # the exporter's own metrics: rendered at every scrape, not cached
         self.cache: dict[str, tuple[object, bytes]] = {}  # content type -> (snapshot, body)
 
     async def __call__(self, request: web.Request) -> web.Response:
@@ -115,21 +117,32 @@ class MetricsHandler:
             if cached is None or cached[0] is not snapshot:
                 cached = self.cache[content_type] = (snapshot, encoder(self.registry))
             body = cached[1]
+        if self.live is not None:
+            live = self.live.registry
+            live_body = encoder(live.restricted_registry(names) if names else live)
+            eof = b"# EOF\n"  # OpenMetrics ends once: drop the first part's end marker
+            if body.endswith(eof):
+                body = body[: -len(eof)]
+            body += live_body
         response = web.Response(body=body, headers={hdrs.CONTENT_TYPE: content_type})
         response.enable_compression()  # only when the client's Accept-Encoding allows it
         return response
 
 
 def make_app(sampler: Sampler, telemetry_path: str = "/metrics",
-             security: WebSecurity | None = None) -> web.Application:
-    # Cheap refusals first: oversized bodies, then auth and the concurrency limit.
+             security: WebSecurity | None = None,
+             live: SelfMetrics | None = None) -> web.Application:
+    # Cheap refusals first: oversized bodies, then auth and the concurrency limit; the HTTP
+    # request metrics wrap them all, so refusals are counted too.
     middlewares = [refuse_large_bodies] + ([security.middleware] if security else [])
+    if live is not None and live.http is not None:
+        middlewares.insert(0, live.http.middleware)
     app = web.Application(client_max_size=MAX_REQUEST_BYTES, middlewares=middlewares)
     if security:
         app.on_response_prepare.append(security.add_headers)
     app[SAMPLER_KEY] = sampler
     app[PATH_KEY] = telemetry_path
-    app.router.add_get(telemetry_path, MetricsHandler(sampler))
+    app.router.add_get(telemetry_path, MetricsHandler(sampler, live))
     app.router.add_get("/healthz", healthz)
     if telemetry_path != "/":
         app.router.add_get("/", landing)

@@ -226,7 +226,8 @@ def test_collector_renders_embodied_forecast_index_and_providers():
     assert samples[("carbon_grid_intensity_forecast_min_grams_per_kwh", (("grid_zone", "CAISO_NORTH"), ("provider", "watttime")))] == 99.0
     assert samples[("carbon_grid_intensity_forecast_min_start_timestamp_seconds", (("grid_zone", "CAISO_NORTH"), ("provider", "watttime")))] == 1.8e9
     assert samples[("carbon_grid_intensity_index_ratio", (("grid_zone", "CAISO_NORTH"), ("provider", "watttime")))] == 0.73
-    assert samples[("carbon_grid_provider_up", (("provider", "em"), ("reason", "auth")))] == 0
+    assert samples[("carbon_grid_provider_up", (("provider", "em"),))] == 0
+    assert samples[("carbon_grid_provider_status_info", (("provider", "em"), ("reason", "auth")))] == 1
     assert samples[("carbon_grid_intensity_grams_per_kwh", (("grid_zone", "CAISO_NORTH"), ("kind", "marginal"), ("provider", "watttime")))] == 123.0
 
 

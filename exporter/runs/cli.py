@@ -10,7 +10,7 @@ import subprocess
 import sys
 from typing import Any, Sequence
 
-from exporter.config import ConfigError
+from exporter.confutil import ConfigError
 from exporter.runs import DEFAULT_DAEMON_URL, PHASES, Run
 from exporter.runs.proctree import become_subreaper
 from exporter.runs.record import RecordError

@@ -29,7 +29,9 @@ from exporter.ledger import Counted
 from exporter.runs.account import RunAccount, embodied_share
 from exporter.runs.proctree import ProcessTree
 from exporter.sampler import Sampler
-from exporter.sources import ERROR, OK, Source, SourceResult, Status
+from exporter.sources import (
+    ERROR, MEASURED, MODEL, OBSERVER, OK, WORKLOADS, Source, SourceResult, Status,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +57,16 @@ class TreeAttribution(Source):
     the energy counters, then charges the run its share of each sample."""
 
     name = "run-attribution"
+    role = OBSERVER
+    provides = frozenset({WORKLOADS})
 
     def __init__(self, config, tree: ProcessTree, account: RunAccount) -> None:
         self.config = config
         self.tree = tree
         self.account_to = account
         self.procfs = config.path_procfs
-        self.thread = "nvml" if config.collector_nvml else "host"
-        self.gpu_reader = GpuProcessReader() if config.collector_nvml else None
+        self.lane = "nvml" if config.collector("nvml") else "host"
+        self.gpu_reader = GpuProcessReader() if config.collector("nvml") else None
         self.user_hz = tree.user_hz
         self.floors = {"cpu": IdleFloor(config.attribution_cpu_idle_watts),
                        "dram": IdleFloor(config.attribution_dram_idle_watts)}
@@ -98,7 +102,7 @@ class TreeAttribution(Source):
         if self.sampler is None:
             return None
         for source in self.sampler.sources:
-            if getattr(source, "component", None) != component:
+            if source.role != MODEL or component not in source.components:
                 continue
             status = next((w.status for w in self.sampler.workers if w.source is source), None)
             if status is None or status.reason != OK:
@@ -201,17 +205,17 @@ class EmbeddedTracker:
               "CPU time above idle, gpu by its processes' NVML share")
 
     def __init__(self, config, root_pid: int, include_root: bool = True) -> None:
-        from exporter.cli import build_sources  # the daemon's own wiring, not a copy
+        from exporter.sources.registry import build_sources  # the daemon's own wiring
 
         self.config = config
         self.interval = config.sample_interval
         self.account = RunAccount()
         self.tree = ProcessTree(root_pid, config.path_procfs, include_root)
         self.attribution = TreeAttribution(config, self.tree, self.account)
-        measured, models = build_sources(config)
+        sources = build_sources(config, frozenset({MEASURED, MODEL}))
         intensity = static_intensity(config)
-        self.sampler = Sampler(measured, models, config.sample_interval, intensity,
-                               config.carbon_pue, self.attribution)
+        self.sampler = Sampler([*sources, self.attribution], config.sample_interval, intensity,
+                               config.carbon_pue)
         self.sampler.embodied = Embodied(config)
         self.attribution.sampler = self.sampler
         self.chain = Chain.from_config(config, self._publish_grid)

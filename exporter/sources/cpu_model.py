@@ -26,12 +26,16 @@ import os
 import re
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import psutil
 
 from exporter import data
 from exporter.ledger import Reading
-from exporter.sources import ERROR, OK, SUPERSEDED, Source, SourceResult, Status
+from exporter.sources import ERROR, MODEL, OK, SUPERSEDED, Source, SourceResult, Status
+
+if TYPE_CHECKING:
+    from exporter.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -257,9 +261,27 @@ def _busy_and_total(times) -> tuple[float, float]:
 
 class CpuModelSource(Source):
     name = "cpu-model"
-    component = "cpu"
+    role = MODEL
+    components = ("cpu",)
+    source_labels = ("model",)
+    summary = (
+        'where RAPL has no package zone: power on a curve over `u`, the busy share of CPU time '
+        'in `<procfs>/stat` over the interval. The curve: from the config '
+        '(`cpu_model.idle_watts`/`max_watts`, a line); else, on a cloud VM that DMI '
+        "(`<sysfs>/class/dmi/id`) names as AWS, Google Cloud or Azure, that cloud's per-vCPU "
+        'figures from Cloud Carbon Footprint (AWS 0.74-3.5 W, GCP 0.71-4.26 W, Azure 0.78-3.76 '
+        'W per vCPU, a line); else the bundled CPU table (`exporter/data/cpu_power.csv`): '
+        'vendor TDP x the share of the chip this machine sees (sockets on bare metal, visible '
+        "threads / the chip's threads in a VM) on the Teads curve (0.12, 0.32, 0.75, 1.02 of "
+        'TDP at 0, 10, 50, 100% load); else 0.74-3.5 W per hardware thread. `carbon_model_info`'
+        ' and the landing page say which, with the figures.'
+    )
 
-    def __init__(self, procfs: str, config) -> None:
+    @classmethod
+    def from_config(cls, config: Config) -> CpuModelSource:
+        return cls(config.path_procfs, config)
+
+    def __init__(self, procfs: str, config: Config) -> None:
         self.procfs = procfs
         self.joules = 0.0  # the model's own energy counter
         self.last: tuple[float, float, float] | None = None  # (at, busy, total)
@@ -268,10 +290,10 @@ class CpuModelSource(Source):
         self.utilisation = 0.0  # over the last interval
         self.configure(config)
 
-    def configure(self, config) -> None:
+    def configure(self, config: Config) -> None:
         """Apply (re)loaded settings; the topology is read again too."""
         self.config = config
-        self.sysfs = getattr(config, "path_sysfs", "/sys")
+        self.sysfs = config.path_sysfs
         self.range = None
 
     def _ensure_range(self) -> PowerCurve:

@@ -18,17 +18,21 @@ from __future__ import annotations
 import logging
 import re
 import time
+from typing import TYPE_CHECKING
 
 import psutil
 
 from exporter.ledger import Reading
-from exporter.sources import ERROR, OK, SUPERSEDED, Source, SourceResult, Status
+from exporter.sources import ERROR, MODEL, OK, SUPERSEDED, Source, SourceResult, Status
 from exporter.sources.cpu_model import (
     MODEL_MAX_WATTS, WHOLE_SERVER_METHODS, CpuTopology, PowerCurve, describe,
     load_cloud_figures,
 )
 
 log = logging.getLogger(__name__)
+
+if TYPE_CHECKING:
+    from exporter.config import Config
 
 GIB = 1024**3
 # Installed memory changes only with hot-plug: re-read it now and then, not every sample.
@@ -65,9 +69,21 @@ def counted_gib(installed_gib: float, cpu_measured: bool, topology: CpuTopology 
 
 class DramModelSource(Source):
     name = "dram-model"
-    component = "dram"
+    role = MODEL
+    components = ("dram",)
+    source_labels = ("model",)
+    summary = (
+        'where RAPL has no dram zone: `dram_model.watts_per_gib` (default 0.392, Cloud Carbon '
+        'Footprint) x the memory no other figure covers: all of `MemTotal` when the CPU is '
+        'measured or modelled from its TDP; only the memory beyond what the per-vCPU reference '
+        'servers include when the CPU model uses per-vCPU (whole-server) figures.'
+    )
 
-    def __init__(self, procfs: str, config) -> None:
+    @classmethod
+    def from_config(cls, config: Config) -> DramModelSource:
+        return cls(config.path_procfs, config)
+
+    def __init__(self, procfs: str, config: Config) -> None:
         self.procfs = procfs
         self.joules = 0.0
         self.last_at: float | None = None
@@ -76,19 +92,19 @@ class DramModelSource(Source):
         self.basis = ""
         self.configure(config)
 
-    def configure(self, config) -> None:
+    def configure(self, config: Config) -> None:
         self.config = config
         self.watts_per_gib = config.dram_model_watts_per_gib
         self.installed_gib = None  # re-read, and the CPU basis with it
         self.cpu: tuple[CpuTopology, PowerCurve] | None = None
 
     def _cpu_curve(self) -> tuple[CpuTopology | None, PowerCurve | None]:
-        if not getattr(self.config, "collector_cpu_model", True):
+        if not self.config.collector("cpu-model"):
             return None, None
         if self.cpu is None:
             try:
                 topology, _platform, curve = describe(
-                    self.procfs, getattr(self.config, "path_sysfs", "/sys"), self.config)
+                    self.procfs, self.config.path_sysfs, self.config)
             except (OSError, ValueError, KeyError, re.error):
                 return None, None  # the CPU model reports why
             self.cpu = (topology, curve)

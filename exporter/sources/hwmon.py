@@ -25,9 +25,13 @@ import os
 import re
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from exporter.ledger import PLATFORM, Reading
 from exporter.sources import ABSENT, ERROR, OK, PERMISSION, Source, SourceResult, Status
+
+if TYPE_CHECKING:
+    from exporter.config import Config
 
 # Bounds above which a reading is a glitch, not power (ledger drops and counts it).
 MAX_PLATFORM_WATTS = 20000.0
@@ -141,9 +145,23 @@ def classify(hwmon: str, hwmon_dir: str) -> tuple[Sensor | None, str]:
 
 class HwmonSource(Source):
     name = "hwmon"
-    # An ACPI meter read runs an ACPI method that may wait on the BMC: its own worker thread,
-    # so a slow meter never delays RAPL or the models.
-    thread = "hwmon"
+    # An ACPI meter read runs an ACPI method that may wait on the BMC: its own lane, so a
+    # slow meter never delays RAPL or the models.
+    lane = "hwmon"
+    components = ("gpu",)  # the platform meter is no component: the node total
+    source_labels = ("hwmon", "power_sample")
+    summary = (
+        "`<sysfs>/class/hwmon`: the ACPI power meter (`name` = `power_meter`, "
+        "`power1_average`) as the platform reading (see Power at the wall); AMD GPUs "
+        "(`amdgpu`: `power1_input`, else `power1_average`, integrated as power samples; amdgpu "
+        "has no energy counter) and Intel discrete GPUs (`i915`, `xe`: the card's "
+        "`energy1_input` counter) as `component=\"gpu\"`. Devices are named by their device "
+        "link: `power_meter-ACPI000D:00`, GPUs `gpu-<PCI address>` (never colliding with "
+        "NVML's `gpu-<index>`). CPU sensors (`amd_energy`, `k10temp`) are left to RAPL.")
+
+    @classmethod
+    def from_config(cls, config: Config) -> HwmonSource:
+        return cls(config.path_sysfs)
 
     def __init__(self, sysfs: str) -> None:
         self.root = os.path.join(sysfs, "class", "hwmon")

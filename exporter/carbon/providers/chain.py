@@ -24,20 +24,13 @@ from exporter.carbon import Intensity, static_intensity
 from exporter.carbon.providers import (
     INVALID, TIMEOUT, Fetched, ForecastPoint, Provider, ProviderError,
 )
-from exporter.carbon.providers.electricitymaps import ElectricityMaps
-from exporter.carbon.providers.file import FileProvider
-from exporter.carbon.providers.http_json import HttpJson
-from exporter.carbon.providers.static import Dataset, Static
-from exporter.carbon.providers.ukgrid import UkGrid
-from exporter.carbon.providers.watttime import WattTime
+from exporter.carbon.providers.spec import provider_types
 from exporter.carbon.secrets import redact
 from exporter.carbon.zones import resolve_zone
 
 log = logging.getLogger(__name__)
 
-PROVIDERS: dict[str, type[Provider]] = {
-    p.type: p for p in (ElectricityMaps, WattTime, UkGrid, HttpJson, FileProvider, Static, Dataset)
-}
+PROVIDERS: dict[str, type[Provider]] = provider_types()
 FORECAST_WINDOW = 24 * 3600.0
 USER_AGENT = f"carbon-exporter/{__version__}"
 
@@ -101,12 +94,15 @@ class Chain:
         self.in_force_name: str | None = None
         self._tasks: list[asyncio.Task] = []
         self._session: aiohttp.ClientSession | None = None
+        # (provider, outcome, seconds) per request: selfmetrics.FetchMetrics.observe
+        self.observe: Callable[[str, str, float], None] | None = None
 
     @classmethod
     def from_config(cls, config, publish: Callable[[GridState], None], tick: float = 1.0,
                     previous: "Chain | None" = None) -> "Chain":
         chain = cls(build_providers(config), static_intensity(config), publish, tick)
-        if previous is not None:  # keep cached values of providers that did not change
+        if previous is not None:
+            chain.observe = previous.observe  # keep cached values of providers that did not change
             old = {(s.provider.spec, s.provider.zone): s for s in previous.states}
             for state in chain.states:
                 kept = old.get((state.provider.spec, state.provider.zone))
@@ -168,15 +164,26 @@ class Chain:
         attempt = 0
         while True:
             state.attempts += 1
+            started, outcome = time.monotonic(), "error"  # "error": a provider bug raised
             try:
                 async with asyncio.timeout(spec.timeout):
-                    return await provider.fetch(self._session)
+                    fetched = await provider.fetch(self._session)
+                outcome = "ok"
+                return fetched
             except TimeoutError:
                 error = ProviderError(TIMEOUT, f"no answer within {spec.timeout:g} s")
+                outcome = error.reason
             except ProviderError as exc:
-                error = exc
+                error, outcome = exc, exc.reason
             except (KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
                 error = ProviderError(INVALID, f"unexpected answer shape: {type(exc).__name__}: {exc}")
+                outcome = error.reason
+            except asyncio.CancelledError:
+                outcome = ""  # shutdown or reload: not an answer to count
+                raise
+            finally:
+                if self.observe is not None and outcome:
+                    self.observe(provider.name, outcome, time.monotonic() - started)
             if not error.retryable or attempt == spec.retries:
                 raise error
             delay = min(spec.refresh, spec.backoff * 2 ** attempt) * random.uniform(0.5, 1.5)
