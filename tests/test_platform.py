@@ -50,7 +50,7 @@ def test_conservation_platform_400w_components_300w(tmp_path):
     """Platform 400 W, components 300 W: node total 400 W, other 100 W; emissions and
     attribution add up to the total, every sample."""
     attribution = Attribution(make_config(tmp_path))
-    sampler = Sampler([], [], 1.0, INTENSITY, 1.0, attribution)
+    sampler = Sampler([attribution], 1.0, INTENSITY, 1.0)
     try:
         for t in range(11):
             snap = sampler._publish(components(100.0 + t, t) + [meter(400.0, 100.0 + t)], None)

@@ -28,7 +28,19 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from exporter.ledger import PLATFORM, Reading
-from exporter.sources import ABSENT, ERROR, OK, PERMISSION, Source, SourceResult, Status
+from exporter.sources import (
+    ABSENT,
+    ENERGY,
+    ERROR,
+    OK,
+    PERMISSION,
+    Source,
+    SourceResult,
+    Status,
+)
+from exporter.sources import (
+    PLATFORM as PLATFORM_READING,
+)
 
 if TYPE_CHECKING:
     from exporter.config import Config
@@ -149,6 +161,7 @@ class HwmonSource(Source):
     # slow meter never delays RAPL or the models.
     lane = "hwmon"
     components = ("gpu",)  # the platform meter is no component: the node total
+    provides = frozenset({ENERGY, PLATFORM_READING})
     source_labels = ("hwmon", "power_sample")
     summary = (
         "`<sysfs>/class/hwmon`: the ACPI power meter (`name` = `power_meter`, "

@@ -34,7 +34,18 @@ from typing import TYPE_CHECKING, Any
 from exporter.carbon.secrets import Secret, load_secret, redact
 from exporter.confutil import ConfigError
 from exporter.ledger import PLATFORM, Reading
-from exporter.sources import ABSENT, ERROR, OK, PERMISSION, Source, SourceResult, Status
+from exporter.sources import (
+    ABSENT,
+    ERROR,
+    OK,
+    PERMISSION,
+    Source,
+    SourceResult,
+    Status,
+)
+from exporter.sources import (
+    PLATFORM as PLATFORM_READING,
+)
 from exporter.sources.hwmon import MAX_PLATFORM_WATTS
 
 if TYPE_CHECKING:
@@ -249,6 +260,7 @@ class RedfishSource(Source):
     # read() only hands over the poller thread's last value; the network is never touched
     # in a sample, so the default lane is fine
     components = ()  # the chassis reading is no component: the node total
+    provides = frozenset({PLATFORM_READING})
     source_labels = ("redfish",)
     summary = (
         "the BMC's chassis power over Redfish as the platform reading (see Power at the "
