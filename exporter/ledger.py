@@ -22,6 +22,8 @@ REMAINDER_COMPONENT = "other"
 REMAINDER_SOURCE = "platform_remainder"
 # Which platform meter is the node total when several report: local before the BMC.
 PLATFORM_PREFERENCE = ("hwmon", "redfish")
+# Components ahead of the meter by more than this share of its energy: worth a warning.
+DEFICIT_WARNING = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +203,7 @@ class PlatformTotal:
         self.component_joules = 0.0  # in the samples the meter measured
         self.remainder_joules = 0.0  # credited since the basis began
         self.track: Track | None = None  # the remainder's series
+        self.warned = False  # components well above the meter: said once per basis
 
     @property
     def deficit(self) -> float:
@@ -234,11 +237,18 @@ class PlatformTotal:
                          basis.collector, basis.device)
             self.basis = basis
             self.meter_joules = self.component_joules = self.remainder_joules = 0.0
+            self.warned = False
         joules, seconds = next((j, s) for t, j, s in platform if t is basis)
         self.meter_joules += joules
         self.component_joules += sum(c.joules for c in counted)
         remainder = max(0.0, self.meter_joules - self.component_joules - self.remainder_joules)
         self.remainder_joules += remainder
+        if (not self.warned and self.meter_joules > 10_000
+                and self.deficit > DEFICIT_WARNING * self.meter_joules):
+            self.warned = True  # a meter that misses a supply, or models that overestimate
+            log.warning("the components add up to %.0f%% more than platform meter %s/%s; "
+                        "the node total follows the components while they do",
+                        100 * self.deficit / self.meter_joules, basis.collector, basis.device)
         key = (REMAINDER_COMPONENT, "", basis.device, REMAINDER_SOURCE)
         track = ledger.tracks.get(key)
         if track is None:

@@ -138,3 +138,16 @@ def test_meter_gone_stops_the_remainder_and_components_carry_on():
     assert {c.component for c in counted} == {"cpu", "dram"}
     remainder = next(t for t in ledger.tracks.values() if t.source == REMAINDER_SOURCE)
     assert remainder.watts is None and remainder.joules == pytest.approx(200.0)
+
+
+def test_components_far_above_the_meter_are_reported_once(caplog):
+    """A meter that misses a power supply (or models that overestimate): the total follows
+    the components, never less than what they measured, and the log says so once."""
+    ledger = Ledger()
+    with caplog.at_level("WARNING", logger="exporter.ledger"):
+        for t in range(80):
+            ledger.update(components(float(t), t) + [meter(200.0, float(t))], GPJ)
+    warnings = [r for r in caplog.records if "more than platform meter" in r.getMessage()]
+    assert len(warnings) == 1
+    node = sum(t.joules for t in ledger.tracks.values() if t.component)
+    assert node == pytest.approx(300.0 * 79)  # the components, nothing subtracted
