@@ -88,7 +88,7 @@ def test_intel_card_energy_counter_is_a_counter_with_reset_handling(tmp_path):
     xe_track = ledger.tracks[("gpu", "", "gpu-0000:03:00.0", "hwmon")]
     assert xe_track.joules == pytest.approx(4.0)
     assert ledger.tracks[("gpu", "", "gpu-0000:05:00.0", "hwmon")].joules == pytest.approx(2.0)
-    assert ledger.glitches[("hwmon", "gpu-0000:03:00.0", "reset")] == 1
+    assert ledger.glitches[("hwmon", "gpu-0000:03:00.0", "", "reset")] == 1
 
 
 def test_identity_is_name_and_device_link_not_the_hwmon_number(tmp_path):
