@@ -90,10 +90,10 @@ class SnapshotCollector(Collector):
         yield rate
 
         meter, meter_power = family(metrics.PLATFORM_ENERGY), family(metrics.PLATFORM_POWER)
-        for device, source, joules, watts in snap.platform:
+        for device, source, joules, meter_watts in snap.platform:
             meter.add_metric([device, source], joules)
-            if watts is not None:
-                meter_power.add_metric([device, source], watts)
+            if meter_watts is not None:
+                meter_power.add_metric([device, source], meter_watts)
         yield meter
         yield meter_power
 
