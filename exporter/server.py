@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import html
 import time
 
 from aiohttp import hdrs, web
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
-from exporter import __version__
-from exporter.carbon.secrets import redact
 from exporter.collector import SnapshotCollector
+from exporter.landing import Landing
 from exporter.sampler import Sampler
 from exporter.selfmetrics import SelfMetrics
 from exporter.webconfig import WebSecurity
@@ -20,47 +18,6 @@ from exporter.webconfig import WebSecurity
 MAX_REQUEST_BYTES = 16 * 1024
 SAMPLER_KEY = web.AppKey("sampler", Sampler)
 PATH_KEY = web.AppKey("telemetry_path", str)
-
-
-async def landing(request: web.Request) -> web.Response:
-    sampler = request.app[SAMPLER_KEY]
-    snap = sampler.snapshot
-    path = request.app[PATH_KEY]
-    rows = "".join(
-        f"<tr><td>{html.escape(c.name)}</td><td>{html.escape(c.status.reason)}</td>"
-        f"<td>{html.escape(c.status.detail)}</td></tr>"
-        for c in snap.collectors
-    ) or "<tr><td colspan=3>no sample yet</td></tr>"
-    intensity = snap.intensity
-    carbon = (
-        f"{intensity.grams_per_kwh:g} gCO2e/kWh, zone {html.escape(intensity.grid_zone or '-')}, "
-        f"provider {html.escape(intensity.provider)}, PUE {snap.pue:g}"
-        if intensity else "none"
-    )
-    grid = getattr(snap, "grid", None)
-    providers = "".join(
-        f"<tr><td>{html.escape(p.name)}</td><td>{html.escape(p.type)}</td>"
-        f"<td>{html.escape(p.description)}</td><td>{html.escape(p.reason)}</td>"
-        f"<td>{html.escape(redact(p.detail))}</td>"
-        f"<td>{'' if p.value is None else f'{p.value.grams_per_kwh:g}'}</td>"
-        f"<td>{'yes' if p.in_force else ''}</td></tr>"
-        for p in (grid.providers if grid is not None else ())
-    )
-    if providers:
-        carbon += ("<table border=\"1\" cellpadding=\"4\"><tr><th>provider</th><th>type</th>"
-                   "<th>source</th><th>state</th><th>detail</th><th>gCO2e/kWh</th>"
-                   f"<th>in force</th></tr>{providers}</table>")
-    body = f"""<!DOCTYPE html>
-<html><head><meta charset="utf-8"><title>carbon-exporter</title></head>
-<body>
-<h1>carbon-exporter {html.escape(__version__)}</h1>
-<p><a href="{html.escape(path)}">Metrics</a> &middot; <a href="/healthz">Health</a></p>
-<h2>Collectors</h2>
-<table border="1" cellpadding="4"><tr><th>collector</th><th>state</th><th>detail</th></tr>{rows}</table>
-<h2>Carbon intensity</h2><p>{carbon}</p>
-</body></html>
-"""
-    return web.Response(text=body, content_type="text/html")
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -131,7 +88,8 @@ class MetricsHandler:
 
 def make_app(sampler: Sampler, telemetry_path: str = "/metrics",
              security: WebSecurity | None = None,
-             live: SelfMetrics | None = None) -> web.Application:
+             live: SelfMetrics | None = None,
+             landing: Landing | None = None) -> web.Application:
     # Cheap refusals first: oversized bodies, then auth and the concurrency limit; the HTTP
     # request metrics wrap them all, so refusals are counted too.
     middlewares = [refuse_large_bodies] + ([security.middleware] if security else [])
@@ -145,5 +103,8 @@ def make_app(sampler: Sampler, telemetry_path: str = "/metrics",
     app.router.add_get(telemetry_path, MetricsHandler(sampler, live))
     app.router.add_get("/healthz", healthz)
     if telemetry_path != "/":
-        app.router.add_get("/", landing)
+        # the page's ring of recent samples is fed by the sampler from now on
+        landing = landing or Landing(sampler.interval)
+        sampler.listeners.append(landing.record)
+        landing.routes(app, SAMPLER_KEY, PATH_KEY)
     return app

@@ -105,8 +105,9 @@ class FleetNode:
             args.append("--no-collector.nvml")
         return args
 
-    def start(self, tmp: Path, kubelet_url: str, interval: str = "1s") -> None:
-        self.exporter = ExporterProcess(tmp, self.args(kubelet_url, interval),
+    def start(self, tmp: Path, kubelet_url: str, interval: str = "1s",
+              extra: list[str] | tuple[str, ...] = ()) -> None:
+        self.exporter = ExporterProcess(tmp, [*self.args(kubelet_url, interval), *extra],
                                         fake_nvml_state=self.gpu_state)
 
     def advance(self, seconds: float) -> None:
