@@ -186,7 +186,8 @@ class Daemon:
         self.intensity = intensity
         old, self.chain = self.chain, chain
         asyncio.get_running_loop().create_task(self._swap_chain(old, chain))
-        self.sampler.embodied.configure(new)
+        if self.sampler.embodied is not None:
+            self.sampler.embodied.configure(new)
         self.sampler.pue = new.carbon_pue
         for source in self.sampler.sources:
             source.configure(new)

@@ -109,7 +109,7 @@ def _check_path(value: Any) -> None:
 
 
 def _parse_providers(value: Any, where: str) -> tuple[ProviderSpec, ...]:
-    from exporter.carbon.providers.spec import parse_chain  # noqa: PLC0415 - jsonschema, providers
+    from exporter.carbon.providers.spec import parse_chain
 
     return parse_chain(value, where)
 
@@ -337,7 +337,7 @@ _validator: jsonschema.protocols.Validator | None = None
 def _schema_validator() -> jsonschema.protocols.Validator:
     global _validator
     if _validator is None:
-        import jsonschema  # noqa: PLC0415 - only when a config is resolved
+        import jsonschema
 
         _validator = jsonschema.Draft202012Validator(SCHEMA)
     return _validator

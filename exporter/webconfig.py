@@ -309,12 +309,12 @@ class ReloadableSSLContext(ssl.SSLContext):
     def __init__(self, current: ssl.SSLContext) -> None:
         self.current = current
 
-    def wrap_bio(self, *args, **kwargs):  # type: ignore[override]
+    def wrap_bio(self, *args: Any, **kwargs: Any) -> ssl.SSLObject:
         return self.current.wrap_bio(*args, **kwargs)
 
 
-def _mtimes(paths: tuple[str, ...]) -> tuple:
-    stamps = []
+def _mtimes(paths: tuple[str, ...]) -> tuple[tuple[int, int, int] | None, ...]:
+    stamps: list[tuple[int, int, int] | None] = []
     for path in paths:
         try:
             st = os.stat(path)

@@ -155,7 +155,7 @@ def openmetrics() -> str:
             factor = (lambda s: intensity(NODE_A, s) * PUE[NODE_A] / 3.6e6) \
                 if key == "emissions" else (lambda s: 1.0)
             series.append((_labels(**node_of(NODE_A), **full), [
-                (t, integrate(lambda s: watts(s) * factor(s), first, t))
+                (t, integrate(lambda s, watts=watts, factor=factor: watts(s) * factor(s), first, t))
                 for t in sample_times(NODE_A) if first <= t <= last]))
         family(metric, "counter", series)
     family("carbon_grid_intensity_grams_per_kwh", "gauge", [

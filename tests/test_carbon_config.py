@@ -67,7 +67,8 @@ def test_config_file_list_with_options(tmp_path):
     ("carbon:\n  providers: [{type: http_json, url: 'http://x'}]\n", "carbon.providers[0]: 'field' is required"),
     ("carbon:\n  providers: [{type: static, value: 5000}]\n", "carbon.providers[0].value: 5000 must be at most 2000"),
     ("carbon:\n  providers: [ukgrid, ukgrid]\n", "two providers are named 'ukgrid'"),
-    ("carbon:\n  providers: [{type: ukgrid, refresh: soon}]\n", "carbon.providers[0].refresh: 'soon' is not a duration"),
+    ("carbon:\n  providers: [{type: ukgrid, refresh: soon}]\n",
+     "carbon.providers[0].refresh: 'soon' is not a duration"),
     ("carbon:\n  providers: 7\n", "carbon.providers: 7 must be"),
 ])
 def test_bad_provider_config_names_the_field(tmp_path, text, expected):
@@ -221,18 +222,23 @@ def test_collector_renders_embodied_forecast_index_and_providers():
                     embodied=(("gpu", "gpu-0", 12.5),), embodied_grams_per_second=0.001)
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                for family in SnapshotCollector(lambda: snap).collect() for s in family.samples}
-    assert samples[("carbon_emissions_grams_total", (("component", "gpu"), ("device", "gpu-0"), ("scope", "embodied")))] == 12.5
-    assert samples[("carbon_emissions_grams_per_second", (("scope", "embodied"),))] == 0.001
-    assert samples[("carbon_grid_intensity_forecast_min_grams_per_kwh", (("grid_zone", "CAISO_NORTH"), ("provider", "watttime")))] == 99.0
-    assert samples[("carbon_grid_intensity_forecast_min_start_timestamp_seconds", (("grid_zone", "CAISO_NORTH"), ("provider", "watttime")))] == 1.8e9
-    assert samples[("carbon_grid_intensity_index_ratio", (("grid_zone", "CAISO_NORTH"), ("provider", "watttime")))] == 0.73
-    assert samples[("carbon_grid_provider_up", (("provider", "em"),))] == 0
-    assert samples[("carbon_grid_provider_status_info", (("provider", "em"), ("reason", "auth")))] == 1
-    assert samples[("carbon_grid_intensity_grams_per_kwh", (("grid_zone", "CAISO_NORTH"), ("kind", "marginal"), ("provider", "watttime")))] == 123.0
+
+    def value(name, **labels):
+        return samples[(name, tuple(sorted(labels.items())))]
+
+    watttime = {"grid_zone": "CAISO_NORTH", "provider": "watttime"}
+    assert value("carbon_emissions_grams_total", component="gpu", device="gpu-0", scope="embodied") == 12.5
+    assert value("carbon_emissions_grams_per_second", scope="embodied") == 0.001
+    assert value("carbon_grid_intensity_forecast_min_grams_per_kwh", **watttime) == 99.0
+    assert value("carbon_grid_intensity_forecast_min_start_timestamp_seconds", **watttime) == 1.8e9
+    assert value("carbon_grid_intensity_index_ratio", **watttime) == 0.73
+    assert value("carbon_grid_provider_up", provider="em") == 0
+    assert value("carbon_grid_provider_status_info", provider="em", reason="auth") == 1
+    assert value("carbon_grid_intensity_grams_per_kwh", kind="marginal", **watttime) == 123.0
 
 
 def test_bundled_csvs_parse_with_comment_headers():
     for name in ("cloud_regions.csv", "embodied.csv"):
         text = resources.files("exporter.data").joinpath(name).read_text("utf-8")
-        rows = list(csv.DictReader(l for l in text.splitlines() if l and not l.startswith("#")))
+        rows = list(csv.DictReader(line for line in text.splitlines() if line and not line.startswith("#")))
         assert rows and all(all(v is not None for v in r.values()) for r in rows), name

@@ -242,7 +242,7 @@ def test_sampler_over_eight_gpus_counts_the_injected_energy():
 def _real_nvml():
     """The real pynvml module if it initialises and sees a GPU with an energy counter."""
     try:
-        import pynvml  # noqa: PLC0415
+        import pynvml
 
         pynvml.nvmlInit()
     except Exception:
@@ -333,7 +333,7 @@ def _load_gpu(ordinal: int, stop: threading.Event, notes: list[str]) -> None:
 def test_real_gpu_joules_match_nvml_energy_counter():
     """Over 60 s (of load where CUDA is usable), the exporter's joules per GPU agree with
     NVML's own counter read directly, within 1%."""
-    import pynvml  # noqa: PLC0415
+    import pynvml
 
     seconds = 60
     pynvml.nvmlInit()  # a second reference, so direct reads work beside the source's own

@@ -386,7 +386,7 @@ def test_bearer_token_and_post_queries_reach_the_server(tmp_path):
     seen: list[tuple[str, dict]] = []
 
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802 (http.server's naming)
+        def do_POST(self):
             body = self.rfile.read(int(self.headers["Content-Length"])).decode()
             seen.append((self.headers.get("Authorization", ""), parse_qs(body)))
             payload = json.dumps({"status": "error", "errorType": "bad_data",

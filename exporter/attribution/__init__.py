@@ -189,8 +189,8 @@ class Attribution(Source):
             "labels": {}, "annotations": {}}
         values = dict(values, process=comm, pid=pid)
         tag = self.tagger.tag(values, (comm,)) or f"{comm}/{pid}"
-        return ("process", values["namespace"], values["pod"], values["container"],
-                values["unit"], tag)
+        return ("process", str(values["namespace"]), str(values["pod"]),
+                str(values["container"]), str(values["unit"]), tag)
 
     def _cpu_deltas(self, obs: Observation, keys: dict[str, Key]) -> dict[Key, float]:
         """CPU seconds per workload since the previous read, with nested workloads (a Slurm
@@ -249,16 +249,20 @@ class Attribution(Source):
         if len(self.labels) > 2 * len(identities) + 100:  # workloads come and go: forget old ones
             self.labels = {r: v for r, v in self.labels.items() if r in identities}
         for root, identity in identities.items():
-            keys[root] = self._key(identity, obs.comms.get(root))
-        fresh = obs is not None and self.previous is not None
-        workload_cpu = self._cpu_deltas(obs, keys) if fresh else {}
+            keys[root] = self._key(identity, obs.comms.get(root) if obs else None)
+        previous = self.previous
+        workload_cpu: dict[Key, float] = {}
         busy = None
-        if fresh and obs.node_busy is not None and self.previous.node_busy is not None:
-            busy = max(0.0, obs.node_busy - self.previous.node_busy)
+        proc_cpu: dict[Key, tuple[Key, float]] = {}
+        if obs is not None and previous is not None:  # deltas need two observations
+            workload_cpu = self._cpu_deltas(obs, keys)
+            if obs.node_busy is not None and previous.node_busy is not None:
+                busy = max(0.0, obs.node_busy - previous.node_busy)
+            if obs.processes:
+                proc_cpu = self._process_cpu(obs, previous, keys, identities)
 
         parts: dict[str, dict[Key, float]] = {}
         processes: dict[str, dict[Key, tuple[Key, float]]] = {}
-        proc_cpu = self._process_cpu(obs, keys, identities) if fresh and obs.processes else {}
         for component, energy in measured.items():
             if component in CPU_SHARED:
                 floor = self.floors[component]
@@ -282,9 +286,9 @@ class Attribution(Source):
         self.last_split = SampleSplit(measured, parts)
         return self.last_split
 
-    def _process_cpu(self, obs: Observation, keys: dict[str, Key],
+    def _process_cpu(self, obs: Observation, previous: Observation, keys: dict[str, Key],
                      identities: dict[str, Identity]) -> dict[Key, tuple[Key, float]]:
-        before = self.previous.processes
+        before = previous.processes
         out: dict[Key, tuple[Key, float]] = {}
         for pid, (root, comm, cpu) in obs.processes.items():
             old = before.get(pid)
@@ -299,13 +303,14 @@ class Attribution(Source):
         return out
 
     def _split_gpus(self, obs: Observation | None, gpu_energy: dict[str, float],
-                    keys: dict[str, Key], identities: dict[str, Identity]):
+                    keys: dict[str, Key], identities: dict[str, Identity]
+                    ) -> tuple[dict[Key, float], dict[Key, tuple[Key, float]]]:
         parts: dict[Key, float] = {}
         processes: dict[Key, tuple[Key, float]] = {}
         basis = []
         for device, energy in sorted(gpu_energy.items()):
             shares = obs.gpus.get(device) if obs is not None else None
-            if shares is None:
+            if obs is None or shares is None:
                 basis.append((device, gpu_basis.UNAVAILABLE))
                 parts[OTHER] = parts.get(OTHER, 0.0) + energy
                 continue
@@ -320,11 +325,11 @@ class Attribution(Source):
                     continue
                 root = obs.gpu_roots.get(pid)
                 key = keys.get(root) if root else None
-                if key is None and root in identities:
+                if key is None and root is not None and root in identities:
                     key = keys[root] = self._key(identities[root], None)
                 weighted.append((key if key is not None else OTHER, weight))
                 if key is not None and self.config.attribution_processes:
-                    proc_key = self._process_key(identities.get(root), pid,
+                    proc_key = self._process_key(identities.get(root or ""), pid,
                                                  obs.gpu_comms.get(pid, "") or "?")
                     parent, total = processes.get(proc_key, (key, 0.0))
                     processes[proc_key] = (parent, total + energy * weight)

@@ -59,7 +59,7 @@ class GpuProcessReader:
     """Blocking NVML calls; used from the attribution worker thread only."""
 
     def __init__(self, nvml: ModuleType | None = None) -> None:
-        self._nvml = nvml
+        self._nvml: Any = nvml  # pynvml has no type information
         self.handles: list[Any] = []
         self.initialised = False
         self.next_init = 0.0
@@ -73,7 +73,7 @@ class GpuProcessReader:
         self.next_init = now + REINIT_AFTER_SECONDS
         try:
             if self._nvml is None:
-                import pynvml  # noqa: PLC0415 - only where NVML attribution is wanted
+                import pynvml
 
                 self._nvml = pynvml
             self._nvml.nvmlInit()

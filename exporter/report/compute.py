@@ -14,6 +14,7 @@ import statistics
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Any
 
 from exporter import __version__
 from exporter.carbon import WORLD, grid_dataset
@@ -240,7 +241,7 @@ class Report:
             ours(pue), ours(intensity), ours(age), ours(collector_up), ours(provider_up),
             ours(node_energy))
         intensity_chart = ours(intensity_chart)
-        workloads = tuple(ours(w) for w in workloads)
+        workloads = (ours(workloads[0]), ours(workloads[1]))
         if not req.workload:
             node_energy = energy
         self.pue = _by_target(pue)
@@ -340,7 +341,7 @@ class Report:
             node[_target(key)][2] += inc.total
         has_op = bool(self.op_inc)
         embodied_nodes = {_target(k) for k in self.emb_inc or {}}
-        out = {
+        out: dict[str, Any] = {
             "component": [{"component": c, "energy_kwh": e / JOULES_PER_KWH,
                            "operational_grams": g if has_op else None}
                           for c, (e, g) in sorted(component.items(), key=lambda kv: -kv[1][0])],
@@ -409,14 +410,15 @@ class Report:
             by_source[_labels(key).get("source", "")] += inc.total
             resets += inc.resets
         total = math.fsum(by_source.values())
-        sources = [{"source": s, "category": SOURCE_CATEGORY.get(s, "unknown"),
+        sources: list[dict[str, Any]] = [{"source": s, "category": SOURCE_CATEGORY.get(s, "unknown"),
                     "energy_kwh": j / JOULES_PER_KWH, "share": j / total if total else 0.0}
                    for s, j in sorted(by_source.items(), key=lambda kv: -kv[1])]
-        shares = defaultdict(float)
+        shares: dict[str, float] = defaultdict(float)
         for row in sources:
             shares[row["category"]] += row["share"]
 
-        gaps, intervals = [], {}
+        gaps: list[dict[str, Any]] = []
+        intervals: dict[Target, float] = {}
         times_by_target: dict[Target, set[float]] = defaultdict(set)
         for key, points in node_energy.items():
             times_by_target[_target(key)].update(t for t, _ in points)
@@ -566,7 +568,7 @@ class Report:
     def _what_if(self, totals: dict, facility: dict[Target, float], forecast: list[dict]) -> dict:
         op = totals["operational_grams"]
         facility_kwh = totals["facility_energy_kwh"]
-        rows = [{"scenario": "as measured", "description":
+        rows: list[dict[str, Any]] = [{"scenario": "as measured", "description":
                  "the exporter's integrated operational emissions for this selection",
                  "grid_zone": ", ".join(sorted({s["grid_zone"] for s in self._series_meta()})),
                  "grams_per_kwh": op / facility_kwh if op is not None and facility_kwh else None,
@@ -630,9 +632,9 @@ class Report:
                          "grid_zone": row.zone, "grams_per_kwh": row.grams_per_kwh,
                          "operational_grams": facility_kwh * row.grams_per_kwh,
                          "available": True, "note": ""})
-        for row in rows:
-            grams = row["operational_grams"]
-            row["difference_grams"] = (grams - op if grams is not None and op is not None
+        for scenario in rows:
+            grams = scenario["operational_grams"]
+            scenario["difference_grams"] = (grams - op if grams is not None and op is not None
                                        else None)
         return {"facility_energy_kwh": facility_kwh, "rows": rows}
 
@@ -681,9 +683,9 @@ class Report:
         pue = sorted({v for points in self.pue.values() for _, v in points})
         labels = [_labels(k) for k in self.intensity]
         return {"pue": pue,
-                "zones": sorted({l.get("grid_zone", "") for l in labels}),
-                "providers": sorted({l.get("provider", "") for l in labels}),
-                "kinds": sorted({l.get("kind", "") for l in labels})}
+                "zones": sorted({ls.get("grid_zone", "") for ls in labels}),
+                "providers": sorted({ls.get("provider", "") for ls in labels}),
+                "kinds": sorted({ls.get("kind", "") for ls in labels})}
 
 
 def labelset_of(result: dict) -> LabelSet:

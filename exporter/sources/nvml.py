@@ -60,7 +60,7 @@ class NvmlSource(Source):
         return cls()
 
     def __init__(self, nvml: ModuleType | None = None) -> None:
-        self._nvml = nvml
+        self._nvml: Any = nvml  # pynvml has no type information
         self.gpus: list[Gpu] = []
         self.initialised = False
         self.init_status = Status(ABSENT, "NVML not initialised yet")
@@ -68,7 +68,7 @@ class NvmlSource(Source):
 
     def _module(self) -> ModuleType:
         if self._nvml is None:
-            import pynvml  # noqa: PLC0415 - imported lazily: the collector may be disabled
+            import pynvml
 
             self._nvml = pynvml
         return self._nvml

@@ -116,7 +116,7 @@ class Chain:
     def select(self, now: float | None = None) -> GridState:
         now = time.time() if now is None else now
         chosen = next((s for s in self.states if s.fresh(now)), None)
-        intensity = chosen.fetched.intensity if chosen else self.fallback
+        intensity = chosen.fetched.intensity if chosen and chosen.fetched else self.fallback
         name = intensity.provider
         if name != self.in_force_name:
             before = self.states[: self.states.index(chosen)] if chosen else self.states
@@ -164,6 +164,7 @@ class Chain:
         attempt = 0
         while True:
             state.attempts += 1
+            assert self._session is not None  # start() opens it before any fetch
             started, outcome = time.monotonic(), "error"  # "error": a provider bug raised
             try:
                 async with asyncio.timeout(spec.timeout):

@@ -17,7 +17,7 @@ from exporter.carbon.providers import (
     Fetched, ForecastPoint, Provider, ProviderError, INVALID, check_grams, dig, parse_time,
     unit_factor,
 )
-from exporter.carbon.secrets import load_secret
+from exporter.carbon.secrets import Secret, load_secret
 from exporter.confutil import ConfigError
 
 log = logging.getLogger(__name__)
@@ -45,13 +45,15 @@ class ElectricityMaps(Provider):
 
     def __init__(self, spec, zone) -> None:
         super().__init__(spec, zone)
-        self.zone_id = spec.zone or zone.em_zone or (zone.country if zone.country != "WORLD" else None)
-        if not self.zone_id:
+        zone_id = spec.zone or zone.em_zone or (zone.country if zone.country != "WORLD" else None)
+        if not zone_id:
             raise ConfigError(f"{self.where}: no zone: set carbon.zone or the provider's zone")
-        self.token = load_secret(self.where, "token", spec.option("token_file"),
-                                 spec.option("token_env"), TOKEN_ENV)
-        if self.token is None:
+        self.zone_id: str = zone_id
+        token = load_secret(self.where, "token", spec.option("token_file"),
+                            spec.option("token_env"), TOKEN_ENV)
+        if token is None:
             raise ConfigError(f"{self.where}: no API token: set token_file, token_env or {TOKEN_ENV}")
+        self.token: Secret = token
         self.with_forecast = spec.option("forecast", True)
 
     def describe(self) -> str:

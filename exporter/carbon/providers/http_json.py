@@ -12,7 +12,9 @@ from __future__ import annotations
 import time
 
 from exporter.carbon import Intensity
-from exporter.carbon.providers import KIND_OPTION, TOKEN_OPTIONS, Fetched, Provider, check_grams, dig, parse_time, unit_factor
+from exporter.carbon.providers import (
+    KIND_OPTION, TOKEN_OPTIONS, Fetched, Provider, check_grams, dig, parse_time, unit_factor,
+)
 from exporter.carbon.secrets import load_secret
 
 

@@ -60,13 +60,15 @@ class WattTime(Provider):
         if not self.region:
             raise ConfigError(f"{self.where}: no region: set the provider's region "
                               f"(e.g. CAISO_NORTH) or a cloud region as carbon.zone")
-        self.username = load_secret(self.where, "username", spec.option("username_file"),
-                                    spec.option("username_env"), USER_ENV)
-        self.password = load_secret(self.where, "password", spec.option("password_file"),
-                                    spec.option("password_env"), PASSWORD_ENV)
-        if self.username is None or self.password is None:
+        username = load_secret(self.where, "username", spec.option("username_file"),
+                               spec.option("username_env"), USER_ENV)
+        password = load_secret(self.where, "password", spec.option("password_file"),
+                               spec.option("password_env"), PASSWORD_ENV)
+        if username is None or password is None:
             raise ConfigError(f"{self.where}: no credentials: set username_file/username_env and "
                               f"password_file/password_env, or {USER_ENV} and {PASSWORD_ENV}")
+        self.username: Secret = username
+        self.password: Secret = password
         self.with_forecast = spec.option("forecast", True)
         self._token: str | None = None
         self._token_until = 0.0
