@@ -266,8 +266,10 @@ def _body(s: dict[str, Any]) -> str:
         "<th>state</th><th>detail</th><th>gCO2e/kWh</th><th>in force</th></tr>"
         f"{providers}</table>") if providers else ""
     stamp = s["timestamp"]
+    taken = ("no sample yet" if stamp is None else
+             "sample of " + time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(stamp)))
     return f"""
-<p class=muted id=stamp data-value="{stamp!r}">{'no sample yet' if stamp is None else 'sample of ' + e(time.strftime('%Y-%m-%d %H:%M:%S %Z', time.localtime(stamp)))}</p>
+<p class=muted id=stamp data-value="{stamp!r}">{e(taken)}</p>
 <div class=cards>
  <section><h2>Node power</h2>
   <p class=big>{_num(power['total'], 'W', 1, 'power.total')}</p>

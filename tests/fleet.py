@@ -33,7 +33,7 @@ PACKAGE_WATTS, DRAM_WATTS, GPU_WATTS = 120.0, 15.0, 300.0
 class _Kubelet(BaseHTTPRequestHandler):
     pods: list[dict] = []
 
-    def do_GET(self):  # noqa: N802 - http.server's naming
+    def do_GET(self):
         body = json.dumps({"kind": "PodList", "apiVersion": "v1", "metadata": {},
                            "items": self.server.pods}).encode()  # type: ignore[attr-defined]
         self.send_response(200 if self.path == "/pods" else 404)

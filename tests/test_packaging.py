@@ -18,7 +18,7 @@ from exporter import __version__
 from tests.harness import ROOT
 
 sys.path.insert(0, str(ROOT / "grafana"))
-import generate  # noqa: E402  (grafana/generate.py)
+import generate
 
 # Dashboard schemaVersion each Grafana release reads natively (its DashboardMigrator's
 # latest version); a newer one would not load faithfully.

@@ -108,7 +108,7 @@ def test_remote_write_sends_the_long_term_series_and_the_store_answers_alone(tmp
             for fn in ("sum_over_time", "count_over_time", "max_over_time"):
                 expr = f"{fn}({name}[30d])"
 
-                def same() -> bool:
+                def same(expr: str = expr) -> bool:
                     a = result_map(prom.query(expr, at))
                     b = result_map(store.query(expr, at))
                     return a.keys() == b.keys() and all(
