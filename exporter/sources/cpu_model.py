@@ -312,8 +312,8 @@ class CpuModelSource(Source):
         try:
             power = self._ensure_range()
             psutil.PROCFS_PATH = self.procfs
-            at = time.monotonic()
             busy, total = _busy_and_total(psutil.cpu_times())
+            at = time.monotonic()  # when the times were obtained
         except (OSError, ValueError, AttributeError, KeyError, re.error) as exc:
             return SourceResult(Status(ERROR, f"cpu-model: {exc}"))
         previous, self.last = self.last, (at, busy, total)
