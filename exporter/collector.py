@@ -97,7 +97,7 @@ class SnapshotCollector(Collector):
         intensity, age = family(metrics.GRID_INTENSITY), family(metrics.GRID_INTENSITY_AGE)
         if snap.intensity is not None:
             i = snap.intensity
-            intensity.add_metric([i.grid_zone, i.provider, i.kind], i.grams_per_kwh)
+            intensity.add_metric([i.grid_zone, i.provider, i.kind, i.basis], i.grams_per_kwh)
             age.add_metric([i.grid_zone, i.provider], snap.intensity_age)
         yield intensity
         yield age

@@ -138,6 +138,8 @@ class Landing:
             "providers": [{"name": p.name, "type": p.type, "source": p.description,
                            "reason": p.reason, "detail": redact(p.detail),
                            "grams_per_kwh": None if p.value is None else p.value.grams_per_kwh,
+                           "basis": None if p.value is None else
+                           f"{p.value.kind}, {getattr(p.value, 'basis', '')}".strip(", "),
                            "in_force": p.in_force}
                           for p in (grid.providers if grid is not None else ())],
             "chart": [[p.timestamp, dict(p.watts), p.grams_per_second] for p in self.ring],
@@ -232,10 +234,10 @@ def _body(s: dict[str, Any]) -> str:
     if i is None:
         intensity = "<p>none</p>"
     else:
-        details = [f"zone <b>{e(i['grid_zone'] or 'world average')}</b>",
-                   f"provider <b>{e(i['provider'])}</b>", f"{e(i['kind'])}"]
+        details = [f"zone {e(i['grid_zone'] or 'world average')}",
+                   f"provider {e(i['provider'])}", f"{e(i['kind'])}"]
         if i["basis"]:
-            details.append(f"basis <b>{e(str(i['basis']))}</b>")
+            details.append(f"basis {e(str(i['basis']))}")
         details.append(f"age <span data-key=\"intensity.age\" data-value=\"{i['age_seconds']!r}\">"
                        f"{_age(i['age_seconds'])}</span>")
         details.append(f"PUE {_num(i['pue'], '', 2, 'pue')}")
@@ -258,12 +260,12 @@ def _body(s: dict[str, Any]) -> str:
     providers = "".join(
         f"<tr><td>{e(p['name'])}</td><td>{e(p['type'])}</td><td>{e(p['source'])}</td>"
         f"<td>{e(p['reason'])}</td><td>{e(p['detail'])}</td>"
-        f"<td class=r>{_plain(p['grams_per_kwh'])}</td>"
+        f"<td class=r>{_plain(p['grams_per_kwh'])}</td><td>{e(p['basis'] or '')}</td>"
         f"<td>{'yes' if p['in_force'] else ''}</td></tr>"
         for p in s["providers"])
     providers_table = (
         "<h2>Intensity providers</h2><table><tr><th>provider</th><th>type</th><th>source</th>"
-        "<th>state</th><th>detail</th><th>gCO2e/kWh</th><th>in force</th></tr>"
+        "<th>state</th><th>detail</th><th>gCO2e/kWh</th><th>kind, basis</th><th>in force</th></tr>"
         f"{providers}</table>") if providers else ""
     stamp = s["timestamp"]
     taken = ("no sample yet" if stamp is None else

@@ -50,14 +50,17 @@ GPU_POWER_LIMIT = MetricSpec(
 )
 GPU_INFO = MetricSpec(
     "carbon_gpu_info", "gauge",
-    "GPU identity; always 1. Join on device.",
+    "GPU identity; always 1. Join on device; uuid and pci_bus_id survive reboots, the NVML "
+    "index in device does not always.",
     ("device", "uuid", "name", "driver_version", "pci_bus_id"),
 )
 GRID_INTENSITY = MetricSpec(
     "carbon_grid_intensity_grams_per_kwh", "gauge",
     "Grid carbon intensity in force, in gCO2e per kWh (kWh, not joules, because every "
-    "grid operator publishes it per kWh).",
-    ("grid_zone", "provider", "kind"),
+    "grid operator publishes it per kWh). kind is average or marginal; basis is lifecycle "
+    "(CO2e incl. upstream: Electricity Maps, the bundled Ember data), direct (CO2 from "
+    "combustion: UK Carbon Intensity API, WattTime MOER) or unknown (a configured value).",
+    ("grid_zone", "provider", "kind", "basis"),
 )
 GRID_INTENSITY_AGE = MetricSpec(
     "carbon_grid_intensity_age_seconds", "gauge",

@@ -191,10 +191,10 @@ class Report:
                               f"--to {rfc3339(self.end)}")
         sel = ", ".join(req.matchers)
         energy_metric = names.WORKLOAD_ENERGY if req.workload else names.ENERGY
-        # Raw-sample selectors below: 8 for a workload, 10 for nodes; then 2 instant queries
+        # Raw-sample selectors below: 8 for a workload, 10 for nodes; then 3 instant queries
         # and the intensity chart's range query.
         self.client.start_progress(self.client.expected_calls(
-            self.fetch_from, self.end, 8 if req.workload else 10, 3))
+            self.fetch_from, self.end, 8 if req.workload else 10, 4))
         try:
             # A series seen only before FROM (its baseline) used no energy in the window.
             energy = {k: v for k, v in self.raw(f"{energy_metric}{{{sel}}}").items()
@@ -224,6 +224,9 @@ class Report:
             forecast = self.client.query(f"{names.FORECAST_MIN}{{{tsel}}}", self.end)
             build_info = self.client.query(f"max_over_time({names.BUILD_INFO}{{{tsel}}}"
                                            f"[{int(self.end - self.fetch_from)}s])", self.end)
+            # how each modelled series was obtained, over the window
+            models = self.client.query(f"max_over_time({names.MODEL_INFO}{{{tsel}}}"
+                                       f"[{int(self.end - self.fetch_from)}s])", self.end)
             bucket = req.bucket_seconds or _nice_bucket(self.end - self.start)
             step = max(bucket, 1.0)
             intensity_chart = self.client.query_range(
@@ -270,7 +273,8 @@ class Report:
             "totals": totals,
             "breakdown": self._breakdown(*workloads),
             "intensity": self._intensity(totals, facility),
-            "data_quality": self._quality(node_energy, collector_up, provider_up, age),
+            "data_quality": {**self._quality(node_energy, collector_up, provider_up, age),
+                             "models": _models(models, targets)},
             "what_if": self._what_if(totals, facility, forecast),
             "methodology": methodology(req, build_info, self._observed_settings()),
             "series": self._series(intensity_chart),
@@ -385,7 +389,8 @@ class Report:
             series.append({"instance": labels.get("instance", ""),
                            "grid_zone": labels.get("grid_zone", ""),
                            "provider": labels.get("provider", ""),
-                           "kind": labels.get("kind", ""), **stats})
+                           "kind": labels.get("kind", ""),
+                           "basis": labels.get("basis", "unknown"), **stats})
         facility_kwh = totals["facility_energy_kwh"]
         op = totals["operational_grams"]
         overall = _stats(pooled) or {"min": None, "mean": None, "max": None}
@@ -398,6 +403,7 @@ class Report:
             "zones": sorted({s["grid_zone"] for s in series}),
             "providers": sorted({s["provider"] for s in series}),
             "kinds": sorted({s["kind"] for s in series}),
+            "bases": sorted({s["basis"] for s in series}),
             "series": series,
         }
 
@@ -690,6 +696,19 @@ class Report:
 
 def labelset_of(result: dict) -> LabelSet:
     return tuple(sorted(result["metric"].items()))
+
+
+def _models(rows: list[dict], targets: list[Target]) -> list[dict]:
+    """carbon_model_info over the window: which model produced the modelled energy, how."""
+    out = []
+    for row in rows:
+        labels = row["metric"]
+        if (labels.get("job", ""), labels.get("instance", "")) not in targets:
+            continue
+        out.append({"instance": labels.get("instance", ""),
+                    "collector": labels.get("collector", ""),
+                    "method": labels.get("method", ""), "basis": labels.get("basis", "")})
+    return sorted(out, key=lambda m: (m["instance"], m["collector"], m["method"], m["basis"]))
 
 
 def _by_target(series: dict[LabelSet, Points]) -> dict[Target, Points]:
