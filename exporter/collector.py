@@ -74,6 +74,14 @@ class SnapshotCollector(Collector):
         yield power
         yield emissions
 
+        peak, budget = family(metrics.POWER_PEAK), family(metrics.POWER_BUDGET)
+        for component, device, source, watts in snap.peaks:
+            peak.add_metric([component, device, source], watts)
+        for scope, device, watts in snap.budgets:
+            budget.add_metric([scope, device], watts)
+        yield peak
+        yield budget
+
         rate = family(metrics.EMISSIONS_RATE)
         if snap.grams_per_second is not None:
             rate.add_metric(["operational"], snap.grams_per_second)

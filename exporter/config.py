@@ -73,12 +73,24 @@ class Setting:
             return {"type": ["number", "string"]}
         if self.kind == "providers":  # checked in depth by the parse hook
             return {"type": ["array", "string", "null"]}
+        if self.kind == "budget":
+            return _BUDGET_SCHEMA
         number: dict[str, Any] = {"type": ["integer" if self.kind == "int" else "number", "null"]}
         if self.minimum is not None:
             number["minimum"] = self.minimum
         if self.above is not None:
             number["exclusiveMinimum"] = self.above
         return number
+
+
+_WATTS: dict[str, Any] = {"type": "number", "exclusiveMinimum": 0}
+# power.budget_watts: a number (the node), or {node: W, gpu: W (each GPU) | {gpu-0: W, ...}}
+_BUDGET_SCHEMA: dict[str, Any] = {"oneOf": [
+    {"type": ["number", "null"], "exclusiveMinimum": 0},
+    {"type": "object", "additionalProperties": False, "properties": {
+        "node": _WATTS,
+        "gpu": {"oneOf": [_WATTS, {"type": "object", "additionalProperties": _WATTS}]}}},
+]}
 
 
 def _s(key: str, kind: str, default: Any, help: str, **options: Any) -> Any:
@@ -165,6 +177,16 @@ class Config:
         "Read RAPL energy counters at most this often (e.g. 1s), whatever --sample.interval, "
         "to bound the energy resolution scrapers see (Platypus side channel). 0s: every "
         "sample.", minimum=0, reloadable=True)
+    power_peak_window: float = _s(
+        "power.peak_window", "duration", "1m",
+        "carbon_power_peak_watts is the highest per-sample power over this window (at least "
+        "--sample.interval; make it at least the scrape interval so no burst falls between "
+        "scrapes).")
+    power_budget_watts: float | dict[str, Any] | None = _s(
+        "power.budget_watts", "budget", None,
+        "Power budget exported as carbon_power_budget_watts for the CarbonPowerAboveBudget "
+        "alert: watts for the node; in the config file also {node: W, gpu: W} (each GPU) or "
+        "{node: W, gpu: {gpu-0: W, ...}}.", reloadable=True)
     carbon_zone: str | None = _s(
         "carbon.zone", "str", None,
         "Grid zone: an ISO 3166-1 alpha-2 country code (DE), a provider's zone id "
@@ -300,6 +322,9 @@ class Config:
     config_file: str | None = None  # --config.file, not a setting of its own
 
     def __post_init__(self) -> None:
+        if self.power_peak_window < self.sample_interval:
+            raise ConfigError(f"power.peak_window ({self.power_peak_window:g}s) must be at least "
+                              f"sample.interval ({self.sample_interval:g}s)")
         if self.cpu_model_idle_watts is not None and self.cpu_model_max_watts is not None:
             if self.cpu_model_max_watts < self.cpu_model_idle_watts:
                 raise ConfigError("cpu_model.max_watts must be at least cpu_model.idle_watts")
@@ -422,7 +447,7 @@ def _coerce_env(setting: Setting, raw: str) -> Any:
         if lowered in ("0", "false", "no", "off"):
             return False
         raise ConfigError(f"{origin}: {raw!r} is not a boolean (true/false)")
-    if setting.kind == "float":
+    if setting.kind in ("float", "budget"):
         try:
             return float(raw)
         except ValueError:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Callable, Sequence, cast
 
 from exporter.carbon import Intensity
 from exporter.ledger import Ledger, Reading, grams_per_joule
+from exporter.peak import PeakTracker, budgets
 from exporter.sources import (
     ERROR, GPU_INFO, MEASURED, MODEL, OBSERVER, GpuInfo, Source, SourceResult, Status,
 )
@@ -74,6 +75,8 @@ class Snapshot:
     embodied: tuple[tuple[str, str, float], ...] = ()  # (component, device, grams)
     embodied_grams_per_second: float | None = None
     grid: GridState | None = None  # the provider chain's forecast, index, provider states
+    peaks: tuple[tuple[str, str, str, float], ...] = ()  # (component, device, source, watts)
+    budgets: tuple[tuple[str, str, float], ...] = ()  # (scope, device, watts)
 
 
 @dataclass(slots=True)
@@ -167,8 +170,11 @@ _ROLE_ORDER = {MEASURED: 0, OBSERVER: 1, MODEL: 2}
 
 class Sampler:
     def __init__(self, sources: Sequence[Source], interval: float, intensity: Intensity,
-                 pue: float, clock: Callable[[], float] = time.monotonic) -> None:
+                 pue: float, clock: Callable[[], float] = time.monotonic,
+                 peak_window: float = 60.0) -> None:
         self.interval = interval
+        self.peaks = PeakTracker(max(peak_window, interval))
+        self.power_budget: object = None  # the power.budget_watts setting, set by the daemon
         self.intensity = intensity
         self.pue = pue
         self.clock = clock
@@ -266,6 +272,11 @@ class Sampler:
         self.last_cycle_at = now
         self.cycles += 1
         tracks = self.ledger.tracks.values()
+        for t in tracks:
+            if t.component and t.present:
+                self.peaks.observe((t.component, t.device, t.source), t.last_at, t.watts)
+        # the peak window ends at the newest reading, on the readings' own (monotonic) clock
+        newest = max((t.last_at for t in tracks if t.component), default=None)
         self.snapshot = Snapshot(
             timestamp=time.time(),
             energy=tuple(EnergySeries(t.component, t.device, t.source, t.joules, t.watts, t.grams)
@@ -285,6 +296,8 @@ class Sampler:
             if self.embodied is not None else (),
             embodied_grams_per_second=embodied_rate,
             grid=self.grid,
+            peaks=self.peaks.peaks(newest) if newest is not None else (),
+            budgets=budgets(self.power_budget, (g.device for g in self.gpus)),
         )
         for listener in self.listeners:
             try:

@@ -40,6 +40,7 @@ class Node:
         self.exporter = ExporterProcess(tmp, [
             f"--path.sysfs={self.tree.sysfs}", f"--path.procfs={self.procfs.procfs}",
             "--sample.interval=100ms", "--carbon.intensity=300", "--carbon.pue=1.2",
+            "--power.budget-watts=2000",  # renders carbon_power_budget_watts
         ], fake_nvml_state=self.gpu_state)
 
     @property
