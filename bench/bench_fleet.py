@@ -142,7 +142,7 @@ def main() -> int:
                     answered += 1
                 else:
                     empty.append(item.origin)
-            wait_for(lambda: store.query("count(instance:carbon_energy_kilowatt_hours:increase1h)"),
+            wait_for(lambda: store.query("count(instance:carbon_energy_joules:increase1h)"),
                      60, "the long-term series in the store")
             time.sleep(2)
             store_rss = store.memory_bytes()

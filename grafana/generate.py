@@ -670,7 +670,7 @@ def cluster_dashboard() -> db.Dashboard:
                          " * $__range_s / 1000", instant=True), w=6, decimals=1))
     d = d.with_panel(P.timeseries(
         "Daily energy per node", "kWh per node per day (the one-day rule at each day's end).",
-        KWH, query(f"instance:carbon_energy_kilowatt_hours:increase1d{s}", "{{instance}}",
+        KWH, query(f"instance:carbon_energy_joules:increase1d{s} / 3.6e6", "{{instance}}",
                    interval="1d"), w=12, bars=True, calcs=("sum", "mean")))
     d = d.with_panel(P.timeseries(
         "Daily emissions per namespace", "Attributed gCO2e per namespace per day.",

@@ -80,7 +80,7 @@ def test_small_fleet_series_budget_rules_dashboards_and_store(tmp_path):
         assert not empty, empty
         # the store gets every node's long-term series, and only long-term series
         wait_for(lambda: {r["metric"]["instance"] for r in store.query(
-            "instance:carbon_energy_kilowatt_hours:increase1h")} == set(fleet.targets), 30,
+            "instance:carbon_energy_joules:increase1h")} == set(fleet.targets), 30,
             "every node's long-term series in the store")
         assert all(keep.fullmatch(name) for name in store.names())
     finally:
