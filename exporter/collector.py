@@ -89,6 +89,14 @@ class SnapshotCollector(Collector):
             rate.add_metric(["embodied"], snap.embodied_grams_per_second)
         yield rate
 
+        meter, meter_power = family(metrics.PLATFORM_ENERGY), family(metrics.PLATFORM_POWER)
+        for device, source, joules, meter_watts in snap.platform:
+            meter.add_metric([device, source], joules)
+            if meter_watts is not None:
+                meter_power.add_metric([device, source], meter_watts)
+        yield meter
+        yield meter_power
+
         domains = family(metrics.RAPL_DOMAIN_ENERGY)
         for domain, device, joules in snap.rapl_domains:
             domains.add_metric([domain, device], joules)

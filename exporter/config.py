@@ -115,6 +115,11 @@ def _check_listen_address(value: Any) -> None:
     split_listen_address(str(value))
 
 
+def _check_url(value: Any) -> None:
+    if value is not None and not str(value).startswith(("https://", "http://")):
+        raise ValueError(f"{value!r} is not an http(s) URL")
+
+
 def _check_path(value: Any) -> None:
     if not str(value).startswith("/"):
         raise ValueError(f"{value!r} must start with /")
@@ -164,7 +169,8 @@ class Config:
         "Leave the exporter's own metrics out of /metrics: process_*, python_* and "
         "carbon_exporter_http_* (as node_exporter's flag of that name).")
     path_sysfs: str = _s(
-        "path.sysfs", "str", "/sys", "sysfs mount point (RAPL under class/powercap).")
+        "path.sysfs", "str", "/sys",
+        "sysfs mount point (RAPL under class/powercap, power meters under class/hwmon).")
     path_procfs: str = _s(
         "path.procfs", "str", "/proc", "procfs mount point (CPU times, memory size).")
     sample_interval: float = _s(
@@ -177,6 +183,38 @@ class Config:
         "Read RAPL energy counters at most this often (e.g. 1s), whatever --sample.interval, "
         "to bound the energy resolution scrapers see (Platypus side channel). 0s: every "
         "sample.", minimum=0, reloadable=True)
+    redfish_url: str | None = _s(
+        "redfish.url", "str", None,
+        "Base URL of this node's BMC for the redfish collector (https://10.0.0.5); unset: "
+        "the collector reports absent.", check=_check_url)
+    redfish_username_file: str | None = _s(
+        "redfish.username_file", "str", None, "File holding the BMC user name.")
+    redfish_username_env: str | None = _s(
+        "redfish.username_env", "str", None,
+        "Environment variable holding the BMC user name (default: "
+        "CARBON_EXPORTER_REDFISH_USERNAME).")
+    redfish_password_file: str | None = _s(
+        "redfish.password_file", "str", None, "File holding the BMC password.")
+    redfish_password_env: str | None = _s(
+        "redfish.password_env", "str", None,
+        "Environment variable holding the BMC password (default: "
+        "CARBON_EXPORTER_REDFISH_PASSWORD).")
+    redfish_ca_file: str | None = _s(
+        "redfish.ca_file", "str", None,
+        "CA bundle that signs the BMC's certificate (default: the system's).")
+    redfish_insecure_skip_verify: bool = _s(
+        "redfish.insecure_skip_verify", "bool", False,
+        "Do not verify the BMC's TLS certificate (self-signed BMC certificates).")
+    redfish_timeout: float = _s(
+        "redfish.timeout", "duration", "10s", "Timeout of one Redfish request.")
+    redfish_poll_interval: float = _s(
+        "redfish.poll_interval", "duration", "15s",
+        "How often the BMC is asked for chassis power (its own timer, doubled per failure "
+        "up to 10m); the last value stands for the node between polls.")
+    redfish_chassis: str | None = _s(
+        "redfish.chassis", "str", None,
+        "Chassis id whose power is the node's (default: the first chassis that reports "
+        "power).")
     power_peak_window: float = _s(
         "power.peak_window", "duration", "1m",
         "carbon_power_peak_watts is the highest per-sample power over this window (at least "

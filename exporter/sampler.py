@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Sequence, cast
 
 from exporter.carbon import Intensity
-from exporter.ledger import Ledger, Reading, grams_per_joule
+from exporter.ledger import PLATFORM, Ledger, Reading, grams_per_joule
 from exporter.peak import PeakTracker, budgets
 from exporter.sources import (
     ERROR, GPU_INFO, MEASURED, MODEL, OBSERVER, GpuInfo, Source, SourceResult, Status,
@@ -63,6 +63,8 @@ class Snapshot:
     timestamp: float | None  # unix time of the cycle; None before the first one
     energy: tuple[EnergySeries, ...] = ()
     rapl_domains: tuple[tuple[str, str, float], ...] = ()  # (domain, device, joules)
+    # whole-node meters as read, (device, source, joules, watts): never summed with `energy`
+    platform: tuple[tuple[str, str, float, float | None], ...] = ()
     gpus: tuple[GpuInfo, ...] = ()
     intensity: Intensity | None = None
     intensity_age: float = 0.0  # seconds, at the time of the snapshot
@@ -281,7 +283,10 @@ class Sampler:
             timestamp=time.time(),
             energy=tuple(EnergySeries(t.component, t.device, t.source, t.joules, t.watts, t.grams)
                          for t in tracks if t.component),
-            rapl_domains=tuple((t.domain, t.device, t.joules) for t in tracks if t.domain),
+            rapl_domains=tuple((t.domain, t.device, t.joules) for t in tracks
+                               if t.domain and t.domain != PLATFORM),
+            platform=tuple((t.device, t.source, t.joules, t.watts)
+                           for t in self.ledger.platform_tracks()),
             gpus=self.gpus,
             intensity=intensity,
             intensity_age=intensity.age(),

@@ -331,6 +331,7 @@ def node_dashboard() -> db.Dashboard:
     P = Panels()
     s = selector()
     gpu = selector('component="gpu"')
+    node_budget = selector('scope="node"')
     d = (
         base_dashboard(
             "Carbon / Node", UID_NODE,
@@ -373,6 +374,16 @@ def node_dashboard() -> db.Dashboard:
         "Power by device", "Live power per top-level device and the source it comes from.",
         WATT, query(f"sum by (component, device, source) (carbon_power_watts{s})",
                     "{{component}} {{device}} ({{source}})")))
+    d = d.with_panel(P.timeseries(
+        "Peak power and budget", "The highest 1 s sample of the last peak window "
+        "(carbon_power_peak_watts, summed over devices: an upper bound of the node's peak) "
+        "against the configured node budget (carbon_power_budget_watts): a burst between two "
+        "scrapes shows here, not in the live power. CarbonPowerAboveBudget fires above the budget.",
+        WATT,
+        query(f"sum(max_over_time(carbon_power_peak_watts{s}[$__interval]))", "peak", ref="A"),
+        query(f"sum(carbon_power_watts{s})", "live", ref="B"),
+        query(f"max(carbon_power_budget_watts{node_budget})", "budget", ref="C"),
+        min_zero=True))
     d = d.with_panel(P.timeseries(
         "Average power from energy counters", "rate() of the energy counters: exact average power "
         "between two points, smoother than the live gauge.",
