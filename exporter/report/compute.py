@@ -25,8 +25,9 @@ from exporter.report.promapi import LabelSet, PromClient, quote, regex_alternati
 SCHEMA_VERSION = "1.0"
 
 # Where the exporter's energy comes from (the `source` label) and how much to trust it.
-SOURCE_CATEGORY = {"rapl": "counter", "nvml": "counter", "power_sample": "sampled_power",
-                   "model": "model"}
+SOURCE_CATEGORY = {"rapl": "counter", "nvml": "counter", "hwmon": "counter",
+                   "power_sample": "sampled_power", "model": "model",
+                   "platform_remainder": "platform_remainder"}
 # collector_up reasons that mean "tried and failed"; absent/superseded are not failures.
 FAILURE_REASONS = ("error", "permission")
 # carbon_grid_provider_up reasons that are not failures (not_yet: no fetch attempted yet).
@@ -453,6 +454,10 @@ class Report:
         return {
             "energy_basis": "nodes of the selected workloads" if self.req.workload
             else "selection",
+            # a platform meter's remainder in the energy: the totals are the meter's
+            "totals_basis": "platform_meter" if "platform_remainder" in by_source
+            else "components",
+            "platform_remainder_share": shares["platform_remainder"],
             "sources": sources,
             "counter_share": shares["counter"],
             "sampled_power_share": shares["sampled_power"],
@@ -790,7 +795,11 @@ def methodology(req: Request, build_info: list[dict], observed: dict) -> dict:
             "held until the next sample). Effective intensity = operational gCO2e / facility "
             "kWh, i.e. weighted by when the energy was used.",
             "Data quality: counter share = energy with source rapl or nvml; sampled power = "
-            "source power_sample (power readings integrated); model = source model. A scrape "
+            "source power_sample (power readings integrated); model = source model; platform "
+            "remainder = source platform_remainder, what a platform meter (ACPI power meter, "
+            "BMC) measured beyond the components. Totals basis: platform_meter when that "
+            "remainder is present (the node totals are the meter's), else components (CPU, "
+            "DRAM, GPU only: fans, disks, NICs and power-supply losses are not in them). A scrape "
             f"gap is two consecutive samples more than {GAP_FACTOR:g}x the median scrape "
             f"interval apart, or a start or end of the window that far from the nearest "
             f"sample. A collector failure is {names.COLLECTOR_UP} = 0 with reason "
