@@ -353,7 +353,7 @@ def node_dashboard() -> db.Dashboard:
     d = d.with_panel(P.stat(
         "Grid intensity in force", "Carbon intensity the exporter applies now, with its zone and provider.",
         GRAMS_PER_KWH,
-        query(f"carbon_grid_intensity_grams_per_kwh{s}", "{{grid_zone}} · {{provider}} ({{kind}})", instant=True),
+        query(f"carbon_grid_intensity_grams_per_kwh{s}", "{{grid_zone}} · {{provider}} ({{kind}}, {{basis}})", instant=True),
         text_mode=cm.BigValueTextMode.VALUE_AND_NAME, steps=((None, "green"), (300, "yellow"), (600, "red"))))
     d = d.with_panel(P.stat(
         "PUE", "Facility overhead multiplier applied to operational emissions.",
@@ -415,7 +415,7 @@ def node_dashboard() -> db.Dashboard:
         stacked=True, calcs=("lastNotNull",)))
     d = d.with_panel(P.timeseries(
         "Grid intensity in force", "gCO2e per kWh applied at each moment, with zone, provider and kind.",
-        GRAMS_PER_KWH, query(f"carbon_grid_intensity_grams_per_kwh{s}", "{{grid_zone}} · {{provider}} ({{kind}})"),
+        GRAMS_PER_KWH, query(f"carbon_grid_intensity_grams_per_kwh{s}", "{{grid_zone}} · {{provider}} ({{kind}}, {{basis}})"),
         calcs=("mean", "min", "max")))
     d = d.with_panel(P.timeseries(
         "Grid intensity age", "How old the intensity value in force is; live providers refresh it, "
