@@ -19,14 +19,16 @@ from typing import Any
 from exporter import __version__
 from exporter.carbon import WORLD, grid_dataset
 from exporter.ledger import JOULES_PER_KWH
+from exporter.report import longterm
 from exporter.report import metricnames as names
 from exporter.report.promapi import LabelSet, PromClient, quote, regex_alternatives
 
 SCHEMA_VERSION = "1.0"
 
 # Where the exporter's energy comes from (the `source` label) and how much to trust it.
-SOURCE_CATEGORY = {"rapl": "counter", "nvml": "counter", "power_sample": "sampled_power",
-                   "model": "model"}
+SOURCE_CATEGORY = {"rapl": "counter", "nvml": "counter", "hwmon": "counter",
+                   "power_sample": "sampled_power", "model": "model", "longterm": "longterm",
+                   "platform_remainder": "platform_remainder"}
 # collector_up reasons that mean "tried and failed"; absent/superseded are not failures.
 FAILURE_REASONS = ("error", "permission")
 # carbon_grid_provider_up reasons that are not failures (not_yet: no fetch attempted yet).
@@ -180,9 +182,19 @@ class Report:
         self.req = request
         self.start, self.end = request.start, request.end
         self.fetch_from = request.start - LOOKBACK_SECONDS
+        self.longterm = False  # the counters were rebuilt from the long-term rules
 
     def raw(self, selector: str) -> dict[LabelSet, Points]:
         return self.client.raw_samples(selector, self.fetch_from, self.end)
+
+    def _longterm(self, sel: str) -> tuple[dict, dict, dict | None]:
+        """(energy, operational, embodied) counters rebuilt from the long-term rules."""
+        if self.req.workload:
+            energy, operational = longterm.workload_series(self.raw, sel, self.req.matchers)
+            return ({k: v for k, v in energy.items() if v[-1][0] > self.start},
+                    operational, None)
+        energy, operational, embodied = longterm.node_series(self.raw, sel)
+        return {k: v for k, v in energy.items() if v[-1][0] > self.start}, operational, embodied
 
     def build(self) -> dict:
         req = self.req
@@ -191,21 +203,29 @@ class Report:
                               f"--to {rfc3339(self.end)}")
         sel = ", ".join(req.matchers)
         energy_metric = names.WORKLOAD_ENERGY if req.workload else names.ENERGY
-        # Raw-sample selectors below: 8 for a workload, 10 for nodes; then 2 instant queries
+        # Raw-sample selectors below: 8 for a workload, 10 for nodes; then 3 instant queries
         # and the intensity chart's range query.
         self.client.start_progress(self.client.expected_calls(
-            self.fetch_from, self.end, 8 if req.workload else 10, 3))
+            self.fetch_from, self.end, 8 if req.workload else 10, 4))
         try:
             # A series seen only before FROM (its baseline) used no energy in the window.
             energy = {k: v for k, v in self.raw(f"{energy_metric}{{{sel}}}").items()
                       if v[-1][0] > self.start}
+            # A long-term store keeps only the coarse rules: rebuild the counters from them.
+            self.longterm = not energy
+            if self.longterm:
+                energy, lt_operational, lt_embodied = self._longterm(sel)
             if not energy:
                 raise ReportError(f"selector {req.selector} matches no {energy_metric} series "
                                   f"between {rfc3339(self.start)} and {rfc3339(self.end)}")
             targets = sorted({_target(k) for k in energy})
             tsel = (f'job=~{quote(regex_alternatives(j for j, _ in targets))}, '
                     f'instance=~{quote(regex_alternatives(i for _, i in targets))}')
-            if req.workload:
+            if self.longterm:
+                operational, embodied = lt_operational, lt_embodied
+                node_energy = (longterm.node_series(self.raw, tsel)[0] if req.workload
+                               else energy)
+            elif req.workload:
                 operational = self.raw(f"{names.WORKLOAD_EMISSIONS}{{{sel}}}")
                 embodied = None
                 node_energy = self.raw(f"{names.ENERGY}{{{tsel}}}")
@@ -219,11 +239,15 @@ class Report:
             collector_up = self.raw(f"{names.COLLECTOR_UP}{{{tsel}}}")
             provider_up = self.raw(f"{names.PROVIDER_UP}{{{tsel}}}")
             workloads = (energy, operational) if req.workload else (
-                self.raw(f"{names.WORKLOAD_ENERGY}{{{tsel}}}"),
-                self.raw(f"{names.WORKLOAD_EMISSIONS}{{{tsel}}}"))
+                ({}, {}) if self.longterm else
+                (self.raw(f"{names.WORKLOAD_ENERGY}{{{tsel}}}"),
+                 self.raw(f"{names.WORKLOAD_EMISSIONS}{{{tsel}}}")))
             forecast = self.client.query(f"{names.FORECAST_MIN}{{{tsel}}}", self.end)
             build_info = self.client.query(f"max_over_time({names.BUILD_INFO}{{{tsel}}}"
                                            f"[{int(self.end - self.fetch_from)}s])", self.end)
+            # how each modelled series was obtained, over the window
+            models = self.client.query(f"max_over_time({names.MODEL_INFO}{{{tsel}}}"
+                                       f"[{int(self.end - self.fetch_from)}s])", self.end)
             bucket = req.bucket_seconds or _nice_bucket(self.end - self.start)
             step = max(bucket, 1.0)
             intensity_chart = self.client.query_range(
@@ -258,6 +282,8 @@ class Report:
 
         facility = self._facility_joules()
         totals = self._totals(facility)
+        if self.longterm:
+            totals["notes"].append(longterm.NOTE)
         document = {
             "schema_version": SCHEMA_VERSION,
             "generated_at": rfc3339(round(time.time())),
@@ -270,7 +296,8 @@ class Report:
             "totals": totals,
             "breakdown": self._breakdown(*workloads),
             "intensity": self._intensity(totals, facility),
-            "data_quality": self._quality(node_energy, collector_up, provider_up, age),
+            "data_quality": {**self._quality(node_energy, collector_up, provider_up, age),
+                             "models": _models(models, targets)},
             "what_if": self._what_if(totals, facility, forecast),
             "methodology": methodology(req, build_info, self._observed_settings()),
             "series": self._series(intensity_chart),
@@ -385,7 +412,8 @@ class Report:
             series.append({"instance": labels.get("instance", ""),
                            "grid_zone": labels.get("grid_zone", ""),
                            "provider": labels.get("provider", ""),
-                           "kind": labels.get("kind", ""), **stats})
+                           "kind": labels.get("kind", ""),
+                           "basis": labels.get("basis", "unknown"), **stats})
         facility_kwh = totals["facility_energy_kwh"]
         op = totals["operational_grams"]
         overall = _stats(pooled) or {"min": None, "mean": None, "max": None}
@@ -398,6 +426,7 @@ class Report:
             "zones": sorted({s["grid_zone"] for s in series}),
             "providers": sorted({s["provider"] for s in series}),
             "kinds": sorted({s["kind"] for s in series}),
+            "bases": sorted({s["basis"] for s in series}),
             "series": series,
         }
 
@@ -447,6 +476,10 @@ class Report:
         return {
             "energy_basis": "nodes of the selected workloads" if self.req.workload
             else "selection",
+            # a platform meter's remainder in the energy: the totals are the meter's
+            "totals_basis": "platform_meter" if "platform_remainder" in by_source
+            else "components",
+            "platform_remainder_share": shares["platform_remainder"],
             "sources": sources,
             "counter_share": shares["counter"],
             "sampled_power_share": shares["sampled_power"],
@@ -692,6 +725,19 @@ def labelset_of(result: dict) -> LabelSet:
     return tuple(sorted(result["metric"].items()))
 
 
+def _models(rows: list[dict], targets: list[Target]) -> list[dict]:
+    """carbon_model_info over the window: which model produced the modelled energy, how."""
+    out = []
+    for row in rows:
+        labels = row["metric"]
+        if (labels.get("job", ""), labels.get("instance", "")) not in targets:
+            continue
+        out.append({"instance": labels.get("instance", ""),
+                    "collector": labels.get("collector", ""),
+                    "method": labels.get("method", ""), "basis": labels.get("basis", "")})
+    return sorted(out, key=lambda m: (m["instance"], m["collector"], m["method"], m["basis"]))
+
+
 def _by_target(series: dict[LabelSet, Points]) -> dict[Target, Points]:
     out: dict[Target, Points] = defaultdict(list)
     for key, points in series.items():
@@ -771,7 +817,11 @@ def methodology(req: Request, build_info: list[dict], observed: dict) -> dict:
             "held until the next sample). Effective intensity = operational gCO2e / facility "
             "kWh, i.e. weighted by when the energy was used.",
             "Data quality: counter share = energy with source rapl or nvml; sampled power = "
-            "source power_sample (power readings integrated); model = source model. A scrape "
+            "source power_sample (power readings integrated); model = source model; platform "
+            "remainder = source platform_remainder, what a platform meter (ACPI power meter, "
+            "BMC) measured beyond the components. Totals basis: platform_meter when that "
+            "remainder is present (the node totals are the meter's), else components (CPU, "
+            "DRAM, GPU only: fans, disks, NICs and power-supply losses are not in them). A scrape "
             f"gap is two consecutive samples more than {GAP_FACTOR:g}x the median scrape "
             f"interval apart, or a start or end of the window that far from the nearest "
             f"sample. A collector failure is {names.COLLECTOR_UP} = 0 with reason "
