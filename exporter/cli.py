@@ -61,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "energy and CO2e emissions. Every flag also reads from the environment "
                     "variable shown, and from the same key in --config.file; flags win. "
                     "`carbon-exporter report --help`: the footprint report from Prometheus "
-                    "history.",
+                    "history. `carbon-exporter run|compare|lifecycle --help`: energy and "
+                    "gCO2e per ML run, A/B comparisons, a model's life-cycle footprint.",
     )
     parser.add_argument("--version", action=VersionAction, nargs=0,
                         help="Print the version, revision and build date, and exit.")
