@@ -10,8 +10,11 @@ namespace and workload_job, and so do the dashboard queries built on long-term s
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
+import subprocess
+import sys
 import time
 
 import pytest
@@ -148,6 +151,19 @@ def test_remote_write_sends_the_long_term_series_and_the_store_answers_alone(tmp
                      "sum by (namespace) (namespace:carbon_workload_energy_joules:rate1h)",
                      "sum by (workload_job) (workload_job:carbon_workload_energy_joules:rate1h)"):
             assert store.query(expr), expr
+        # `carbon-exporter report` pointed at the store answers from the long-term rules
+        gpu_node = next(f"127.0.0.1:{n.exporter.port}" for n in fleet.nodes if n.kind == "gpu")
+        for what in (["--node", gpu_node], ["--namespace", "ml"],
+                     ["--workload-job", "slurm-1000"]):
+            done = subprocess.run(
+                [sys.executable, "-m", "exporter", "report", "--prometheus", store.url,
+                 *what, "--from", "10m", "--format", "json"],
+                capture_output=True, text=True, timeout=120, cwd=ROOT)
+            assert done.returncode == 0, (what, done.stderr)
+            report = json.loads(done.stdout)
+            assert report["totals"]["energy_kwh"] > 0, what
+            assert report["totals"]["operational_grams"] > 0, what
+            assert any("long-term recording rules" in n for n in report["totals"]["notes"])
         # every dashboard query built only on long-term series answers from the store
         checked = 0
         for item in all_promql_expressions():
