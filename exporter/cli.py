@@ -150,7 +150,7 @@ class Daemon:
         self.intensity = static_intensity(config)
         self.security = WebSecurity(config.web_config_file)
         self.sampler = Sampler(build_sources(config), config.sample_interval, self.intensity,
-                               config.carbon_pue)
+                               config.carbon_pue, takeover=config.sample_model_takeover)
         self.sampler.embodied = Embodied(config)
         self.chain = Chain.from_config(config, self._publish_grid)
         self.live = SelfMetrics(not config.web_disable_exporter_metrics)
