@@ -25,8 +25,9 @@ from exporter.report.promapi import LabelSet, PromClient, quote, regex_alternati
 SCHEMA_VERSION = "1.0"
 
 # Where the exporter's energy comes from (the `source` label) and how much to trust it.
-SOURCE_CATEGORY = {"rapl": "counter", "nvml": "counter", "power_sample": "sampled_power",
-                   "model": "model"}
+SOURCE_CATEGORY = {"rapl": "counter", "nvml": "counter", "hwmon": "counter",
+                   "power_sample": "sampled_power", "model": "model",
+                   "platform_remainder": "platform_remainder"}
 # collector_up reasons that mean "tried and failed"; absent/superseded are not failures.
 FAILURE_REASONS = ("error", "permission")
 # carbon_grid_provider_up reasons that are not failures (not_yet: no fetch attempted yet).
@@ -191,10 +192,10 @@ class Report:
                               f"--to {rfc3339(self.end)}")
         sel = ", ".join(req.matchers)
         energy_metric = names.WORKLOAD_ENERGY if req.workload else names.ENERGY
-        # Raw-sample selectors below: 8 for a workload, 10 for nodes; then 2 instant queries
+        # Raw-sample selectors below: 8 for a workload, 10 for nodes; then 3 instant queries
         # and the intensity chart's range query.
         self.client.start_progress(self.client.expected_calls(
-            self.fetch_from, self.end, 8 if req.workload else 10, 3))
+            self.fetch_from, self.end, 8 if req.workload else 10, 4))
         try:
             # A series seen only before FROM (its baseline) used no energy in the window.
             energy = {k: v for k, v in self.raw(f"{energy_metric}{{{sel}}}").items()
@@ -224,6 +225,9 @@ class Report:
             forecast = self.client.query(f"{names.FORECAST_MIN}{{{tsel}}}", self.end)
             build_info = self.client.query(f"max_over_time({names.BUILD_INFO}{{{tsel}}}"
                                            f"[{int(self.end - self.fetch_from)}s])", self.end)
+            # how each modelled series was obtained, over the window
+            models = self.client.query(f"max_over_time({names.MODEL_INFO}{{{tsel}}}"
+                                       f"[{int(self.end - self.fetch_from)}s])", self.end)
             bucket = req.bucket_seconds or _nice_bucket(self.end - self.start)
             step = max(bucket, 1.0)
             intensity_chart = self.client.query_range(
@@ -270,7 +274,8 @@ class Report:
             "totals": totals,
             "breakdown": self._breakdown(*workloads),
             "intensity": self._intensity(totals, facility),
-            "data_quality": self._quality(node_energy, collector_up, provider_up, age),
+            "data_quality": {**self._quality(node_energy, collector_up, provider_up, age),
+                             "models": _models(models, targets)},
             "what_if": self._what_if(totals, facility, forecast),
             "methodology": methodology(req, build_info, self._observed_settings()),
             "series": self._series(intensity_chart),
@@ -385,7 +390,8 @@ class Report:
             series.append({"instance": labels.get("instance", ""),
                            "grid_zone": labels.get("grid_zone", ""),
                            "provider": labels.get("provider", ""),
-                           "kind": labels.get("kind", ""), **stats})
+                           "kind": labels.get("kind", ""),
+                           "basis": labels.get("basis", "unknown"), **stats})
         facility_kwh = totals["facility_energy_kwh"]
         op = totals["operational_grams"]
         overall = _stats(pooled) or {"min": None, "mean": None, "max": None}
@@ -398,6 +404,7 @@ class Report:
             "zones": sorted({s["grid_zone"] for s in series}),
             "providers": sorted({s["provider"] for s in series}),
             "kinds": sorted({s["kind"] for s in series}),
+            "bases": sorted({s["basis"] for s in series}),
             "series": series,
         }
 
@@ -447,6 +454,10 @@ class Report:
         return {
             "energy_basis": "nodes of the selected workloads" if self.req.workload
             else "selection",
+            # a platform meter's remainder in the energy: the totals are the meter's
+            "totals_basis": "platform_meter" if "platform_remainder" in by_source
+            else "components",
+            "platform_remainder_share": shares["platform_remainder"],
             "sources": sources,
             "counter_share": shares["counter"],
             "sampled_power_share": shares["sampled_power"],
@@ -692,6 +703,19 @@ def labelset_of(result: dict) -> LabelSet:
     return tuple(sorted(result["metric"].items()))
 
 
+def _models(rows: list[dict], targets: list[Target]) -> list[dict]:
+    """carbon_model_info over the window: which model produced the modelled energy, how."""
+    out = []
+    for row in rows:
+        labels = row["metric"]
+        if (labels.get("job", ""), labels.get("instance", "")) not in targets:
+            continue
+        out.append({"instance": labels.get("instance", ""),
+                    "collector": labels.get("collector", ""),
+                    "method": labels.get("method", ""), "basis": labels.get("basis", "")})
+    return sorted(out, key=lambda m: (m["instance"], m["collector"], m["method"], m["basis"]))
+
+
 def _by_target(series: dict[LabelSet, Points]) -> dict[Target, Points]:
     out: dict[Target, Points] = defaultdict(list)
     for key, points in series.items():
@@ -771,7 +795,11 @@ def methodology(req: Request, build_info: list[dict], observed: dict) -> dict:
             "held until the next sample). Effective intensity = operational gCO2e / facility "
             "kWh, i.e. weighted by when the energy was used.",
             "Data quality: counter share = energy with source rapl or nvml; sampled power = "
-            "source power_sample (power readings integrated); model = source model. A scrape "
+            "source power_sample (power readings integrated); model = source model; platform "
+            "remainder = source platform_remainder, what a platform meter (ACPI power meter, "
+            "BMC) measured beyond the components. Totals basis: platform_meter when that "
+            "remainder is present (the node totals are the meter's), else components (CPU, "
+            "DRAM, GPU only: fans, disks, NICs and power-supply losses are not in them). A scrape "
             f"gap is two consecutive samples more than {GAP_FACTOR:g}x the median scrape "
             f"interval apart, or a start or end of the window that far from the nearest "
             f"sample. A collector failure is {names.COLLECTOR_UP} = 0 with reason "

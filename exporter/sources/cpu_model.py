@@ -330,7 +330,8 @@ class CpuModelSource(Source):
             if not self.counting:  # taking over: count from where RAPL was last read
                 readings.append(self._reading(previous[0], baseline=True))
             spent = total - previous[2]
-            self.utilisation = min(1.0, max(0.0, (busy - previous[1]) / spent)) if spent > 0 else 0.0
+            busy_share = (busy - previous[1]) / spent if spent > 0 else 0.0
+            self.utilisation = min(1.0, max(0.0, busy_share))
             self.joules += power.at(self.utilisation) * max(0.0, at - previous[0])
         readings.append(self._reading(at, baseline=previous is None))
         self.counting = not measured  # handing back: this reading was the model's last
