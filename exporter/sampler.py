@@ -28,7 +28,7 @@ from exporter.carbon import Intensity
 from exporter.ledger import PLATFORM, Ledger, Reading, grams_per_joule
 from exporter.peak import PeakTracker, budgets
 from exporter.sources import (
-    ERROR, GPU_INFO, MEASURED, MODEL, OBSERVER, OK, SUPERSEDED, Covered, GpuInfo, Source,
+    ERROR, GPU_INFO, MEASURED, MODEL, OBSERVER, SUPERSEDED, Covered, GpuInfo, Source,
     SourceResult, Status,
 )
 
@@ -208,7 +208,8 @@ class Sampler:
         self.lanes = [_Lane(name, ThreadPoolExecutor(1, thread_name_prefix=f"collector-{name}"),
                             [_Worker(s) for s in members]) for name, members in lanes.items()]
         self._seen: dict[str, float] = {}  # component -> when a measured read last covered it
-        self._modelled: set[str] = set()  # components a model counts since it took over
+        # component -> (where a model began counting it, where it stopped; None: counting)
+        self._modelled: dict[str, tuple[float, float | None]] = {}
         self._coverage_lock = threading.Condition()
         self._gpus: dict[str, tuple[GpuInfo, ...]] = {}  # GPU_INFO source -> its GPUs
         self.gpus: tuple[GpuInfo, ...] = ()
@@ -252,7 +253,6 @@ class Sampler:
         waiting = [lane.pending for lane in self.lanes if lane.pending is not None]
         if waiting:
             await asyncio.wait(waiting, timeout=self.interval)
-        modelled = frozenset(self._modelled)  # before this cycle: lanes come in any order
         for lane in self.lanes:
             if lane.pending is None:
                 continue
@@ -265,7 +265,7 @@ class Sampler:
             results, lane.pending = lane.pending.result(), None
             for worker, (result, duration) in zip(lane.workers, results):
                 self._record(worker, result, duration)
-                readings.extend(self._handed_back(worker.source, result, modelled))
+                readings.extend(self._handed_back(worker.source, result))
                 if GPU_INFO in worker.source.provides:
                     self._gpus[worker.source.name] = tuple(result.gpus)
                 if worker.source is self.attribution:
@@ -273,21 +273,34 @@ class Sampler:
         self.gpus = tuple(gpu for gpus in self._gpus.values() for gpu in gpus)
         return self._publish(readings, observed)
 
-    def _handed_back(self, source: Source, result: SourceResult,
-                     modelled: frozenset[str]) -> list[Reading]:
-        """The readings to count. A counter back after a model took over its component starts
-        from its first new reading (the model counted the outage, up to this same cycle);
-        and which components a model counts is tracked here."""
+    def _handed_back(self, source: Source, result: SourceResult) -> list[Reading]:
+        """The readings to count, given what models counted. A model's baseline reading marks
+        where it starts counting a component (at a take-over: the counter's last reading);
+        its last reading when it stands aside again, where it stopped. A counter reading whose
+        previous one is older than that start spans the model's time: while the model counts
+        it is a new baseline; after, only its share after the model's stop counts (a zone
+        back a sample after the others)."""
         if source.role == MODEL:
-            if result.status.reason == OK:
-                self._modelled.update(source.components)
-            elif result.status.reason == SUPERSEDED:
-                self._modelled.difference_update(source.components)
+            for reading in result.readings:
+                if not reading.component:
+                    continue
+                if reading.baseline:
+                    self._modelled[reading.component] = (reading.at, None)
+                elif result.status.reason == SUPERSEDED and reading.component in self._modelled:
+                    self._modelled[reading.component] = (
+                        self._modelled[reading.component][0], reading.at)
             return result.readings
-        if source.role != MEASURED or not modelled:
+        if source.role != MEASURED or not self._modelled:
             return result.readings
-        return [dataclasses.replace(r, baseline=True) if r.component in modelled else r
-                for r in result.readings]
+        readings = []
+        for reading in result.readings:
+            span = self._modelled.get(reading.component or "")
+            track = self.ledger.tracks.get(reading.key) if span is not None else None
+            if span is not None and track is not None and track.last_at <= span[0]:
+                reading = (dataclasses.replace(reading, baseline=True) if span[1] is None
+                           else dataclasses.replace(reading, since=span[1]))
+            readings.append(reading)
+        return readings
 
     def _publish(self, readings: list[Reading], observed: SourceResult | None = None) -> Snapshot:
         intensity, pue = self.intensity, self.pue
