@@ -216,6 +216,9 @@ class Sampler:
         self.grid: GridState | None = None  # set by the provider chain, read at each cycle
         self.embodied: Embodied | None = None  # set by the daemon
         self.snapshot = Snapshot(timestamp=None, intensity=intensity, pue=pue)
+        # called with each new snapshot, on the event loop; must be cheap (the landing page's
+        # ring of recent samples)
+        self.listeners: list[Callable[[Snapshot], None]] = []
         self.cycles = 0
         self.last_cycle_at: float | None = None
 
@@ -349,6 +352,11 @@ class Sampler:
             peaks=self.peaks.peaks(newest) if newest is not None else (),
             budgets=budgets(self.power_budget, (g.device for g in self.gpus)),
         )
+        for listener in self.listeners:
+            try:
+                listener(self.snapshot)
+            except Exception:  # a listener bug must not stop sampling
+                log.exception("snapshot listener failed")
         return self.snapshot
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 from exporter import __version__
 from exporter.carbon import WORLD, grid_dataset
 from exporter.ledger import JOULES_PER_KWH
+from exporter.report import longterm
 from exporter.report import metricnames as names
 from exporter.report.promapi import LabelSet, PromClient, quote, regex_alternatives
 
@@ -26,7 +27,7 @@ SCHEMA_VERSION = "1.0"
 
 # Where the exporter's energy comes from (the `source` label) and how much to trust it.
 SOURCE_CATEGORY = {"rapl": "counter", "nvml": "counter", "hwmon": "counter",
-                   "power_sample": "sampled_power", "model": "model",
+                   "power_sample": "sampled_power", "model": "model", "longterm": "longterm",
                    "platform_remainder": "platform_remainder"}
 # collector_up reasons that mean "tried and failed"; absent/superseded are not failures.
 FAILURE_REASONS = ("error", "permission")
@@ -181,9 +182,19 @@ class Report:
         self.req = request
         self.start, self.end = request.start, request.end
         self.fetch_from = request.start - LOOKBACK_SECONDS
+        self.longterm = False  # the counters were rebuilt from the long-term rules
 
     def raw(self, selector: str) -> dict[LabelSet, Points]:
         return self.client.raw_samples(selector, self.fetch_from, self.end)
+
+    def _longterm(self, sel: str) -> tuple[dict, dict, dict | None]:
+        """(energy, operational, embodied) counters rebuilt from the long-term rules."""
+        if self.req.workload:
+            energy, operational = longterm.workload_series(self.raw, sel, self.req.matchers)
+            return ({k: v for k, v in energy.items() if v[-1][0] > self.start},
+                    operational, None)
+        energy, operational, embodied = longterm.node_series(self.raw, sel)
+        return {k: v for k, v in energy.items() if v[-1][0] > self.start}, operational, embodied
 
     def build(self) -> dict:
         req = self.req
@@ -200,13 +211,21 @@ class Report:
             # A series seen only before FROM (its baseline) used no energy in the window.
             energy = {k: v for k, v in self.raw(f"{energy_metric}{{{sel}}}").items()
                       if v[-1][0] > self.start}
+            # A long-term store keeps only the coarse rules: rebuild the counters from them.
+            self.longterm = not energy
+            if self.longterm:
+                energy, lt_operational, lt_embodied = self._longterm(sel)
             if not energy:
                 raise ReportError(f"selector {req.selector} matches no {energy_metric} series "
                                   f"between {rfc3339(self.start)} and {rfc3339(self.end)}")
             targets = sorted({_target(k) for k in energy})
             tsel = (f'job=~{quote(regex_alternatives(j for j, _ in targets))}, '
                     f'instance=~{quote(regex_alternatives(i for _, i in targets))}')
-            if req.workload:
+            if self.longterm:
+                operational, embodied = lt_operational, lt_embodied
+                node_energy = (longterm.node_series(self.raw, tsel)[0] if req.workload
+                               else energy)
+            elif req.workload:
                 operational = self.raw(f"{names.WORKLOAD_EMISSIONS}{{{sel}}}")
                 embodied = None
                 node_energy = self.raw(f"{names.ENERGY}{{{tsel}}}")
@@ -220,8 +239,9 @@ class Report:
             collector_up = self.raw(f"{names.COLLECTOR_UP}{{{tsel}}}")
             provider_up = self.raw(f"{names.PROVIDER_UP}{{{tsel}}}")
             workloads = (energy, operational) if req.workload else (
-                self.raw(f"{names.WORKLOAD_ENERGY}{{{tsel}}}"),
-                self.raw(f"{names.WORKLOAD_EMISSIONS}{{{tsel}}}"))
+                ({}, {}) if self.longterm else
+                (self.raw(f"{names.WORKLOAD_ENERGY}{{{tsel}}}"),
+                 self.raw(f"{names.WORKLOAD_EMISSIONS}{{{tsel}}}")))
             forecast = self.client.query(f"{names.FORECAST_MIN}{{{tsel}}}", self.end)
             build_info = self.client.query(f"max_over_time({names.BUILD_INFO}{{{tsel}}}"
                                            f"[{int(self.end - self.fetch_from)}s])", self.end)
@@ -262,6 +282,8 @@ class Report:
 
         facility = self._facility_joules()
         totals = self._totals(facility)
+        if self.longterm:
+            totals["notes"].append(longterm.NOTE)
         document = {
             "schema_version": SCHEMA_VERSION,
             "generated_at": rfc3339(round(time.time())),
