@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "energy and CO2e emissions. Every flag also reads from the environment "
                     "variable shown, and from the same key in --config.file; flags win. "
                     "`carbon-exporter report --help`: the footprint report from Prometheus "
-                    "history.",
+                    "history. `carbon-exporter estimate-retraining --help`: the cost of "
+                    "retraining for a shift, from its PreIndex and measured runs.",
     )
     parser.add_argument("--version", action="version", version=f"carbon-exporter {__version__}")
     parser.add_argument("--config.file", dest="config_file", metavar="PATH",
@@ -261,6 +262,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The footprint report is a client of Prometheus, not part of the daemon.
         from exporter.report.cli import main as report_main
         return report_main(argv[1:])
+    if argv[:1] == ["estimate-retraining"]:
+        # Reads run records and fits them: no daemon, no numpy.
+        from exporter.retraining.cli import main as retraining_main
+        return retraining_main(argv[1:])
     parser = build_parser()
     args = vars(parser.parse_args(argv))
     config_file = args.pop("config_file", None) or os.environ.get("CARBON_EXPORTER_CONFIG_FILE")
