@@ -16,19 +16,15 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from exporter import __version__
-from exporter.attribution import Attribution
 from exporter.carbon import static_intensity
 from exporter.carbon.embodied import Embodied
 from exporter.carbon.providers.chain import Chain, GridState
 from exporter.carbon.secrets import RedactingFilter
-from exporter.config import SETTINGS, ConfigError, changed_keys, resolve, split_listen_address
+from exporter.config import SETTINGS, Config, changed_keys, resolve, split_listen_address
+from exporter.confutil import ConfigError
 from exporter.sampler import Sampler
 from exporter.server import make_app
-from exporter.sources import Source
-from exporter.sources.cpu_model import CpuModelSource
-from exporter.sources.dram_model import DramModelSource
-from exporter.sources.nvml import NvmlSource
-from exporter.sources.rapl import RaplSource
+from exporter.sources.registry import build_sources
 from exporter.webconfig import WebSecurity
 
 log = logging.getLogger("exporter")
@@ -132,30 +128,14 @@ def setup_logging(level: str, fmt: str) -> None:
 
 # --- wiring ----------------------------------------------------------------------------------
 
-def build_sources(config) -> tuple[list[Source], list[Source]]:
-    measured: list[Source] = []
-    models: list[Source] = []
-    if config.collector_rapl:
-        measured.append(RaplSource(config.path_sysfs, config.rapl_min_interval))
-    if config.collector_nvml:
-        measured.append(NvmlSource())
-    if config.collector_cpu_model:
-        models.append(CpuModelSource(config.path_procfs, config))
-    if config.collector_dram_model:
-        models.append(DramModelSource(config.path_procfs, config))
-    return measured, models
-
-
 class Daemon:
-    def __init__(self, config, flags: dict[str, Any]) -> None:
+    def __init__(self, config: Config, flags: dict[str, Any]) -> None:
         self.config = config
         self.flags = flags
         self.intensity = static_intensity(config)
         self.security = WebSecurity(config.web_config_file, config.web_max_requests)
-        measured, models = build_sources(config)
-        attribution = Attribution(config) if config.collector_attribution else None
-        self.sampler = Sampler(measured, models, config.sample_interval, self.intensity,
-                               config.carbon_pue, attribution)
+        self.sampler = Sampler(build_sources(config), config.sample_interval, self.intensity,
+                               config.carbon_pue)
         self.sampler.embodied = Embodied(config)
         self.chain = Chain.from_config(config, self._publish_grid)
         self._swapping = asyncio.Lock()  # two quick SIGHUPs must not start chains out of order
@@ -196,9 +176,7 @@ class Daemon:
         self.sampler.embodied.configure(new)
         self.sampler.pue = new.carbon_pue
         for source in self.sampler.sources:
-            configure = getattr(source, "configure", None)
-            if configure is not None:
-                configure(new)
+            source.configure(new)
         logging.getLogger().setLevel(_LEVELS[new.log_level])
         self.config = new
         log.info("config reloaded: %s", ", ".join(changed) if changed else "no changes")
@@ -262,6 +240,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The footprint report is a client of Prometheus, not part of the daemon.
         from exporter.report.cli import main as report_main
         return report_main(argv[1:])
+    if argv[:1] in (["run"], ["compare"], ["lifecycle"]):
+        # ML runs: a wrapper and record tools, not the daemon (exporter/runs/).
+        from exporter.runs.cli import main as runs_main
+        return runs_main(argv)
     if argv[:1] == ["estimate-retraining"]:
         # Reads run records and fits them: no daemon, no numpy.
         from exporter.retraining.cli import main as retraining_main

@@ -101,10 +101,14 @@ class SnapshotCollector(Collector):
         yield pue
 
         up, duration = family(metrics.COLLECTOR_UP), family(metrics.SAMPLE_DURATION)
+        model = family(metrics.MODEL_INFO)
         for c in snap.collectors:
             up.add_metric([c.name, c.status.reason], 1 if c.status.up else 0)
             duration.add_metric([c.name], count_value=c.duration_count, sum_value=c.duration_sum)
+            if c.status.up and c.status.method:
+                model.add_metric([c.name, c.status.method, c.status.detail], 1)
         yield up
+        yield model
         yield duration
 
         glitches = family(metrics.COUNTER_GLITCHES)

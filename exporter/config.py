@@ -1,6 +1,9 @@
-"""Settings: one table drives the flags, the environment variables, the YAML schema and the README.
+"""Settings: one typed table drives the flags, the environment variables, the YAML schema and
+the README.
 
-Precedence: flags > environment (CARBON_EXPORTER_*) > config file > defaults.
+Each field of Config declares its setting (key, kind, default, help, bounds, hooks) once;
+SETTINGS is read off the dataclass, and the --collector.<name> switches come from the source
+registry. Precedence: flags > environment (CARBON_EXPORTER_*) > config file > defaults.
 Every error names the field and says what is wrong, in one line.
 """
 
@@ -11,42 +14,18 @@ import math
 import os
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-import jsonschema
-import yaml
+from exporter.confutil import ConfigError, check_schema, parse_duration, read_yaml
+from exporter.sources import registry
 
+if TYPE_CHECKING:
+    import jsonschema
 
-class ConfigError(ValueError):
-    """A bad setting; the message is one line that names the field."""
+    from exporter.carbon.providers.spec import ProviderSpec
 
-
-_DURATION_RE = re.compile(
-    r"^(?:(\d+)y)?(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?(?:(\d+)ms)?$"
-)
-_DURATION_UNITS = (365 * 86400, 7 * 86400, 86400, 3600, 60, 1, 0.001)
-
-
-def parse_duration(value: Any) -> float:
-    """Seconds from a Prometheus duration ('500ms', '1m30s') or a plain number of seconds."""
-    if isinstance(value, bool):
-        raise ValueError(f"{value!r} is not a duration")
-    if isinstance(value, (int, float)):
-        number = float(value)
-    else:
-        try:
-            number = float(str(value).strip())
-        except ValueError:
-            number = None
-    if number is not None:
-        if not math.isfinite(number):  # nan/inf parse as floats but are no interval
-            raise ValueError(f"{value!r} is not a duration (use e.g. 500ms, 1s, 1m30s or 0.5)")
-        return number
-    text = str(value).strip()
-    match = _DURATION_RE.match(text)
-    if not text or not match or not any(match.groups()):
-        raise ValueError(f"{value!r} is not a duration (use e.g. 500ms, 1s, 1m30s or 0.5)")
-    return sum(int(g) * unit for g, unit in zip(match.groups(), _DURATION_UNITS) if g)
+__all__ = ["SETTINGS", "BY_KEY", "Config", "ConfigError", "Setting", "changed_keys",
+           "parse_duration", "read_yaml", "resolve", "split_listen_address"]
 
 
 @dataclass(frozen=True)
@@ -60,6 +39,11 @@ class Setting:
     choices: tuple[str, ...] = ()
     reloadable: bool = False  # applied on SIGHUP without a restart
     flag_name: str | None = None  # where convention differs from the key (--web.config.file)
+    # Hooks: check(value) raises ValueError with what is wrong; parse(value, where) turns the
+    # validated raw value into the Config value (raising ConfigError naming `where`).
+    check: Callable[[Any], None] | None = None
+    parse: Callable[[Any, str], Any] | None = None
+    collector: str | None = None  # a --collector.<name> switch: Config.collectors holds it
 
     @property
     def flag(self) -> str:
@@ -73,6 +57,11 @@ class Setting:
     def attr(self) -> str:
         return self.key.replace(".", "_")
 
+    def value_of(self, config: Config) -> Any:
+        if self.collector is not None:
+            return self.collector in config.collectors
+        return getattr(config, self.attr)
+
     def schema(self) -> dict[str, Any]:
         if self.kind == "bool":
             return {"type": "boolean"}
@@ -82,7 +71,7 @@ class Setting:
             return {"enum": list(self.choices)}
         if self.kind == "duration":
             return {"type": ["number", "string"]}
-        if self.kind == "providers":  # checked in depth by exporter.carbon.providers.spec
+        if self.kind == "providers":  # checked in depth by the parse hook
             return {"type": ["array", "string", "null"]}
         number: dict[str, Any] = {"type": ["integer" if self.kind == "int" else "number", "null"]}
         if self.minimum is not None:
@@ -92,122 +81,238 @@ class Setting:
         return number
 
 
-COLLECTORS = ("rapl", "nvml", "cpu-model", "dram-model", "attribution")
+def _s(key: str, kind: str, default: Any, help: str, **options: Any) -> Any:
+    """A Config field that declares its setting (the field's default is the parsed default)."""
+    setting = Setting(key, kind, default, help, **options)
+    value = parse_duration(default) if kind == "duration" else default
+    return dataclasses.field(default=value, metadata={"setting": setting})
 
-SETTINGS: tuple[Setting, ...] = (
-    Setting("web.listen_address", "str", "127.0.0.1:9875",
-            "Address to listen on for HTTP requests ([host]:port; ':9875' is every interface: "
-            "use it with --web.config.file or a firewall)."),
-    Setting("web.telemetry_path", "str", "/metrics", "Path under which metrics are exposed."),
-    Setting("web.config_file", "str", None,
-            "Web config file (exporter-toolkit format): TLS, mutual TLS, basic auth, headers. "
-            "Reloaded when it or its certificates change.", flag_name="--web.config.file"),
-    Setting("web.max_requests", "int", 40,
-            "Maximum number of concurrent requests (scrapes); more get 503. 0 means no limit.",
-            minimum=0),
-    Setting("path.sysfs", "str", "/sys", "sysfs mount point (RAPL under class/powercap)."),
-    Setting("path.procfs", "str", "/proc", "procfs mount point (CPU times, memory size)."),
-    Setting("sample.interval", "duration", "1s",
-            "How often sources are read: a Prometheus duration (500ms, 1s) or seconds (0.5)."),
-    *(Setting(f"collector.{name.replace('-', '_')}", "bool", True,
-              f"Enable the {name} collector (--no-collector.{name} disables it).")
-      for name in COLLECTORS),
-    Setting("rapl.min_interval", "duration", "0s",
-            "Read RAPL energy counters at most this often (e.g. 1s), whatever --sample.interval, "
-            "to bound the energy resolution scrapers see (Platypus side channel). 0s: every "
-            "sample.", minimum=0, reloadable=True),
-    Setting("carbon.zone", "str", None,
-            "Grid zone: an ISO 3166-1 alpha-2 country code (DE), a provider's zone id "
-            "(US-MIDA-PJM) or a cloud region (aws:eu-west-1, gcp:europe-west4, azure:westeurope); "
-            "default: the world average.", reloadable=True),
-    Setting("carbon.intensity", "float", None,
-            "Static grid intensity in gCO2e/kWh: replaces the dataset value for --carbon.zone "
-            "(and is the fallback after any carbon.providers).",
-            minimum=0, reloadable=True),
-    Setting("carbon.providers", "providers", None,
-            "Intensity providers in fallback order: a list in the config file (see Carbon "
-            "providers), or comma-separated types for the simple case (ukgrid,dataset). "
-            "The bundled dataset is always the last resort.", reloadable=True),
-    Setting("carbon.pue", "float", 1.0,
-            "Power usage effectiveness of the facility (>= 1), applied to operational emissions.",
-            minimum=1, reloadable=True),
-    Setting("cpu_model.idle_watts", "float", None,
-            "CPU model: node CPU power at 0% utilisation in watts (default: bundled CPU table, "
-            "else per-thread default).", minimum=0, reloadable=True),
-    Setting("cpu_model.max_watts", "float", None,
-            "CPU model: node CPU power at 100% utilisation in watts.", minimum=0, reloadable=True),
-    Setting("cpu_model.idle_watts_per_thread", "float", 0.74,
-            "CPU model fallback: idle watts per hardware thread (Cloud Carbon Footprint).",
-            minimum=0, reloadable=True),
-    Setting("cpu_model.max_watts_per_thread", "float", 3.5,
-            "CPU model fallback: full-load watts per hardware thread (Cloud Carbon Footprint).",
-            minimum=0, reloadable=True),
-    Setting("dram_model.watts_per_gib", "float", 0.4209,
-            "DRAM model: watts per GiB of installed memory (0.392 W/GB, Cloud Carbon Footprint).",
-            minimum=0, reloadable=True),
-    Setting("attribution.cpu_idle_watts", "float", None,
-            "CPU power with nothing running, reported as kind=\"idle\" (default: learned as the "
-            "lowest per-sample CPU power over the last hour).", minimum=0, reloadable=True),
-    Setting("attribution.dram_idle_watts", "float", None,
-            "DRAM power with nothing running (default: learned like the CPU's).",
-            minimum=0, reloadable=True),
-    Setting("attribution.max_workloads", "int", 500,
-            "Workload series per component at most: the top N by recent energy; the rest is "
-            "summed into kind=\"other\".", minimum=1, reloadable=True),
-    Setting("attribution.processes", "bool", False,
-            "Per-process series (kind=\"process\") for the top attribution.max-processes "
-            "processes, carved out of their workload's series."),
-    Setting("attribution.max_processes", "int", 20,
-            "Per-process series at most, when attribution.processes is on.",
-            minimum=1, reloadable=True),
-    Setting("attribution.grace_period", "duration", "5m",
-            "How long the series of a workload that ended (or left the top N) stays exported.",
-            reloadable=True),
-    Setting("attribution.rules_file", "str", None,
-            "YAML file of job-tagging rules that set the workload_job label (see README, "
-            "Attribution).", reloadable=True),
-    Setting("kubernetes.metadata", "choice", "auto",
-            "Where pod names come from: kubelet (HTTPS :10250, service-account token), "
-            "kubelet-readonly (HTTP :10255), apiserver (pods with spec.nodeName), none; auto = "
-            "kubelet when a service-account token is mounted, else none.",
-            choices=("auto", "kubelet", "kubelet-readonly", "apiserver", "none")),
-    Setting("kubernetes.url", "str", None,
-            "Base URL of the kubelet or API server (default: https://$NODE_IP:10250, "
-            "http://$NODE_IP:10255 or https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT; "
-            "NODE_IP defaults to 127.0.0.1)."),
-    Setting("kubernetes.node_name", "str", None,
-            "This node's name for the apiserver's spec.nodeName filter (default: $NODE_NAME)."),
-    Setting("kubernetes.token_file", "str", "/var/run/secrets/kubernetes.io/serviceaccount/token",
-            "Bearer token file (re-read at every refresh)."),
-    Setting("kubernetes.ca_file", "str", "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt",
-            "CA bundle that signs the kubelet's or API server's certificate."),
-    Setting("kubernetes.insecure_skip_verify", "bool", False,
-            "Do not verify the TLS certificate (kubelets with self-signed serving certificates)."),
-    Setting("kubernetes.refresh_interval", "duration", "30s",
-            "How often pod metadata is refreshed (also at once for an unknown pod, at most "
-            "every 5s)."),
-    Setting("kubernetes.timeout", "duration", "5s", "Timeout of one metadata request."),
-    Setting("embodied.enabled", "bool", True,
-            "Amortise embodied (manufacturing) emissions of GPUs and the server into "
-            "carbon_emissions_grams_total{scope=\"embodied\"}.", reloadable=True),
-    Setting("embodied.gpu_kgco2e", "float", None,
-            "Embodied kgCO2e per GPU (default: the bundled table by GPU name).",
-            minimum=0, reloadable=True),
-    Setting("embodied.server_kgco2e", "float", None,
-            "Embodied kgCO2e of the server without its GPUs (default: none, or embodied.server_model).",
-            minimum=0, reloadable=True),
-    Setting("embodied.server_model", "str", None,
-            "A server row of the bundled embodied table (exporter/data/embodied.csv), e.g. gpu-server.",
-            reloadable=True),
-    Setting("embodied.lifetime", "duration", "4y",
-            "Service life over which embodied emissions are spread evenly (Prometheus duration).",
-            reloadable=True),
-    Setting("log.level", "choice", "info", "Log level.",
-            choices=("debug", "info", "warn", "error"), reloadable=True),
-    Setting("log.format", "choice", "logfmt", "Log format.", choices=("logfmt", "json")),
-)
 
+# --- hooks -------------------------------------------------------------------------------------
+
+def split_listen_address(address: str) -> tuple[str | None, int]:
+    """':9875' -> (None, 9875); '127.0.0.1:9875'; '[::1]:9875'."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{address!r} is not [host]:port with a port in 1-65535")
+    host = host.strip("[]")
+    return (host or None), int(port)
+
+
+def _check_listen_address(value: Any) -> None:
+    split_listen_address(str(value))
+
+
+def _check_path(value: Any) -> None:
+    if not str(value).startswith("/"):
+        raise ValueError(f"{value!r} must start with /")
+
+
+def _parse_providers(value: Any, where: str) -> tuple[ProviderSpec, ...]:
+    from exporter.carbon.providers.spec import parse_chain  # noqa: PLC0415 - jsonschema, providers
+
+    return parse_chain(value, where)
+
+
+# --- the settings --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Config:
+    """Resolved settings; attribute names are the dotted keys with '.' -> '_'."""
+
+    web_listen_address: str = _s(
+        "web.listen_address", "str", "127.0.0.1:9875",
+        "Address to listen on for HTTP requests ([host]:port; ':9875' is every interface: "
+        "use it with --web.config.file or a firewall).", check=_check_listen_address)
+    web_telemetry_path: str = _s(
+        "web.telemetry_path", "str", "/metrics", "Path under which metrics are exposed.",
+        check=_check_path)
+    web_config_file: str | None = _s(
+        "web.config_file", "str", None,
+        "Web config file (exporter-toolkit format): TLS, mutual TLS, basic auth, headers. "
+        "Reloaded when it or its certificates change.", flag_name="--web.config.file")
+    web_max_requests: int = _s(
+        "web.max_requests", "int", 40,
+        "Maximum number of concurrent requests (scrapes); more get 503. 0 means no limit.",
+        minimum=0)
+    path_sysfs: str = _s(
+        "path.sysfs", "str", "/sys", "sysfs mount point (RAPL under class/powercap).")
+    path_procfs: str = _s(
+        "path.procfs", "str", "/proc", "procfs mount point (CPU times, memory size).")
+    sample_interval: float = _s(
+        "sample.interval", "duration", "1s",
+        "How often sources are read: a Prometheus duration (500ms, 1s) or seconds (0.5).")
+    # --collector.<name>, one per registered source, are listed here (COLLECTORS_AFTER)
+    collectors: frozenset[str] = frozenset()
+    rapl_min_interval: float = _s(
+        "rapl.min_interval", "duration", "0s",
+        "Read RAPL energy counters at most this often (e.g. 1s), whatever --sample.interval, "
+        "to bound the energy resolution scrapers see (Platypus side channel). 0s: every "
+        "sample.", minimum=0, reloadable=True)
+    carbon_zone: str | None = _s(
+        "carbon.zone", "str", None,
+        "Grid zone: an ISO 3166-1 alpha-2 country code (DE), a provider's zone id "
+        "(US-MIDA-PJM) or a cloud region (aws:eu-west-1, gcp:europe-west4, azure:westeurope); "
+        "default: the world average.", reloadable=True)
+    carbon_intensity: float | None = _s(
+        "carbon.intensity", "float", None,
+        "Static grid intensity in gCO2e/kWh: replaces the dataset value for --carbon.zone "
+        "(and is the fallback after any carbon.providers).",
+        minimum=0, reloadable=True)
+    carbon_providers: tuple[ProviderSpec, ...] | None = _s(
+        "carbon.providers", "providers", None,
+        "Intensity providers in fallback order: a list in the config file (see Carbon "
+        "providers), or comma-separated types for the simple case (ukgrid,dataset). "
+        "The bundled dataset is always the last resort.", reloadable=True,
+        parse=_parse_providers)
+    carbon_pue: float = _s(
+        "carbon.pue", "float", 1.0,
+        "Power usage effectiveness of the facility (>= 1), applied to operational emissions.",
+        minimum=1, reloadable=True)
+    cpu_model_idle_watts: float | None = _s(
+        "cpu_model.idle_watts", "float", None,
+        "CPU model: node CPU power at 0% utilisation in watts (default: the cloud's per-vCPU "
+        "figures, else the bundled CPU table's TDP on the Teads curve, else per thread).",
+        minimum=0, reloadable=True)
+    cpu_model_max_watts: float | None = _s(
+        "cpu_model.max_watts", "float", None,
+        "CPU model: node CPU power at 100% utilisation in watts.", minimum=0, reloadable=True)
+    cpu_model_idle_watts_per_thread: float = _s(
+        "cpu_model.idle_watts_per_thread", "float", 0.74,
+        "CPU model fallback: idle watts per hardware thread (Cloud Carbon Footprint).",
+        minimum=0, reloadable=True)
+    cpu_model_max_watts_per_thread: float = _s(
+        "cpu_model.max_watts_per_thread", "float", 3.5,
+        "CPU model fallback: full-load watts per hardware thread (Cloud Carbon Footprint).",
+        minimum=0, reloadable=True)
+    dram_model_watts_per_gib: float = _s(
+        "dram_model.watts_per_gib", "float", 0.392,
+        "DRAM model: watts per GiB of memory not covered by another figure (Cloud Carbon "
+        "Footprint's 0.392 W per GB, whose sources count binary GB).",
+        minimum=0, reloadable=True)
+    attribution_cpu_idle_watts: float | None = _s(
+        "attribution.cpu_idle_watts", "float", None,
+        "CPU power with nothing running, reported as kind=\"idle\" (default: learned as the "
+        "lowest per-sample CPU power over the last hour).", minimum=0, reloadable=True)
+    attribution_dram_idle_watts: float | None = _s(
+        "attribution.dram_idle_watts", "float", None,
+        "DRAM power with nothing running (default: learned like the CPU's).",
+        minimum=0, reloadable=True)
+    attribution_max_workloads: int = _s(
+        "attribution.max_workloads", "int", 500,
+        "Workload series per component at most: the top N by recent energy; the rest is "
+        "summed into kind=\"other\".", minimum=1, reloadable=True)
+    attribution_processes: bool = _s(
+        "attribution.processes", "bool", False,
+        "Per-process series (kind=\"process\") for the top attribution.max-processes "
+        "processes, carved out of their workload's series.")
+    attribution_max_processes: int = _s(
+        "attribution.max_processes", "int", 20,
+        "Per-process series at most, when attribution.processes is on.",
+        minimum=1, reloadable=True)
+    attribution_grace_period: float = _s(
+        "attribution.grace_period", "duration", "5m",
+        "How long the series of a workload that ended (or left the top N) stays exported.",
+        reloadable=True)
+    attribution_rules_file: str | None = _s(
+        "attribution.rules_file", "str", None,
+        "YAML file of job-tagging rules that set the workload_job label (see README, "
+        "Attribution).", reloadable=True)
+    kubernetes_metadata: str = _s(
+        "kubernetes.metadata", "choice", "auto",
+        "Where pod names come from: kubelet (HTTPS :10250, service-account token), "
+        "kubelet-readonly (HTTP :10255), apiserver (pods with spec.nodeName), none; auto = "
+        "kubelet when a service-account token is mounted, else none.",
+        choices=("auto", "kubelet", "kubelet-readonly", "apiserver", "none"))
+    kubernetes_url: str | None = _s(
+        "kubernetes.url", "str", None,
+        "Base URL of the kubelet or API server (default: https://$NODE_IP:10250, "
+        "http://$NODE_IP:10255 or https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT; "
+        "NODE_IP defaults to 127.0.0.1).")
+    kubernetes_node_name: str | None = _s(
+        "kubernetes.node_name", "str", None,
+        "This node's name for the apiserver's spec.nodeName filter (default: $NODE_NAME).")
+    kubernetes_token_file: str = _s(
+        "kubernetes.token_file", "str", "/var/run/secrets/kubernetes.io/serviceaccount/token",
+        "Bearer token file (re-read at every refresh).")
+    kubernetes_ca_file: str = _s(
+        "kubernetes.ca_file", "str", "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt",
+        "CA bundle that signs the kubelet's or API server's certificate.")
+    kubernetes_insecure_skip_verify: bool = _s(
+        "kubernetes.insecure_skip_verify", "bool", False,
+        "Do not verify the TLS certificate (kubelets with self-signed serving certificates).")
+    kubernetes_refresh_interval: float = _s(
+        "kubernetes.refresh_interval", "duration", "30s",
+        "How often pod metadata is refreshed (also at once for an unknown pod, at most "
+        "every 5s).")
+    kubernetes_timeout: float = _s(
+        "kubernetes.timeout", "duration", "5s", "Timeout of one metadata request.")
+    embodied_enabled: bool = _s(
+        "embodied.enabled", "bool", True,
+        "Amortise embodied (manufacturing) emissions of GPUs and the server into "
+        "carbon_emissions_grams_total{scope=\"embodied\"}.", reloadable=True)
+    embodied_gpu_kgco2e: float | None = _s(
+        "embodied.gpu_kgco2e", "float", None,
+        "Embodied kgCO2e per GPU (default: the bundled table by GPU name).",
+        minimum=0, reloadable=True)
+    embodied_server_kgco2e: float | None = _s(
+        "embodied.server_kgco2e", "float", None,
+        "Embodied kgCO2e of the server without its GPUs (default: none, or embodied.server_model).",
+        minimum=0, reloadable=True)
+    embodied_server_model: str | None = _s(
+        "embodied.server_model", "str", None,
+        "A server row of the bundled embodied table (exporter/data/embodied.csv), e.g. gpu-server.",
+        reloadable=True)
+    embodied_lifetime: float = _s(
+        "embodied.lifetime", "duration", "4y",
+        "Service life over which embodied emissions are spread evenly (Prometheus duration).",
+        reloadable=True)
+    runs_socket: str = _s(
+        "runs.socket", "str", "/run/carbon-exporter/runs.sock",
+        "Local Unix socket where `carbon-exporter run` and the Python API register a run "
+        "with the daemon (it moves the caller into a cgroup named after the run); empty "
+        "disables it. Nothing is exposed on the network.")
+    log_level: str = _s(
+        "log.level", "choice", "info", "Log level.",
+        choices=("debug", "info", "warn", "error"), reloadable=True)
+    log_format: str = _s(
+        "log.format", "choice", "logfmt", "Log format.", choices=("logfmt", "json"))
+    config_file: str | None = None  # --config.file, not a setting of its own
+
+    def __post_init__(self) -> None:
+        if self.cpu_model_idle_watts is not None and self.cpu_model_max_watts is not None:
+            if self.cpu_model_max_watts < self.cpu_model_idle_watts:
+                raise ConfigError("cpu_model.max_watts must be at least cpu_model.idle_watts")
+
+    def collector(self, name: str) -> bool:
+        """Whether --collector.<name> is on."""
+        return name in self.collectors
+
+
+COLLECTORS_AFTER = "sample.interval"  # where the collector switches go in --help and README
+
+
+def _collector_settings() -> list[Setting]:
+    return [Setting(f"collector.{cls.name.replace('-', '_')}", "bool", cls.default_enabled,
+                    f"Enable the {cls.name} collector (--no-collector.{cls.name} disables it).",
+                    collector=cls.name)
+            for cls in registry.registered()]
+
+
+def _settings() -> tuple[Setting, ...]:
+    out: list[Setting] = []
+    for field in dataclasses.fields(Config):
+        setting = field.metadata.get("setting")
+        if setting is not None:
+            out.append(setting)
+            if setting.key == COLLECTORS_AFTER:
+                out.extend(_collector_settings())
+    return tuple(out)
+
+
+SETTINGS: tuple[Setting, ...] = _settings()
 BY_KEY = {s.key: s for s in SETTINGS}
+COLLECTORS = tuple(s.collector for s in SETTINGS if s.collector is not None)
 
 
 def _nested_schema() -> dict[str, Any]:
@@ -222,12 +327,16 @@ def _nested_schema() -> dict[str, Any]:
 
 
 SCHEMA = _nested_schema()
-_VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
+_validator: jsonschema.protocols.Validator | None = None
 
 
-_TYPE_WORDS = {"number": "a number", "integer": "an integer", "string": "a string",
-               "boolean": "true or false",
-               "object": "a mapping", "null": "empty"}
+def _schema_validator() -> jsonschema.protocols.Validator:
+    global _validator
+    if _validator is None:
+        import jsonschema  # noqa: PLC0415 - only when a config is resolved
+
+        _validator = jsonschema.Draft202012Validator(SCHEMA)
+    return _validator
 
 
 def _field(path: str, origin: str) -> str:
@@ -236,51 +345,28 @@ def _field(path: str, origin: str) -> str:
         return f"flag {BY_KEY[path].flag}"
     if origin == "environment" and path in BY_KEY:
         return f"environment {BY_KEY[path].env}"
-    return f"{origin}: {path}"
-
-
-def _describe(error: jsonschema.ValidationError, origin: str) -> str:
-    path = ".".join(str(p) for p in error.absolute_path)
-    where = _field(path, origin)
-    if error.validator == "additionalProperties":
-        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
-        prefix = f"{path}." if path else ""
-        return f"{origin}: unknown key {prefix}{extra[0]!s}"
-    if error.validator == "type" and not path:
-        return f"{origin}: the file must hold a mapping of sections, not {type(error.instance).__name__}"
-    if error.validator == "type" and len(error.absolute_path) == 1:
-        return f"{where} must be a mapping of settings"
-    if error.validator == "type":
-        wanted = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
-        words = " or ".join(_TYPE_WORDS.get(t, t) for t in wanted if t != "null")
-        return f"{where}: {error.instance!r} must be {words}"
-    if error.validator in ("minimum", "exclusiveMinimum"):
-        bound = error.validator_value
-        relation = "at least" if error.validator == "minimum" else "greater than"
-        return f"{where}: {error.instance!r} must be {relation} {bound:g}"
-    if error.validator == "enum":
-        return f"{where}: {error.instance!r} must be one of {', '.join(map(str, error.validator_value))}"
-    return f"{where}: {error.message}"
+    return f"{origin}: {path}" if path else origin
 
 
 def validate_tree(tree: Any, origin: str) -> dict[str, Any]:
     """Validate a nested mapping against the schema; return flat {dotted key: value}."""
     if tree is None:
         tree = {}
-    error = jsonschema.exceptions.best_match(_VALIDATOR.iter_errors(tree))
-    if error is not None:
-        raise ConfigError(_describe(error, origin))
+
+    def name(parts: Sequence[str]) -> str:
+        return _field(".".join(parts), origin)
+
+    check_schema(_schema_validator(), tree, origin, name)
     flat: dict[str, Any] = {}
     for section, values in tree.items():
-        for name, value in (values or {}).items():
-            flat[f"{section}.{name}"] = value
+        for key, value in (values or {}).items():
+            flat[f"{section}.{key}"] = value
     for key, value in flat.items():
-        _check_value(BY_KEY[key], value, origin)
+        _check_value(BY_KEY[key], value, _field(key, origin))
     return flat
 
 
-def _check_value(setting: Setting, value: Any, origin: str) -> None:
-    where = _field(setting.key, origin)
+def _check_value(setting: Setting, value: Any, where: str) -> None:
     if setting.kind == "float" and value is not None and not math.isfinite(value):
         raise ConfigError(f"{where}: {value!r} must be a finite number")
     if setting.kind == "duration":
@@ -292,39 +378,13 @@ def _check_value(setting: Setting, value: Any, origin: str) -> None:
             raise ConfigError(f"{where}: {value!r} must be at least {setting.minimum:g}s")
         if setting.minimum is None and seconds <= 0:
             raise ConfigError(f"{where}: {value!r} must be greater than 0")
-    if setting.kind == "providers":
-        from exporter.carbon.providers.spec import parse_chain  # late: carbon imports config
-        parse_chain(value, where)
-    if setting.key == "web.telemetry_path" and not str(value).startswith("/"):
-        raise ConfigError(f"{where}: {value!r} must start with /")
-    if setting.key == "web.listen_address":
+    if setting.check is not None and value is not None:
         try:
-            split_listen_address(str(value))
+            setting.check(value)
         except ValueError as exc:
             raise ConfigError(f"{where}: {exc}") from None
-
-
-def split_listen_address(address: str) -> tuple[str | None, int]:
-    """':9875' -> (None, 9875); '127.0.0.1:9875'; '[::1]:9875'."""
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"{address!r} is not [host]:port with a port in 1-65535")
-    host = host.strip("[]")
-    return (host or None), int(port)
-
-
-def read_yaml(path: str, origin: str) -> Any:
-    """Parse a YAML file; ConfigError with `origin` and the line on any problem."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return yaml.safe_load(handle)
-    except OSError as exc:
-        raise ConfigError(f"{origin}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or "not valid YAML"
-        raise ConfigError(f"{origin}{where}: {problem}") from None
+    if setting.parse is not None and value is not None:
+        setting.parse(value, where)
 
 
 def load_file(path: str) -> dict[str, Any]:
@@ -355,55 +415,44 @@ def _coerce_env(setting: Setting, raw: str) -> Any:
     return raw
 
 
-def from_environment(environ: dict[str, str]) -> dict[str, Any]:
-    flat = {}
-    for setting in SETTINGS:
-        if setting.env in environ:
-            flat[setting.key] = _coerce_env(setting, environ[setting.env])
+def _nest(flat: dict[str, Any]) -> dict[str, dict[str, Any]]:
     tree: dict[str, dict[str, Any]] = {}
     for key, value in flat.items():
         section, _, name = key.partition(".")
         tree.setdefault(section, {})[name] = value
-    return validate_tree(tree, "environment")
+    return tree
+
+
+def from_environment(environ: dict[str, str]) -> dict[str, Any]:
+    flat = {s.key: _coerce_env(s, environ[s.env]) for s in SETTINGS if s.env in environ}
+    return validate_tree(_nest(flat), "environment")
 
 
 def _from_flags(flags: dict[str, Any]) -> dict[str, Any]:
-    tree: dict[str, dict[str, Any]] = {}
-    for key, value in flags.items():
-        section, _, name = key.partition(".")
-        tree.setdefault(section, {})[name] = value
-    return validate_tree(tree, "flag")
+    return validate_tree(_nest(flags), "flag")
 
 
-Config = dataclasses.make_dataclass(
-    "Config",
-    [(s.attr, Any, dataclasses.field(default=s.default)) for s in SETTINGS]
-    + [("config_file", Any, dataclasses.field(default=None))],
-    frozen=True,
-)
-Config.__doc__ = "Resolved settings; attribute names are the dotted keys with '.' -> '_'."
-
-
-def _finish(values: dict[str, Any]) -> Any:
-    out = {}
+def _finish(values: dict[str, Any]) -> Config:
+    out: dict[str, Any] = {}
+    collectors = set()
     for setting in SETTINGS:
         value = values.get(setting.key, setting.default)
+        if setting.collector is not None:
+            if value:
+                collectors.add(setting.collector)
+            continue
         if setting.kind == "duration":
             value = parse_duration(value)
         elif setting.kind == "float" and value is not None:
             value = float(value)
-        elif setting.kind == "providers" and value is not None:
-            from exporter.carbon.providers.spec import parse_chain
-            value = parse_chain(value, setting.key)
+        if setting.parse is not None and value is not None:
+            value = setting.parse(value, setting.key)
         out[setting.attr] = value
-    config = Config(**out, config_file=values.get("config_file"))
-    if config.cpu_model_idle_watts is not None and config.cpu_model_max_watts is not None:
-        if config.cpu_model_max_watts < config.cpu_model_idle_watts:
-            raise ConfigError("cpu_model.max_watts must be at least cpu_model.idle_watts")
-    return config
+    return Config(**out, collectors=frozenset(collectors), config_file=values.get("config_file"))
 
 
-def resolve(flags: dict[str, Any], config_file: str | None, environ: dict[str, str] | None = None) -> Any:
+def resolve(flags: dict[str, Any], config_file: str | None,
+            environ: dict[str, str] | None = None) -> Config:
     """Merge defaults < config file < environment < flags into a Config, or raise ConfigError."""
     environ = dict(os.environ) if environ is None else environ
     values: dict[str, Any] = {}
@@ -415,5 +464,10 @@ def resolve(flags: dict[str, Any], config_file: str | None, environ: dict[str, s
     return _finish(values)
 
 
-def changed_keys(old: Any, new: Any) -> list[str]:
-    return [s.key for s in SETTINGS if getattr(old, s.attr) != getattr(new, s.attr)]
+def defaults() -> Config:
+    """The settings with nothing configured (tests, benchmarks, the Python API)."""
+    return resolve({}, None, {})
+
+
+def changed_keys(old: Config, new: Config) -> list[str]:
+    return [s.key for s in SETTINGS if s.value_of(old) != s.value_of(new)]

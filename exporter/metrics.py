@@ -109,6 +109,13 @@ COLLECTOR_UP = MetricSpec(
     "permission, error or superseded.",
     ("collector", "reason"),
 )
+MODEL_INFO = MetricSpec(
+    "carbon_model_info", "gauge",
+    "How a modelled (source=\"model\") series was obtained; always 1. method is configured, "
+    "cloud_per_vcpu, tdp_curve or per_thread (CPU) and all_memory or beyond_reference (DRAM); "
+    "basis names the table row or coefficients, the VM share and the curve.",
+    ("collector", "method", "basis"),
+)
 SAMPLE_DURATION = MetricSpec(
     "carbon_exporter_sample_duration_seconds", "summary",
     "Wall time spent reading each collector's source, in seconds.",
@@ -155,6 +162,6 @@ ALL: tuple[MetricSpec, ...] = (
     ENERGY, POWER, RAPL_DOMAIN_ENERGY, GPU_POWER_LIMIT, GPU_INFO,
     GRID_INTENSITY, GRID_INTENSITY_AGE, GRID_FORECAST_MIN, GRID_FORECAST_MIN_START, GRID_INDEX,
     GRID_PROVIDER_UP, PUE, EMISSIONS, EMISSIONS_RATE,
-    COLLECTOR_UP, SAMPLE_DURATION, COUNTER_GLITCHES, LAST_SAMPLE, BUILD_INFO,
+    COLLECTOR_UP, MODEL_INFO, SAMPLE_DURATION, COUNTER_GLITCHES, LAST_SAMPLE, BUILD_INFO,
     WORKLOAD_ENERGY, WORKLOAD_EMISSIONS, WORKLOAD_GPU_SPLIT,
 )

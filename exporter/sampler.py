@@ -1,26 +1,38 @@
 """The sampling clock: reads every source on --sample.interval, feeds the ledger and publishes
 an immutable Snapshot that scrapes render. Scrapes never wait on hardware.
 
-Reads run off the event loop in worker threads named by `Source.thread`, each reading its
+Reads run off the event loop in one worker thread per lane (`Source.lane`), each reading its
 sources one after the other. The sources that call NVML (the GPUs, and attribution's GPU
-process queries) share the "nvml" thread, so a wedged driver stalls only them; the kernel
-pseudo-file readers (RAPL, the models, cgroup attribution without GPUs) share the "host"
-thread, where the models go last and stand aside for a component RAPL measured. One thread
-hand-off per thread and cycle, instead of one per source, keeps a cycle cheap. A read still running after one interval is reported as an error;
-its result, when it comes, is used at the next cycle (counters make late readings harmless).
+process queries) share the "nvml" lane, so a wedged driver stalls only them; the kernel
+pseudo-file readers share the "host" lane. Models go last in their lane and run only after
+every measured source of every lane has read (or a deadline passed), so they stand aside
+for a component measured anywhere. One thread hand-off per lane and cycle, instead of one
+per source, keeps a cycle cheap. A read still running after one interval is reported as an
+error; its result, when it comes, is used at the next cycle (counters make late readings
+harmless). Nothing here names a source: roles, lanes and what a source provides are its
+own declarations (exporter.sources).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable, Sequence, cast
 
 from exporter.carbon import Intensity
-from exporter.ledger import Ledger, grams_per_joule
-from exporter.sources import ERROR, GpuInfo, Source, SourceResult, Status
+from exporter.ledger import Ledger, Reading, grams_per_joule
+from exporter.sources import (
+    ERROR, GPU_INFO, MEASURED, MODEL, OBSERVER, GpuInfo, Source, SourceResult, Status,
+)
+
+if TYPE_CHECKING:
+    from exporter.attribution import Attribution, WorkloadSeries
+    from exporter.carbon.embodied import Embodied
+    from exporter.carbon.providers.chain import GridState
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +69,11 @@ class Snapshot:
     grams_per_second: float | None = None
     collectors: tuple[CollectorState, ...] = ()
     glitches: tuple[tuple[str, str, str, int], ...] = ()  # (collector, device, reason, count)
-    workloads: tuple = ()  # exporter.attribution.WorkloadSeries
+    workloads: tuple[WorkloadSeries, ...] = ()
     gpu_split: tuple[tuple[str, str], ...] = ()  # (device, basis)
     embodied: tuple[tuple[str, str, float], ...] = ()  # (component, device, grams)
     embodied_grams_per_second: float | None = None
-    grid: object = None  # carbon.providers.chain.GridState: forecast, index, provider states
+    grid: GridState | None = None  # the provider chain's forecast, index, provider states
 
 
 @dataclass(slots=True)
@@ -75,13 +87,47 @@ class _Worker:
 
 
 @dataclass(slots=True)
-class _Thread:
-    """A worker thread and the sources it reads in order; models go last."""
+class _Lane:
+    """A worker thread and the sources it reads in order: measured and observers, then models."""
 
+    name: str
     executor: ThreadPoolExecutor
     workers: list[_Worker]
-    pending: Future | None = None
+    pending: asyncio.Future[list[tuple[SourceResult, float]]] | None = None
     pending_since: float = 0.0
+
+    @property
+    def measures(self) -> bool:
+        return any(w.source.role != MODEL for w in self.workers)
+
+
+class _Coverage:
+    """Which components measured sources covered in one cycle, across lanes.
+
+    Each lane reports after its measured sources and before its models; a lane's models wait
+    (until a deadline) for every other lane's report, so a model stands aside for a component
+    measured on any lane. A lane that does not report in time (a stalled read) counts with
+    what its sources covered last time: a counter that stalls is read late, not lost, so the
+    model must not fill its gap (that would count the energy twice).
+    """
+
+    def __init__(self, lanes: set[str], last: dict[str, frozenset[str]],
+                 lock: threading.Condition) -> None:
+        self._lock = lock  # the sampler's: a late lane of an earlier cycle reports under it too
+        self._waiting = set(lanes)
+        self._last = last  # measured source -> components its last completed read covered
+
+    def report(self, lane: str, covered: dict[str, frozenset[str]]) -> None:
+        with self._lock:
+            self._last.update(covered)
+            self._waiting.discard(lane)
+            self._lock.notify_all()
+
+    def wait(self, deadline: float, clock: Callable[[], float]) -> frozenset[str]:
+        with self._lock:
+            self._lock.wait_for(lambda: not self._waiting, timeout=max(0.0, deadline - clock()))
+            # this cycle's reads, and for lanes not heard from, what they covered last time
+            return frozenset(c for components in self._last.values() for c in components)
 
 
 def _timed_read(source: Source, covered: frozenset[str]) -> tuple[SourceResult, float]:
@@ -94,43 +140,61 @@ def _timed_read(source: Source, covered: frozenset[str]) -> tuple[SourceResult, 
     return result, time.perf_counter() - started
 
 
-def _read_in_order(workers: list[_Worker]) -> list[tuple[SourceResult, float]]:
-    """Runs in a worker thread: each source once; a model learns what the counters read
-    before it already cover."""
+def _read_lane(lane: _Lane, coverage: _Coverage, deadline: float,
+               clock: Callable[[], float]) -> list[tuple[SourceResult, float]]:
+    """Runs in the lane's thread: each source once, models last, after every measured source
+    of every lane (or the deadline)."""
     results = []
-    covered: set[str] = set()
-    for worker in workers:
-        result, duration = _timed_read(worker.source, frozenset(covered))
-        covered.update(r.component for r in result.readings
-                       if r.component and worker.source.component is None)
+    covered: dict[str, frozenset[str]] = {}
+    reported = False
+    for worker in lane.workers:
+        source = worker.source
+        if source.role == MODEL and not reported:
+            coverage.report(lane.name, covered)
+            reported = True
+        result, duration = _timed_read(
+            source, coverage.wait(deadline, clock) if source.role == MODEL else frozenset())
+        if source.role == MEASURED:
+            covered[source.name] = frozenset(r.component for r in result.readings if r.component)
         results.append((result, duration))
+    if not reported:
+        coverage.report(lane.name, covered)
     return results
 
 
+_ROLE_ORDER = {MEASURED: 0, OBSERVER: 1, MODEL: 2}
+
+
 class Sampler:
-    def __init__(self, measured: list[Source], models: list[Source], interval: float,
-                 intensity: Intensity, pue: float, attribution=None) -> None:
+    def __init__(self, sources: Sequence[Source], interval: float, intensity: Intensity,
+                 pue: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.interval = interval
         self.intensity = intensity
         self.pue = pue
+        self.clock = clock
         self.ledger = Ledger(max_power_gap=max(5 * interval, 5.0))
-        self.attribution = attribution
-        # attribution reads CPU-time counters in the same cycle as the energy counters
-        groups: dict[str, list[Source]] = {}
-        for source in [*measured, *([attribution] if attribution is not None else []), *models]:
-            groups.setdefault(source.thread, []).append(source)
-        self.threads = [_Thread(ThreadPoolExecutor(1, thread_name_prefix=f"collector-{name}"),
-                                [_Worker(s) for s in sources]) for name, sources in groups.items()]
+        observers = [s for s in sources if s.role == OBSERVER]
+        if len(observers) > 1:
+            raise ValueError("at most one observer source (attribution)")
+        self.attribution = cast("Attribution | None", observers[0] if observers else None)
+        lanes: dict[str, list[Source]] = {}
+        for source in sorted(sources, key=lambda s: _ROLE_ORDER[s.role]):  # stable: keeps order
+            lanes.setdefault(source.lane, []).append(source)
+        self.lanes = [_Lane(name, ThreadPoolExecutor(1, thread_name_prefix=f"collector-{name}"),
+                            [_Worker(s) for s in members]) for name, members in lanes.items()]
+        self._coverage: dict[str, frozenset[str]] = {}  # measured source -> last covered
+        self._coverage_lock = threading.Condition()
+        self._gpus: dict[str, tuple[GpuInfo, ...]] = {}  # GPU_INFO source -> its GPUs
         self.gpus: tuple[GpuInfo, ...] = ()
-        self.grid = None  # set by the provider chain, read at each cycle like intensity
-        self.embodied = None  # carbon.embodied.Embodied, set by the daemon
+        self.grid: GridState | None = None  # set by the provider chain, read at each cycle
+        self.embodied: Embodied | None = None  # set by the daemon
         self.snapshot = Snapshot(timestamp=None, intensity=intensity, pue=pue)
         self.cycles = 0
         self.last_cycle_at: float | None = None
 
     @property
     def workers(self) -> list[_Worker]:
-        return [w for t in self.threads for w in t.workers]
+        return [w for lane in self.lanes for w in lane.workers]
 
     @property
     def sources(self) -> list[Source]:
@@ -148,34 +212,41 @@ class Sampler:
 
     async def cycle(self) -> Snapshot:
         loop = asyncio.get_running_loop()
-        readings = []
-        observed = None
-        now = time.monotonic()
-        for thread in self.threads:
-            if thread.pending is None:
-                thread.pending = loop.run_in_executor(thread.executor, _read_in_order,
-                                                      thread.workers)
-                thread.pending_since = now
-        if self.threads:
-            await asyncio.wait([t.pending for t in self.threads], timeout=self.interval)
-        for thread in self.threads:
-            if not thread.pending.done():
-                stuck = time.monotonic() - thread.pending_since
-                for worker in thread.workers:
+        readings: list[Reading] = []
+        observed: SourceResult | None = None
+        now = self.clock()
+        idle = [lane for lane in self.lanes if lane.pending is None]
+        coverage = _Coverage({lane.name for lane in idle if lane.measures}, self._coverage,
+                             self._coverage_lock)
+        deadline = now + self.interval / 2  # models wait at most this long for measured lanes
+        for lane in idle:
+            lane.pending = loop.run_in_executor(lane.executor, _read_lane, lane, coverage,
+                                                deadline, self.clock)
+            lane.pending_since = now
+        waiting = [lane.pending for lane in self.lanes if lane.pending is not None]
+        if waiting:
+            await asyncio.wait(waiting, timeout=self.interval)
+        for lane in self.lanes:
+            if lane.pending is None:
+                continue
+            if not lane.pending.done():
+                stuck = self.clock() - lane.pending_since
+                for worker in lane.workers:
                     self._record(worker, SourceResult(Status(
                         ERROR, f"read still running after {stuck:.1f} s")), 0.0)
                 continue
-            results, thread.pending = thread.pending.result(), None
-            for worker, (result, duration) in zip(thread.workers, results):
+            results, lane.pending = lane.pending.result(), None
+            for worker, (result, duration) in zip(lane.workers, results):
                 self._record(worker, result, duration)
                 readings.extend(result.readings)
-                if worker.source.name == "nvml":
-                    self.gpus = tuple(result.gpus)
+                if GPU_INFO in worker.source.provides:
+                    self._gpus[worker.source.name] = tuple(result.gpus)
                 if worker.source is self.attribution:
                     observed = result
+        self.gpus = tuple(gpu for gpus in self._gpus.values() for gpu in gpus)
         return self._publish(readings, observed)
 
-    def _publish(self, readings, observed=None) -> Snapshot:
+    def _publish(self, readings: list[Reading], observed: SourceResult | None = None) -> Snapshot:
         intensity, pue = self.intensity, self.pue
         counted = self.ledger.update(readings, grams_per_joule(intensity.grams_per_kwh, pue))
         extra: tuple[CollectorState, ...] = ()
@@ -183,7 +254,7 @@ class Sampler:
             self.attribution.account(observed, counted)
             extra = tuple(CollectorState(*state) for state in self.attribution.states())
         grams = sum(c.grams for c in counted)
-        now = time.monotonic()
+        now = self.clock()
         rate = embodied_rate = None
         if self.last_cycle_at is not None and now > self.last_cycle_at:
             rate = grams / (now - self.last_cycle_at)
@@ -217,7 +288,7 @@ class Sampler:
     async def run(self, stop: asyncio.Event) -> None:
         """Sample until `stop` is set, on a fixed grid so slow cycles do not drift."""
         stopped = asyncio.ensure_future(stop.wait())  # one waiter for the whole run
-        next_at = time.monotonic()
+        next_at = self.clock()
         try:
             while not stop.is_set():
                 try:
@@ -227,15 +298,15 @@ class Sampler:
                 next_at += self.interval
                 delay = next_at - time.monotonic()
                 if delay < 0:  # overran: skip the missed ticks rather than bunching cycles
-                    next_at = time.monotonic()
+                    next_at = self.clock()
                     delay = 0
                 await asyncio.wait([stopped], timeout=delay)
         finally:
             stopped.cancel()
 
     def close(self) -> None:
-        for thread in self.threads:
-            thread.executor.shutdown(wait=False, cancel_futures=True)
+        for lane in self.lanes:
+            lane.executor.shutdown(wait=False, cancel_futures=True)
         for source in self.sources:
             try:
                 source.close()

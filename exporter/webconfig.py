@@ -44,10 +44,9 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
 import bcrypt
-import yaml
 from aiohttp import web
 
-from exporter.config import ConfigError
+from exporter.confutil import ConfigError, read_yaml
 
 log = logging.getLogger(__name__)
 
@@ -261,16 +260,7 @@ def load_web_config(path: str | None) -> WebConfig:
     """Read and validate the file; ConfigError with one line naming the field."""
     if not path:
         return WebConfig()
-    try:
-        with open(path, encoding="utf-8") as handle:
-            tree = yaml.safe_load(handle)
-    except OSError as exc:
-        raise ConfigError(f"web config file {path}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"web config file {path}{where}: "
-                          f"{getattr(exc, 'problem', None) or 'not valid YAML'}") from None
+    tree = read_yaml(path, f"web config file {path}")
     tree = _mapping(path, "", tree, TOP_KEYS)
     if tree.get("rate_limit"):
         raise _fail(path, "rate_limit", "not supported by carbon-exporter (use --web.max-requests)")

@@ -15,7 +15,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from exporter import metrics  # noqa: E402
+from exporter.carbon.providers.spec import provider_types  # noqa: E402
 from exporter.config import SETTINGS  # noqa: E402
+from exporter.sources.registry import registered  # noqa: E402
 
 
 def settings_table() -> str:
@@ -38,7 +40,38 @@ def metrics_table() -> str:
     return "\n".join(rows)
 
 
-SECTIONS = {"settings": settings_table, "metrics": metrics_table}
+def collectors_table() -> str:
+    rows = ["| collector | role | default | lane | provides | source label | what it reads |",
+            "|---|---|---|---|---|---|---|"]
+    for cls in registered():
+        labels = " or ".join(f"`{label}`" for label in cls.source_labels)
+        provides = ", ".join(sorted(cls.provides))
+        default = "on" if cls.default_enabled else "off"
+        rows.append(f"| `{cls.name}` | {cls.role} | {default} | {cls.lane} | {provides} | "
+                    f"{labels} | {cls.summary} |")
+    return "\n".join(rows)
+
+
+def _duration(seconds: float) -> str:
+    if seconds == float("inf"):
+        return "never"
+    for unit, size in (("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
+
+
+def providers_table() -> str:
+    rows = ["| type | refresh | max_age | auth | what it reads (units) |", "|---|---|---|---|---|"]
+    for kind, cls in provider_types().items():
+        refresh = _duration(cls.refresh) if cls.live else ""
+        rows.append(f"| `{kind}` | {refresh} | {_duration(cls.max_age)} | {cls.auth} | "
+                    f"{cls.summary} |")
+    return "\n".join(rows)
+
+
+SECTIONS = {"settings": settings_table, "metrics": metrics_table,
+            "collectors": collectors_table, "providers": providers_table}
 
 
 def render(text: str) -> str:

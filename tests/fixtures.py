@@ -7,17 +7,71 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# One /proc/cpuinfo entry in the field order and tab layout of the kernel's show_cpuinfo()
+# (arch/x86/kernel/cpu/proc.c); "TLB size" is printed for AMD only. CPU_KINDS below carry the
+# values real machines of each kind print (family/model/stepping, cache, flags).
 CPUINFO_BLOCK = """processor\t: {n}
-vendor_id\t: GenuineIntel
-cpu family\t: 6
-model\t\t: 143
+vendor_id\t: {vendor}
+cpu family\t: {family}
+model\t\t: {model_no}
 model name\t: {model}
+stepping\t: {stepping}
+microcode\t: {microcode}
+cpu MHz\t\t: {mhz}
+cache size\t: {cache}
 physical id\t: {socket}
 siblings\t: {threads_per_socket}
 core id\t\t: {core}
 cpu cores\t: {cores_per_socket}
+apicid\t\t: {apicid}
+initial apicid\t: {apicid}
+fpu\t\t: yes
+fpu_exception\t: yes
+cpuid level\t: {cpuid_level}
+wp\t\t: yes
+flags\t\t: {flags}
+bugs\t\t: {bugs}
+bogomips\t: {bogomips}
+{tlb}clflush size\t: 64
+cache_alignment\t: 64
+address sizes\t: {address_sizes}
+power management:
 
 """
+
+_X86_COMMON = ("fpu vme de pse tsc msr pae mce cx8 apic sep mtrr pge mca cmov pat pse36 clflush "
+               "mmx fxsr sse sse2")
+CPU_KINDS: dict[str, dict[str, str]] = {
+    # Sapphire Rapids (family 6 model 143), e.g. Xeon Platinum 8480+ / 8481C
+    "intel_spr": dict(
+        vendor="GenuineIntel", family="6", model_no="143", stepping="8", microcode="0x2b000590",
+        mhz="2000.000", cache="107520 KB", cpuid_level="32", bogomips="4000.00", tlb="",
+        address_sizes="46 bits physical, 57 bits virtual",
+        bugs="spectre_v1 spectre_v2 spec_store_bypass swapgs eibrs_pbrsb",
+        flags=_X86_COMMON + " ss ht syscall nx pdpe1gb rdtscp lm constant_tsc rep_good nopl "
+        "xtopology nonstop_tsc cpuid tsc_known_freq pni pclmulqdq ssse3 fma cx16 pdcm pcid "
+        "sse4_1 sse4_2 x2apic movbe popcnt tsc_deadline_timer aes xsave avx f16c rdrand "
+        "{hypervisor}lahf_lm abm 3dnowprefetch invpcid_single ssbd ibrs ibpb stibp ibrs_enhanced "
+        "fsgsbase tsc_adjust bmi1 hle avx2 smep bmi2 erms invpcid rtm avx512f avx512dq rdseed "
+        "adx smap avx512ifma clflushopt clwb avx512cd sha_ni avx512bw avx512vl xsaveopt xsavec "
+        "xgetbv1 xsaves avx_vnni avx512_bf16 wbnoinvd arat avx512vbmi umip pku ospke waitpkg "
+        "avx512_vbmi2 gfni vaes vpclmulqdq avx512_vnni avx512_bitalg tme avx512_vpopcntdq la57 "
+        "rdpid bus_lock_detect cldemote movdiri movdir64b fsrm md_clear serialize tsxldtrk "
+        "amx_bf16 avx512_fp16 amx_tile amx_int8 arch_capabilities"),
+    # Zen 3 Milan (family 25 model 1), e.g. EPYC 7763
+    "amd_milan": dict(
+        vendor="AuthenticAMD", family="25", model_no="1", stepping="1", microcode="0xffffffff",
+        mhz="2445.426", cache="512 KB", cpuid_level="13", bogomips="4890.85",
+        tlb="TLB size\t: 2560 4K pages\n", address_sizes="48 bits physical, 48 bits virtual",
+        bugs="sysret_ss_attrs null_seg spectre_v1 spectre_v2 spec_store_bypass srso",
+        flags=_X86_COMMON + " ht syscall nx mmxext fxsr_opt pdpe1gb rdtscp lm constant_tsc "
+        "rep_good nopl tsc_reliable nonstop_tsc cpuid extd_apicid aperfmperf pni pclmulqdq "
+        "ssse3 fma cx16 pcid sse4_1 sse4_2 movbe popcnt aes xsave avx f16c rdrand {hypervisor}"
+        "lahf_lm cmp_legacy cr8_legacy abm sse4a misalignsse 3dnowprefetch osvw topoext "
+        "invpcid_single vmmcall fsgsbase bmi1 avx2 smep bmi2 erms invpcid rdseed adx smap "
+        "clflushopt clwb sha_ni xsaveopt xsavec xgetbv1 xsaves clzero xsaveerptr rdpru arat "
+        "npt nrip_save umip vaes vpclmulqdq rdpid fsrm"),
+}
 
 
 @dataclass
@@ -122,7 +176,9 @@ def amd_one_socket(root: Path) -> PowercapTree:
 
 @dataclass
 class ProcfsTree:
-    """<root>/{stat,cpuinfo,meminfo}; advance() adds busy and idle jiffies (USER_HZ=100)."""
+    """<root>/{stat,cpuinfo,meminfo} in the kernel's layout; advance() adds busy and idle
+    jiffies (USER_HZ=100). kind picks the CPU_KINDS values; hypervisor adds the cpuinfo flag
+    the kernel sets under a hypervisor; cores_per_socket defaults to threads/2 (SMT on)."""
 
     root: Path
     threads: int = 8
@@ -131,20 +187,30 @@ class ProcfsTree:
     mem_kib: int = 64 * 1024 * 1024
     busy: int = 10_000
     idle: int = 90_000
+    kind: str = "intel_spr"
+    hypervisor: bool = False
 
     def __post_init__(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         per_socket = self.threads // self.sockets
+        cores = max(1, per_socket // 2)
+        values = dict(CPU_KINDS[self.kind])
+        values["flags"] = values["flags"].format(
+            hypervisor="hypervisor " if self.hypervisor else "")
         (self.root / "cpuinfo").write_text("".join(
-            CPUINFO_BLOCK.format(n=n, model=self.model, socket=n // per_socket, core=n % per_socket,
-                                 threads_per_socket=per_socket, cores_per_socket=per_socket)
+            CPUINFO_BLOCK.format(n=n, model=self.model, socket=n // per_socket,
+                                 core=(n % per_socket) % cores, apicid=n,
+                                 threads_per_socket=per_socket, cores_per_socket=cores, **values)
             for n in range(self.threads)))
-        (self.root / "meminfo").write_text(
-            f"MemTotal:       {self.mem_kib} kB\nMemFree:        {self.mem_kib // 2} kB\n"
-            f"MemAvailable:   {self.mem_kib // 2} kB\nBuffers:          10240 kB\n"
-            f"Cached:          204800 kB\nSwapCached:            0 kB\nActive:  1024 kB\n"
-            f"Inactive:  1024 kB\nShmem:  0 kB\nSReclaimable:  0 kB\nSwapTotal:  0 kB\n"
-            f"SwapFree:  0 kB\nDirty:  0 kB\nWriteback:  0 kB\nSlab:  0 kB\n")
+        free = self.mem_kib // 2
+        (self.root / "meminfo").write_text("".join(f"{key + ':':<16}{value:>8} kB\n" for key, value in (
+            ("MemTotal", self.mem_kib), ("MemFree", free), ("MemAvailable", free + 204800),
+            ("Buffers", 10240), ("Cached", 204800), ("SwapCached", 0), ("Active", 1024),
+            ("Inactive", 1024), ("Active(anon)", 512), ("Inactive(anon)", 512),
+            ("Active(file)", 512), ("Inactive(file)", 512), ("Unevictable", 0), ("Mlocked", 0),
+            ("SwapTotal", 0), ("SwapFree", 0), ("Dirty", 0), ("Writeback", 0),
+            ("AnonPages", 1024), ("Mapped", 1024), ("Shmem", 0), ("KReclaimable", 0),
+            ("Slab", 0), ("SReclaimable", 0), ("SUnreclaim", 0))))
         self.write_stat()
 
     @property
@@ -164,3 +230,34 @@ class ProcfsTree:
         self.busy += busy_jiffies
         self.idle += idle_jiffies
         self.write_stat()
+
+
+# Values DMI reports (<sysfs>/class/dmi/id/*) on common platforms. Azure's chassis asset tag
+# is the fixed one cloud-init identifies Azure by; a local Hyper-V VM has another.
+DMI_PLATFORMS: dict[str, dict[str, str]] = {
+    "aws": {"sys_vendor": "Amazon EC2", "product_name": "m6i.2xlarge",
+            "bios_vendor": "Amazon EC2", "chassis_asset_tag": "Amazon EC2"},
+    "gcp": {"sys_vendor": "Google", "product_name": "Google Compute Engine",
+            "bios_vendor": "Google", "chassis_asset_tag": ""},
+    "azure": {"sys_vendor": "Microsoft Corporation", "product_name": "Virtual Machine",
+              "bios_vendor": "Microsoft Corporation",
+              "chassis_asset_tag": "7783-7084-3265-9085-8269-3286-77"},
+    "kvm": {"sys_vendor": "QEMU", "product_name": "Standard PC (Q35 + ICH9, 2009)",
+            "bios_vendor": "SeaBIOS", "chassis_asset_tag": ""},
+    "dell": {"sys_vendor": "Dell Inc.", "product_name": "PowerEdge R760",
+             "bios_vendor": "Dell Inc.", "chassis_asset_tag": ""},
+}
+
+
+def dmi_tree(sysfs: Path, platform: str) -> Path:
+    """<sysfs>/devices/virtual/dmi/id/<field>, with class/dmi/id linking to it as the kernel
+    does; fields end in a newline like the kernel's."""
+    target = sysfs / "devices" / "virtual" / "dmi" / "id"
+    target.mkdir(parents=True, exist_ok=True)
+    for name, value in DMI_PLATFORMS[platform].items():
+        (target / name).write_text(value + "\n")
+    link = sysfs / "class" / "dmi" / "id"
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if not link.exists():
+        link.symlink_to(os.path.relpath(target, link.parent))
+    return sysfs

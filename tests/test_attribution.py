@@ -359,7 +359,7 @@ def test_tagging_rules_name_units_jobs_and_processes(tmp_path):
 
 
 @pytest.mark.parametrize("text, message", [
-    ("rules: [{match: {unit: x}}]", "'workload_job' is a required property"),
+    ("rules: [{match: {unit: x}}]", "rules.0: 'workload_job' is required"),
     ("rules: [{match: {colour: x}, workload_job: a}]", "rules.0.match"),
     ("rules: [{match: {unit: x}, workload_job: '{nope}'}]", "unknown field 'nope'"),
     ("rules: [{match: {unit: x}, workload_job: '{unit'}]", "rules.0: workload_job"),
@@ -472,8 +472,8 @@ def test_sampler_workload_totals_equal_node_energy_every_cycle(tmp_path):
     fake_nvml.set_state(state)
     config = make_config(tmp_path, collector__nvml=True)
     attribution = Attribution(config, nvml=fake_nvml)
-    sampler = Sampler([RaplSource(config.path_sysfs), NvmlSource(fake_nvml)], [], 0.5,
-                      _intensity(), 1.0, attribution)
+    sampler = Sampler([RaplSource(config.path_sysfs), NvmlSource(fake_nvml), attribution], 0.5,
+                      _intensity(), 1.0)
     rng = random.Random(3)
 
     async def run() -> None:

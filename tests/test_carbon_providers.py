@@ -278,7 +278,7 @@ def test_sampling_never_waits_on_a_hung_provider(fake):
     item = spec_for("uk", fake, timeout=5, refresh=10)
 
     async def go():
-        sampler = Sampler([_Counter()], [], 0.05, FALLBACK, 1.0)
+        sampler = Sampler([_Counter()], 0.05, FALLBACK, 1.0)
         chain = Chain(build([item]), FALLBACK, lambda s: setattr(sampler, "intensity", s.intensity))
         chain.start()
         stop = asyncio.Event()

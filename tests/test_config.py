@@ -80,7 +80,7 @@ RESOLVE_CASES = [
     ({}, "log:\n  level: loud\n", {}, ["log.level", "one of debug, info, warn, error"]),
     ({}, "web:\n  telemetry_path: metrics\n", {}, ["web.telemetry_path", "must start with /"]),
     ({}, "web:\n  listen_address: localhost\n", {}, ["web.listen_address", "[host]:port"]),
-    ({}, "carbon: 5\n", {}, ["carbon", "mapping of settings"]),
+    ({}, "carbon: 5\n", {}, ["carbon must be a mapping"]),
     ({}, "- carbon\n- pue\n", {}, ["must hold a mapping", "list"]),
     ({}, "just a string\n", {}, ["must hold a mapping", "str"]),
     ({}, "carbon:\n  pue: [1\n", {}, ["line 3", "expected ',' or ']'"]),
@@ -141,12 +141,12 @@ def test_precedence_flags_over_env_over_file_over_defaults(tmp_path):
     defaults = resolve({}, None, {})
     for setting in SETTINGS:
         if setting.kind not in ("duration", "float"):
-            assert getattr(defaults, setting.attr) == setting.default
+            assert setting.value_of(defaults) == setting.default
 
 
 def test_empty_config_file_is_the_defaults(tmp_path):
     config = resolve({}, _file(tmp_path, "empty.yml", ""), {})
-    assert config.carbon_pue == 1.0 and config.collector_rapl is True
+    assert config.carbon_pue == 1.0 and config.collector("rapl") is True
 
 
 @pytest.mark.parametrize("text, seconds", [

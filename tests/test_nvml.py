@@ -201,7 +201,7 @@ def test_close_shuts_nvml_down():
 def test_sampler_over_eight_gpus_counts_the_injected_energy():
     value = state(*(gpu(i, energy_mj=1_000_000 * (i + 1)) for i in range(8)))
     intensity = Intensity(300.0, "DE", "static")
-    sampler = Sampler([NvmlSource(nvml=fake)], [], interval=0.5, intensity=intensity, pue=1.2)
+    sampler = Sampler([NvmlSource(nvml=fake)], interval=0.5, intensity=intensity, pue=1.2)
     injected = [0.0] * 8
 
     async def run() -> None:
@@ -345,7 +345,7 @@ def test_real_gpu_joules_match_nvml_energy_counter():
         for loader in loaders:
             loader.start()
         time.sleep(2)  # let the load ramp up before measuring
-        sampler = Sampler([NvmlSource()], [], interval=1.0,
+        sampler = Sampler([NvmlSource()], interval=1.0,
                           intensity=Intensity(100.0, "", "static"), pue=1.0)
 
         def direct() -> dict[str, float]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from exporter.attribution import gpu as gpu_basis
 from exporter.attribution.cgroups import Identity
@@ -29,9 +29,14 @@ from exporter.attribution.split import (
     split_by_shares,
 )
 from exporter.attribution.tagging import Tagger, load_rules
-from exporter.config import ConfigError
+from exporter.confutil import ConfigError
 from exporter.ledger import Counted
-from exporter.sources import ABSENT, ERROR, OK, Source, SourceResult, Status
+from exporter.sources import (
+    ABSENT, ERROR, OK, OBSERVER, WORKLOADS, Source, SourceResult, Status,
+)
+
+if TYPE_CHECKING:
+    from exporter.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -69,17 +74,27 @@ def _short(container_id: str) -> str:
 
 class Attribution(Source):
     name = "attribution"
+    role = OBSERVER
+    provides = frozenset({WORKLOADS})
+    summary = (
+        "CPU time per workload cgroup (pods, containers, systemd units, Slurm jobs; processes "
+        "opt-in) and GPU processes through NVML: splits the measured energy of each sample "
+        "(see Attribution).")
 
-    def __init__(self, config, nvml=None) -> None:
+    @classmethod
+    def from_config(cls, config: Config) -> Attribution:
+        return cls(config)
+
+    def __init__(self, config: Config, nvml: Any = None) -> None:
         self.config = config
-        # GPU process accounting calls NVML, whose driver can hang: then read in NVML's thread
-        self.thread = "nvml" if config.collector_nvml else "host"
+        # GPU process accounting calls NVML, whose driver can hang: then read in NVML's lane
+        self.lane = "nvml" if config.collector("nvml") else "host"
         self.tagger: Tagger = load_rules(config.attribution_rules_file)
         self.reader = WorkloadReader(
             config.path_procfs, config.path_sysfs,
             per_process=config.attribution_processes,
             want_comm=self.tagger.wants_process_names,
-            gpus=GpuProcessReader(nvml) if config.collector_nvml else None)
+            gpus=GpuProcessReader(nvml) if config.collector("nvml") else None)
         self.kube = KubeMetadata(config)
         self.book = Book(1, 1, 1.0)
         self.floors = {"cpu": IdleFloor(), "dram": IdleFloor()}

@@ -27,7 +27,7 @@ from typing import Any
 
 import aiohttp
 
-from exporter.config import ConfigError
+from exporter.confutil import ConfigError
 from exporter.sources import ABSENT, ERROR, OK, PERMISSION, Status
 
 log = logging.getLogger(__name__)

@@ -21,9 +21,7 @@ import string
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-import jsonschema
-
-from exporter.config import ConfigError, read_yaml
+from exporter.confutil import ConfigError, check_schema, read_yaml
 
 FIELDS = ("kind", "unit", "unit_name", "container", "container_id", "namespace", "pod",
           "pod_uid", "qos", "slurm_job", "process")
@@ -124,11 +122,9 @@ class Tagger:
 
 
 def parse_rules(tree: Any, origin: str) -> Tagger:
-    validator = jsonschema.Draft202012Validator(SCHEMA)
-    error = jsonschema.exceptions.best_match(validator.iter_errors(tree))
-    if error is not None:
-        path = ".".join(str(p) for p in error.absolute_path) or "top level"
-        raise ConfigError(f"{origin}: {path}: {error.message}")
+    import jsonschema  # noqa: PLC0415 - only when a rules file is configured
+
+    check_schema(jsonschema.Draft202012Validator(SCHEMA), tree, origin)
     rules = []
     for index, raw in enumerate(tree["rules"]):
         where = f"{origin}: rules.{index}"

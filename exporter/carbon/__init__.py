@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass
 
 from exporter import data
-from exporter.config import ConfigError
+from exporter.confutil import ConfigError
 
 WORLD = "WORLD"
 

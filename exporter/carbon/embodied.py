@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 
 from exporter import data
-from exporter.config import ConfigError
+from exporter.confutil import ConfigError
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ import logging
 import os
 import threading
 
-from exporter.config import ConfigError
+from exporter.confutil import ConfigError
 
 REDACTED = "<redacted>"
 # Configured secrets stay registered; short-lived ones (WattTime hands out a new token every

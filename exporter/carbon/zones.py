@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass
 
 from exporter import data
-from exporter.config import ConfigError
+from exporter.confutil import ConfigError
 
 CLOUDS = ("aws", "gcp", "azure")
 _ZONE_ID = re.compile(r"^[A-Za-z]{2}(?:-[A-Za-z0-9]+)*$")

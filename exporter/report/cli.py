@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from exporter.config import parse_duration
+from exporter.confutil import parse_duration
 from exporter.report.compute import DEFAULT_WHAT_IF_ZONES, Report, ReportError, Request
 from exporter.report.promapi import Auth, PrometheusError, PromClient, quote
 

@@ -1,7 +1,7 @@
 """Power sources, one module each, in the style of node_exporter's collector/ directory.
 
-A source's read() is blocking (file reads, NVML calls) and runs in the source's own worker
-thread, so one hung source cannot stall the others. It never raises: whatever goes wrong is
+A source's read() is blocking (file reads, NVML calls) and runs in its lane's worker thread,
+so one hung source cannot stall the sources of other lanes. It never raises: whatever goes wrong is
 returned as a Status with a reason, and the other sources keep working.
 """
 
@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar
 
 from exporter.ledger import Reading
+
+if TYPE_CHECKING:
+    from exporter.config import Config
 
 # Reasons reported in carbon_exporter_collector_up{reason}.
 OK = "ok"
@@ -19,11 +23,22 @@ PERMISSION = "permission"
 ERROR = "error"
 SUPERSEDED = "superseded"  # a model not used because a measured counter covers it
 
+# Roles: measured sources read counters or meters; models estimate a component and stand
+# aside where a measured source covers it (they run after every measured source, across
+# lanes); observers (attribution) read usage and split what the ledger counted.
+MEASURED, MODEL, OBSERVER = "measured", "model", "observer"
+# What a source's result carries besides its status.
+ENERGY = "energy"  # readings the ledger counts
+GPU_INFO = "gpu_info"  # SourceResult.gpus: identity and power limit per GPU
+WORKLOADS = "workloads"  # usage per workload, split by the observer after the ledger
+
 
 @dataclass(frozen=True, slots=True)
 class Status:
     reason: str
     detail: str = ""
+    # a model's method (carbon_model_info{method}); detail then says the figures it used
+    method: str = ""
 
     @property
     def up(self) -> bool:
@@ -48,18 +63,44 @@ class SourceResult:
 
 
 class Source(abc.ABC):
-    """Base class: subclasses set `name` and implement read()."""
+    """Base class of every collector the sampler reads.
 
-    name = ""
-    component: str | None = None  # set by models: the component they estimate
-    # Worker thread the sampler reads this source in. Sources that call a driver that can
-    # hang (NVML) share that driver's thread, so a wedged driver stalls only them.
-    thread = "host"
+    A source is one file in exporter/sources/ (found there by exporter.sources.registry):
+    a subclass that declares what it is below and implements from_config() and read().
+    Flags (--collector.<name>), the sampler's order and lanes, the README's collector table
+    and the landing page all derive from these declarations; nothing else names a source.
+    """
+
+    name: ClassVar[str] = ""  # --collector.<name>, the collector label
+    role: ClassVar[str] = MEASURED  # MEASURED, MODEL (runs after every measured one) or OBSERVER
+    components: ClassVar[tuple[str, ...]] = ()  # component label values its readings carry
+    provides: ClassVar[frozenset[str]] = frozenset({ENERGY})  # ENERGY, GPU_INFO, WORKLOADS
+    default_enabled: ClassVar[bool] = True
+    source_labels: ClassVar[tuple[str, ...]] = ()  # values of the `source` label it exports
+    summary: ClassVar[str] = ""  # what it reads, for the README's collector table
+    # Worker thread ("lane") the sampler reads it in. Sources that call a driver that can
+    # hang share that driver's lane, so a wedged driver stalls only them.
+    lane: str = "host"
+
+    @classmethod
+    def from_config(cls, config: Config) -> Source:
+        """The source as the settings configure it (ConfigError for a bad setting)."""
+        raise NotImplementedError(f"{cls.__name__} does not declare from_config()")
 
     @abc.abstractmethod
     def read(self, covered: frozenset[str] = frozenset()) -> SourceResult:
-        """Read once; never raise. `covered`: components already measured by counters in
-        this cycle (a model of a covered component stands aside)."""
+        """Read once; never raise. `covered`: components measured by counters in this cycle,
+        on any lane (a model of a covered component stands aside)."""
+
+    def configure(self, config: Config) -> None:
+        """SIGHUP: apply reloadable settings (default: nothing to apply)."""
 
     def close(self) -> None:
         """Release handles (NVML shutdown); called once at exit."""
+
+
+def device_name(kind: str, index: int) -> str:
+    """Vendor-neutral device label for the index-th enumerated device of a kind: gpu-0, gpu-1.
+    The vendor and model go in info metrics, never in the device label, so queries and
+    dashboards work whatever the hardware."""
+    return f"{kind}-{index}"

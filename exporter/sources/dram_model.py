@@ -1,41 +1,114 @@
 """DRAM power estimated from installed memory where RAPL has no dram zone.
 
-    P = dram_model.watts_per_gib x installed GiB   (MemTotal from <procfs>/meminfo)
+    P = dram_model.watts_per_gib x counted GiB
 
-The default, 0.392 W per GB (0.4209 W per GiB), is Cloud Carbon Footprint's memory
-coefficient; memory power depends far more on how much is installed than on how busy it is.
+Cloud Carbon Footprint's memory coefficient (0.392 W per GB of DDR4, the sources' GB being
+binary: 8 GB DIMMs, 8 Gb devices) applies to the memory that no other figure already covers:
+  - the CPU is measured (RAPL package) or modelled from its TDP (CPU only): all installed
+    memory (MemTotal from <procfs>/meminfo) is counted;
+  - the CPU model uses per-vCPU whole-server figures (SPECpower rows include memory): only the
+    memory beyond what the reference servers include for this machine's share of a chip is
+    counted, as CCF does for AWS and Azure: vCPUs x (GB per chip / the chip's threads). Where
+    the chip's thread count is unknown (an unknown CPU in a VM), no memory is added.
 Like the CPU model, it keeps its own energy counter (source="model").
 """
 
 from __future__ import annotations
 
+import logging
+import re
 import time
+from typing import TYPE_CHECKING
 
 import psutil
 
 from exporter.ledger import Reading
-from exporter.sources import ERROR, OK, SUPERSEDED, Source, SourceResult, Status
-from exporter.sources.cpu_model import MODEL_MAX_WATTS
+from exporter.sources import ERROR, MODEL, OK, SUPERSEDED, Source, SourceResult, Status
+from exporter.sources.cpu_model import (
+    MODEL_MAX_WATTS, WHOLE_SERVER_METHODS, CpuTopology, PowerCurve, describe,
+    load_cloud_figures,
+)
+
+log = logging.getLogger(__name__)
+
+if TYPE_CHECKING:
+    from exporter.config import Config
 
 GIB = 1024**3
 # Installed memory changes only with hot-plug: re-read it now and then, not every sample.
 MEMTOTAL_REFRESH_SECONDS = 60.0
 
+ALL_MEMORY = "all_memory"
+BEYOND_REFERENCE = "beyond_reference"
+
+
+def counted_gib(installed_gib: float, cpu_measured: bool, topology: CpuTopology | None,
+                curve: PowerCurve | None) -> tuple[float, str, str]:
+    """(GiB to count, method, how) given what covers the CPU."""
+    if cpu_measured:
+        return installed_gib, ALL_MEMORY, f"{installed_gib:.1f} GiB installed (CPU measured by RAPL)"
+    if curve is None or topology is None or curve.method not in WHOLE_SERVER_METHODS:
+        what = "CPU modelled from its TDP" if curve is not None else "no CPU model"
+        return installed_gib, ALL_MEMORY, f"{installed_gib:.1f} GiB installed ({what})"
+    cloud = curve.cloud or load_cloud_figures()["aws"]  # per-thread defaults are CCF's AWS ones
+    per_chip = cloud.memory_gb_per_chip or load_cloud_figures()["aws"].memory_gb_per_chip
+    if curve.chip is not None:
+        chip_threads = curve.chip.threads
+    elif not topology.hypervisor and topology.sockets:
+        chip_threads = topology.threads // topology.sockets  # bare metal sees whole chips
+    else:
+        return 0.0, BEYOND_REFERENCE, (
+            f"{installed_gib:.1f} GiB installed, taken as included in the per-vCPU figures "
+            f"(the host chip's thread count is unknown)")
+    included = topology.threads * (per_chip or 0.0) / chip_threads
+    extra = max(0.0, installed_gib - included)
+    return extra, BEYOND_REFERENCE, (
+        f"{installed_gib:.1f} GiB installed - {included:.1f} GiB included in the per-vCPU "
+        f"figures ({topology.threads} x {per_chip:g} GB/chip / {chip_threads} threads)")
+
 
 class DramModelSource(Source):
     name = "dram-model"
-    component = "dram"
+    role = MODEL
+    components = ("dram",)
+    source_labels = ("model",)
+    summary = (
+        'where RAPL has no dram zone: `dram_model.watts_per_gib` (default 0.392, Cloud Carbon '
+        'Footprint) x the memory no other figure covers: all of `MemTotal` when the CPU is '
+        'measured or modelled from its TDP; only the memory beyond what the per-vCPU reference '
+        'servers include when the CPU model uses per-vCPU (whole-server) figures.'
+    )
 
-    def __init__(self, procfs: str, config) -> None:
+    @classmethod
+    def from_config(cls, config: Config) -> DramModelSource:
+        return cls(config.path_procfs, config)
+
+    def __init__(self, procfs: str, config: Config) -> None:
         self.procfs = procfs
         self.joules = 0.0
         self.last_at: float | None = None
         self.installed_gib: float | None = None
         self.installed_read_at = 0.0
+        self.basis = ""
         self.configure(config)
 
-    def configure(self, config) -> None:
+    def configure(self, config: Config) -> None:
+        self.config = config
         self.watts_per_gib = config.dram_model_watts_per_gib
+        self.installed_gib = None  # re-read, and the CPU basis with it
+        self.cpu: tuple[CpuTopology, PowerCurve] | None = None
+
+    def _cpu_curve(self) -> tuple[CpuTopology | None, PowerCurve | None]:
+        if not self.config.collector("cpu-model"):
+            return None, None
+        if self.cpu is None:
+            try:
+                topology, _platform, curve = describe(
+                    self.procfs, self.config.path_sysfs, self.config)
+            except (OSError, ValueError, KeyError, re.error):
+                return None, None  # the CPU model reports why
+            self.cpu = (topology, curve)
+        return self.cpu
 
     def read(self, covered: frozenset[str] = frozenset()) -> SourceResult:
         if "dram" in covered:
@@ -51,13 +124,18 @@ class DramModelSource(Source):
                 self.installed_gib = None
                 return SourceResult(Status(
                     ERROR, f"dram-model: cannot read {self.procfs}/meminfo: {exc}"))
-        installed = self.installed_gib
-        watts = installed * self.watts_per_gib
+        topology, curve = self._cpu_curve()
+        gib, method, how = counted_gib(self.installed_gib, "cpu" in covered, topology, curve)
+        watts = gib * self.watts_per_gib
+        basis = f"{how}: {gib:.1f} GiB x {self.watts_per_gib:g} W/GiB = {watts:.1f} W"
+        if method + how != self.basis:
+            log.info("dram-model: %s", basis)
+            self.basis = method + how
         previous, self.last_at = self.last_at, at
         if previous is not None:
             self.joules += watts * (at - previous)
         return SourceResult(
-            Status(OK, f"{installed:.1f} GiB x {self.watts_per_gib:g} W/GiB = {watts:.1f} W"),
+            Status(OK, basis, method),
             [Reading(collector=self.name, device="node", source="model", value=self.joules, at=at,
                      counter=True, max_watts=MODEL_MAX_WATTS, component="dram",
                      baseline=previous is None)])

@@ -13,10 +13,16 @@ import logging
 import time
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from exporter.ledger import Reading
-from exporter.sources import ABSENT, ERROR, OK, PERMISSION, GpuInfo, Source, SourceResult, Status
+from exporter.sources import (
+    ABSENT, ENERGY, ERROR, GPU_INFO, OK, PERMISSION, GpuInfo, Source, SourceResult, Status,
+    device_name,
+)
+
+if TYPE_CHECKING:
+    from exporter.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +45,19 @@ class Gpu:
 
 class NvmlSource(Source):
     name = "nvml"
-    thread = "nvml"  # a wedged driver must not stall the other sources
+    lane = "nvml"  # a wedged driver must not stall the other sources
+    components = ("gpu",)
+    provides = frozenset({ENERGY, GPU_INFO})
+    source_labels = ("nvml", "power_sample")
+    summary = (
+        "per physical NVIDIA GPU: `nvmlDeviceGetTotalEnergyConsumption` (Volta and newer) as a "
+        "counter, else `nvmlDeviceGetPowerUsage` samples integrated with the trapezoid rule (gaps "
+        "over 5 intervals are not bridged); enforced power limit; identity. MIG instances are "
+        "never enumerated as GPUs, so a partitioned GPU counts once.")
+
+    @classmethod
+    def from_config(cls, config: Config) -> NvmlSource:
+        return cls()
 
     def __init__(self, nvml: ModuleType | None = None) -> None:
         self._nvml = nvml
@@ -103,7 +121,7 @@ class NvmlSource(Source):
         gpus = []
         for index in range(nvml.nvmlDeviceGetCount()):
             handle = nvml.nvmlDeviceGetHandleByIndex(index)
-            device = f"gpu-{index}"
+            device = device_name("gpu", index)
             try:
                 nvml.nvmlDeviceGetTotalEnergyConsumption(handle)
                 has_counter = True

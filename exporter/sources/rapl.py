@@ -17,9 +17,13 @@ import os
 import re
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from exporter.ledger import Reading
 from exporter.sources import ABSENT, ERROR, OK, PERMISSION, Source, SourceResult, Status
+
+if TYPE_CHECKING:
+    from exporter.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +85,19 @@ _MIN_INTERVAL_SLACK = 0.02
 
 class RaplSource(Source):
     name = "rapl"
+    components = ("cpu", "dram")
+    source_labels = ("rapl",)
+    summary = (
+        "`<sysfs>/class/powercap/intel-rapl:*`: `package-N` zones are `component=\"cpu\"`, their "
+        "`dram` sub-zones `component=\"dram\"`; `core`, `uncore` and `psys` only in "
+        "`carbon_rapl_domain_joules_total` (they overlap the package). `intel-rapl-mmio` / "
+        "`intel-rapl-tpmi` zones repeat the package counter and are used only for packages the "
+        "MSR interface does not show. AMD (Zen, Linux 5.8+) exposes `package-N` with a `core` "
+        "sub-zone and no `dram`.")
+
+    @classmethod
+    def from_config(cls, config: Config) -> RaplSource:
+        return cls(config.path_sysfs, config.rapl_min_interval)
 
     def __init__(self, sysfs: str, min_interval: float = 0.0) -> None:
         self.root = os.path.join(sysfs, "class", "powercap")
@@ -94,7 +111,7 @@ class RaplSource(Source):
         self.active: list[Zone] = []  # recomputed only when the zone set changes
         self.active_detail = ""
 
-    def configure(self, config) -> None:
+    def configure(self, config: Config) -> None:
         """SIGHUP: --rapl.min-interval is reloadable."""
         self.min_interval = config.rapl_min_interval
 

@@ -13,13 +13,23 @@ import json
 import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+import logging
+from typing import TYPE_CHECKING, Any, Awaitable, ClassVar
 
 import aiohttp
 
 from exporter.carbon import Intensity
 from exporter.carbon.secrets import redact
 from exporter.carbon.zones import GridZone
+
+if TYPE_CHECKING:
+    from exporter.carbon.providers.spec import ProviderSpec
+
+log = logging.getLogger(__name__)
+
+# Secret options of providers that send a token (see exporter.carbon.secrets).
+TOKEN_OPTIONS: dict[str, Any] = {"token_file": {"type": "string"}, "token_env": {"type": "string"}}
+KIND_OPTION: dict[str, Any] = {"kind": {"enum": ["average", "marginal"]}}
 
 # Above any grid on record (lignite-only systems are ~1,100-1,300 g/kWh lifecycle).
 MAX_GRAMS_PER_KWH = 2000.0
@@ -118,16 +128,31 @@ def iso(ts: float) -> str:
 
 
 class Provider(abc.ABC):
-    """Base class: subclasses set `type` and implement fetch()."""
+    """Base class of a grid intensity provider: one module in exporter/carbon/providers/.
 
-    type = ""
+    A subclass declares its `type` (the config's `type:`), its own options as JSON schema
+    properties, which of them are required, how often it asks (`refresh`) and how long a value
+    may serve (`max_age`), and its API's `base_url` where it has one (the `url` option
+    overrides it); exporter.carbon.providers.spec derives the schema, the defaults and the
+    type table from these. It implements fetch().
+    """
+
+    type: ClassVar[str] = ""
+    options: ClassVar[dict[str, Any]] = {}  # JSON schema properties beyond the common ones
+    required: ClassVar[tuple[str, ...]] = ()
+    refresh: ClassVar[float] = 300.0  # seconds between fetches, by default
+    max_age: ClassVar[float] = 7200.0  # seconds a value may serve after its timestamp
+    base_url: ClassVar[str | None] = None  # the API's default base URL
+    auth: ClassVar[str] = "none"  # how it authenticates, for the README's provider table
+    summary: ClassVar[str] = ""  # what it reads (units), for the README's provider table
     kind = "average"
     live = True  # False for static/dataset: never aged, never fetched over the network
 
-    def __init__(self, spec, zone: GridZone) -> None:
+    def __init__(self, spec: ProviderSpec, zone: GridZone) -> None:
         self.spec = spec
         self.zone = zone
         self.name = spec.name
+        self.base = (spec.url or self.base_url or "").rstrip("/")
 
     @property
     def where(self) -> str:
@@ -140,6 +165,16 @@ class Provider(abc.ABC):
     def describe(self) -> str:
         """One line for the landing page and start-up log: no secrets, only where from."""
         return self.spec.url or self.type
+
+    async def forecast_or_keep(
+            self, request: Awaitable[tuple[ForecastPoint, ...]]) -> tuple[ForecastPoint, ...]:
+        """A forecast, or () when it fails: a failed forecast never fails the current value,
+        and the chain keeps the last good forecast (it replaces it only with a non-empty one)."""
+        try:
+            return await request
+        except ProviderError as exc:
+            log.debug("provider %s: forecast unusable: %s", self.name, exc.detail)
+            return ()
 
     async def get_json(self, session: aiohttp.ClientSession, url: str, *,
                        headers: dict[str, str] | None = None,

@@ -24,20 +24,13 @@ from exporter.carbon import Intensity, static_intensity
 from exporter.carbon.providers import (
     INVALID, TIMEOUT, Fetched, ForecastPoint, Provider, ProviderError,
 )
-from exporter.carbon.providers.electricitymaps import ElectricityMaps
-from exporter.carbon.providers.file import FileProvider
-from exporter.carbon.providers.http_json import HttpJson
-from exporter.carbon.providers.static import Dataset, Static
-from exporter.carbon.providers.ukgrid import UkGrid
-from exporter.carbon.providers.watttime import WattTime
+from exporter.carbon.providers.spec import provider_types
 from exporter.carbon.secrets import redact
 from exporter.carbon.zones import resolve_zone
 
 log = logging.getLogger(__name__)
 
-PROVIDERS: dict[str, type[Provider]] = {
-    p.type: p for p in (ElectricityMaps, WattTime, UkGrid, HttpJson, FileProvider, Static, Dataset)
-}
+PROVIDERS: dict[str, type[Provider]] = provider_types()
 FORECAST_WINDOW = 24 * 3600.0
 USER_AGENT = f"carbon-exporter/{__version__}"
 

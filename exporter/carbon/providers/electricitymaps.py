@@ -13,24 +13,38 @@ import time
 
 from exporter.carbon import Intensity
 from exporter.carbon.providers import (
+    TOKEN_OPTIONS,
     Fetched, ForecastPoint, Provider, ProviderError, INVALID, check_grams, dig, parse_time,
     unit_factor,
 )
 from exporter.carbon.secrets import load_secret
-from exporter.config import ConfigError
+from exporter.confutil import ConfigError
 
 log = logging.getLogger(__name__)
 
-BASE_URL = "https://api.electricitymap.org/v3"
 TOKEN_ENV = "CARBON_EXPORTER_ELECTRICITYMAPS_TOKEN"
 
 
 class ElectricityMaps(Provider):
     type = "electricitymaps"
+    auth = (
+        '`auth-token` header: `token_file`, `token_env`, or '
+        '`CARBON_EXPORTER_ELECTRICITYMAPS_TOKEN`'
+    )
+    summary = (
+        '`GET /v3/carbon-intensity/latest?zone=Z`: `carbonIntensity` (gCO2eq/kWh, lifecycle),'
+        ' `datetime` (the hour it describes; the age counts from it), `zone`; a `unit` field,'
+        ' where present, must be gCO2eq/kWh or convertible. `GET '
+        '/v3/carbon-intensity/forecast?zone=Z`: `forecast[].carbonIntensity`, '
+        "`forecast[].datetime` (hourly). Zone: the provider's `zone`, else the cloud region's"
+        ' Electricity Maps zone, else `carbon.zone`.'
+    )
+    options = {**TOKEN_OPTIONS, "forecast": {"type": "boolean"}}
+    refresh = 900.0
+    base_url = "https://api.electricitymap.org/v3"
 
     def __init__(self, spec, zone) -> None:
         super().__init__(spec, zone)
-        self.base = (spec.url or BASE_URL).rstrip("/")
         self.zone_id = spec.zone or zone.em_zone or (zone.country if zone.country != "WORLD" else None)
         if not self.zone_id:
             raise ConfigError(f"{self.where}: no zone: set carbon.zone or the provider's zone")

@@ -21,6 +21,7 @@ import time
 
 from exporter.carbon import Intensity
 from exporter.carbon.providers import (
+    KIND_OPTION,
     INVALID, NO_DATA, Fetched, ForecastPoint, Provider, ProviderError, check_grams, parse_time,
 )
 
@@ -29,6 +30,17 @@ HOUR = 3600.0
 
 class FileProvider(Provider):
     type = "file"
+    auth = 'none'
+    summary = (
+        'A local CSV or JSON file, re-read when its modification time or size changes (parsed'
+        ' in a worker thread). Time-stamped values: CSV `timestamp,grams_per_kwh` or JSON '
+        '`[{"timestamp": ..., "grams_per_kwh": ...}]` (the latest point at or before now is '
+        'in force; later points are the forecast). An hourly profile: CSV '
+        '`hour,grams_per_kwh` (0-23, UTC) or JSON `{"hourly": [24 values]}`.'
+    )
+    options = {"path": {"type": "string", "minLength": 1}, **KIND_OPTION}
+    required = ("path",)
+    refresh = 10.0
 
     def __init__(self, spec, zone) -> None:
         super().__init__(spec, zone)

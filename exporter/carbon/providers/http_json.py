@@ -12,12 +12,29 @@ from __future__ import annotations
 import time
 
 from exporter.carbon import Intensity
-from exporter.carbon.providers import Fetched, Provider, check_grams, dig, parse_time, unit_factor
+from exporter.carbon.providers import KIND_OPTION, TOKEN_OPTIONS, Fetched, Provider, check_grams, dig, parse_time, unit_factor
 from exporter.carbon.secrets import load_secret
 
 
 class HttpJson(Provider):
     type = "http_json"
+    auth = (
+        'optional `token_file`/`token_env`, sent in `header` (default `Authorization: Bearer '
+        '<token>`)'
+    )
+    summary = (
+        '`GET url`; the value at the dotted `field` path (`a.b.0.c`), in `unit` or in the '
+        'unit named at `unit_field`; its timestamp at `time_field` (ISO 8601 or unix '
+        'seconds), else the fetch time. `kind` may be `marginal`.'
+    )
+    options = {**TOKEN_OPTIONS, **KIND_OPTION,
+               "field": {"type": "string", "minLength": 1},
+               "time_field": {"type": "string", "minLength": 1},
+               "unit": {"enum": ["g/kWh", "kg/kWh", "kg/MWh", "lbs/MWh", "t/MWh"]},
+               "unit_field": {"type": "string", "minLength": 1},
+               "header": {"type": "string", "pattern": r"^[A-Za-z0-9-]+$"}}
+    required = ("url", "field")
+    refresh = 300.0
 
     def __init__(self, spec, zone) -> None:
         super().__init__(spec, zone)

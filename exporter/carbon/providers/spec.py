@@ -11,17 +11,22 @@ secret, options ending in `_env` name an environment variable (see secrets.py).
 
 from __future__ import annotations
 
+import functools
+import importlib
+import pkgutil
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jsonschema
+from exporter.confutil import ConfigError, check_schema, parse_duration
 
-from exporter.config import ConfigError, parse_duration
+if TYPE_CHECKING:
+    import jsonschema
 
-TYPES = ("electricitymaps", "watttime", "ukgrid", "http_json", "file", "static", "dataset")
+    from exporter.carbon.providers import Provider
 
-_COMMON = {
-    "type": {"enum": list(TYPES)},
+# Options every provider type takes; a type's own options are declared on its class.
+COMMON_OPTIONS: dict[str, Any] = {
+    "type": {"type": "string"},
     "name": {"type": "string", "pattern": r"^[A-Za-z0-9_.:-]{1,64}$"},
     "zone": {"type": "string", "minLength": 1},
     "refresh": {"type": ["number", "string"]},
@@ -31,48 +36,47 @@ _COMMON = {
     "max_age": {"type": ["number", "string"]},
     "url": {"type": "string", "pattern": "^https?://"},
 }
-_SECRET = {"token_file": {"type": "string"}, "token_env": {"type": "string"}}
-_OPTIONS: dict[str, dict[str, Any]] = {
-    "electricitymaps": {**_SECRET, "forecast": {"type": "boolean"}},
-    "watttime": {"region": {"type": "string", "minLength": 1},
-                 "username_env": {"type": "string"}, "username_file": {"type": "string"},
-                 "password_env": {"type": "string"}, "password_file": {"type": "string"},
-                 "forecast": {"type": "boolean"}},
-    "ukgrid": {"region": {"type": "integer", "minimum": 1, "maximum": 17},
-               "forecast": {"type": "boolean"}},
-    "http_json": {**_SECRET, "field": {"type": "string", "minLength": 1},
-                  "time_field": {"type": "string", "minLength": 1},
-                  "unit": {"enum": ["g/kWh", "kg/kWh", "kg/MWh", "lbs/MWh", "t/MWh"]},
-                  "unit_field": {"type": "string", "minLength": 1},
-                  "kind": {"enum": ["average", "marginal"]},
-                  "header": {"type": "string", "pattern": r"^[A-Za-z0-9-]+$"}},
-    "file": {"path": {"type": "string", "minLength": 1},
-             "kind": {"enum": ["average", "marginal"]}},
-    "static": {"value": {"type": "number", "minimum": 0, "maximum": 2000},
-               "kind": {"enum": ["average", "marginal"]}},
-    "dataset": {},
-}
-_REQUIRED = {"http_json": ["url", "field"], "file": ["path"], "static": ["value"]}
+DEFAULT_TIMEOUT, DEFAULT_RETRIES, DEFAULT_BACKOFF = 10.0, 2, 1.0
+# Keys people try for secrets written inline: the error says where secrets go instead.
+_SECRET_HINT = (" (secrets are read from files or environment variables: use token_file or "
+                "token_env)")
+_HINTS = {"token": _SECRET_HINT, "password": _SECRET_HINT, "username": _SECRET_HINT}
 
 
-def _item_schema(kind: str) -> dict[str, Any]:
+@functools.cache
+def provider_types() -> dict[str, type[Provider]]:
+    """Every provider class in exporter/carbon/providers/, by its `type`: live ones first.
+
+    The provider registration seam: a provider is one module there whose Provider subclass
+    declares type, options, required, refresh and max_age; this table, the schema and the
+    chain all derive from it."""
+    import exporter.carbon.providers as package  # noqa: PLC0415
+    from exporter.carbon.providers import Provider  # noqa: PLC0415
+
+    found: dict[str, type[Provider]] = {}
+    for module_info in pkgutil.iter_modules(package.__path__):
+        if module_info.name in ("spec", "chain"):
+            continue
+        module = importlib.import_module(f"{package.__name__}.{module_info.name}")
+        for value in vars(module).values():
+            if isinstance(value, type) and issubclass(value, Provider) and value.type:
+                held = found.setdefault(value.type, value)
+                if held is not value:
+                    raise RuntimeError(f"two providers declare type {value.type!r}")
+    return dict(sorted(found.items(), key=lambda item: (not item[1].live, item[0])))
+
+
+def item_schema(cls: type[Provider]) -> dict[str, Any]:
     return {"type": "object", "additionalProperties": False,
-            "properties": {**_COMMON, **_OPTIONS[kind]},
-            "required": ["type", *_REQUIRED.get(kind, [])]}
+            "properties": {**COMMON_OPTIONS, **cls.options},
+            "required": ["type", *cls.required]}
 
 
-_VALIDATORS = {kind: jsonschema.Draft202012Validator(_item_schema(kind)) for kind in TYPES}
+@functools.cache
+def _validator(kind: str) -> jsonschema.protocols.Validator:
+    import jsonschema  # noqa: PLC0415
 
-# Defaults per type: how often to ask, how long a value may serve after its timestamp.
-_DEFAULTS = {
-    "electricitymaps": {"refresh": 900.0, "max_age": 7200.0},
-    "watttime": {"refresh": 300.0, "max_age": 3600.0},
-    "ukgrid": {"refresh": 900.0, "max_age": 7200.0},
-    "http_json": {"refresh": 300.0, "max_age": 7200.0},
-    "file": {"refresh": 10.0, "max_age": 7200.0},
-    "static": {"refresh": 3600.0, "max_age": float("inf")},
-    "dataset": {"refresh": 3600.0, "max_age": float("inf")},
-}
+    return jsonschema.Draft202012Validator(item_schema(provider_types()[kind]))
 
 
 @dataclass(frozen=True)
@@ -94,29 +98,7 @@ class ProviderSpec:
         return dict(self.options).get(key, default)
 
 
-def _describe(error: jsonschema.ValidationError, where: str) -> str:
-    path = "".join(f".{p}" for p in error.absolute_path)
-    field = f"{where}{path}"
-    if error.validator == "additionalProperties":
-        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
-        hint = " (secrets are read from files or environment variables: use token_file or " \
-               "token_env)" if extra[0] in ("token", "password", "username") else ""
-        return f"{where}: unknown key {extra[0]}{hint}"
-    if error.validator == "required":
-        return f"{where}: {error.message.split(' ')[0]} is required"
-    if error.validator == "enum":
-        return f"{field}: {error.instance!r} must be one of {', '.join(map(str, error.validator_value))}"
-    if error.validator == "pattern":
-        return f"{field}: {error.instance!r} does not match {error.validator_value}"
-    if error.validator in ("minimum", "maximum"):
-        relation = "at least" if error.validator == "minimum" else "at most"
-        return f"{field}: {error.instance!r} must be {relation} {error.validator_value}"
-    if error.validator == "type":
-        return f"{field}: {error.instance!r} must be of type {error.validator_value}"
-    return f"{field}: {error.message}"
-
-
-def _duration(item: dict, key: str, default: float, where: str) -> float:
+def _duration(item: dict[str, Any], key: str, default: float, where: str) -> float:
     if key not in item:
         return default
     try:
@@ -132,21 +114,24 @@ def _parse_item(raw: Any, where: str) -> ProviderSpec:
     item = {"type": raw} if isinstance(raw, str) else raw
     if not isinstance(item, dict):
         raise ConfigError(f"{where}: must be a provider type or a mapping with a type")
+    types = provider_types()
     kind = item.get("type")
-    if kind not in TYPES:
-        raise ConfigError(f"{where}.type: {kind!r} must be one of {', '.join(TYPES)}")
-    error = jsonschema.exceptions.best_match(_VALIDATORS[kind].iter_errors(item))
-    if error is not None:
-        raise ConfigError(_describe(error, where))
-    defaults = _DEFAULTS[kind]
-    refresh = _duration(item, "refresh", defaults["refresh"], where)
-    timeout = _duration(item, "timeout", 10.0, where)
-    backoff = _duration(item, "backoff", 1.0, where)
-    max_age = _duration(item, "max_age", defaults["max_age"], where)
-    common = set(_COMMON)
-    options = tuple(sorted((k, v) for k, v in item.items() if k not in common))
+    if not isinstance(kind, str) or kind not in types:
+        raise ConfigError(f"{where}.type: {kind!r} must be one of {', '.join(types)}")
+    cls = types[kind]
+
+    def name(parts: Any) -> str:
+        return where + "".join(f".{p}" for p in parts)
+
+    check_schema(_validator(kind), item, where, name, _HINTS)
+    refresh = _duration(item, "refresh", cls.refresh, where)
+    timeout = _duration(item, "timeout", DEFAULT_TIMEOUT, where)
+    backoff = _duration(item, "backoff", DEFAULT_BACKOFF, where)
+    max_age = _duration(item, "max_age", cls.max_age, where)
+    options = tuple(sorted((k, v) for k, v in item.items() if k not in COMMON_OPTIONS))
     return ProviderSpec(kind, item.get("name", kind), item.get("zone"), refresh, timeout,
-                        item.get("retries", 2), backoff, max_age, item.get("url"), options)
+                        item.get("retries", DEFAULT_RETRIES), backoff, max_age, item.get("url"),
+                        options)
 
 
 def parse_chain(value: Any, where: str) -> tuple[ProviderSpec, ...]:

@@ -4,12 +4,20 @@ for the zone's country). They never age and never fail, so they end every chain.
 from __future__ import annotations
 
 from exporter.carbon import Intensity, grid_dataset
-from exporter.carbon.providers import Fetched, Provider
-from exporter.config import ConfigError
+from exporter.carbon.providers import KIND_OPTION, Fetched, Provider
+from exporter.confutil import ConfigError
 
 
 class Static(Provider):
     type = "static"
+    auth = 'none'
+    summary = (
+        '`value` (gCO2e/kWh), optional `kind`.'
+    )
+    options = {"value": {"type": "number", "minimum": 0, "maximum": 2000}, **KIND_OPTION}
+    required = ("value",)
+    refresh = 3600.0
+    max_age = float("inf")
     live = False
 
     def __init__(self, spec, zone) -> None:
@@ -27,6 +35,12 @@ class Static(Provider):
 
 class Dataset(Provider):
     type = "dataset"
+    auth = 'none'
+    summary = (
+        "The bundled annual average for the zone's country."
+    )
+    refresh = 3600.0
+    max_age = float("inf")
     live = False
 
     def __init__(self, spec, zone) -> None:

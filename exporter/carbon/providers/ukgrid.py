@@ -22,15 +22,25 @@ from exporter.carbon.providers import (
 
 log = logging.getLogger(__name__)
 
-BASE_URL = "https://api.carbonintensity.org.uk"
-
-
 class UkGrid(Provider):
     type = "ukgrid"
+    auth = 'none'
+    summary = (
+        'api.carbonintensity.org.uk. National: `GET /intensity`: `data[0].intensity.actual` '
+        "(gCO2/kWh) where published, else `.forecast`; `data[0].from` is the half-hour's "
+        'start. Regional (`region` 1-17): `GET /regional/regionid/{id}`: '
+        '`data[0].data[0].intensity.forecast` (regional values are forecasts only). Forecast:'
+        ' `GET /intensity/{from}/fw24h` (`data[].from`, `.to`, `.intensity.forecast`) or `GET'
+        ' /regional/intensity/{from}/fw24h/regionid/{id}` (`data.data[]`). The `index` word '
+        'is not used. Zone label `GB` or `GB-<region>`.'
+    )
+    options = {"region": {"type": "integer", "minimum": 1, "maximum": 17},
+               "forecast": {"type": "boolean"}}
+    refresh = 900.0
+    base_url = "https://api.carbonintensity.org.uk"
 
     def __init__(self, spec, zone) -> None:
         super().__init__(spec, zone)
-        self.base = (spec.url or BASE_URL).rstrip("/")
         self.region = spec.option("region")
         self.zone_label = spec.zone or ("GB" if self.region is None else f"GB-{self.region}")
         self.with_forecast = spec.option("forecast", True)
@@ -51,10 +61,7 @@ class UkGrid(Provider):
         stamp = parse_time(dig(period, "from", "intensity"), "from")
         forecast: tuple[ForecastPoint, ...] = ()
         if self.with_forecast:
-            try:
-                forecast = await self._forecast(session)
-            except ProviderError as exc:  # the value in force stands; the last forecast is kept
-                log.debug("provider %s: forecast unusable: %s", self.name, exc.detail)
+            forecast = await self.forecast_or_keep(self._forecast(session))
         return Fetched(Intensity(grams, self.zone_label, self.name, "average", min(stamp, time.time())),
                        forecast)
 

@@ -21,9 +21,8 @@ from exporter.carbon.providers import (
     unit_factor,
 )
 from exporter.carbon.secrets import Secret, load_secret
-from exporter.config import ConfigError
+from exporter.confutil import ConfigError
 
-BASE_URL = "https://api.watttime.org"
 USER_ENV = "CARBON_EXPORTER_WATTTIME_USERNAME"
 PASSWORD_ENV = "CARBON_EXPORTER_WATTTIME_PASSWORD"
 TOKEN_LIFETIME = 30 * 60 - 60  # renew a minute before WattTime's 30 minutes run out
@@ -31,11 +30,32 @@ TOKEN_LIFETIME = 30 * 60 - 60  # renew a minute before WattTime's 30 minutes run
 
 class WattTime(Provider):
     type = "watttime"
+    auth = (
+        '`GET /login` with HTTP basic auth (`username_file`/`username_env`, '
+        '`password_file`/`password_env`, or `CARBON_EXPORTER_WATTTIME_USERNAME`/`_PASSWORD`) '
+        'returns `token`, used as `Authorization: Bearer` and renewed before its 30 minutes '
+        'run out or on a 401'
+    )
+    summary = (
+        '`GET /v3/forecast?region=R&signal_type=co2_moer`: `data[].point_time`, '
+        '`data[].value` in `meta.units` = `lbs_co2_per_mwh`, converted with 1 lb/MWh = '
+        '0.453592 g/kWh; the point covering now is in force with `kind="marginal"`, the rest '
+        'is the forecast. `GET /v3/signal-index?region=R&signal_type=co2_moer`: '
+        '`data[0].value`, a percentile (`meta.units` = `percentile`): a percentile cannot '
+        'become grams, so it is exported only as `carbon_grid_intensity_index_ratio` (value /'
+        " 100). Region: `region`, else the cloud region's WattTime region."
+    )
+    options = {"region": {"type": "string", "minLength": 1},
+               "username_env": {"type": "string"}, "username_file": {"type": "string"},
+               "password_env": {"type": "string"}, "password_file": {"type": "string"},
+               "forecast": {"type": "boolean"}}
+    refresh = 300.0
+    max_age = 3600.0
+    base_url = "https://api.watttime.org"
     kind = "marginal"
 
     def __init__(self, spec, zone) -> None:
         super().__init__(spec, zone)
-        self.base = (spec.url or BASE_URL).rstrip("/")
         self.region = spec.option("region") or spec.zone or zone.wt_region
         if not self.region:
             raise ConfigError(f"{self.where}: no region: set the provider's region "

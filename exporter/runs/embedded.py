@@ -1,0 +1,292 @@
+"""Embedded mode: the exporter's own sources, ledger and carbon chain in a thread of the
+tracked process, with the node's energy split to the run's process tree each sample.
+
+Per sample and component, with E the energy the ledger counted (as in attribution.split):
+  cpu, dram: idle = min(E, P_idle x dt), run = (E - idle) x cpu_run / max(cpu_node, cpu_run)
+             (cpu_run: the tree's CPU seconds, cpu_node: the node's busy CPU seconds)
+  gpu:       run = E x the tree's share of the GPU's processes (NVML, attribution.gpu)
+  other:     not charged to a run (nothing says which part is the run's)
+P_idle: attribution.cpu_idle_watts / attribution.dram_idle_watts when set; else, where the
+figure comes from the utilisation model, the model's own idle power (its definition of idle:
+the split is then exact); else learned, as in the daemon, from the lowest power seen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+from exporter.attribution.cgroups import parse_proc_stat_busy, read_file
+from exporter.attribution.gpu import GpuProcessReader, GpuShares
+from exporter.attribution.split import IdleFloor, split_by_cpu
+from exporter.carbon import static_intensity
+from exporter.carbon.embodied import Embodied
+from exporter.carbon.providers.chain import Chain, GridState
+from exporter.ledger import Counted
+from exporter.runs.account import RunAccount, embodied_share
+from exporter.runs.proctree import ProcessTree
+from exporter.sampler import Sampler
+from exporter.sources import (
+    ERROR, MEASURED, MODEL, OBSERVER, OK, WORKLOADS, Source, SourceResult, Status,
+)
+
+log = logging.getLogger(__name__)
+
+RUN = ("job", "", "", "", "", "run")  # the run's key in split_by_cpu's parts
+
+
+@dataclass(slots=True)
+class TreeObservation:
+    at: float
+    node_busy: float | None
+    tree_cpu: float
+    gpus: dict[str, GpuShares] = field(default_factory=dict)
+    tree_pids: frozenset[int] = frozenset()
+
+
+@dataclass(slots=True)
+class TreeResult(SourceResult):
+    observation: TreeObservation | None = None
+
+
+class TreeAttribution(Source):
+    """Takes attribution's place in the embedded sampler: reads the tree's CPU time next to
+    the energy counters, then charges the run its share of each sample."""
+
+    name = "run-attribution"
+    role = OBSERVER
+    provides = frozenset({WORKLOADS})
+
+    def __init__(self, config, tree: ProcessTree, account: RunAccount) -> None:
+        self.config = config
+        self.tree = tree
+        self.account_to = account
+        self.procfs = config.path_procfs
+        self.lane = "nvml" if config.collector("nvml") else "host"
+        self.gpu_reader = GpuProcessReader() if config.collector("nvml") else None
+        self.user_hz = tree.user_hz
+        self.floors = {"cpu": IdleFloor(config.attribution_cpu_idle_watts),
+                       "dram": IdleFloor(config.attribution_dram_idle_watts)}
+        self.sampler: Sampler | None = None
+        self.previous: TreeObservation | None = None
+        self.last_at: float | None = None
+        # what Sampler._publish reads from an attribution
+        self.series: tuple = ()
+        self.gpu_split: tuple[tuple[str, str], ...] = ()
+
+    def states(self) -> list[tuple[str, Status, float, int]]:
+        return []
+
+    def read(self, covered: frozenset[str] = frozenset()) -> TreeResult:
+        try:
+            busy = parse_proc_stat_busy(read_file(self.procfs + "/stat"), self.user_hz)
+        except (OSError, ValueError) as exc:
+            return TreeResult(Status(ERROR, f"{self.procfs}/stat: {exc}"))
+        cpu = self.tree.read()
+        gpus = self.gpu_reader.read() if self.gpu_reader is not None else {}
+        obs = TreeObservation(time.monotonic(), busy, cpu, gpus,
+                              frozenset(self.tree.members) | {self.tree.root})
+        status = Status(ERROR, self.tree.problem) if self.tree.problem else Status(
+            OK, f"{len(self.tree.members)} processes in the run's tree")
+        return TreeResult(status, observation=obs)
+
+    def close(self) -> None:
+        if self.gpu_reader is not None:
+            self.gpu_reader.close()
+
+    def _model_idle(self, component: str) -> float | None:
+        """The model's idle power where the model, not a counter, gave this sample's figure."""
+        if self.sampler is None:
+            return None
+        for source in self.sampler.sources:
+            if source.role != MODEL or component not in source.components:
+                continue
+            status = next((w.status for w in self.sampler.workers if w.source is source), None)
+            if status is None or status.reason != OK:
+                return None  # superseded by a counter, or failing
+            if component == "cpu":
+                power = getattr(source, "range", None)
+                return getattr(power, "idle_watts", None)
+            if component == "dram":
+                installed = getattr(source, "installed_gib", None)
+                per_gib = getattr(source, "watts_per_gib", None)
+                if installed is not None and per_gib is not None:
+                    return installed * per_gib  # the DRAM model has no activity term
+        return None
+
+    def _sources(self, counted: list[Counted]) -> dict[str, dict[str, str]]:
+        tracks = self.sampler.ledger.tracks.values() if self.sampler is not None else ()
+        by_device = {(t.component, t.device): t.source for t in tracks if t.component}
+        out: dict[str, dict[str, str]] = {}
+        for c in counted:
+            out.setdefault(c.component, {})[c.device] = by_device.get((c.component, c.device), "")
+        return out
+
+    def account(self, result: SourceResult | None, counted: list[Counted],
+                now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        seconds = now - self.last_at if self.last_at is not None else 0.0
+        self.last_at = now
+        obs = getattr(result, "observation", None)
+        try:
+            self._account(obs, counted, seconds)
+        except Exception:  # a bug here must not stop the sampler; the sample is not charged
+            log.exception("run attribution failed for one sample")
+        if obs is not None:
+            self.previous = obs
+
+    def _account(self, obs: TreeObservation | None, counted: list[Counted],
+                 seconds: float) -> None:
+        measured: dict[str, float] = {}
+        grams: dict[str, float] = {}
+        gpu_energy: dict[str, float] = {}
+        for c in counted:
+            measured[c.component] = measured.get(c.component, 0.0) + c.joules
+            grams[c.component] = grams.get(c.component, 0.0) + c.grams
+            if c.component == "gpu":
+                gpu_energy[c.device] = gpu_energy.get(c.device, 0.0) + c.joules
+        if not counted or seconds <= 0:
+            return
+        ratio = {c: grams[c] / j for c, j in measured.items() if j > 0}
+        prev = self.previous
+        fresh = obs is not None and prev is not None
+        run_cpu = max(0.0, obs.tree_cpu - prev.tree_cpu) if fresh else 0.0
+        busy = None
+        if fresh and obs.node_busy is not None and prev.node_busy is not None:
+            busy = max(0.0, obs.node_busy - prev.node_busy)
+        run: dict[str, float] = {}
+        idle_total = 0.0
+        now = time.monotonic()
+        for component, energy in measured.items():
+            if component in self.floors:
+                floor = self.floors[component]
+                model_idle = self._model_idle(component)
+                if floor.configured is None and model_idle is not None:
+                    idle_watts = model_idle
+                else:
+                    idle_watts = floor.watts(energy / seconds, now)
+                if component == "dram" and floor.configured is None and model_idle is not None:
+                    idle_total += energy  # the DRAM model has no activity term: all idle
+                    run[component] = 0.0
+                    continue
+                parts, _ = split_by_cpu(energy, idle_watts * seconds, busy,
+                                        {RUN: run_cpu} if run_cpu > 0 else {})
+                run[component] = parts.get(RUN, 0.0)
+                idle_total += parts.get(("idle", "", "", "", "", ""), 0.0)
+        gpu_share: dict[str, float] = {}
+        if gpu_energy and obs is not None:
+            for device, energy in gpu_energy.items():
+                shares = obs.gpus.get(device)
+                weight = sum(w for pid, w in shares.shares if pid in obs.tree_pids) \
+                    if shares is not None else 0.0
+                gpu_share[device] = weight
+                run["gpu"] = run.get("gpu", 0.0) + energy * weight
+            self.gpu_split = tuple((d, s.basis) for d, s in sorted(obs.gpus.items()))
+        embodied: dict[str, float] = {}
+        sampler = self.sampler
+        if sampler is not None and sampler.embodied is not None:
+            embodied = embodied_share(sampler.embodied.rates(sampler.gpus), seconds, run,
+                                      measured, gpu_share)
+        intensity = sampler.intensity if sampler is not None else None
+        if intensity is None:
+            return
+        self.account_to.add(run, measured, idle_total, ratio, embodied, self._sources(counted),
+                            intensity, sampler.pue, seconds)
+
+
+class EmbeddedTracker:
+    """Runs the sampler in a thread with its own event loop until stop()."""
+
+    mode = "embedded"
+    method = ("embedded: the run's process tree; cpu and dram by its share of the node's busy "
+              "CPU time above idle, gpu by its processes' NVML share")
+
+    def __init__(self, config, root_pid: int, include_root: bool = True) -> None:
+        from exporter.sources.registry import build_sources  # the daemon's own wiring
+
+        self.config = config
+        self.interval = config.sample_interval
+        self.account = RunAccount()
+        self.tree = ProcessTree(root_pid, config.path_procfs, include_root)
+        self.attribution = TreeAttribution(config, self.tree, self.account)
+        sources = build_sources(config, frozenset({MEASURED, MODEL}))
+        intensity = static_intensity(config)
+        self.sampler = Sampler([*sources, self.attribution], config.sample_interval, intensity,
+                               config.carbon_pue)
+        self.sampler.embodied = Embodied(config)
+        self.attribution.sampler = self.sampler
+        self.chain = Chain.from_config(config, self._publish_grid)
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+
+    def _publish_grid(self, state: GridState) -> None:
+        self.sampler.intensity = state.intensity
+        self.sampler.grid = state
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        try:
+            self.chain.start()
+            await self.sampler.cycle()  # baselines: the run is measured from here
+        except BaseException as exc:
+            self._error = exc
+            raise
+        finally:
+            self._ready.set()
+        interval = self.sampler.interval
+        next_at = time.monotonic() + interval
+        try:
+            while not self._stop.is_set():
+                delay = max(0.0, next_at - time.monotonic())
+                try:
+                    await asyncio.wait_for(self._stop.wait(), timeout=delay)
+                except TimeoutError:
+                    pass
+                try:
+                    await self.sampler.cycle()  # after a stop: the final sample, up to now
+                except Exception:
+                    log.exception("sample cycle failed")
+                next_at += interval
+                if next_at < time.monotonic():
+                    next_at = time.monotonic() + interval
+        finally:
+            await self.chain.stop()
+            self.sampler.close()
+
+    def _run_thread(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as exc:  # reported by start() or stop()
+            self._error = self._error or exc
+            self._ready.set()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run_thread, name="carbon-run-sampler",
+                                        daemon=True)
+        self._thread.start()
+        self._ready.wait()
+        if self._error is not None:
+            raise RuntimeError(f"embedded sampler failed to start: {self._error}")
+
+    def stop(self) -> RunAccount:
+        """Take the final sample and stop; the account up to now."""
+        if self._thread is not None and self._loop is not None and self._stop is not None:
+            try:
+                self._loop.call_soon_threadsafe(self._stop.set)
+            except RuntimeError:
+                pass  # the loop already ended
+            self._thread.join(timeout=max(10.0, 3 * self.sampler.interval))
+        return self.account.snapshot()
+
+    def statuses(self) -> list[tuple[str, str, str]]:
+        return [(w.source.name, w.status.reason, w.status.detail) for w in self.sampler.workers]
+
+    def intensity_state(self):
+        return self.sampler.intensity

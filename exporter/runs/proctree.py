@@ -1,0 +1,129 @@
+"""CPU time of a process tree, from procfs, for embedded mode.
+
+The tree is a root pid and every process descended from it. Per sample: listdir(<procfs>),
+<pid>/stat of each new pid (to learn its parent) and of each member (its CPU times). A
+member's CPU is utime+stime plus cutime+cstime, the times of children it has waited for, so
+a child that lives and ends between two samples is still counted once its parent reaps it.
+When a known member ends, its last CPU total is taken back out of its parent's cutime jump,
+so it is not counted twice. The wrapper (`carbon-exporter run`) becomes the child
+subreaper, so orphans of the tree are reparented to it, not to init, and stay counted.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from dataclasses import dataclass
+
+from exporter.attribution.cgroups import read_file
+
+PR_SET_CHILD_SUBREAPER = 36
+
+
+@dataclass(slots=True)
+class Member:
+    ppid: int
+    start: int  # starttime in clock ticks: tells a reused pid from the process we knew
+    own: float  # utime + stime, seconds
+    reaped: float  # cutime + cstime, seconds
+
+
+def parse_stat(data: bytes, user_hz: float) -> Member:
+    close_at = data.rfind(b")")
+    rest = data[close_at + 2:].split()
+    # after comm: state(0) ppid(1) ... utime(11) stime(12) cutime(13) cstime(14) ... starttime(19)
+    return Member(int(rest[1]), int(rest[19]), (int(rest[11]) + int(rest[12])) / user_hz,
+                  (int(rest[13]) + int(rest[14])) / user_hz)
+
+
+def become_subreaper() -> bool:
+    """Orphaned descendants are reparented to this process instead of init (Linux 3.4+)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+class ProcessTree:
+    """Not thread-safe: read from the sampler's host thread only.
+
+    include_root: count the root's own CPU time (the Python API: the tracked process is the
+    one doing the work); False for the wrapper, whose tree is the command it started (the
+    wrapper's cutime still counts: that is where the command's final CPU time lands).
+    """
+
+    def __init__(self, root: int, procfs: str = "/proc", include_root: bool = True) -> None:
+        self.root = root
+        self.procfs = procfs
+        self.include_root = include_root
+        self.user_hz = float(os.sysconf("SC_CLK_TCK"))
+        self.members: dict[int, Member] = {}
+        self.outside: dict[int, int] = {}  # pid -> starttime of processes not in the tree
+        self.cpu_seconds = 0.0  # cumulative CPU of the tree since the first read
+        self.started = False
+        self.problem = ""
+
+    def _stat(self, pid: int) -> Member | None:
+        try:
+            return parse_stat(read_file(f"{self.procfs}/{pid}/stat"), self.user_hz)
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def read(self) -> float:
+        """Cumulative CPU seconds of the tree since the first read (the first read is 0)."""
+        try:
+            names = os.listdir(self.procfs)
+        except OSError as exc:
+            self.problem = f"{self.procfs}: {exc.strerror}"
+            return self.cpu_seconds
+        present = {int(n) for n in names if n.isdigit()}
+        current: dict[int, Member] = {}
+        root = self._stat(self.root) if self.root in present else None
+        if root is not None:
+            current[self.root] = root
+        # members, then new pids whose parent is a member (ascending pids: parents first)
+        for pid, old in self.members.items():
+            if pid in current or pid not in present:
+                continue
+            now = self._stat(pid)
+            if now is not None and now.start == old.start:
+                current[pid] = now
+        for pid in sorted(present - current.keys()):
+            known_start = self.outside.get(pid)
+            if known_start is not None:
+                continue  # seen before outside the tree; a reused pid is rare and short
+            now = self._stat(pid)
+            if now is None:
+                continue
+            if now.ppid in current:
+                current[pid] = now
+            else:
+                self.outside[pid] = now.start
+        for pid in [p for p in self.outside if p not in present]:
+            del self.outside[pid]
+        delta = 0.0
+        if self.started:
+            delta = self._delta(current)
+        self.members = current
+        self.started = True
+        self.problem = ""
+        self.cpu_seconds += max(0.0, delta)
+        return self.cpu_seconds
+
+    def _delta(self, current: dict[int, Member]) -> float:
+        gone: dict[int, float] = {}  # parent pid -> CPU totals of its children that ended
+        for pid, old in self.members.items():
+            if pid not in current:
+                gone[old.ppid] = gone.get(old.ppid, 0.0) + old.own + old.reaped
+        delta = 0.0
+        for pid, now in current.items():
+            old = self.members.get(pid)
+            own_before, reaped_before = (old.own, old.reaped) if old else (0.0, 0.0)
+            if old is None and pid != self.root and self.started:
+                own_before = 0.0  # born in the tree since the last read: all of it is the run's
+            if pid != self.root or self.include_root:
+                delta += max(0.0, now.own - own_before)
+            reaped = now.reaped - reaped_before - gone.pop(pid, 0.0)
+            delta += max(0.0, reaped)
+        return delta

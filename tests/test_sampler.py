@@ -1,0 +1,175 @@
+"""The sampler and the source registration seam: lanes, models after every measured source
+across lanes (no double count), a stalled lane, and that nothing outside a source's own file
+names it."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from exporter.carbon import Intensity
+from exporter.config import BY_KEY, resolve
+from exporter.ledger import Reading
+from exporter.sampler import Sampler
+from exporter.sources import (
+    MEASURED,
+    MODEL,
+    OK,
+    SUPERSEDED,
+    Source,
+    SourceResult,
+    Status,
+    device_name,
+)
+from exporter.sources.cpu_model import CpuModelSource
+from exporter.sources.registry import registered
+from tests.fixtures import ProcfsTree
+
+ROOT = Path(__file__).resolve().parent.parent
+INTENSITY = Intensity(100.0, "", "static")
+
+
+@pytest.fixture(autouse=True)
+def restore_psutil_procfs(monkeypatch):
+    monkeypatch.setattr(psutil, "PROCFS_PATH", psutil.PROCFS_PATH)
+
+
+class CpuMeter(Source):
+    """A measured CPU energy counter on its own lane (like a BMC or an hwmon meter): 100 W."""
+
+    name = "test-cpu-meter"
+    components = ("cpu",)
+
+    def __init__(self, lane: str, delay: float = 0.0) -> None:
+        self.lane = lane
+        self.delay = delay
+        self.joules = 0.0
+        self.gate: threading.Event | None = None  # set: reads block until it is set
+
+    def read(self, covered: frozenset[str] = frozenset()) -> SourceResult:
+        if self.gate is not None:
+            self.gate.wait(10)
+        time.sleep(self.delay)  # a slower lane than the model's: the model must still wait
+        self.joules += 100.0 * 0.05
+        return SourceResult(Status(OK), [Reading(
+            collector=self.name, device="package-0", source="meter", value=self.joules,
+            at=time.monotonic(), component="cpu")])
+
+
+def _cycles(sampler: Sampler, count: int) -> None:
+    async def run() -> None:
+        for _ in range(count):
+            await sampler.cycle()
+    asyncio.run(run())
+
+
+def _status(sampler: Sampler, name: str) -> Status:
+    return next(w.status for w in sampler.workers if w.source.name == name)
+
+
+def test_model_stands_aside_for_a_cpu_source_on_another_lane(tmp_path):
+    """The double count of issue 17: a measured CPU source on a lane other than the model's
+    left cpu-model at ok, and CPU energy was exported twice (source=meter and source=model)."""
+    procfs = ProcfsTree(tmp_path / "proc")
+    config = resolve({"path.procfs": procfs.procfs}, None, {})
+    meter = CpuMeter(lane="meter", delay=0.05)
+    model = CpuModelSource.from_config(config)
+    assert meter.lane != model.lane
+    sampler = Sampler([model, meter], interval=0.5, intensity=INTENSITY, pue=1.0)
+    try:
+        _cycles(sampler, 3)
+        assert _status(sampler, "cpu-model").reason == SUPERSEDED
+        cpu = [s for s in sampler.snapshot.energy if s.component == "cpu"]
+        assert [s.source for s in cpu] == ["meter"], cpu
+        assert cpu[0].joules > 0
+    finally:
+        sampler.close()
+
+
+def test_a_stalled_measured_lane_keeps_the_model_aside(tmp_path):
+    """A counter that stalls is read late, not lost: the model must not fill its gap."""
+    procfs = ProcfsTree(tmp_path / "proc")
+    config = resolve({"path.procfs": procfs.procfs}, None, {})
+    meter = CpuMeter(lane="meter")
+    sampler = Sampler([meter, CpuModelSource.from_config(config)], interval=0.2,
+                      intensity=INTENSITY, pue=1.0)
+    async def scenario() -> None:
+        for _ in range(2):
+            await sampler.cycle()
+        meter.gate = threading.Event()  # the next read hangs
+        for _ in range(3):
+            await sampler.cycle()
+        assert _status(sampler, "test-cpu-meter").reason == "error"  # still running
+        assert _status(sampler, "cpu-model").reason == SUPERSEDED
+        assert not [s for s in sampler.snapshot.energy if s.source == "model"]
+        gate, meter.gate = meter.gate, None
+        gate.set()
+        for _ in range(2):
+            await sampler.cycle()
+        assert _status(sampler, "test-cpu-meter").reason == OK
+        assert not [s for s in sampler.snapshot.energy if s.source == "model"]
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        if meter.gate is not None:
+            meter.gate.set()
+        sampler.close()
+
+
+def test_model_runs_where_no_lane_measures_its_component(tmp_path):
+    procfs = ProcfsTree(tmp_path / "proc")
+    config = resolve({"path.procfs": procfs.procfs}, None, {})
+    sampler = Sampler([CpuModelSource.from_config(config)], interval=0.2, intensity=INTENSITY,
+                      pue=1.0)
+    try:
+        _cycles(sampler, 2)
+        assert _status(sampler, "cpu-model").reason == OK
+        assert [s.source for s in sampler.snapshot.energy] == ["model"]
+    finally:
+        sampler.close()
+
+
+# --- the registration seam -----------------------------------------------------------------------
+
+def test_every_registered_source_declares_itself_and_has_a_flag():
+    names = [cls.name for cls in registered()]
+    assert {"rapl", "nvml", "cpu-model", "dram-model", "attribution"} <= set(names)
+    assert len(names) == len(set(names))
+    roles = [cls.role for cls in registered()]
+    assert roles.index(MODEL) > max(i for i, r in enumerate(roles) if r == MEASURED)
+    for cls in registered():
+        assert cls.summary, cls.name
+        assert cls.from_config.__func__ is not Source.from_config.__func__, cls.name  # type: ignore[attr-defined]
+        setting = BY_KEY[f"collector.{cls.name.replace('-', '_')}"]
+        assert setting.collector == cls.name and setting.default == cls.default_enabled
+        assert setting.flag == f"--collector.{cls.name}"
+        if cls.role == MEASURED or cls.role == MODEL:
+            assert cls.components, cls.name
+
+
+def test_no_source_is_named_outside_its_own_files():
+    """The sampler, the CLI and the collector renderer derive everything from declarations."""
+    names = [cls.name for cls in registered()]
+    for path in ("exporter/sampler.py", "exporter/cli.py", "exporter/collector.py",
+                 "exporter/config.py"):
+        text = (ROOT / path).read_text()
+        code = re.sub(r'"""[\s\S]*?"""|#[^\n]*', "", text)  # docstrings and comments may
+        for name in names:
+            assert f'"{name}"' not in code, (path, name)
+
+
+def test_enabled_collectors_come_from_flags():
+    config = resolve({"collector.rapl": False}, None, {"CARBON_EXPORTER_COLLECTOR_NVML": "false"})
+    assert not config.collector("rapl") and not config.collector("nvml")
+    assert config.collector("cpu-model")
+
+
+def test_device_names_are_vendor_neutral():
+    assert device_name("gpu", 3) == "gpu-3"
