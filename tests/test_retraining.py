@@ -15,9 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from exporter.retraining.estimate import (
-    JOULES_PER_KWH, RecordError, RetrainingRun, estimate, load_runs,
-)
+from exporter.retraining.estimate import RecordError, RetrainingRun, estimate, load_runs
 from exporter.retraining.fit import (
     FitError, fit_line, spearman, student_t_cdf, student_t_quantile,
 )
@@ -34,7 +32,7 @@ def synthetic_runs(n: int, seed: int, lo: float = 0.1, hi: float = 0.9) -> list[
         x = lo + (hi - lo) * i / max(n - 1, 1)
         runs.append(RetrainingRun(f"synthetic-{i}", x,
                                   INTERCEPT_KWH + SLOPE_KWH * x + rng.gauss(0, NOISE_KWH),
-                                  round(2 + 12 * x + rng.gauss(0, 0.5)), f"run-{seed}-{i}"))
+                                  round(2 + 12 * x + rng.gauss(0, 0.5)), f"{seed:08x}{i:024x}"))
     return runs
 
 
@@ -115,29 +113,57 @@ def test_extrapolation_warns_and_widens():
     assert (outside.energy.high - outside.energy.low) > 2 * (inside.energy.high - inside.energy.low)
 
 
-def write_records(folder: Path, runs: list[RetrainingRun]) -> None:
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def carbon_exporter_run(tmp: Path, *args: str, seconds: float = 0.05) -> dict:
+    """A real run record: `carbon-exporter run` around a short busy Python loop."""
+    path = tmp / f"record-{len(list(tmp.glob('record-*.json')))}.json"
+    loop = f"import time; end = time.monotonic() + {seconds}\nwhile time.monotonic() < end: pass"
+    out = subprocess.run([sys.executable, "-m", "exporter", "run", "--quiet", "--json", str(path),
+                          *args, "--", sys.executable, "-c", loop],
+                         capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    return json.loads(path.read_text())
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory) -> dict:
+    return carbon_exporter_run(tmp_path_factory.mktemp("template"))
+
+
+def write_records(folder: Path, runs: list[RetrainingRun], template: dict) -> None:
+    """Records as `carbon-exporter run` writes them, with the synthetic runs' numbers."""
     folder.mkdir(parents=True, exist_ok=True)
     for r in runs:
-        record = {"run_id": r.run_id, "params": {"preindex": r.index, "epochs": r.epochs},
-                  "energy": {"total_joules": r.energy_kwh * JOULES_PER_KWH}}
+        record = json.loads(json.dumps(template))
+        record.update(run_id=r.run_id, energy_kwh=r.energy_kwh, energy_joules=r.energy_kwh * 3.6e6,
+                      params={"preindex": r.index, "epochs": r.epochs})
         (folder / f"{r.run_id}.json").write_text(json.dumps(record))
 
 
-def test_records_are_read_skipped_and_refused_with_reasons(tmp_path):
-    write_records(tmp_path / "runs", synthetic_runs(5, seed=5))
-    (tmp_path / "runs" / "unrelated.json").write_text(json.dumps({"run_id": "x", "params": {}}))
-    lines = [json.dumps({"run_id": f"l{i}", "params": {"preindex": str(0.1 * i)},
-                         "energy_kwh": 0.001 * i}) for i in range(3)]
+def test_records_are_read_skipped_and_refused_with_reasons(tmp_path, template):
+    write_records(tmp_path / "runs", synthetic_runs(5, seed=5), template)
+    (tmp_path / "runs" / "unrelated.json").write_text(json.dumps({**template, "run_id": "a" * 32}))
+    failed = {**template, "run_id": "f" * 32, "status": "failed", "params": {"preindex": 0.3}}
+    (tmp_path / "runs" / "failed.json").write_text(json.dumps(failed))
+    lines = [json.dumps({**template, "run_id": f"{i:032x}", "params": {"preindex": str(0.1 * i)}})
+             for i in range(3)]
     (tmp_path / "runs" / "more.jsonl").write_text("\n".join(lines) + "\n")
-    runs, notes = load_runs([str(tmp_path / "runs"), str(tmp_path / "runs" / "run-5-0.json")])
+    twice = sorted((tmp_path / "runs").glob("00000005*.json"))[0]
+    runs, notes = load_runs([str(tmp_path / "runs"), str(twice)])
     assert len(runs) == 8  # 5 + 3, the file named twice counted once
-    assert any("without params.preindex skipped" in n for n in notes)
-    (tmp_path / "bad.json").write_text(json.dumps({"params": {"preindex": "high"}, "energy_kwh": 1}))
+    assert "1 record without params.preindex skipped" in notes
+    assert "1 record failed (not completed) skipped" in notes
+    (tmp_path / "bad.json").write_text(json.dumps({**template, "params": {"preindex": "high"}}))
     with pytest.raises(RecordError, match="not a number"):
         load_runs([str(tmp_path / "bad.json")])
-    (tmp_path / "noenergy.json").write_text(json.dumps({"params": {"preindex": 0.2}}))
-    with pytest.raises(RecordError, match="no measured energy"):
-        load_runs([str(tmp_path / "noenergy.json")])
+    (tmp_path / "invalid.json").write_text(json.dumps({**template, "energy_kwh": "lots"}))
+    with pytest.raises(RecordError, match="invalid.json: energy_kwh"):
+        load_runs([str(tmp_path / "invalid.json")])
+    (tmp_path / "other.json").write_text(json.dumps({"params": {"preindex": 0.2}}))
+    with pytest.raises(RecordError, match="not a run record"):
+        load_runs([str(tmp_path / "other.json")])
     with pytest.raises(RecordError, match="no such file"):
         load_runs([str(tmp_path / "missing")])
 
@@ -145,11 +171,37 @@ def test_records_are_read_skipped_and_refused_with_reasons(tmp_path):
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "exporter", "estimate-retraining", *args],
                           capture_output=True, text=True, timeout=60,
-                          cwd=Path(__file__).resolve().parent.parent)
+                          cwd=ROOT)
 
 
-def test_cli_estimates_with_the_zone_intensity(tmp_path):
-    write_records(tmp_path, synthetic_runs(12, seed=6))
+def test_cli_end_to_end_on_records_written_by_carbon_exporter_run(tmp_path):
+    """Six real measured runs, each tagged with an index, then the estimate from their files;
+    the fit must be the least-squares line through the recorded numbers."""
+    import numpy as np
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for i in range(6):
+        carbon_exporter_run(runs, "--param", f"preindex={0.1 * (i + 1):g}", "--param",
+                            f"epochs={2 * (i + 1)}", "--carbon.zone", "DE",
+                            seconds=0.05 * (i + 1))
+    out = cli("--index", "0.35", "--carbon.zone", "DE", "--format", "json", str(runs))
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    records = [json.loads(p.read_text()) for p in sorted(runs.glob("*.json"))]
+    xs = [r["params"]["preindex"] for r in records]
+    ys = [r["energy_kwh"] for r in records]
+    slope, intercept = np.polyfit(xs, ys, 1)
+    assert doc["runs"] == 6
+    assert doc["energy_kwh"]["fit"]["slope"] == pytest.approx(slope, rel=1e-6, abs=1e-15)
+    assert doc["energy_kwh"]["value"] == pytest.approx(max(intercept + slope * 0.35, 0), rel=1e-6,
+                                                       abs=1e-15)
+    assert doc["epochs"]["value"] == pytest.approx(7.0)  # epochs = 20 * index exactly
+    assert doc["emissions_gco2e"]["now"]["zone"] == "DE"
+    assert not doc["warnings"]
+
+
+def test_cli_estimates_with_the_zone_intensity(tmp_path, template):
+    write_records(tmp_path, synthetic_runs(12, seed=6), template)
     out = cli("--index", "0.5", "--carbon.zone", "FR", "--format", "json", str(tmp_path))
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
@@ -166,12 +218,12 @@ def test_cli_estimates_with_the_zone_intensity(tmp_path):
     assert "100 gCO2e/kWh x PUE 1.5" in text.stdout
 
 
-def test_cli_refuses_too_few_runs_and_warns_on_extrapolation(tmp_path):
-    write_records(tmp_path / "few", synthetic_runs(3, seed=7))
+def test_cli_refuses_too_few_runs_and_warns_on_extrapolation(tmp_path, template):
+    write_records(tmp_path / "few", synthetic_runs(3, seed=7), template)
     out = cli("--index", "0.5", str(tmp_path / "few"))
     assert out.returncode == 1
     assert "cannot estimate: energy: 3 runs to fit on, the minimum is 5" in out.stderr
-    write_records(tmp_path / "many", synthetic_runs(6, seed=8, lo=0.1, hi=0.4))
+    write_records(tmp_path / "many", synthetic_runs(6, seed=8, lo=0.1, hi=0.4), template)
     out = cli("--index", "0.9", "--format", "json", str(tmp_path / "many"))
     assert out.returncode == 0
     assert "outside the fitted range" in json.loads(out.stdout)["warnings"][0]
@@ -180,7 +232,7 @@ def test_cli_refuses_too_few_runs_and_warns_on_extrapolation(tmp_path):
     assert cli("--index", "0.5", "--carbon.zone", "Atlantis!", str(tmp_path / "many")).returncode == 2
 
 
-def test_cli_prices_the_cleanest_forecast_window(tmp_path):
+def test_cli_prices_the_cleanest_forecast_window(tmp_path, template):
     grid = FakeGrid()
     grid.value["json"] = 400.0  # in force now, no forecast
     grid.value["uk"] = 150.0  # forecast: 150 + |n - 10| per half hour, cleanest 10 steps ahead
@@ -190,12 +242,12 @@ def test_cli_prices_the_cleanest_forecast_window(tmp_path):
          "token_env": "TEST_JSON_TOKEN", "timeout": 5, "retries": 0},
         {"type": "ukgrid", "url": f"{grid.url}/uk", "timeout": 5, "retries": 0}]}}
     (tmp_path / "carbon.yml").write_text(yaml.safe_dump(config))
-    write_records(tmp_path / "runs", synthetic_runs(8, seed=9))
+    write_records(tmp_path / "runs", synthetic_runs(8, seed=9), template)
     env = {"TEST_JSON_TOKEN": grid.json_token}
     out = subprocess.run([sys.executable, "-m", "exporter", "estimate-retraining", "--index", "0.5",
                           f"--config.file={tmp_path / 'carbon.yml'}", "--format", "json",
                           str(tmp_path / "runs")], capture_output=True, text=True, timeout=60,
-                         env={**os.environ, **env}, cwd=Path(__file__).resolve().parent.parent)
+                         env={**os.environ, **env}, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
     emissions = doc["emissions_gco2e"]

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Sequence
 
-from exporter.config import ConfigError, resolve
+from exporter.config import resolve
+from exporter.confutil import ConfigError
 from exporter.retraining.estimate import (
     RECORD_KEYS_HELP, Estimate, Prediction, RecordError, estimate, load_runs,
 )

@@ -10,15 +10,14 @@ from typing import Any, Iterable
 
 from exporter.retraining.fit import MIN_RUNS, FitError, LineFit, fit_line
 
-JOULES_PER_KWH = 3.6e6
-
 # Where a run record keeps the PreIndex of the shift the run retrained for, and its epoch
 # count: user-set values of the run (see RECORD_KEYS_HELP).
 PREINDEX_KEY = "preindex"
 EPOCHS_KEY = "epochs"
-RECORD_KEYS_HELP = (f"a run record counts when its params carry {PREINDEX_KEY!r} (a number, "
-                    f"the PreIndex of the shift it retrained for) and it has measured energy; "
-                    f"{EPOCHS_KEY!r} (a number) adds it to the epochs fit")
+RECORD_KEYS_HELP = (f"A run record (written by `carbon-exporter run --param {PREINDEX_KEY}=X` "
+                    f"or exporter.runs.track's run.set({PREINDEX_KEY}=X)) counts when it "
+                    f"completed and its params carry {PREINDEX_KEY!r}, the PreIndex of the shift "
+                    f"it retrained for; {EPOCHS_KEY!r} adds it to the epochs fit")
 
 
 class RecordError(ValueError):
@@ -47,52 +46,38 @@ def _number(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _params(record: dict[str, Any]) -> dict[str, Any]:
-    merged: dict[str, Any] = {}
-    for key in ("tags", "params"):  # params win over tags
-        part = record.get(key)
-        if isinstance(part, dict):
-            merged.update(part)
-    return merged
+def run_from_record(record: Any, source: str) -> tuple[RetrainingRun | None, str | None]:
+    """(RetrainingRun, None) for a completed run record with params.preindex; (None, why)
+    for a valid record that does not count; RecordError for one that is not valid."""
+    from exporter.runs.record import RecordError as SchemaError
+    from exporter.runs.record import validate
 
-
-def _energy_kwh(record: dict[str, Any]) -> float | None:
-    energy = record.get("energy")
-    if isinstance(energy, dict):
-        for key, factor in (("total_kwh", 1.0), ("kwh", 1.0), ("total_joules", 1 / JOULES_PER_KWH),
-                            ("joules", 1 / JOULES_PER_KWH)):
-            value = _number(energy.get(key))
-            if value is not None:
-                return value * factor
-    for key, factor in (("energy_kwh", 1.0), ("energy_joules", 1 / JOULES_PER_KWH)):
-        value = _number(record.get(key))
-        if value is not None:
-            return value * factor
-    return None
-
-
-def run_from_record(record: Any, source: str) -> RetrainingRun | None:
-    """A RetrainingRun, or None for a record without a PreIndex (a run of something else)."""
-    if not isinstance(record, dict):
-        raise RecordError(f"{source}: not a run record (a JSON object)")
-    params = _params(record)
+    if not isinstance(record, dict) or "schema_version" not in record:
+        raise RecordError(f"{source}: not a run record (no schema_version; records come from "
+                          f"`carbon-exporter run` or exporter.runs.track)")
+    try:
+        validate(record, source)
+    except SchemaError as exc:
+        raise RecordError(str(exc)) from None
+    params = record.get("params") or {}
     if PREINDEX_KEY not in params:
-        return None
+        return None, f"without params.{PREINDEX_KEY}"
+    if record.get("status") != "completed":
+        return None, f"{record.get('status')} (not completed)"
     index = _number(params[PREINDEX_KEY])
     if index is None:
         raise RecordError(f"{source}: params.{PREINDEX_KEY} is {params[PREINDEX_KEY]!r}, "
                           f"not a number")
-    energy = _energy_kwh(record)
+    energy = _number(record.get("energy_kwh"))
     if energy is None or energy < 0:
-        raise RecordError(f"{source}: no measured energy in the record")
+        raise RecordError(f"{source}: energy_kwh is {record.get('energy_kwh')!r}")
     epochs = None
-    if EPOCHS_KEY in params:
+    if params.get(EPOCHS_KEY) is not None:
         epochs = _number(params[EPOCHS_KEY])
         if epochs is None or epochs < 0:
             raise RecordError(f"{source}: params.{EPOCHS_KEY} is {params[EPOCHS_KEY]!r}, "
                               f"not a count")
-    run_id = str(record.get("run_id") or record.get("id") or "")
-    return RetrainingRun(source, index, energy, epochs, run_id)
+    return RetrainingRun(source, index, energy, epochs, str(record.get("run_id") or "")), None
 
 
 def _record_files(paths: Iterable[str]) -> list[str]:
@@ -115,7 +100,7 @@ def load_runs(paths: Iterable[str]) -> tuple[list[RetrainingRun], list[str]]:
     runs: list[RetrainingRun] = []
     notes: list[str] = []
     seen: set[str] = set()
-    skipped = 0
+    skipped: dict[str, int] = {}
     for file in _record_files(paths):
         try:
             with open(file, encoding="utf-8") as handle:
@@ -133,9 +118,9 @@ def load_runs(paths: Iterable[str]) -> tuple[list[RetrainingRun], list[str]]:
         except ValueError as exc:
             raise RecordError(f"{file}: not JSON ({exc})") from None
         for source, doc in docs:
-            run = run_from_record(doc, source)
+            run, why = run_from_record(doc, source)
             if run is None:
-                skipped += 1
+                skipped[why or ""] = skipped.get(why or "", 0) + 1
                 continue
             if run.run_id and run.run_id in seen:  # the same run found twice (copies)
                 notes.append(f"{source}: run {run.run_id} already read, counted once")
@@ -143,9 +128,8 @@ def load_runs(paths: Iterable[str]) -> tuple[list[RetrainingRun], list[str]]:
             if run.run_id:
                 seen.add(run.run_id)
             runs.append(run)
-    if skipped:
-        notes.append(f"{skipped} record{'s' if skipped != 1 else ''} without params."
-                     f"{PREINDEX_KEY} skipped")
+    for why, count in skipped.items():
+        notes.append(f"{count} record{'s' if count != 1 else ''} {why} skipped")
     return runs, notes
 
 
