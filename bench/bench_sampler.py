@@ -30,8 +30,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.fixtures import ProcfsTree, intel_two_socket  # noqa: E402
-from tests.harness import ExporterProcess  # noqa: E402
+from tests.fixtures import ProcfsTree, intel_two_socket
+from tests.harness import ExporterProcess
 
 IDLE_LOOP = "import asyncio\nasync def main():\n    while True:\n        await asyncio.sleep(1)\nasyncio.run(main())\n"
 

@@ -16,6 +16,7 @@ from prometheus_client.registry import Collector
 from exporter import __version__, metrics
 from exporter.metrics import MetricSpec
 from exporter.sampler import Snapshot
+from exporter.version import build_info
 
 _FAMILY = {"counter": CounterMetricFamily, "gauge": GaugeMetricFamily, "summary": SummaryMetricFamily}
 
@@ -28,6 +29,7 @@ def grid_families(grid) -> Iterator[Metric]:
     """Forecast, index and provider states from the chain's GridState (None: no chain)."""
     low, start = family(metrics.GRID_FORECAST_MIN), family(metrics.GRID_FORECAST_MIN_START)
     index, up = family(metrics.GRID_INDEX), family(metrics.GRID_PROVIDER_UP)
+    status = family(metrics.GRID_PROVIDER_STATUS)
     if grid is not None:
         if grid.forecast_min is not None:
             f = grid.forecast_min
@@ -36,19 +38,24 @@ def grid_families(grid) -> Iterator[Metric]:
         for zone, provider, value in grid.indexes:
             index.add_metric([zone, provider], value)
         for p in grid.providers:
-            up.add_metric([p.name, p.reason], 1 if p.up else 0)
-    yield from (low, start, index, up)
+            # one _up series per provider whatever the reason, so for: and history hold
+            up.add_metric([p.name], 1 if p.up else 0)
+            status.add_metric([p.name, p.reason], 1)
+    yield from (low, start, index, up, status)
 
 
 class SnapshotCollector(Collector):
     def __init__(self, snapshot: Callable[[], Snapshot]) -> None:
         self._snapshot = snapshot
-        self._build = (__version__, platform.python_version())
+        build = build_info()
+        self._build = (__version__, build.revision, build.builddate, platform.python_version())
 
     def describe(self) -> Iterator[Metric]:
         # Lets registration skip collect(); the families are the same whatever the snapshot.
+        live = set(metrics.LIVE) | set(metrics.EXPORTER_SELF)  # exporter/selfmetrics.py's
         for spec in metrics.ALL:
-            yield family(spec)
+            if spec not in live:
+                yield family(spec)
 
     def collect(self) -> Iterator[Metric]:
         snap = self._snapshot()
@@ -90,7 +97,7 @@ class SnapshotCollector(Collector):
         intensity, age = family(metrics.GRID_INTENSITY), family(metrics.GRID_INTENSITY_AGE)
         if snap.intensity is not None:
             i = snap.intensity
-            intensity.add_metric([i.grid_zone, i.provider, i.kind], i.grams_per_kwh)
+            intensity.add_metric([i.grid_zone, i.provider, i.kind, i.basis], i.grams_per_kwh)
             age.add_metric([i.grid_zone, i.provider], snap.intensity_age)
         yield intensity
         yield age
@@ -101,19 +108,23 @@ class SnapshotCollector(Collector):
         yield pue
 
         up, duration = family(metrics.COLLECTOR_UP), family(metrics.SAMPLE_DURATION)
+        status = family(metrics.COLLECTOR_STATUS)
         model = family(metrics.MODEL_INFO)
         for c in snap.collectors:
-            up.add_metric([c.name, c.status.reason], 1 if c.status.up else 0)
+            # one _up series per collector whatever the reason, so for: and history hold
+            up.add_metric([c.name], 1 if c.status.up else 0)
+            status.add_metric([c.name, c.status.reason], 1)
             duration.add_metric([c.name], count_value=c.duration_count, sum_value=c.duration_sum)
             if c.status.up and c.status.method:
                 model.add_metric([c.name, c.status.method, c.status.detail], 1)
         yield up
+        yield status
         yield model
         yield duration
 
-        glitches = family(metrics.COUNTER_GLITCHES)
-        for collector, device, reason, count in snap.glitches:
-            glitches.add_metric([collector, device, reason], count)
+        glitches = family(metrics.ENERGY_GLITCHES)
+        for collector, device, domain, reason, count in snap.glitches:
+            glitches.add_metric([collector, device, domain, reason], count)
         yield glitches
 
         energy, emissions = family(metrics.WORKLOAD_ENERGY), family(metrics.WORKLOAD_EMISSIONS)

@@ -109,7 +109,7 @@ def _check_path(value: Any) -> None:
 
 
 def _parse_providers(value: Any, where: str) -> tuple[ProviderSpec, ...]:
-    from exporter.carbon.providers.spec import parse_chain  # noqa: PLC0415 - jsonschema, providers
+    from exporter.carbon.providers.spec import parse_chain
 
     return parse_chain(value, where)
 
@@ -133,8 +133,24 @@ class Config:
         "Reloaded when it or its certificates change.", flag_name="--web.config.file")
     web_max_requests: int = _s(
         "web.max_requests", "int", 40,
-        "Maximum number of concurrent requests (scrapes); more get 503. 0 means no limit.",
+        "Maximum number of requests in flight at once (scrapes), counted after "
+        "authentication; more get 503. 0 means no limit.",
         minimum=0)
+    web_max_connections: int = _s(
+        "web.max_connections", "int", 1024,
+        "Maximum number of open client connections (lowered to fit the open-files limit); "
+        "at the limit a new connection closes the longest-idle one.", minimum=1)
+    web_read_header_timeout: float = _s(
+        "web.read_header_timeout", "duration", "10s",
+        "Time a client has to send a request's headers, from its first byte or from "
+        "connecting; slower connections are closed.")
+    web_idle_timeout: float = _s(
+        "web.idle_timeout", "duration", "60s",
+        "Idle keep-alive connections are closed after this long.")
+    web_disable_exporter_metrics: bool = _s(
+        "web.disable_exporter_metrics", "bool", False,
+        "Leave the exporter's own metrics out of /metrics: process_*, python_* and "
+        "carbon_exporter_http_* (as node_exporter's flag of that name).")
     path_sysfs: str = _s(
         "path.sysfs", "str", "/sys", "sysfs mount point (RAPL under class/powercap).")
     path_procfs: str = _s(
@@ -194,6 +210,10 @@ class Config:
         "attribution.cpu_idle_watts", "float", None,
         "CPU power with nothing running, reported as kind=\"idle\" (default: learned as the "
         "lowest per-sample CPU power over the last hour).", minimum=0, reloadable=True)
+    attribution_gpu_idle_watts: float | None = _s(
+        "attribution.gpu_idle_watts", "float", None,
+        "Power of one GPU with nothing running, reported as kind=\"idle\" (default: learned "
+        "per GPU like the CPU's).", minimum=0, reloadable=True)
     attribution_dram_idle_watts: float | None = _s(
         "attribution.dram_idle_watts", "float", None,
         "DRAM power with nothing running (default: learned like the CPU's).",
@@ -333,7 +353,7 @@ _validator: jsonschema.protocols.Validator | None = None
 def _schema_validator() -> jsonschema.protocols.Validator:
     global _validator
     if _validator is None:
-        import jsonschema  # noqa: PLC0415 - only when a config is resolved
+        import jsonschema
 
         _validator = jsonschema.Draft202012Validator(SCHEMA)
     return _validator

@@ -57,7 +57,7 @@ def read_yaml(path: str, origin: str) -> Any:
     The single entry point for every YAML file the exporter reads: config file, provider
     list, tagging rules, web config. Limits on what a file may hold belong here.
     """
-    import yaml  # noqa: PLC0415 - only the daemon's config paths need it
+    import yaml
 
     try:
         with open(path, encoding="utf-8") as handle:
@@ -91,15 +91,18 @@ def describe_schema_error(error: jsonschema.ValidationError, origin: str,
     parts = [str(p) for p in error.absolute_path]
     field = name(parts) if name is not None else (
         f"{origin}: {'.'.join(parts)}" if parts else origin)
-    validator, expected = error.validator, error.validator_value
+    validator = str(error.validator)
+    expected: Any = error.validator_value  # typed loosely by jsonschema: depends on the keyword
+    schema: Any = error.schema
     if validator == "additionalProperties":
-        extra = sorted(str(k) for k in set(error.instance) - set(error.schema.get("properties", {})))
+        instance: Any = error.instance
+        extra = sorted(str(k) for k in set(instance) - set(schema.get("properties", {})))
         hint = (hints or {}).get(extra[0], "")
         return f"{origin}: unknown key {'.'.join([*parts, extra[0]])}{hint}"
     if validator == "required":
         return f"{field}: {error.message.split(' ')[0]} is required"
     if validator == "type":
-        wanted = expected if isinstance(expected, list) else [expected]
+        wanted = [str(t) for t in (expected if isinstance(expected, list) else [expected])]
         if "object" in wanted and not parts:
             return f"{origin}: the file must hold a mapping, not {type(error.instance).__name__}"
         if wanted == ["object"] or wanted == ["object", "null"]:
@@ -108,7 +111,7 @@ def describe_schema_error(error: jsonschema.ValidationError, origin: str,
         return f"{field}: {error.instance!r} must be {words}"
     if validator in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
         relation = {"minimum": "at least", "exclusiveMinimum": "greater than",
-                    "maximum": "at most", "exclusiveMaximum": "less than"}[str(validator)]
+                    "maximum": "at most", "exclusiveMaximum": "less than"}[validator]
         bound = f"{expected:g}" if isinstance(expected, (int, float)) else str(expected)
         return f"{field}: {error.instance!r} must be {relation} {bound}"
     if validator == "enum":
@@ -124,7 +127,7 @@ def check_schema(validator: jsonschema.protocols.Validator, tree: Any, origin: s
                  name: Callable[[Sequence[str]], str] | None = None,
                  hints: Mapping[str, str] | None = None) -> None:
     """Raise ConfigError for the most relevant schema error in `tree`, if any."""
-    import jsonschema  # noqa: PLC0415
+    import jsonschema
 
     error = jsonschema.exceptions.best_match(validator.iter_errors(tree))
     if error is not None:

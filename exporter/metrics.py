@@ -12,7 +12,7 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class MetricSpec:
     name: str  # full name as scraped (counters include the _total suffix)
-    type: str  # counter, gauge, summary, info
+    type: str  # counter, gauge, summary, histogram
     help: str
     labels: tuple[str, ...] = ()
 
@@ -50,14 +50,17 @@ GPU_POWER_LIMIT = MetricSpec(
 )
 GPU_INFO = MetricSpec(
     "carbon_gpu_info", "gauge",
-    "GPU identity; always 1. Join on device.",
+    "GPU identity; always 1. Join on device; uuid and pci_bus_id survive reboots, the NVML "
+    "index in device does not always.",
     ("device", "uuid", "name", "driver_version", "pci_bus_id"),
 )
 GRID_INTENSITY = MetricSpec(
     "carbon_grid_intensity_grams_per_kwh", "gauge",
     "Grid carbon intensity in force, in gCO2e per kWh (kWh, not joules, because every "
-    "grid operator publishes it per kWh).",
-    ("grid_zone", "provider", "kind"),
+    "grid operator publishes it per kWh). kind is average or marginal; basis is lifecycle "
+    "(CO2e incl. upstream: Electricity Maps, the bundled Ember data), direct (CO2 from "
+    "combustion: UK Carbon Intensity API, WattTime MOER) or unknown (a configured value).",
+    ("grid_zone", "provider", "kind", "basis"),
 )
 GRID_INTENSITY_AGE = MetricSpec(
     "carbon_grid_intensity_age_seconds", "gauge",
@@ -83,9 +86,26 @@ GRID_INDEX = MetricSpec(
 )
 GRID_PROVIDER_UP = MetricSpec(
     "carbon_grid_provider_up", "gauge",
-    "Whether the intensity provider's last fetch worked (1) or not (0); reason is ok, not_yet, "
-    "auth, rate_limited, http_error, timeout, unreachable, invalid, no_data or error.",
+    "Whether the intensity provider's last fetch worked (1) or not (0); one series per "
+    "provider whatever the reason (see carbon_grid_provider_status_info).",
+    ("provider",),
+)
+GRID_PROVIDER_STATUS = MetricSpec(
+    "carbon_grid_provider_status_info", "gauge",
+    "Why the intensity provider is up or not; always 1. reason is ok, not_yet, auth, "
+    "rate_limited, http_error, timeout, unreachable, invalid, no_data or error.",
     ("provider", "reason"),
+)
+GRID_PROVIDER_FETCHES = MetricSpec(
+    "carbon_grid_provider_fetches_total", "counter",
+    "Requests made to an intensity provider, by outcome (ok, or the failure reason as in "
+    "carbon_grid_provider_status_info); retries count once each.",
+    ("provider", "outcome"),
+)
+GRID_PROVIDER_FETCH_DURATION = MetricSpec(
+    "carbon_grid_provider_fetch_duration_seconds", "histogram",
+    "Time one request to an intensity provider took, answered or not, in seconds.",
+    ("provider",),
 )
 PUE = MetricSpec(
     "carbon_pue_ratio", "gauge",
@@ -105,8 +125,14 @@ EMISSIONS_RATE = MetricSpec(
 )
 COLLECTOR_UP = MetricSpec(
     "carbon_exporter_collector_up", "gauge",
-    "Whether the collector worked at the last sample (1) or not (0); reason is ok, absent, "
-    "permission, error or superseded.",
+    "Whether the collector worked at the last sample (1) or not (0); one series per "
+    "collector whatever the reason (see carbon_exporter_collector_status_info).",
+    ("collector",),
+)
+COLLECTOR_STATUS = MetricSpec(
+    "carbon_exporter_collector_status_info", "gauge",
+    "Why the collector is up or not at the last sample; always 1. reason is ok, absent, "
+    "permission, error or superseded (absent and superseded are not failures).",
     ("collector", "reason"),
 )
 MODEL_INFO = MetricSpec(
@@ -121,11 +147,12 @@ SAMPLE_DURATION = MetricSpec(
     "Wall time spent reading each collector's source, in seconds.",
     ("collector",),
 )
-COUNTER_GLITCHES = MetricSpec(
-    "carbon_exporter_counter_glitches_total", "counter",
+ENERGY_GLITCHES = MetricSpec(
+    "carbon_exporter_energy_glitches_total", "counter",
     "Energy deltas dropped instead of counted: reason=reset (counter went back without a "
-    "wraparound) or implausible (implied power above the device's physical bound).",
-    ("collector", "device", "reason"),
+    "wraparound) or implausible (implied power above the device's physical bound, or a "
+    "value above the counter's range); domain names the RAPL zone (empty for other sources).",
+    ("collector", "device", "domain", "reason"),
 )
 LAST_SAMPLE = MetricSpec(
     "carbon_exporter_last_sample_timestamp_seconds", "gauge",
@@ -155,13 +182,38 @@ WORKLOAD_GPU_SPLIT = MetricSpec(
 BUILD_INFO = MetricSpec(
     "carbon_exporter_build_info", "gauge",
     "Build information; always 1.",
-    ("version", "python"),
+    ("version", "revision", "builddate", "python"),
+)
+
+# The exporter's own HTTP server (off with --web.disable-exporter-metrics, like the process_*
+# and python_* families prometheus_client provides).
+HTTP_REQUESTS = MetricSpec(
+    "carbon_exporter_http_requests_total", "counter",
+    "HTTP requests answered, by handler (the route, or other for unknown paths) and status "
+    "code, refusals included (401 unauthorised, 413, 503 over --web.max-requests).",
+    ("handler", "code"),
+)
+HTTP_DURATION = MetricSpec(
+    "carbon_exporter_http_request_duration_seconds", "histogram",
+    "Time from a request's arrival to its response, by handler, in seconds.",
+    ("handler",),
+)
+HTTP_IN_FLIGHT = MetricSpec(
+    "carbon_exporter_http_requests_in_flight", "gauge",
+    "HTTP requests being answered now.",
 )
 
 ALL: tuple[MetricSpec, ...] = (
     ENERGY, POWER, RAPL_DOMAIN_ENERGY, GPU_POWER_LIMIT, GPU_INFO,
     GRID_INTENSITY, GRID_INTENSITY_AGE, GRID_FORECAST_MIN, GRID_FORECAST_MIN_START, GRID_INDEX,
-    GRID_PROVIDER_UP, PUE, EMISSIONS, EMISSIONS_RATE,
-    COLLECTOR_UP, MODEL_INFO, SAMPLE_DURATION, COUNTER_GLITCHES, LAST_SAMPLE, BUILD_INFO,
+    GRID_PROVIDER_UP, GRID_PROVIDER_STATUS, PUE, EMISSIONS, EMISSIONS_RATE,
+    COLLECTOR_UP, COLLECTOR_STATUS, MODEL_INFO, SAMPLE_DURATION, ENERGY_GLITCHES, LAST_SAMPLE,
+    BUILD_INFO,
     WORKLOAD_ENERGY, WORKLOAD_EMISSIONS, WORKLOAD_GPU_SPLIT,
+    GRID_PROVIDER_FETCHES, GRID_PROVIDER_FETCH_DURATION,
+    HTTP_REQUESTS, HTTP_DURATION, HTTP_IN_FLIGHT,
 )
+# Rendered live at each scrape from exporter/selfmetrics.py, not from the sample snapshot.
+LIVE: tuple[MetricSpec, ...] = (GRID_PROVIDER_FETCHES, GRID_PROVIDER_FETCH_DURATION)
+# The exporter's own HTTP metrics, off with --web.disable-exporter-metrics.
+EXPORTER_SELF: tuple[MetricSpec, ...] = (HTTP_REQUESTS, HTTP_DURATION, HTTP_IN_FLIGHT)

@@ -467,8 +467,11 @@ def node_dashboard() -> db.Dashboard:
             "or not used (absent hardware, or a model superseded by RAPL).",
             units.NoUnit,
             query(
-                f"max by (collector, reason) (carbon_exporter_collector_up{used})"
-                f" or max by (collector, reason) (carbon_exporter_collector_up{unused}) * 0 + 2",
+                # _up has one series per collector; the reason comes from the info series
+                f"max by (collector) (carbon_exporter_collector_up{s})"
+                f" * on (collector) group_left (reason)"
+                f" max by (collector, reason) (carbon_exporter_collector_status_info{used})"
+                f" or max by (collector, reason) (carbon_exporter_collector_status_info{unused}) * 0 + 2",
                 "{{collector}} ({{reason}})", instant=True),
             w=12, steps=((None, "red"), (1, "green"), (2, "text")),
             text_mode=cm.BigValueTextMode.VALUE_AND_NAME)
@@ -502,7 +505,7 @@ def node_dashboard() -> db.Dashboard:
         "Dropped energy deltas", "Energy deltas the exporter discarded: counter reset without "
         "wraparound, or implausible implied power.",
         units.Short,
-        query(f"sum by (collector, device, reason) (increase(carbon_exporter_counter_glitches_total{s}[$__rate_interval]))",
+        query(f"sum by (collector, device, reason) (increase(carbon_exporter_energy_glitches_total{s}[$__rate_interval]))",
               "{{collector}} {{device}} ({{reason}})"),
         bars=True, calcs=("sum",)))
     return d

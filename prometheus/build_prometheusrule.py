@@ -66,7 +66,7 @@ def load_groups(files: list[Path]) -> list[dict]:
 class _Dumper(yaml.SafeDumper):
     """Block style for multi-line strings (PromQL stays readable), no aliases."""
 
-    def ignore_aliases(self, data: object) -> bool:  # noqa: ARG002 - PyYAML API
+    def ignore_aliases(self, data: object) -> bool:
         return True
 
 
@@ -110,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--check", action="store_true", help="fail if the committed manifest is out of date")
     mode.add_argument("--stdout", action="store_true", help="print the manifest instead of writing it")
-    parser.add_argument("--output", type=Path, default=OUTPUT, help=f"where to write (default {OUTPUT.relative_to(ROOT)})")
+    parser.add_argument("--output", type=Path, default=OUTPUT,
+                        help=f"where to write (default {OUTPUT.relative_to(ROOT)})")
     args = parser.parse_args(argv)
 
     text = render()

@@ -80,7 +80,8 @@ def render(text: str) -> str:
             rf"(<!-- BEGIN GENERATED: {name} -->\n).*?(<!-- END GENERATED: {name} -->)", re.S)
         if not pattern.search(text):
             raise SystemExit(f"README.md has no generated section {name!r}")
-        text = pattern.sub(lambda m: m.group(1) + build() + "\n" + m.group(2), text)
+        table = build()
+        text = pattern.sub(lambda m, table=table: m.group(1) + table + "\n" + m.group(2), text)
     return text
 
 

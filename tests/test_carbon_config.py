@@ -67,7 +67,8 @@ def test_config_file_list_with_options(tmp_path):
     ("carbon:\n  providers: [{type: http_json, url: 'http://x'}]\n", "carbon.providers[0]: 'field' is required"),
     ("carbon:\n  providers: [{type: static, value: 5000}]\n", "carbon.providers[0].value: 5000 must be at most 2000"),
     ("carbon:\n  providers: [ukgrid, ukgrid]\n", "two providers are named 'ukgrid'"),
-    ("carbon:\n  providers: [{type: ukgrid, refresh: soon}]\n", "carbon.providers[0].refresh: 'soon' is not a duration"),
+    ("carbon:\n  providers: [{type: ukgrid, refresh: soon}]\n",
+     "carbon.providers[0].refresh: 'soon' is not a duration"),
     ("carbon:\n  providers: 7\n", "carbon.providers: 7 must be"),
 ])
 def test_bad_provider_config_names_the_field(tmp_path, text, expected):
@@ -101,7 +102,9 @@ def test_cli_exits_2_with_one_line(tmp_path, capsys):
     ("aws:eu-west-1", "IE", "IE", "IE"),
     ("AWS:us-east-1", "US", "US-MIDA-PJM", "PJM_DC"),
     ("gcp:europe-west4", "NL", "NL", "NL"),
-    ("azure:westus3", "US", None, "AZPS"),
+    ("azure:westus3", "US", "US-SW-AZPS", "AZPS"),
+    ("azure:westus", "US", "US-CAL-CISO", "CAISO_NORTH"),  # California, not Washington
+    ("gcp:northamerica-south1", "MX", None, None),
     ("US-CAL-CISO", "US", "US-CAL-CISO", None),
     ("de", "DE", "DE", None),
     ("", "WORLD", None, None),
@@ -109,6 +112,17 @@ def test_cli_exits_2_with_one_line(tmp_path, capsys):
 def test_zone_resolution(text, country, em_zone, wt):
     zone = resolve_zone(text)
     assert (zone.country, zone.em_zone, zone.wt_region) == (country, em_zone, wt)
+
+
+def test_every_cloud_region_row_names_its_source_and_a_consistent_zone():
+    rows = cloud_regions()
+    counts = {p: sum(1 for k in rows if k.startswith(p + ":")) for p in ("aws", "gcp", "azure")}
+    assert counts == {"aws": 33, "gcp": 42, "azure": 26}  # as exporter/data/README.md says
+    for key, row in rows.items():
+        assert row.source.startswith("location: "), key
+        assert "real-time-cloud" not in row.source and "Green Software" not in row.source, key
+        if row.em_zone:
+            assert row.em_zone[:2] == row.country, key
 
 
 def test_unknown_cloud_region_is_a_clear_error():
@@ -212,7 +226,7 @@ def test_embodied_table_rows_have_sources():
 
 def test_collector_renders_embodied_forecast_index_and_providers():
     grid = GridState(
-        Intensity(123.0, "CAISO_NORTH", "watttime", "marginal", time.time()),
+        Intensity(123.0, "CAISO_NORTH", "watttime", "marginal", time.time(), "direct"),
         ForecastMin("CAISO_NORTH", "watttime", 99.0, 1_800_000_000.0),
         (("CAISO_NORTH", "watttime", 0.73),),
         (ProviderStatus("watttime", "watttime", "x", True, "ok", "", None, True),
@@ -221,17 +235,23 @@ def test_collector_renders_embodied_forecast_index_and_providers():
                     embodied=(("gpu", "gpu-0", 12.5),), embodied_grams_per_second=0.001)
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                for family in SnapshotCollector(lambda: snap).collect() for s in family.samples}
-    assert samples[("carbon_emissions_grams_total", (("component", "gpu"), ("device", "gpu-0"), ("scope", "embodied")))] == 12.5
-    assert samples[("carbon_emissions_grams_per_second", (("scope", "embodied"),))] == 0.001
-    assert samples[("carbon_grid_intensity_forecast_min_grams_per_kwh", (("grid_zone", "CAISO_NORTH"), ("provider", "watttime")))] == 99.0
-    assert samples[("carbon_grid_intensity_forecast_min_start_timestamp_seconds", (("grid_zone", "CAISO_NORTH"), ("provider", "watttime")))] == 1.8e9
-    assert samples[("carbon_grid_intensity_index_ratio", (("grid_zone", "CAISO_NORTH"), ("provider", "watttime")))] == 0.73
-    assert samples[("carbon_grid_provider_up", (("provider", "em"), ("reason", "auth")))] == 0
-    assert samples[("carbon_grid_intensity_grams_per_kwh", (("grid_zone", "CAISO_NORTH"), ("kind", "marginal"), ("provider", "watttime")))] == 123.0
+
+    def value(name, **labels):
+        return samples[(name, tuple(sorted(labels.items())))]
+
+    watttime = {"grid_zone": "CAISO_NORTH", "provider": "watttime"}
+    assert value("carbon_emissions_grams_total", component="gpu", device="gpu-0", scope="embodied") == 12.5
+    assert value("carbon_emissions_grams_per_second", scope="embodied") == 0.001
+    assert value("carbon_grid_intensity_forecast_min_grams_per_kwh", **watttime) == 99.0
+    assert value("carbon_grid_intensity_forecast_min_start_timestamp_seconds", **watttime) == 1.8e9
+    assert value("carbon_grid_intensity_index_ratio", **watttime) == 0.73
+    assert value("carbon_grid_provider_up", provider="em") == 0
+    assert value("carbon_grid_provider_status_info", provider="em", reason="auth") == 1
+    assert value("carbon_grid_intensity_grams_per_kwh", kind="marginal", basis="direct", **watttime) == 123.0
 
 
 def test_bundled_csvs_parse_with_comment_headers():
     for name in ("cloud_regions.csv", "embodied.csv"):
         text = resources.files("exporter.data").joinpath(name).read_text("utf-8")
-        rows = list(csv.DictReader(l for l in text.splitlines() if l and not l.startswith("#")))
+        rows = list(csv.DictReader(line for line in text.splitlines() if line and not line.startswith("#")))
         assert rows and all(all(v is not None for v in r.values()) for r in rows), name

@@ -92,7 +92,8 @@ def test_emissions_integrate_the_intensity_in_force_at_each_sample(tmp_path, fak
         assert value(text, "carbon_emissions_grams_total", device="package-0",
                      scope="operational") == pytest.approx(expected, rel=1e-9)
         assert value(text, "carbon_grid_intensity_forecast_min_grams_per_kwh", provider="ukgrid") == 200.0
-        assert value(text, "carbon_grid_provider_up", provider="ukgrid", reason="ok") == 1
+        assert value(text, "carbon_grid_provider_up", provider="ukgrid") == 1
+        assert value(text, "carbon_grid_provider_status_info", provider="ukgrid", reason="ok") == 1
         assert value(text, "carbon_grid_provider_up", provider="feed") is None
     finally:
         assert exporter.stop() == 0
@@ -145,10 +146,13 @@ def test_failing_providers_keep_sampling_and_never_leak_secrets(tmp_path, fake):
     try:
         wait_for(lambda: fake.count("em") >= 4 and fake.count("wt") >= 2, 15, "providers retrying")
         text = exporter.metrics()
-        assert value(text, "carbon_grid_provider_up", provider="electricitymaps", reason="http_error") == 0
-        assert value(text, "carbon_grid_provider_up", provider="watttime", reason="timeout") == 0
+        assert value(text, "carbon_grid_provider_up", provider="electricitymaps") == 0
+        assert value(text, "carbon_grid_provider_status_info", provider="electricitymaps", reason="http_error") == 1
+        assert value(text, "carbon_grid_provider_up", provider="watttime") == 0
+        assert value(text, "carbon_grid_provider_status_info", provider="watttime", reason="timeout") == 1
         # the feed wants a token it is not given: 401, so the dataset (US) is in force
-        assert value(text, "carbon_grid_provider_up", provider="feed", reason="auth") == 0
+        assert value(text, "carbon_grid_provider_up", provider="feed") == 0
+        assert value(text, "carbon_grid_provider_status_info", provider="feed", reason="auth") == 1
         assert value(text, "carbon_grid_intensity_grams_per_kwh", provider="dataset", grid_zone="US")
         # the sampler kept its clock all along
         stamps = []
@@ -179,3 +183,29 @@ def test_failing_providers_keep_sampling_and_never_leak_secrets(tmp_path, fake):
         assert "<redacted>" not in exporter.metrics()
     finally:
         assert exporter.stop() == 0
+
+
+def test_fallback_that_changes_basis_shows_in_metrics_and_log(tmp_path, fake):
+    """Electricity Maps (lifecycle CO2e) fails; the UK API (direct CO2) takes over: the series
+    says so in its basis label, and the log warns that values before and after do not compare."""
+    em = {"type": "electricitymaps", "url": f"{fake.url}/em/v3", "token_env": "EM_TOKEN",
+          "zone": "GB", "refresh": 0.2, "timeout": 1, "retries": 0, "max_age": 1}
+    uk = {"type": "ukgrid", "url": f"{fake.url}/uk", "refresh": 0.2, "timeout": 1}
+    config = {"carbon": {"zone": "GB", "providers": [em, uk]}}
+    exporter, _tree = start(tmp_path, config, env={"EM_TOKEN": fake.token})
+    try:
+        def in_force(provider: str, basis: str):
+            return lambda: value(exporter.metrics(), "carbon_grid_intensity_grams_per_kwh",
+                                 provider=provider, basis=basis, kind="average") is not None
+
+        wait_for(in_force("electricitymaps", "lifecycle"), 10, "Electricity Maps in force")
+        fake.mode["em"] = "500"
+        wait_for(in_force("ukgrid", "direct"), 10, "the UK API (direct) in force")
+        text = exporter.metrics()
+        assert value(text, "carbon_grid_intensity_grams_per_kwh", provider="electricitymaps") is None
+        page = http_get(exporter.url + "/")[2].decode()
+        assert "provider ukgrid, average, basis direct" in page
+    finally:
+        assert exporter.stop() == 0
+    log = exporter.output()
+    assert "the basis changes from average lifecycle to average direct" in log

@@ -116,7 +116,7 @@ def test_missing_config_file(tmp_path):
 
 
 def test_unknown_zone_names_the_field():
-    from exporter.carbon import static_intensity  # noqa: PLC0415
+    from exporter.carbon import static_intensity
 
     with pytest.raises(ConfigError, match=r"^carbon\.zone: 'ZZ'"):
         static_intensity(resolve({"carbon.zone": "ZZ"}, None, {}))
@@ -201,7 +201,7 @@ def test_sighup_reload_applies_a_good_file_and_keeps_the_old_config_on_a_bad_one
         config.write_text("carbon:\n  intensity: 300\n  pue: 0.5\n")
         exporter.signal(signal.SIGHUP)
         wait_for(lambda: "config reload failed" in exporter.output(), 10, "reload error log line")
-        line = next(l for l in exporter.output().splitlines() if "config reload failed" in l)
+        line = next(entry for entry in exporter.output().splitlines() if "config reload failed" in entry)
         assert "level=error" in line and "carbon.pue" in line
         text = exporter.metrics()
         assert _value(text, "carbon_grid_intensity_grams_per_kwh") == 250.0

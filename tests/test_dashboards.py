@@ -18,8 +18,8 @@ import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import promql_inventory as inv  # noqa: E402
-from tests.harness import require, require_tool  # noqa: E402
+import promql_inventory as inv
+from tests.harness import require, require_tool
 
 ROOT = inv.ROOT
 GENERATOR = ROOT / "grafana" / "generate.py"
@@ -149,7 +149,7 @@ def test_panels_use_the_datasource_variable_and_have_units():
 
 
 def test_units_match_the_quantities():
-    for name, board in dashboards().items():
+    for board in dashboards().values():
         for panel in panels(board):
             if panel["type"] in ("row", "table"):
                 continue

@@ -160,8 +160,10 @@ def test_landing_page_says_why_sources_are_absent(tmp_path):
     assert "<td>rapl</td><td>absent</td><td>no RAPL zones under" in page
     assert "<td>nvml</td><td>absent</td><td>no NVIDIA driver" in page
     assert "<td>cpu-model</td><td>ok</td>" in page and "<td>dram-model</td><td>ok</td>" in page
-    assert up[("carbon_exporter_collector_up", (("collector", "rapl"), ("reason", "absent")))] == 0
-    assert up[("carbon_exporter_collector_up", (("collector", "cpu-model"), ("reason", "ok")))] == 1
+    assert up[("carbon_exporter_collector_up", (("collector", "rapl"),))] == 0
+    assert up[("carbon_exporter_collector_status_info", (("collector", "rapl"), ("reason", "absent")))] == 1
+    assert up[("carbon_exporter_collector_up", (("collector", "cpu-model"),))] == 1
+    assert up[("carbon_exporter_collector_status_info", (("collector", "cpu-model"), ("reason", "ok")))] == 1
     assert any(k[0] == "carbon_energy_joules_total" and ("source", "model") in k[1] for k in up)
 
 
@@ -173,7 +175,8 @@ def test_every_contract_metric_is_rendered(node):
 
     # these need a live intensity provider (this node has a static one): tests/test_carbon_*.py
     live_only = {metrics.GRID_FORECAST_MIN, metrics.GRID_FORECAST_MIN_START, metrics.GRID_INDEX,
-                 metrics.GRID_PROVIDER_UP}
+                 metrics.GRID_PROVIDER_UP, metrics.GRID_PROVIDER_STATUS,
+                 metrics.GRID_PROVIDER_FETCHES, metrics.GRID_PROVIDER_FETCH_DURATION}
     # RAPL measures this node, so no model is in use: tests/test_models_machines.py
     live_only.add(metrics.MODEL_INFO)
 
@@ -181,7 +184,7 @@ def test_every_contract_metric_is_rendered(node):
         families = {f.name: f for f in text_string_to_metric_families(node.exporter.metrics())}
         missing = [s.name for s in metrics.ALL if s not in live_only and
                    (s.family_name not in families or not families[s.family_name].samples)]
-        if missing or not any(s.value for s in families["carbon_exporter_counter_glitches"].samples):
+        if missing or not any(s.value for s in families["carbon_exporter_energy_glitches"].samples):
             return None
         return families
 
@@ -193,10 +196,11 @@ def test_every_contract_metric_is_rendered(node):
         assert family.type == spec.type, spec.name
         assert family.documentation == spec.help, spec.name
         for sample in family.samples:
-            assert set(sample.labels) == set(spec.labels), (spec.name, sample.labels)
+            bucket = {"le"} if sample.name.endswith("_bucket") else set()
+            assert set(sample.labels) == set(spec.labels) | bucket, (spec.name, sample.labels)
             if spec.type == "counter":
                 assert sample.name in (spec.name, spec.family_name + "_created")
-    glitches = families["carbon_exporter_counter_glitches"].samples
+    glitches = families["carbon_exporter_energy_glitches"].samples
     assert {(s.labels["device"], s.labels["reason"]) for s in glitches if s.value} == {("psys", "reset")}
 
 

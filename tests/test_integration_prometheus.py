@@ -91,11 +91,12 @@ def test_prometheus_increase_matches_injected_energy(tmp_path):
         assert grams == pytest.approx(total / 3.6e6 * INTENSITY * PUE, rel=1e-6)
 
         # The wraparound of package-0 happened inside the window and left no glitch.
-        assert prom.query("carbon_exporter_counter_glitches_total")  # present from the start
-        assert not prom.query("carbon_exporter_counter_glitches_total > 0")
+        assert prom.query("carbon_exporter_energy_glitches_total")  # present from the start
+        assert not prom.query("carbon_exporter_energy_glitches_total > 0")
         # The models stood aside: RAPL measured both CPU and DRAM.
         up = {r["metric"]["collector"]: (r["metric"]["reason"], r["value"][1])
-              for r in prom.query("carbon_exporter_collector_up")}
+              for r in prom.query("carbon_exporter_collector_up * on (collector) group_left (reason)"
+                                  " carbon_exporter_collector_status_info")}
         # (the fixture has no cgroup tree and no Kubernetes: attribution is absent, not failing)
         assert up == {"rapl": ("ok", "1"), "nvml": ("ok", "1"),
                       "cpu-model": ("superseded", "0"), "dram-model": ("superseded", "0"),

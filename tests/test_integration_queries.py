@@ -46,7 +46,7 @@ PODS = json.dumps({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items
 class _BudgetHandler(BaseHTTPRequestHandler):
     body = BUDGETS.encode()
 
-    def do_GET(self):  # noqa: N802 - http.server's naming
+    def do_GET(self):
         body, kind = (PODS.encode(), "application/json") if self.path == "/pods" else (
             self.body, "text/plain; version=0.0.4")
         self.send_response(200)

@@ -147,7 +147,7 @@ def test_core_manifests_validate_against_kubernetes_schemas(version):
 def test_operator_objects_validate_against_their_crd_schemas():
     schemas = {"ServiceMonitor": SERVICE_MONITOR_SCHEMA, "PrometheusRule": PROMETHEUS_RULE_SCHEMA}
     kinds = set()
-    for name, doc in all_manifests():
+    for _, doc in all_manifests():
         if doc["apiVersion"] == OPERATOR_GROUP:
             jsonschema.validate(doc, schemas[doc["kind"]])
             kinds.add(doc["kind"])

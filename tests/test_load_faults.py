@@ -316,11 +316,19 @@ class Rig:
         return found
 
     def up(self, collector: str) -> tuple[float, str]:
+        """(carbon_exporter_collector_up, the reason in its status_info series)"""
+        up, reasons = None, []
         for family in text_string_to_metric_families(self.metrics()):
             for sample in family.samples:
-                if sample.name == "carbon_exporter_collector_up" and sample.labels["collector"] == collector:
-                    return sample.value, sample.labels["reason"]
-        raise AssertionError(f"no collector_up for {collector}")
+                if sample.labels.get("collector") != collector:
+                    continue
+                if sample.name == "carbon_exporter_collector_up":
+                    up = sample.value
+                elif sample.name == "carbon_exporter_collector_status_info":
+                    reasons.append(sample.labels["reason"])
+        if up is None or len(reasons) != 1:
+            raise AssertionError(f"no single collector_up/status_info for {collector}: {reasons}")
+        return up, reasons[0]
 
     def close(self) -> int:
         self.stop.set()
@@ -391,8 +399,10 @@ def test_fault_permission_flip(rig):
 
 
 def test_fault_nvml_raising(rig):
+    # an error worth retrying every sample (a lost GPU is backed off for 30 s instead:
+    # tests/test_nvml_failures.py)
     before = rig.energy("gpu-0", "nvml")
-    rig.gpu_error = "NVML_ERROR_GPU_IS_LOST"
+    rig.gpu_error = "NVML_ERROR_UNKNOWN"
     rig.write_gpus()
     try:
         wait_for(lambda: rig.up("nvml")[0] == 0.0, 10, "nvml to report the error")
@@ -414,8 +424,9 @@ def test_fault_intensity_provider_hangs(rig):
     grams = value(rig.metrics(), "carbon_emissions_grams_total", device="package-0")
     rig.feed.hanging.set()
     try:
-        wait_for(lambda: value(rig.metrics(), "carbon_grid_provider_up", provider="feed",
-                               reason="timeout") == 0.0, 15, "the provider to report its timeout")
+        wait_for(lambda: value(rig.metrics(), "carbon_grid_provider_status_info", provider="feed",
+                               reason="timeout") == 1.0, 15, "the provider to report its timeout")
+        assert value(rig.metrics(), "carbon_grid_provider_up", provider="feed") == 0.0
         hung_at = rig.feed.requests
         assert feed_in_force() == 250.0  # the last good value stays in force (max_age 1h)
         # sampling never waits on the network: emissions keep being integrated meanwhile
@@ -428,8 +439,9 @@ def test_fault_intensity_provider_hangs(rig):
         rig.feed.release.set()
     rig.feed.grams = 180.0
     wait_for(lambda: feed_in_force() == 180.0, 15, "the provider to recover")
-    wait_for(lambda: value(rig.metrics(), "carbon_grid_provider_up", provider="feed",
-                           reason="ok") == 1.0, 10, "provider_up ok")
+    wait_for(lambda: value(rig.metrics(), "carbon_grid_provider_up", provider="feed") == 1.0
+             and value(rig.metrics(), "carbon_grid_provider_status_info", provider="feed",
+                       reason="ok") == 1.0, 10, "provider_up ok")
     _still_fine(rig)
 
 

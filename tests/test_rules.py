@@ -17,8 +17,8 @@ import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import promql_inventory as inv  # noqa: E402
-from tests.harness import require_tool  # noqa: E402
+import promql_inventory as inv
+from tests.harness import require_tool
 
 ROOT = inv.ROOT
 PROM = ROOT / "prometheus"

@@ -178,7 +178,7 @@ def test_api_exception_still_ends_run_and_keeps_record(tmp_path):
     with pytest.raises(ZeroDivisionError):
         with track("fails", json=str(path), mode="embedded", settings=SETTINGS) as run:
             _spin(0.5)
-            1 / 0
+            raise ZeroDivisionError("division by zero")
     record = load_record(str(path))
     assert record["status"] == "failed"
     assert record["error"].startswith("ZeroDivisionError")
@@ -229,7 +229,7 @@ def test_readme_training_and_inference_loops_run(tmp_path, monkeypatch):
         monkeypatch.setenv(key, value)
     namespace: dict = {}
     for block in blocks:
-        exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102
+        exec(compile(block, "README.md", "exec"), namespace)
     train = load_record(str(tmp_path / "train.json"))
     serve = load_record(str(tmp_path / "serve.json"))
     assert train["units"]["count"] == 20 * 20_000 and train["phase"] == "training"

@@ -94,10 +94,11 @@ class Attribution(Source):
             config.path_procfs, config.path_sysfs,
             per_process=config.attribution_processes,
             want_comm=self.tagger.wants_process_names,
-            gpus=GpuProcessReader(nvml) if config.collector("nvml") else None)
+            gpus=GpuProcessReader(nvml, config.path_procfs) if config.collector("nvml") else None)
         self.kube = KubeMetadata(config)
         self.book = Book(1, 1, 1.0)
         self.floors = {"cpu": IdleFloor(), "dram": IdleFloor()}
+        self.gpu_floors: dict[str, IdleFloor] = {}  # per GPU device, learned
         self.previous: Observation | None = None
         self.last_at: float | None = None
         self.labels: dict[str, tuple[object, frozenset[str] | None, Key]] = {}
@@ -189,8 +190,8 @@ class Attribution(Source):
             "labels": {}, "annotations": {}}
         values = dict(values, process=comm, pid=pid)
         tag = self.tagger.tag(values, (comm,)) or f"{comm}/{pid}"
-        return ("process", values["namespace"], values["pod"], values["container"],
-                values["unit"], tag)
+        return ("process", str(values["namespace"]), str(values["pod"]),
+                str(values["container"]), str(values["unit"]), tag)
 
     def _cpu_deltas(self, obs: Observation, keys: dict[str, Key]) -> dict[Key, float]:
         """CPU seconds per workload since the previous read, with nested workloads (a Slurm
@@ -249,16 +250,20 @@ class Attribution(Source):
         if len(self.labels) > 2 * len(identities) + 100:  # workloads come and go: forget old ones
             self.labels = {r: v for r, v in self.labels.items() if r in identities}
         for root, identity in identities.items():
-            keys[root] = self._key(identity, obs.comms.get(root))
-        fresh = obs is not None and self.previous is not None
-        workload_cpu = self._cpu_deltas(obs, keys) if fresh else {}
+            keys[root] = self._key(identity, obs.comms.get(root) if obs else None)
+        previous = self.previous
+        workload_cpu: dict[Key, float] = {}
         busy = None
-        if fresh and obs.node_busy is not None and self.previous.node_busy is not None:
-            busy = max(0.0, obs.node_busy - self.previous.node_busy)
+        proc_cpu: dict[Key, tuple[Key, float]] = {}
+        if obs is not None and previous is not None:  # deltas need two observations
+            workload_cpu = self._cpu_deltas(obs, keys)
+            if obs.node_busy is not None and previous.node_busy is not None:
+                busy = max(0.0, obs.node_busy - previous.node_busy)
+            if obs.processes:
+                proc_cpu = self._process_cpu(obs, previous, keys, identities)
 
         parts: dict[str, dict[Key, float]] = {}
         processes: dict[str, dict[Key, tuple[Key, float]]] = {}
-        proc_cpu = self._process_cpu(obs, keys, identities) if fresh and obs.processes else {}
         for component, energy in measured.items():
             if component in CPU_SHARED:
                 floor = self.floors[component]
@@ -270,7 +275,8 @@ class Attribution(Source):
             elif component != "gpu":
                 parts[component] = {OTHER: energy}
         if gpu_energy:
-            parts["gpu"], processes["gpu"] = self._split_gpus(obs, gpu_energy, keys, identities)
+            parts["gpu"], processes["gpu"] = self._split_gpus(obs, gpu_energy, keys, identities,
+                                                              now, seconds)
 
         live = set(keys.values())
         self.book.record(parts, ratio, processes, live, now)
@@ -282,9 +288,9 @@ class Attribution(Source):
         self.last_split = SampleSplit(measured, parts)
         return self.last_split
 
-    def _process_cpu(self, obs: Observation, keys: dict[str, Key],
+    def _process_cpu(self, obs: Observation, previous: Observation, keys: dict[str, Key],
                      identities: dict[str, Identity]) -> dict[Key, tuple[Key, float]]:
-        before = self.previous.processes
+        before = previous.processes
         out: dict[Key, tuple[Key, float]] = {}
         for pid, (root, comm, cpu) in obs.processes.items():
             old = before.get(pid)
@@ -299,20 +305,29 @@ class Attribution(Source):
         return out
 
     def _split_gpus(self, obs: Observation | None, gpu_energy: dict[str, float],
-                    keys: dict[str, Key], identities: dict[str, Identity]):
+                    keys: dict[str, Key], identities: dict[str, Identity], now: float,
+                    seconds: float) -> tuple[dict[Key, float], dict[Key, tuple[Key, float]]]:
         parts: dict[Key, float] = {}
         processes: dict[Key, tuple[Key, float]] = {}
         basis = []
-        for device, energy in sorted(gpu_energy.items()):
+        for device, measured in sorted(gpu_energy.items()):
             shares = obs.gpus.get(device) if obs is not None else None
-            if shares is None:
+            if obs is None or shares is None:
                 basis.append((device, gpu_basis.UNAVAILABLE))
-                parts[OTHER] = parts.get(OTHER, 0.0) + energy
+                parts[OTHER] = parts.get(OTHER, 0.0) + measured
                 continue
             basis.append((device, shares.basis))
             if shares.basis == gpu_basis.UNAVAILABLE:
-                parts[OTHER] = parts.get(OTHER, 0.0) + energy
+                parts[OTHER] = parts.get(OTHER, 0.0) + measured
                 continue
+            # an idle floor like the CPU's: a process holding an idle context is charged for
+            # what the GPU draws above idle, not for the idle draw itself
+            floor = self.gpu_floors.setdefault(device, IdleFloor())
+            floor.configured = self.config.attribution_gpu_idle_watts
+            idle = (min(measured, floor.watts(measured / seconds, now) * seconds)
+                    if seconds > 0 else measured)
+            parts[IDLE] = parts.get(IDLE, 0.0) + idle
+            energy = measured - idle
             weighted: list[tuple[Key | None, float]] = []
             for pid, weight in shares.shares:
                 if pid is None:
@@ -320,11 +335,11 @@ class Attribution(Source):
                     continue
                 root = obs.gpu_roots.get(pid)
                 key = keys.get(root) if root else None
-                if key is None and root in identities:
+                if key is None and root is not None and root in identities:
                     key = keys[root] = self._key(identities[root], None)
                 weighted.append((key if key is not None else OTHER, weight))
                 if key is not None and self.config.attribution_processes:
-                    proc_key = self._process_key(identities.get(root), pid,
+                    proc_key = self._process_key(identities.get(root or ""), pid,
                                                  obs.gpu_comms.get(pid, "") or "?")
                     parent, total = processes.get(proc_key, (key, 0.0))
                     processes[proc_key] = (parent, total + energy * weight)

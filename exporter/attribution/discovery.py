@@ -94,6 +94,7 @@ class WorkloadReader:
         try:
             text = read_file(base + "cgroup").decode("utf-8", "replace")
             obs.pid_reads += 1
+            assert self.layout is not None  # read() detects the layout before any pid
             path = cgroup_of(text, self.layout)
             if path is None:
                 return None
@@ -166,6 +167,7 @@ class WorkloadReader:
 
     def _read_workloads(self, obs: Observation) -> None:
         layout = self.layout
+        assert layout is not None  # read() detects the layout first
         roots: dict[str, Identity] = {}
         used: dict[str, Identity | None] = {}
         for path in self.paths:  # distinct cgroups: the loop grows with workloads, not pids

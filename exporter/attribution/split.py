@@ -53,7 +53,8 @@ class IdleFloor:
             self.buckets.append((bucket, observed_watts))
         while self.buckets and self.buckets[0][0] <= bucket - self.BUCKETS:
             self.buckets.popleft()
-        return self.learned
+        learned = self.learned
+        return observed_watts if learned is None else learned  # never None: one was just added
 
 
 def split_by_cpu(energy: float, idle: float, node_busy: float | None,

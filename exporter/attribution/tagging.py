@@ -9,8 +9,8 @@
         workload_job: "slurm-{slurm_job}"
 
 The first rule that matches wins; a pattern (even "*") only matches a field that is set, and
-a rule whose template names a missing field, or renders empty, does not match. A workload matches a `process` pattern when any of its processes'
-names (comm) does.
+a rule whose template names a missing field, or renders empty, does not match. A workload
+matches a `process` pattern when any of its processes' names (comm) does.
 """
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ class Tagger:
 
 
 def parse_rules(tree: Any, origin: str) -> Tagger:
-    import jsonschema  # noqa: PLC0415 - only when a rules file is configured
+    import jsonschema
 
     check_schema(jsonschema.Draft202012Validator(SCHEMA), tree, origin)
     rules = []

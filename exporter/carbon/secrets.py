@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Mapping
 
 from exporter.confutil import ConfigError
 
@@ -68,7 +69,7 @@ def load_secret(where: str, what: str, file_path: str | None, env_name: str | No
     A named file or variable that is missing or empty is an error naming the setting, never
     the value. Returns None when nothing is configured and the default variable is unset.
     """
-    environ = os.environ if environ is None else environ
+    env: Mapping[str, str] = os.environ if environ is None else environ
     if file_path:
         try:
             with open(file_path, encoding="utf-8") as handle:
@@ -79,12 +80,12 @@ def load_secret(where: str, what: str, file_path: str | None, env_name: str | No
             raise ConfigError(f"{where}.{what}_file: {file_path} is empty")
         return Secret(value)
     if env_name:
-        value = environ.get(env_name, "").strip()
+        value = env.get(env_name, "").strip()
         if not value:
             raise ConfigError(f"{where}.{what}_env: environment variable {env_name} is not set")
         return Secret(value)
-    if default_env and environ.get(default_env, "").strip():
-        return Secret(environ[default_env].strip())
+    if default_env and env.get(default_env, "").strip():
+        return Secret(env[default_env].strip())
     return None
 
 

@@ -37,11 +37,11 @@ def render_all(document: dict, ext: str) -> dict[str, Image]:
     import matplotlib
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
-    from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
+    from matplotlib.dates import AutoDateLocator, ConciseDateFormatter, date2num
 
     series = document["series"]
     width = series["bucket_seconds"]
-    mids = [_dt(t + width / 2) for t in series["t"]]
+    mids = date2num([_dt(t + width / 2) for t in series["t"]])  # the numbers the date axis uses
     images: dict[str, Image] = {}
 
     def finish(name: str, title: str, figure, axes) -> None:
@@ -69,7 +69,7 @@ def render_all(document: dict, ext: str) -> dict[str, Image]:
         finish("power", "Power by component", figure, axes)
 
     figure, axes = plt.subplots(figsize=(9, 3.2))
-    ends = [_dt(t + width) for t in series["t"]]
+    ends = date2num([_dt(t + width) for t in series["t"]])
     axes.plot(ends, [g / 1000 for g in series["cumulative_operational_grams"]],
               label="operational")
     if series.get("cumulative_embodied_grams"):
@@ -81,7 +81,7 @@ def render_all(document: dict, ext: str) -> dict[str, Image]:
     if series["intensity"]:
         figure, axes = plt.subplots(figsize=(9, 3.2))
         for line in series["intensity"]:
-            axes.step([_dt(t) for t in line["t"]], line["grams_per_kwh"], where="post",
+            axes.step(date2num([_dt(t) for t in line["t"]]), line["grams_per_kwh"], where="post",
                       label=line["label"])
         axes.set_ylabel("gCO2e/kWh")
         finish("intensity", "Grid carbon intensity", figure, axes)

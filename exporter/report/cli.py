@@ -147,7 +147,8 @@ def build_request(args: argparse.Namespace, now: float) -> Request:
     if not matchers:
         raise UsageError("say what to report on: --node, --namespace, --pod, --workload-job "
                          "or --selector")
-    labels = {re.match(r"[a-zA-Z_][a-zA-Z0-9_]*", m).group(0) for m in matchers}
+    labels = {found.group(0) for m in matchers
+              if (found := re.match(r"[a-zA-Z_][a-zA-Z0-9_]*", m)) is not None}
     end = parse_time(args.end, now)
     start = parse_time(args.start, now, relative_to=end)
     if start >= end:

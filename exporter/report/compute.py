@@ -14,6 +14,7 @@ import statistics
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Any
 
 from exporter import __version__
 from exporter.carbon import WORLD, grid_dataset
@@ -190,10 +191,10 @@ class Report:
                               f"--to {rfc3339(self.end)}")
         sel = ", ".join(req.matchers)
         energy_metric = names.WORKLOAD_ENERGY if req.workload else names.ENERGY
-        # Raw-sample selectors below: 8 for a workload, 10 for nodes; then 2 instant queries
+        # Raw-sample selectors below: 8 for a workload, 10 for nodes; then 3 instant queries
         # and the intensity chart's range query.
         self.client.start_progress(self.client.expected_calls(
-            self.fetch_from, self.end, 8 if req.workload else 10, 3))
+            self.fetch_from, self.end, 8 if req.workload else 10, 4))
         try:
             # A series seen only before FROM (its baseline) used no energy in the window.
             energy = {k: v for k, v in self.raw(f"{energy_metric}{{{sel}}}").items()
@@ -223,6 +224,9 @@ class Report:
             forecast = self.client.query(f"{names.FORECAST_MIN}{{{tsel}}}", self.end)
             build_info = self.client.query(f"max_over_time({names.BUILD_INFO}{{{tsel}}}"
                                            f"[{int(self.end - self.fetch_from)}s])", self.end)
+            # how each modelled series was obtained, over the window
+            models = self.client.query(f"max_over_time({names.MODEL_INFO}{{{tsel}}}"
+                                       f"[{int(self.end - self.fetch_from)}s])", self.end)
             bucket = req.bucket_seconds or _nice_bucket(self.end - self.start)
             step = max(bucket, 1.0)
             intensity_chart = self.client.query_range(
@@ -240,7 +244,7 @@ class Report:
             ours(pue), ours(intensity), ours(age), ours(collector_up), ours(provider_up),
             ours(node_energy))
         intensity_chart = ours(intensity_chart)
-        workloads = tuple(ours(w) for w in workloads)
+        workloads = (ours(workloads[0]), ours(workloads[1]))
         if not req.workload:
             node_energy = energy
         self.pue = _by_target(pue)
@@ -269,7 +273,8 @@ class Report:
             "totals": totals,
             "breakdown": self._breakdown(*workloads),
             "intensity": self._intensity(totals, facility),
-            "data_quality": self._quality(node_energy, collector_up, provider_up, age),
+            "data_quality": {**self._quality(node_energy, collector_up, provider_up, age),
+                             "models": _models(models, targets)},
             "what_if": self._what_if(totals, facility, forecast),
             "methodology": methodology(req, build_info, self._observed_settings()),
             "series": self._series(intensity_chart),
@@ -340,7 +345,7 @@ class Report:
             node[_target(key)][2] += inc.total
         has_op = bool(self.op_inc)
         embodied_nodes = {_target(k) for k in self.emb_inc or {}}
-        out = {
+        out: dict[str, Any] = {
             "component": [{"component": c, "energy_kwh": e / JOULES_PER_KWH,
                            "operational_grams": g if has_op else None}
                           for c, (e, g) in sorted(component.items(), key=lambda kv: -kv[1][0])],
@@ -384,7 +389,8 @@ class Report:
             series.append({"instance": labels.get("instance", ""),
                            "grid_zone": labels.get("grid_zone", ""),
                            "provider": labels.get("provider", ""),
-                           "kind": labels.get("kind", ""), **stats})
+                           "kind": labels.get("kind", ""),
+                           "basis": labels.get("basis", "unknown"), **stats})
         facility_kwh = totals["facility_energy_kwh"]
         op = totals["operational_grams"]
         overall = _stats(pooled) or {"min": None, "mean": None, "max": None}
@@ -397,6 +403,7 @@ class Report:
             "zones": sorted({s["grid_zone"] for s in series}),
             "providers": sorted({s["provider"] for s in series}),
             "kinds": sorted({s["kind"] for s in series}),
+            "bases": sorted({s["basis"] for s in series}),
             "series": series,
         }
 
@@ -409,14 +416,15 @@ class Report:
             by_source[_labels(key).get("source", "")] += inc.total
             resets += inc.resets
         total = math.fsum(by_source.values())
-        sources = [{"source": s, "category": SOURCE_CATEGORY.get(s, "unknown"),
+        sources: list[dict[str, Any]] = [{"source": s, "category": SOURCE_CATEGORY.get(s, "unknown"),
                     "energy_kwh": j / JOULES_PER_KWH, "share": j / total if total else 0.0}
                    for s, j in sorted(by_source.items(), key=lambda kv: -kv[1])]
-        shares = defaultdict(float)
+        shares: dict[str, float] = defaultdict(float)
         for row in sources:
             shares[row["category"]] += row["share"]
 
-        gaps, intervals = [], {}
+        gaps: list[dict[str, Any]] = []
+        intervals: dict[Target, float] = {}
         times_by_target: dict[Target, set[float]] = defaultdict(set)
         for key, points in node_energy.items():
             times_by_target[_target(key)].update(t for t, _ in points)
@@ -566,7 +574,7 @@ class Report:
     def _what_if(self, totals: dict, facility: dict[Target, float], forecast: list[dict]) -> dict:
         op = totals["operational_grams"]
         facility_kwh = totals["facility_energy_kwh"]
-        rows = [{"scenario": "as measured", "description":
+        rows: list[dict[str, Any]] = [{"scenario": "as measured", "description":
                  "the exporter's integrated operational emissions for this selection",
                  "grid_zone": ", ".join(sorted({s["grid_zone"] for s in self._series_meta()})),
                  "grams_per_kwh": op / facility_kwh if op is not None and facility_kwh else None,
@@ -630,9 +638,9 @@ class Report:
                          "grid_zone": row.zone, "grams_per_kwh": row.grams_per_kwh,
                          "operational_grams": facility_kwh * row.grams_per_kwh,
                          "available": True, "note": ""})
-        for row in rows:
-            grams = row["operational_grams"]
-            row["difference_grams"] = (grams - op if grams is not None and op is not None
+        for scenario in rows:
+            grams = scenario["operational_grams"]
+            scenario["difference_grams"] = (grams - op if grams is not None and op is not None
                                        else None)
         return {"facility_energy_kwh": facility_kwh, "rows": rows}
 
@@ -681,13 +689,26 @@ class Report:
         pue = sorted({v for points in self.pue.values() for _, v in points})
         labels = [_labels(k) for k in self.intensity]
         return {"pue": pue,
-                "zones": sorted({l.get("grid_zone", "") for l in labels}),
-                "providers": sorted({l.get("provider", "") for l in labels}),
-                "kinds": sorted({l.get("kind", "") for l in labels})}
+                "zones": sorted({ls.get("grid_zone", "") for ls in labels}),
+                "providers": sorted({ls.get("provider", "") for ls in labels}),
+                "kinds": sorted({ls.get("kind", "") for ls in labels})}
 
 
 def labelset_of(result: dict) -> LabelSet:
     return tuple(sorted(result["metric"].items()))
+
+
+def _models(rows: list[dict], targets: list[Target]) -> list[dict]:
+    """carbon_model_info over the window: which model produced the modelled energy, how."""
+    out = []
+    for row in rows:
+        labels = row["metric"]
+        if (labels.get("job", ""), labels.get("instance", "")) not in targets:
+            continue
+        out.append({"instance": labels.get("instance", ""),
+                    "collector": labels.get("collector", ""),
+                    "method": labels.get("method", ""), "basis": labels.get("basis", "")})
+    return sorted(out, key=lambda m: (m["instance"], m["collector"], m["method"], m["basis"]))
 
 
 def _by_target(series: dict[LabelSet, Points]) -> dict[Target, Points]:

@@ -109,9 +109,11 @@ def build(document: dict) -> list[Section]:
             f"Zones: {', '.join(intensity['zones']) or '-'}; providers: "
             f"{', '.join(intensity['providers']) or '-'}; kind: "
             f"{', '.join(intensity['kinds']) or '-'} (average = the mix's mean intensity; "
-            f"marginal = the plant that responds to extra load)."],
-            tables=[Table(["node", "zone", "provider", "kind", "min", "mean", "max"],
-                          [[s["instance"], s["grid_zone"], s["provider"], s["kind"],
+            f"marginal = the plant that responds to extra load); basis: "
+            f"{', '.join(intensity['bases']) or '-'} (lifecycle = CO2e with upstream emissions; "
+            f"direct = CO2 from combustion only; values of different bases do not compare)."],
+            tables=[Table(["node", "zone", "provider", "kind", "basis", "min", "mean", "max"],
+                          [[s["instance"], s["grid_zone"], s["provider"], s["kind"], s["basis"],
                             gpk(s["min"]), gpk(s["mean"]), gpk(s["max"])]
                            for s in intensity["series"]])], charts=["intensity"]))
     else:
@@ -139,6 +141,9 @@ def build(document: dict) -> list[Section]:
             Table(["source", "category", "energy", "share"],
                   [[r["source"], r["category"], kwh(r["energy_kwh"]), pct(r["share"])]
                    for r in quality["sources"]]),
+            *([Table(["node", "model", "method", "basis"],
+                     [[m["instance"], m["collector"], m["method"], m["basis"]]
+                      for m in quality["models"]])] if quality["models"] else []),
             *([Table(["node", "gap start", "gap end", "length", "missing scrapes"],
                      [[g["instance"], g["start"], g["end"], seconds(g["seconds"]),
                        str(g["missing_scrapes"])] for g in quality["gaps"]])]

@@ -26,7 +26,7 @@ import os
 import threading
 import time
 import uuid
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Literal, TypeVar
 
 from exporter.runs.record import PHASES, build_record, validate, write_record
 
@@ -163,7 +163,7 @@ class Run:
     def __enter__(self) -> "Run":
         return self.start()
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
+    def __exit__(self, exc_type, exc, tb) -> Literal[False]:
         if exc_type is None:
             self.stop()
         elif issubclass(exc_type, KeyboardInterrupt):

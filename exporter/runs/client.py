@@ -82,7 +82,7 @@ class DaemonTracker:
     def stop(self) -> RunAccount:
         answer = request(self.socket, {"op": "end", "run_id": self.run_id},
                          timeout=max(30.0, 5 * self.interval))
-        self._statuses = [tuple(s) for s in answer.get("collectors", [])]  # type: ignore[misc]
+        self._statuses = [tuple(s) for s in answer.get("collectors", [])]
         i = answer.get("intensity")
         if i:
             self._intensity = Intensity(float(i["grams_per_kwh"]), i["grid_zone"],

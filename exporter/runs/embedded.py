@@ -152,11 +152,12 @@ class TreeAttribution(Source):
             return
         ratio = {c: grams[c] / j for c, j in measured.items() if j > 0}
         prev = self.previous
-        fresh = obs is not None and prev is not None
-        run_cpu = max(0.0, obs.tree_cpu - prev.tree_cpu) if fresh else 0.0
+        run_cpu = 0.0
         busy = None
-        if fresh and obs.node_busy is not None and prev.node_busy is not None:
-            busy = max(0.0, obs.node_busy - prev.node_busy)
+        if obs is not None and prev is not None:  # deltas need two observations
+            run_cpu = max(0.0, obs.tree_cpu - prev.tree_cpu)
+            if obs.node_busy is not None and prev.node_busy is not None:
+                busy = max(0.0, obs.node_busy - prev.node_busy)
         run: dict[str, float] = {}
         idle_total = 0.0
         now = time.monotonic()
@@ -190,9 +191,9 @@ class TreeAttribution(Source):
         if sampler is not None and sampler.embodied is not None:
             embodied = embodied_share(sampler.embodied.rates(sampler.gpus), seconds, run,
                                       measured, gpu_share)
-        intensity = sampler.intensity if sampler is not None else None
-        if intensity is None:
+        if sampler is None or sampler.intensity is None:
             return
+        intensity = sampler.intensity
         self.account_to.add(run, measured, idle_total, ratio, embodied, self._sources(counted),
                             intensity, sampler.pue, seconds)
 

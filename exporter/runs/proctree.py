@@ -118,9 +118,9 @@ class ProcessTree:
                 gone[old.ppid] = gone.get(old.ppid, 0.0) + old.own + old.reaped
         delta = 0.0
         for pid, now in current.items():
-            old = self.members.get(pid)
-            own_before, reaped_before = (old.own, old.reaped) if old else (0.0, 0.0)
-            if old is None and pid != self.root and self.started:
+            before = self.members.get(pid)
+            own_before, reaped_before = (before.own, before.reaped) if before else (0.0, 0.0)
+            if before is None and pid != self.root and self.started:
                 own_before = 0.0  # born in the tree since the last read: all of it is the run's
             if pid != self.root or self.include_root:
                 delta += max(0.0, now.own - own_before)

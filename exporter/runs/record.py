@@ -12,6 +12,7 @@ import os
 import socket
 import time
 from importlib import resources
+from collections.abc import Sequence
 from typing import Any
 
 import jsonschema
@@ -50,10 +51,10 @@ def build_record(*, name: str, mode: str, account: RunAccount, start: float, end
                  phase: str | None = None, tags: dict[str, str] | None = None,
                  params: dict[str, Any] | None = None, method: str = "",
                  interval: float = 1.0, workload_job: str | None = None,
-                 cgroup: str | None = None, collectors: list[tuple[str, str, str]] = (),
+                 cgroup: str | None = None, collectors: Sequence[tuple[str, str, str]] = (),
                  fallback_intensity=None) -> dict[str, Any]:
     duration = max(0.0, end - start)
-    components = []
+    components: list[dict[str, Any]] = []
     for component in sorted(account.components):
         total = account.components[component]
         components.append({

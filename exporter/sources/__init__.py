@@ -16,7 +16,7 @@ from exporter.ledger import Reading
 if TYPE_CHECKING:
     from exporter.config import Config
 
-# Reasons reported in carbon_exporter_collector_up{reason}.
+# Reasons reported in carbon_exporter_collector_status_info{reason}.
 OK = "ok"
 ABSENT = "absent"  # no such hardware or driver on this node: not a failure
 PERMISSION = "permission"
@@ -92,10 +92,10 @@ class Source(abc.ABC):
         """Read once; never raise. `covered`: components measured by counters in this cycle,
         on any lane (a model of a covered component stands aside)."""
 
-    def configure(self, config: Config) -> None:
+    def configure(self, config: Config) -> None:  # noqa: B027 - optional hook, default no-op
         """SIGHUP: apply reloadable settings (default: nothing to apply)."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, default no-op
         """Release handles (NVML shutdown); called once at exit."""
 
 

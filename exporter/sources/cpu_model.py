@@ -312,14 +312,15 @@ class CpuModelSource(Source):
         try:
             power = self._ensure_range()
             psutil.PROCFS_PATH = self.procfs
-            at = time.monotonic()
             busy, total = _busy_and_total(psutil.cpu_times())
+            at = time.monotonic()  # when the times were obtained
         except (OSError, ValueError, AttributeError, KeyError, re.error) as exc:
             return SourceResult(Status(ERROR, f"cpu-model: {exc}"))
         previous, self.last = self.last, (at, busy, total)
         if previous is not None:
             spent = total - previous[2]
-            self.utilisation = min(1.0, max(0.0, (busy - previous[1]) / spent)) if spent > 0 else 0.0
+            busy_share = (busy - previous[1]) / spent if spent > 0 else 0.0
+            self.utilisation = min(1.0, max(0.0, busy_share))
             self.joules += power.at(self.utilisation) * max(0.0, at - previous[0])
         return SourceResult(Status(OK, power.basis, power.method), [Reading(
             collector=self.name, device="node", source="model", value=self.joules, at=at,

@@ -46,7 +46,8 @@ def counted_gib(installed_gib: float, cpu_measured: bool, topology: CpuTopology 
                 curve: PowerCurve | None) -> tuple[float, str, str]:
     """(GiB to count, method, how) given what covers the CPU."""
     if cpu_measured:
-        return installed_gib, ALL_MEMORY, f"{installed_gib:.1f} GiB installed (CPU measured by RAPL)"
+        return (installed_gib, ALL_MEMORY,
+                f"{installed_gib:.1f} GiB installed (CPU measured by RAPL)")
     if curve is None or topology is None or curve.method not in WHOLE_SERVER_METHODS:
         what = "CPU modelled from its TDP" if curve is not None else "no CPU model"
         return installed_gib, ALL_MEMORY, f"{installed_gib:.1f} GiB installed ({what})"
@@ -131,6 +132,7 @@ class DramModelSource(Source):
         if method + how != self.basis:
             log.info("dram-model: %s", basis)
             self.basis = method + how
+        at = time.monotonic()  # after a meminfo read, which may have been slow
         previous, self.last_at = self.last_at, at
         if previous is not None:
             self.joules += watts * (at - previous)

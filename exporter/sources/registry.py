@@ -22,7 +22,7 @@ _ROLE_ORDER = {MEASURED: 0, OBSERVER: 1, MODEL: 2}
 @functools.cache
 def registered() -> tuple[type[Source], ...]:
     """Every declared source class: measured ones first, then observers, then models; by name."""
-    import exporter.sources as package  # noqa: PLC0415 - the package whose modules we scan
+    import exporter.sources as package
 
     found: dict[str, type[Source]] = {}
     for module_info in pkgutil.iter_modules(package.__path__):

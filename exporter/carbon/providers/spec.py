@@ -50,8 +50,8 @@ def provider_types() -> dict[str, type[Provider]]:
     The provider registration seam: a provider is one module there whose Provider subclass
     declares type, options, required, refresh and max_age; this table, the schema and the
     chain all derive from it."""
-    import exporter.carbon.providers as package  # noqa: PLC0415
-    from exporter.carbon.providers import Provider  # noqa: PLC0415
+    import exporter.carbon.providers as package
+    from exporter.carbon.providers import Provider
 
     found: dict[str, type[Provider]] = {}
     for module_info in pkgutil.iter_modules(package.__path__):
@@ -74,7 +74,7 @@ def item_schema(cls: type[Provider]) -> dict[str, Any]:
 
 @functools.cache
 def _validator(kind: str) -> jsonschema.protocols.Validator:
-    import jsonschema  # noqa: PLC0415
+    import jsonschema
 
     return jsonschema.Draft202012Validator(item_schema(provider_types()[kind]))
 
