@@ -246,9 +246,9 @@ def main(argv: list[str] | None = None) -> int:
             accuracy_before = base.accuracy(shifted_test, y_test)
             model = base.copy()
 
-            def retrain() -> dict[str, Any]:
-                e, acc, ok = train_to_target(model, shifted_train, y_train, shifted_test,
-                                             y_test, seed + 2)
+            def retrain(model: MLP = model, x: np.ndarray = shifted_train,
+                        x_test: np.ndarray = shifted_test, seed: int = seed) -> dict[str, Any]:
+                e, acc, ok = train_to_target(model, x, y_train, x_test, y_test, seed + 2)
                 return {"epochs": e, "accuracy": acc, "reached": ok}
 
             result, measured = measured_run(

@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from exporter.preindex.core import (  # noqa: F401
+    from exporter.preindex.core import (
         DISTANCES, PreIndexAccumulator, PreIndexResult, adjusted_rand_index, preindex,
     )
 
