@@ -37,6 +37,32 @@ POWER = MetricSpec(
     "Power of a top-level device over the last sample interval, in watts.",
     ENERGY_LABELS,
 )
+PLATFORM_ENERGY = MetricSpec(
+    "carbon_platform_energy_joules_total", "counter",
+    "Energy of the whole node as its platform meter reports it (ACPI power meter through "
+    "hwmon, or the BMC through Redfish), in joules. When present, carbon_energy_joules_total "
+    "sums to it: the components are its split and component=\"other\", "
+    "source=\"platform_remainder\" is what they do not explain. Do not add the two metrics.",
+    ("device", "source"),
+)
+PLATFORM_POWER = MetricSpec(
+    "carbon_platform_power_watts", "gauge",
+    "Power of the whole node as its platform meter reports it, over the last sample "
+    "interval, in watts (compare with the sum of carbon_power_watts).",
+    ("device", "source"),
+)
+POWER_PEAK = MetricSpec(
+    "carbon_power_peak_watts", "gauge",
+    "Highest per-sample power of a top-level device over the last --power.peak-window, in "
+    "watts: a burst shorter than the scrape interval still shows, the same for every scraper.",
+    ENERGY_LABELS,
+)
+POWER_BUDGET = MetricSpec(
+    "carbon_power_budget_watts", "gauge",
+    "Configured power budget (power.budget_watts), in watts: scope=node for the node (device "
+    "empty), scope=gpu per GPU device.",
+    ("scope", "device"),
+)
 RAPL_DOMAIN_ENERGY = MetricSpec(
     "carbon_rapl_domain_joules_total", "counter",
     "Energy of every RAPL zone as read (package, core, uncore, dram, psys), in joules. "
@@ -204,7 +230,8 @@ HTTP_IN_FLIGHT = MetricSpec(
 )
 
 ALL: tuple[MetricSpec, ...] = (
-    ENERGY, POWER, RAPL_DOMAIN_ENERGY, GPU_POWER_LIMIT, GPU_INFO,
+    ENERGY, POWER, POWER_PEAK, POWER_BUDGET, PLATFORM_ENERGY, PLATFORM_POWER,
+    RAPL_DOMAIN_ENERGY, GPU_POWER_LIMIT, GPU_INFO,
     GRID_INTENSITY, GRID_INTENSITY_AGE, GRID_FORECAST_MIN, GRID_FORECAST_MIN_START, GRID_INDEX,
     GRID_PROVIDER_UP, GRID_PROVIDER_STATUS, PUE, EMISSIONS, EMISSIONS_RATE,
     COLLECTOR_UP, COLLECTOR_STATUS, MODEL_INFO, SAMPLE_DURATION, ENERGY_GLITCHES, LAST_SAMPLE,

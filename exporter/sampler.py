@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Sequence, cast
 
 from exporter.carbon import Intensity
-from exporter.ledger import Ledger, Reading, grams_per_joule
+from exporter.ledger import PLATFORM, Ledger, Reading, grams_per_joule
+from exporter.peak import PeakTracker, budgets
 from exporter.sources import (
     ERROR, GPU_INFO, MEASURED, MODEL, OBSERVER, GpuInfo, Source, SourceResult, Status,
 )
@@ -62,6 +63,8 @@ class Snapshot:
     timestamp: float | None  # unix time of the cycle; None before the first one
     energy: tuple[EnergySeries, ...] = ()
     rapl_domains: tuple[tuple[str, str, float], ...] = ()  # (domain, device, joules)
+    # whole-node meters as read, (device, source, joules, watts): never summed with `energy`
+    platform: tuple[tuple[str, str, float, float | None], ...] = ()
     gpus: tuple[GpuInfo, ...] = ()
     intensity: Intensity | None = None
     intensity_age: float = 0.0  # seconds, at the time of the snapshot
@@ -74,6 +77,8 @@ class Snapshot:
     embodied: tuple[tuple[str, str, float], ...] = ()  # (component, device, grams)
     embodied_grams_per_second: float | None = None
     grid: GridState | None = None  # the provider chain's forecast, index, provider states
+    peaks: tuple[tuple[str, str, str, float], ...] = ()  # (component, device, source, watts)
+    budgets: tuple[tuple[str, str, float], ...] = ()  # (scope, device, watts)
 
 
 @dataclass(slots=True)
@@ -167,8 +172,11 @@ _ROLE_ORDER = {MEASURED: 0, OBSERVER: 1, MODEL: 2}
 
 class Sampler:
     def __init__(self, sources: Sequence[Source], interval: float, intensity: Intensity,
-                 pue: float, clock: Callable[[], float] = time.monotonic) -> None:
+                 pue: float, clock: Callable[[], float] = time.monotonic,
+                 peak_window: float = 60.0) -> None:
         self.interval = interval
+        self.peaks = PeakTracker(max(peak_window, interval))
+        self.power_budget: object = None  # the power.budget_watts setting, set by the daemon
         self.intensity = intensity
         self.pue = pue
         self.clock = clock
@@ -189,6 +197,9 @@ class Sampler:
         self.grid: GridState | None = None  # set by the provider chain, read at each cycle
         self.embodied: Embodied | None = None  # set by the daemon
         self.snapshot = Snapshot(timestamp=None, intensity=intensity, pue=pue)
+        # called with each new snapshot, on the event loop; must be cheap (the landing page's
+        # ring of recent samples)
+        self.listeners: list[Callable[[Snapshot], None]] = []
         self.cycles = 0
         self.last_cycle_at: float | None = None
 
@@ -263,11 +274,19 @@ class Sampler:
         self.last_cycle_at = now
         self.cycles += 1
         tracks = self.ledger.tracks.values()
+        for t in tracks:
+            if t.component and t.present:
+                self.peaks.observe((t.component, t.device, t.source), t.last_at, t.watts)
+        # the peak window ends at the newest reading, on the readings' own (monotonic) clock
+        newest = max((t.last_at for t in tracks if t.component), default=None)
         self.snapshot = Snapshot(
             timestamp=time.time(),
             energy=tuple(EnergySeries(t.component, t.device, t.source, t.joules, t.watts, t.grams)
                          for t in tracks if t.component),
-            rapl_domains=tuple((t.domain, t.device, t.joules) for t in tracks if t.domain),
+            rapl_domains=tuple((t.domain, t.device, t.joules) for t in tracks
+                               if t.domain and t.domain != PLATFORM),
+            platform=tuple((t.device, t.source, t.joules, t.watts)
+                           for t in self.ledger.platform_tracks()),
             gpus=self.gpus,
             intensity=intensity,
             intensity_age=intensity.age(),
@@ -282,7 +301,14 @@ class Sampler:
             if self.embodied is not None else (),
             embodied_grams_per_second=embodied_rate,
             grid=self.grid,
+            peaks=self.peaks.peaks(newest) if newest is not None else (),
+            budgets=budgets(self.power_budget, (g.device for g in self.gpus)),
         )
+        for listener in self.listeners:
+            try:
+                listener(self.snapshot)
+            except Exception:  # a listener bug must not stop sampling
+                log.exception("snapshot listener failed")
         return self.snapshot
 
     async def run(self, stop: asyncio.Event) -> None:

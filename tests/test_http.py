@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from exporter import metrics
 from tests.fixtures import ProcfsTree, intel_two_socket
 from tests.harness import ExporterProcess, http_get, wait_for
+from tests.hwmon_fixtures import HwmonTree
 
 OPENMETRICS = "application/openmetrics-text;version=1.0.0"
 
@@ -33,6 +34,8 @@ def write_gpus(path: Path, energy_mj: int, **extra) -> None:
 class Node:
     def __init__(self, tmp: Path) -> None:
         self.tree = intel_two_socket(tmp / "sys")
+        # an ACPI power meter: the node total is the meter's, the rest is component="other"
+        HwmonTree(tmp / "sys").add_acpi_power_meter(microwatts=1_500_000_000)
         self.procfs = ProcfsTree(tmp / "proc")
         self.gpu_state = tmp / "nvml.json"
         self.gpu_mj = 5_000_000
@@ -40,6 +43,7 @@ class Node:
         self.exporter = ExporterProcess(tmp, [
             f"--path.sysfs={self.tree.sysfs}", f"--path.procfs={self.procfs.procfs}",
             "--sample.interval=100ms", "--carbon.intensity=300", "--carbon.pue=1.2",
+            "--power.budget-watts=2000",  # renders carbon_power_budget_watts
         ], fake_nvml_state=self.gpu_state)
 
     @property
@@ -91,6 +95,9 @@ def energy_totals(node: Node) -> dict[tuple, float]:
 
 
 def test_text_format(node):
+    # the meter's remainder needs two meter readings: wait for the second sample
+    wait_for(lambda: b'source="platform_remainder"}' in http_get(node.url + "/metrics")[2], 10,
+             "the platform remainder")
     status, headers, body = http_get(node.url + "/metrics")
     assert status == 200
     assert headers["Content-Type"].startswith("text/plain; version=0.0.4")
@@ -102,7 +109,7 @@ def test_text_format(node):
     devices = {s.labels["device"]: s.labels["source"]
                for s in families["carbon_energy_joules"].samples}
     assert devices == {"package-0": "rapl", "package-1": "rapl", "gpu-0": "nvml",
-                       "gpu-1": "power_sample"}
+                       "gpu-1": "power_sample", "power_meter-ACPI000D:00": "platform_remainder"}
 
 
 def test_openmetrics_by_content_negotiation(node):
@@ -138,10 +145,10 @@ def test_landing_page_lists_collectors_and_reasons(node):
     page = body.decode()
     for collector, reason in (("rapl", "ok"), ("nvml", "ok"), ("cpu-model", "superseded"),
                               ("dram-model", "superseded")):
-        assert f"<td>{collector}</td><td>{reason}</td>" in page
+        assert f"<td>{collector}</td><td class=\"state {'ok' if reason == 'ok' else reason}\">{reason}</td>" in page
     assert "RAPL package counters measure the CPU" in page
-    assert 'href="/metrics"' in page
-    assert "300 gCO2e/kWh" in page
+    assert 'href="metrics"' in page  # relative: works behind a path-prefixing proxy
+    assert 'data-key="intensity" data-value="300.0">300</span> gCO2e/kWh' in page
 
 
 def test_landing_page_says_why_sources_are_absent(tmp_path):
@@ -157,9 +164,10 @@ def test_landing_page_says_why_sources_are_absent(tmp_path):
         up = samples(exporter.metrics())
     finally:
         exporter.stop()
-    assert "<td>rapl</td><td>absent</td><td>no RAPL zones under" in page
-    assert "<td>nvml</td><td>absent</td><td>no NVIDIA driver" in page
-    assert "<td>cpu-model</td><td>ok</td>" in page and "<td>dram-model</td><td>ok</td>" in page
+    assert '<td>rapl</td><td class="state absent">absent</td><td>no RAPL zones under' in page
+    assert '<td>nvml</td><td class="state absent">absent</td><td>no NVIDIA driver' in page
+    assert ('<td>cpu-model</td><td class="state ok">ok</td>' in page
+            and '<td>dram-model</td><td class="state ok">ok</td>' in page)
     assert up[("carbon_exporter_collector_up", (("collector", "rapl"),))] == 0
     assert up[("carbon_exporter_collector_status_info", (("collector", "rapl"), ("reason", "absent")))] == 1
     assert up[("carbon_exporter_collector_up", (("collector", "cpu-model"),))] == 1

@@ -122,6 +122,8 @@ def test_node_report_totals_quality_and_what_if_to_the_gram(prometheus):
     counted = joules[h.DEVICES[0]] + joules[h.DEVICES[1]]
     assert quality["counter_share"] == pytest.approx(counted / total_joules)
     assert quality["model_share"] == pytest.approx(1 - counted / total_joules)
+    # no platform meter in this history: the totals are the components' sum
+    assert (quality["totals_basis"], quality["platform_remainder_share"]) == ("components", 0.0)
     assert quality["gaps"] == [{"job": h.JOB, "instance": h.NODE_A,
                                 "start": "2024-03-01T01:30:00Z", "end": "2024-03-01T01:40:00Z",
                                 "seconds": 600.0, "missing_scrapes": 9}]

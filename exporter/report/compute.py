@@ -19,14 +19,17 @@ from typing import Any
 from exporter import __version__
 from exporter.carbon import WORLD, grid_dataset
 from exporter.ledger import JOULES_PER_KWH
+from exporter.report import longterm
 from exporter.report import metricnames as names
+from exporter.report.reasons import with_reasons
 from exporter.report.promapi import LabelSet, PromClient, quote, regex_alternatives
 
 SCHEMA_VERSION = "1.0"
 
 # Where the exporter's energy comes from (the `source` label) and how much to trust it.
-SOURCE_CATEGORY = {"rapl": "counter", "nvml": "counter", "power_sample": "sampled_power",
-                   "model": "model"}
+SOURCE_CATEGORY = {"rapl": "counter", "nvml": "counter", "hwmon": "counter",
+                   "power_sample": "sampled_power", "model": "model", "longterm": "longterm",
+                   "platform_remainder": "platform_remainder"}
 # collector_up reasons that mean "tried and failed"; absent/superseded are not failures.
 FAILURE_REASONS = ("error", "permission")
 # carbon_grid_provider_up reasons that are not failures (not_yet: no fetch attempted yet).
@@ -180,9 +183,19 @@ class Report:
         self.req = request
         self.start, self.end = request.start, request.end
         self.fetch_from = request.start - LOOKBACK_SECONDS
+        self.longterm = False  # the counters were rebuilt from the long-term rules
 
     def raw(self, selector: str) -> dict[LabelSet, Points]:
         return self.client.raw_samples(selector, self.fetch_from, self.end)
+
+    def _longterm(self, sel: str) -> tuple[dict, dict, dict | None]:
+        """(energy, operational, embodied) counters rebuilt from the long-term rules."""
+        if self.req.workload:
+            energy, operational = longterm.workload_series(self.raw, sel, self.req.matchers)
+            return ({k: v for k, v in energy.items() if v[-1][0] > self.start},
+                    operational, None)
+        energy, operational, embodied = longterm.node_series(self.raw, sel)
+        return {k: v for k, v in energy.items() if v[-1][0] > self.start}, operational, embodied
 
     def build(self) -> dict:
         req = self.req
@@ -191,21 +204,29 @@ class Report:
                               f"--to {rfc3339(self.end)}")
         sel = ", ".join(req.matchers)
         energy_metric = names.WORKLOAD_ENERGY if req.workload else names.ENERGY
-        # Raw-sample selectors below: 8 for a workload, 10 for nodes; then 3 instant queries
+        # Raw-sample selectors below: 10 for a workload, 12 for nodes; then 3 instant queries
         # and the intensity chart's range query.
         self.client.start_progress(self.client.expected_calls(
-            self.fetch_from, self.end, 8 if req.workload else 10, 4))
+            self.fetch_from, self.end, 10 if req.workload else 12, 4))
         try:
             # A series seen only before FROM (its baseline) used no energy in the window.
             energy = {k: v for k, v in self.raw(f"{energy_metric}{{{sel}}}").items()
                       if v[-1][0] > self.start}
+            # A long-term store keeps only the coarse rules: rebuild the counters from them.
+            self.longterm = not energy
+            if self.longterm:
+                energy, lt_operational, lt_embodied = self._longterm(sel)
             if not energy:
                 raise ReportError(f"selector {req.selector} matches no {energy_metric} series "
                                   f"between {rfc3339(self.start)} and {rfc3339(self.end)}")
             targets = sorted({_target(k) for k in energy})
             tsel = (f'job=~{quote(regex_alternatives(j for j, _ in targets))}, '
                     f'instance=~{quote(regex_alternatives(i for _, i in targets))}')
-            if req.workload:
+            if self.longterm:
+                operational, embodied = lt_operational, lt_embodied
+                node_energy = (longterm.node_series(self.raw, tsel)[0] if req.workload
+                               else energy)
+            elif req.workload:
                 operational = self.raw(f"{names.WORKLOAD_EMISSIONS}{{{sel}}}")
                 embodied = None
                 node_energy = self.raw(f"{names.ENERGY}{{{tsel}}}")
@@ -216,11 +237,16 @@ class Report:
             pue = self.raw(f"{names.PUE}{{{tsel}}}")
             intensity = self.raw(f"{names.GRID_INTENSITY}{{{tsel}}}")
             age = self.raw(f"{names.GRID_INTENSITY_AGE}{{{tsel}}}")
-            collector_up = self.raw(f"{names.COLLECTOR_UP}{{{tsel}}}")
-            provider_up = self.raw(f"{names.PROVIDER_UP}{{{tsel}}}")
+            collector_up = with_reasons(self.raw(f"{names.COLLECTOR_UP}{{{tsel}}}"),
+                                        self.raw(f"{names.COLLECTOR_STATUS}{{{tsel}}}"),
+                                        "collector")
+            provider_up = with_reasons(self.raw(f"{names.PROVIDER_UP}{{{tsel}}}"),
+                                       self.raw(f"{names.PROVIDER_STATUS}{{{tsel}}}"),
+                                       "provider")
             workloads = (energy, operational) if req.workload else (
-                self.raw(f"{names.WORKLOAD_ENERGY}{{{tsel}}}"),
-                self.raw(f"{names.WORKLOAD_EMISSIONS}{{{tsel}}}"))
+                ({}, {}) if self.longterm else
+                (self.raw(f"{names.WORKLOAD_ENERGY}{{{tsel}}}"),
+                 self.raw(f"{names.WORKLOAD_EMISSIONS}{{{tsel}}}")))
             forecast = self.client.query(f"{names.FORECAST_MIN}{{{tsel}}}", self.end)
             build_info = self.client.query(f"max_over_time({names.BUILD_INFO}{{{tsel}}}"
                                            f"[{int(self.end - self.fetch_from)}s])", self.end)
@@ -261,6 +287,8 @@ class Report:
 
         facility = self._facility_joules()
         totals = self._totals(facility)
+        if self.longterm:
+            totals["notes"].append(longterm.NOTE)
         document = {
             "schema_version": SCHEMA_VERSION,
             "generated_at": rfc3339(round(time.time())),
@@ -453,6 +481,10 @@ class Report:
         return {
             "energy_basis": "nodes of the selected workloads" if self.req.workload
             else "selection",
+            # a platform meter's remainder in the energy: the totals are the meter's
+            "totals_basis": "platform_meter" if "platform_remainder" in by_source
+            else "components",
+            "platform_remainder_share": shares["platform_remainder"],
             "sources": sources,
             "counter_share": shares["counter"],
             "sampled_power_share": shares["sampled_power"],
@@ -790,7 +822,11 @@ def methodology(req: Request, build_info: list[dict], observed: dict) -> dict:
             "held until the next sample). Effective intensity = operational gCO2e / facility "
             "kWh, i.e. weighted by when the energy was used.",
             "Data quality: counter share = energy with source rapl or nvml; sampled power = "
-            "source power_sample (power readings integrated); model = source model. A scrape "
+            "source power_sample (power readings integrated); model = source model; platform "
+            "remainder = source platform_remainder, what a platform meter (ACPI power meter, "
+            "BMC) measured beyond the components. Totals basis: platform_meter when that "
+            "remainder is present (the node totals are the meter's), else components (CPU, "
+            "DRAM, GPU only: fans, disks, NICs and power-supply losses are not in them). A scrape "
             f"gap is two consecutive samples more than {GAP_FACTOR:g}x the median scrape "
             f"interval apart, or a start or end of the window that far from the nearest "
             f"sample. A collector failure is {names.COLLECTOR_UP} = 0 with reason "

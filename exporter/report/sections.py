@@ -124,6 +124,13 @@ def build(document: dict) -> list[Section]:
         f"Energy measured by hardware counters: {pct(quality['counter_share'])}; from sampled "
         f"power: {pct(quality['sampled_power_share'])}; modelled: "
         f"{pct(quality['model_share'])} (basis: {quality['energy_basis']}).",
+        (f"Totals basis: the platform meter (ACPI power meter or BMC): node energy is the "
+         f"meter's, the components are its split, and "
+         f"{pct(quality['platform_remainder_share'])} is what they do not explain "
+         f"(component \"other\": fans, disks, NICs, power-supply losses)."
+         if quality["totals_basis"] == "platform_meter" else
+         "Totals basis: the sum of the measured and modelled components (CPU, DRAM, GPU); "
+         "no platform meter, so fans, disks, NICs and power-supply losses are not included."),
         f"Scrape gaps: {len(quality['gaps'])} ({seconds(quality['gap_seconds'])}, "
         f"{quality['missing_scrapes']} missing scrapes at a typical interval of "
         f"{seconds(quality['scrape_interval_seconds'] or 0)}). Counters keep counting through "
