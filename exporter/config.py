@@ -176,6 +176,11 @@ class Config:
     sample_interval: float = _s(
         "sample.interval", "duration", "1s",
         "How often sources are read: a Prometheus duration (500ms, 1s) or seconds (0.5).")
+    sample_model_takeover: float = _s(
+        "sample.model_takeover", "duration", "30s",
+        "How long a counter (RAPL) may be away before its model takes over: a shorter outage "
+        "is bridged by the counter alone when it returns; after it the model counts from the "
+        "counter's last reading, and the counter, when back, from its first new one.")
     # --collector.<name>, one per registered source, are listed here (COLLECTORS_AFTER)
     collectors: frozenset[str] = frozenset()
     rapl_min_interval: float = _s(
@@ -272,8 +277,9 @@ class Config:
         "lowest per-sample CPU power over the last hour).", minimum=0, reloadable=True)
     attribution_gpu_idle_watts: float | None = _s(
         "attribution.gpu_idle_watts", "float", None,
-        "Power of one GPU with nothing running, reported as kind=\"idle\" (default: learned "
-        "per GPU like the CPU's).", minimum=0, reloadable=True)
+        "Power of one GPU with nothing running, reported as kind=\"idle\" (default: the lowest "
+        "power seen while it ran no process; none until it has been seen idle).", minimum=0,
+        reloadable=True)
     attribution_dram_idle_watts: float | None = _s(
         "attribution.dram_idle_watts", "float", None,
         "DRAM power with nothing running (default: learned like the CPU's).",

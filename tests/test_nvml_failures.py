@@ -350,3 +350,23 @@ def test_lost_gpu_in_the_sampler_leaves_the_others_on_cadence():
     for before, after in zip(joules[1:], joules[2:]):
         for device in ("gpu-0", "gpu-2", "gpu-3"):
             assert after[device] > before[device], (device, before, after)
+
+
+def test_attribution_gpu_idle_floor_is_learned_only_while_idle(tmp_path):
+    tree = build_tree(tmp_path, "v2")
+    pid = tree.add(container_cgroup(1), processes=1)[0]
+    fake.set_state({"driver": "550.54.15", "gpus": [gpu(0, processes=[], samples=None),
+                                                    gpu(1, samples=None, processes=[
+                                                        {"pid": pid, "used_mem": 1 << 30}])]})
+    attribution = Attribution(make_config(tmp_path, collector__nvml=True), nvml=fake)
+    attribution.account(attribution.read(), [], 0.0)
+    # gpu-0 idle at 55 W: learned; gpu-1 always busy at 700 W: never learned, no floor
+    split = attribution.account(attribution.read(), [Counted("gpu", "gpu-0", 55.0, 0.0),
+                                                     Counted("gpu", "gpu-1", 700.0, 0.0)], 1.0)
+    assert split.parts["gpu"][POD] == pytest.approx(700.0)
+    fake._state["gpus"][0]["processes"] = [{"pid": pid, "used_mem": 1 << 30}]
+    split = attribution.account(attribution.read(), [Counted("gpu", "gpu-0", 80.0, 0.0),
+                                                     Counted("gpu", "gpu-1", 700.0, 0.0)], 2.0)
+    # a process holding an idle context on gpu-0 is charged 80 - 55 W, not 80 W
+    assert split.parts["gpu"][POD] == pytest.approx(25.0 + 700.0)
+    assert split.parts["gpu"][IDLE] == pytest.approx(55.0)

@@ -21,6 +21,7 @@ from exporter.carbon import WORLD, grid_dataset
 from exporter.ledger import JOULES_PER_KWH
 from exporter.report import longterm
 from exporter.report import metricnames as names
+from exporter.report.reasons import with_reasons
 from exporter.report.promapi import LabelSet, PromClient, quote, regex_alternatives
 
 SCHEMA_VERSION = "1.0"
@@ -203,10 +204,10 @@ class Report:
                               f"--to {rfc3339(self.end)}")
         sel = ", ".join(req.matchers)
         energy_metric = names.WORKLOAD_ENERGY if req.workload else names.ENERGY
-        # Raw-sample selectors below: 8 for a workload, 10 for nodes; then 3 instant queries
+        # Raw-sample selectors below: 10 for a workload, 12 for nodes; then 3 instant queries
         # and the intensity chart's range query.
         self.client.start_progress(self.client.expected_calls(
-            self.fetch_from, self.end, 8 if req.workload else 10, 4))
+            self.fetch_from, self.end, 10 if req.workload else 12, 4))
         try:
             # A series seen only before FROM (its baseline) used no energy in the window.
             energy = {k: v for k, v in self.raw(f"{energy_metric}{{{sel}}}").items()
@@ -236,8 +237,12 @@ class Report:
             pue = self.raw(f"{names.PUE}{{{tsel}}}")
             intensity = self.raw(f"{names.GRID_INTENSITY}{{{tsel}}}")
             age = self.raw(f"{names.GRID_INTENSITY_AGE}{{{tsel}}}")
-            collector_up = self.raw(f"{names.COLLECTOR_UP}{{{tsel}}}")
-            provider_up = self.raw(f"{names.PROVIDER_UP}{{{tsel}}}")
+            collector_up = with_reasons(self.raw(f"{names.COLLECTOR_UP}{{{tsel}}}"),
+                                        self.raw(f"{names.COLLECTOR_STATUS}{{{tsel}}}"),
+                                        "collector")
+            provider_up = with_reasons(self.raw(f"{names.PROVIDER_UP}{{{tsel}}}"),
+                                       self.raw(f"{names.PROVIDER_STATUS}{{{tsel}}}"),
+                                       "provider")
             workloads = (energy, operational) if req.workload else (
                 ({}, {}) if self.longterm else
                 (self.raw(f"{names.WORKLOAD_ENERGY}{{{tsel}}}"),
