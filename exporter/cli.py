@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import json
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from typing import Any, Sequence
@@ -22,9 +24,10 @@ from exporter.carbon.providers.chain import Chain, GridState
 from exporter.carbon.secrets import RedactingFilter
 from exporter.config import SETTINGS, Config, changed_keys, resolve, split_listen_address
 from exporter.confutil import ConfigError
+from exporter.connections import ConnectionGuard
 from exporter.sampler import Sampler
 from exporter.selfmetrics import SelfMetrics
-from exporter.server import make_app
+from exporter.server import listen, make_app
 from exporter.sources.registry import build_sources
 from exporter.version import version_text
 from exporter.webconfig import WebSecurity
@@ -32,6 +35,7 @@ from exporter.webconfig import WebSecurity
 log = logging.getLogger("exporter")
 
 EXIT_USAGE = 2
+EXIT_LISTEN = 3  # --web.listen-address cannot be bound (in use, not this host's, no permission)
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -144,7 +148,7 @@ class Daemon:
         self.config = config
         self.flags = flags
         self.intensity = static_intensity(config)
-        self.security = WebSecurity(config.web_config_file, config.web_max_requests)
+        self.security = WebSecurity(config.web_config_file)
         self.sampler = Sampler(build_sources(config), config.sample_interval, self.intensity,
                                config.carbon_pue)
         self.sampler.embodied = Embodied(config)
@@ -201,17 +205,22 @@ class Daemon:
         loop.add_signal_handler(signal.SIGINT, self.stop.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         host, port = split_listen_address(self.config.web_listen_address)
-        app = make_app(self.sampler, self.config.web_telemetry_path, self.security, self.live)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        guard = ConnectionGuard(self.config.web_max_connections,
+                                self.config.web_read_header_timeout)
+        app = make_app(self.sampler, self.config.web_telemetry_path, self.security, self.live,
+                       max_requests=self.config.web_max_requests, guard=guard)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                               keepalive_timeout=self.config.web_idle_timeout)
         await runner.setup()
         try:
-            await web.TCPSite(runner, host, port, backlog=128,
-                              ssl_context=self.security.ssl_context).start()
+            server = await listen(runner, guard, host, port, self.security.ssl_context)
         except OSError as exc:
-            log.error("cannot listen on %s: %s", self.config.web_listen_address, exc.strerror)
+            print(f"carbon-exporter: error: cannot listen on {self.config.web_listen_address}: "
+                  f"{listen_problem(exc)}", file=sys.stderr)
             await runner.cleanup()
             self.sampler.close()
-            return 1
+            self.security.close()
+            return EXIT_LISTEN
         log.info("carbon-exporter %s listening on %s (%s), metrics at %s, sampling every %gs; "
                  "intensity %g gCO2e/kWh (zone %s, %s), PUE %g", __version__,
                  self.config.web_listen_address, "https" if self.security.ssl_context else "http",
@@ -241,11 +250,27 @@ class Daemon:
         await self.chain.stop()
         if metadata is not None:
             await metadata
+        server.close()
         await runner.cleanup()
         self.sampler.close()
+        self.security.close()
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(signum)
         return 0
+
+
+def listen_problem(exc: OSError) -> str:
+    """What went wrong binding the listen address, in words a user can act on."""
+    why = exc.strerror or str(exc)
+    if exc.errno == errno.EADDRINUSE:
+        return f"{why} (another process listens on that port; pick another with --web.listen-address)"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"{why} (not an address of this host; ':PORT' listens on every interface)"
+    if exc.errno == errno.EACCES:
+        return f"{why} (ports below 1024 need root or CAP_NET_BIND_SERVICE)"
+    if isinstance(exc, socket.gaierror):
+        return f"{why} (the host name does not resolve)"
+    return why
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -123,8 +123,8 @@ class SnapshotCollector(Collector):
         yield duration
 
         glitches = family(metrics.ENERGY_GLITCHES)
-        for collector, device, reason, count in snap.glitches:
-            glitches.add_metric([collector, device, reason], count)
+        for collector, device, domain, reason, count in snap.glitches:
+            glitches.add_metric([collector, device, domain, reason], count)
         yield glitches
 
         energy, emissions = family(metrics.WORKLOAD_ENERGY), family(metrics.WORKLOAD_EMISSIONS)

@@ -137,8 +137,20 @@ class Config:
         "Reloaded when it or its certificates change.", flag_name="--web.config.file")
     web_max_requests: int = _s(
         "web.max_requests", "int", 40,
-        "Maximum number of concurrent requests (scrapes); more get 503. 0 means no limit.",
+        "Maximum number of requests in flight at once (scrapes), counted after "
+        "authentication; more get 503. 0 means no limit.",
         minimum=0)
+    web_max_connections: int = _s(
+        "web.max_connections", "int", 1024,
+        "Maximum number of open client connections (lowered to fit the open-files limit); "
+        "at the limit a new connection closes the longest-idle one.", minimum=1)
+    web_read_header_timeout: float = _s(
+        "web.read_header_timeout", "duration", "10s",
+        "Time a client has to send a request's headers, from its first byte or from "
+        "connecting; slower connections are closed.")
+    web_idle_timeout: float = _s(
+        "web.idle_timeout", "duration", "60s",
+        "Idle keep-alive connections are closed after this long.")
     web_disable_exporter_metrics: bool = _s(
         "web.disable_exporter_metrics", "bool", False,
         "Leave the exporter's own metrics out of /metrics: process_*, python_* and "

@@ -85,12 +85,15 @@ class Ledger:
         # Power samples further apart than this are not integrated: the gap is unmeasured.
         self.max_power_gap = max_power_gap
         self.tracks: dict[tuple[str, str, str, str], Track] = {}
-        self.glitches: dict[tuple[str, str, str], int] = {}
+        # (collector, device, domain, reason) -> dropped deltas; domain is "" but for RAPL
+        self.glitches: dict[tuple[str, str, str, str], int] = {}
+        self._warned: set[tuple[str, str, str, str]] = set()  # keys whose first drop was logged
 
     def _glitch(self, reading: Reading, reason: str, detail: str) -> None:
-        key = (reading.collector, reading.device, reason)
-        first = key not in self.glitches
+        key = (reading.collector, reading.device, reading.domain or "", reason)
         self.glitches[key] = self.glitches.get(key, 0) + 1
+        first = key not in self._warned  # the keys are pre-seeded at 0: not a sign of "first"
+        self._warned.add(key)
         log_fn = log.warning if first else log.debug
         log_fn("dropped energy delta: collector=%s device=%s domain=%s reason=%s %s",
                reading.collector, reading.device, reading.domain or "-", reason, detail)
@@ -100,6 +103,12 @@ class Ledger:
         if seconds <= 0:
             return None
         if reading.counter:
+            if reading.wrap is not None and reading.value > reading.wrap:
+                # no counter holds this: keep the last good baseline, the next good reading
+                # bridges the gap
+                self._glitch(reading, "implausible",
+                             f"counter value {reading.value:.6f} above its range {reading.wrap:.6f}")
+                return None
             raw = reading.value - track.last_value
             if raw < 0:
                 # a value above the wrap point on either side cannot be a wraparound
@@ -134,7 +143,8 @@ class Ledger:
             if track is None:
                 # Counters known from the start at 0, so the first glitch shows in increase().
                 for reason in ("reset", "implausible"):
-                    self.glitches.setdefault((reading.collector, reading.device, reason), 0)
+                    self.glitches.setdefault(
+                        (reading.collector, reading.device, reading.domain or "", reason), 0)
                 self.tracks[key] = Track(
                     reading.collector, reading.component, reading.domain, reading.device,
                     reading.source, reading.value, reading.at,

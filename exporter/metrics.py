@@ -147,8 +147,9 @@ SAMPLE_DURATION = MetricSpec(
 ENERGY_GLITCHES = MetricSpec(
     "carbon_exporter_energy_glitches_total", "counter",
     "Energy deltas dropped instead of counted: reason=reset (counter went back without a "
-    "wraparound) or implausible (implied power above the device's physical bound).",
-    ("collector", "device", "reason"),
+    "wraparound) or implausible (implied power above the device's physical bound, or a "
+    "value above the counter's range); domain names the RAPL zone (empty for other sources).",
+    ("collector", "device", "domain", "reason"),
 )
 LAST_SAMPLE = MetricSpec(
     "carbon_exporter_last_sample_timestamp_seconds", "gauge",

@@ -68,8 +68,9 @@ def cpu_times(procfs: str) -> CpuTimes:
             hit = _cache.get(path)
         if hit is not None and hit[0] == cycle:
             return hit[1]
-    at = time.monotonic()
-    busy, total = parse_cpu_line(read_file(path))
+    data = read_file(path)
+    at = time.monotonic()  # when the times were obtained (a slow open must not skew them)
+    busy, total = parse_cpu_line(data)
     times = CpuTimes(at, busy, total)
     if cycle:
         with _lock:

@@ -70,7 +70,7 @@ class Snapshot:
     pue: float = 1.0
     grams_per_second: float | None = None
     collectors: tuple[CollectorState, ...] = ()
-    glitches: tuple[tuple[str, str, str, int], ...] = ()  # (collector, device, reason, count)
+    glitches: tuple[tuple[str, str, str, str, int], ...] = ()  # (collector, device, domain, reason, n)
     workloads: tuple[WorkloadSeries, ...] = ()
     gpu_split: tuple[tuple[str, str], ...] = ()  # (device, basis)
     embodied: tuple[tuple[str, str, float], ...] = ()  # (component, device, grams)
@@ -388,7 +388,7 @@ class Sampler:
             grams_per_second=published.grams_per_second,
             collectors=tuple(CollectorState(w.source.name, w.status, w.duration_sum, w.duration_count)
                              for w in self.workers) + published.extra,
-            glitches=tuple((c, d, r, n) for (c, d, r), n in self.ledger.glitches.items()),
+            glitches=tuple((*key, n) for key, n in self.ledger.glitches.items()),
             workloads=self.attribution.series if self.attribution is not None else (),
             gpu_split=self.attribution.gpu_split if self.attribution is not None else (),
             embodied=tuple((c, d, g) for (c, d), g in self.embodied.totals.items())

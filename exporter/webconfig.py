@@ -31,21 +31,15 @@ curve_preferences. http2 is accepted and ignored (aiohttp serves HTTP/1.1).
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import functools
-import hashlib
-import hmac
 import logging
 import os
-import secrets
 import ssl
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
-import bcrypt
 from aiohttp import web
 
+from exporter.auth import BasicAuthGate, Verdict, bcrypt_cost, decoy_hash
 from exporter.confutil import ConfigError, read_yaml
 
 log = logging.getLogger(__name__)
@@ -113,6 +107,7 @@ class WebConfig:
     tls: TlsConfig | None = None
     users: dict[str, bytes] = field(default_factory=dict)
     headers: dict[str, str] = field(default_factory=dict)
+    decoy: bytes = b""  # checked for unknown users, at the users' bcrypt cost
 
     @property
     def watched(self) -> tuple[str, ...]:
@@ -234,11 +229,20 @@ def _parse_users(path: str, raw: Any) -> dict[str, bytes]:
         # $2y$ (htpasswd -B) is the same algorithm as $2b$; the bcrypt package wants 2a/2b.
         if text.startswith("$2y$"):
             text = "$2b$" + text[4:]
-        if not (text.startswith(("$2a$", "$2b$")) and len(text) == 60):
+        if bcrypt_cost(text.encode()) is None:
+            # not echoed: it is a secret, and may be anything up to the file's size
             raise _fail(path, where, "is not a bcrypt hash (e.g. from htpasswd -nBC 10 \"\" | "
                                      "tr -d ':\\n')")
         users[user] = text.encode()
     return users
+
+
+def _decoy(users: dict[str, bytes]) -> bytes:
+    """A hash of the highest cost among the users (they normally share one), so that an
+    unknown user costs what a known one does."""
+    if not users:
+        return b""
+    return decoy_hash(max(bcrypt_cost(h) or 10 for h in users.values()))
 
 
 def _parse_http(path: str, raw: Any) -> dict[str, str]:
@@ -266,7 +270,8 @@ def load_web_config(path: str | None) -> WebConfig:
         raise _fail(path, "rate_limit", "not supported by carbon-exporter (use --web.max-requests)")
     tls = _parse_tls(path, _mapping(path, "tls_server_config", tree.get("tls_server_config"),
                                     TLS_KEYS))
-    config = WebConfig(path=path, tls=tls, users=_parse_users(path, tree.get("basic_auth_users")),
+    users = _parse_users(path, tree.get("basic_auth_users"))
+    config = WebConfig(path=path, tls=tls, users=users, decoy=_decoy(users),
                        headers=_parse_http(path, tree.get("http_server_config")))
     if tls:
         build_ssl_context(config)  # a key that does not match the cert fails here, not later
@@ -324,43 +329,13 @@ def _mtimes(paths: tuple[str, ...]) -> tuple[tuple[int, int, int] | None, ...]:
     return tuple(stamps)
 
 
-def _basic_credentials(header: str | None) -> tuple[str, str] | None:
-    if not header:
-        return None
-    scheme, _, encoded = header.partition(" ")
-    if scheme.lower() != "basic":
-        return None
-    try:
-        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
-        return None
-    user, sep, password = decoded.partition(":")
-    return (user, password) if sep else None
-
-
-@functools.cache
-def _dummy_hash() -> bytes:
-    """Checked when the user is unknown, so a wrong user costs as much as a wrong password."""
-    return bcrypt.hashpw(b"carbon-exporter", bcrypt.gensalt(10))
-
-
-def _checkpw(password: bytes, hashed: bytes) -> bool:
-    try:
-        return bcrypt.checkpw(password, hashed)
-    except ValueError:  # e.g. a password over bcrypt's 72 bytes
-        return False
-
-
 class WebSecurity:
     """Holds the web config in force and the aiohttp middleware that enforces it."""
 
-    def __init__(self, path: str | None, max_requests: int = 0) -> None:
+    def __init__(self, path: str | None) -> None:
         self.config = load_web_config(path)
-        self.max_requests = max_requests
-        self.in_flight = 0
         self._stamps = _mtimes(self.config.watched)
-        self._verified: set[bytes] = set()  # HMACs of (user, hash, password) that passed
-        self._cache_key = secrets.token_bytes(32)
+        self.gate = BasicAuthGate()
         self.ssl_context = (ReloadableSSLContext(build_ssl_context(self.config))
                             if self.config.tls else None)
         if self.config.users and not self.config.tls:
@@ -382,7 +357,6 @@ class WebSecurity:
             return False
         self.config = new
         self._stamps = _mtimes(new.watched)
-        self._verified.clear()
         if context is not None and self.ssl_context is not None:
             self.ssl_context.current = context
         log.info("web config reloaded from %s: TLS %s, %d basic auth users", new.path,
@@ -409,33 +383,12 @@ class WebSecurity:
 
     # --- request handling ---------------------------------------------------------------
 
-    def _cache_token(self, user: str, hashed: bytes, password: bytes) -> bytes:
-        return hmac.new(self._cache_key, user.encode() + b"\0" + hashed + b"\0" + password,
-                        hashlib.sha256).digest()
-
-    async def _authorised(self, request: web.Request) -> bool:
-        users = self.config.users
-        if not users:
-            return True
-        credentials = _basic_credentials(request.headers.get("Authorization"))
-        if credentials is None:
-            return False
-        user, password = credentials
-        hashed = users.get(user)
-        secret = password.encode()
-        if hashed is not None:
-            token = self._cache_token(user, hashed, secret)
-            if token in self._verified:
-                return True
-        # bcrypt takes tens of milliseconds by design: off the event loop.
-        ok = await asyncio.get_running_loop().run_in_executor(
-            None, _checkpw, secret, hashed if hashed is not None else _dummy_hash())
-        if ok and hashed is not None and users is self.config.users:
-            if len(self._verified) > 1024:
-                self._verified.clear()
-            self._verified.add(token)
-            return True
-        return False
+    async def _authorised(self, request: web.Request) -> Verdict:
+        config = self.config
+        if not config.users:
+            return Verdict.OK
+        return await self.gate.check(config.users, config.decoy,
+                                     request.headers.get("Authorization"), request.remote or "")
 
     def _san_allowed(self, request: web.Request) -> bool:
         allowed = self.config.tls.allowed_sans if self.config.tls else ()
@@ -448,21 +401,23 @@ class WebSecurity:
     @web.middleware
     async def middleware(self, request: web.Request,
                          handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
+        """Authentication only: the limit on requests in flight comes after it (server.py),
+        so clients without the password cannot use up what the scraper needs."""
         if request.path in OPEN_PATHS:
             return await handler(request)
-        if self.max_requests and self.in_flight >= self.max_requests:
-            return web.Response(status=503, text="too many concurrent requests\n",
+        if not self._san_allowed(request):
+            return web.Response(status=403, text="client certificate not allowed\n")
+        verdict = await self._authorised(request)
+        if verdict is Verdict.BUSY:
+            return web.Response(status=503, text="too many password checks waiting\n",
                                 headers={"Retry-After": "1"})
-        self.in_flight += 1
-        try:
-            if not self._san_allowed(request):
-                return web.Response(status=403, text="client certificate not allowed\n")
-            if not await self._authorised(request):
-                return web.Response(status=401, text="Unauthorized\n", headers={
-                    "WWW-Authenticate": 'Basic realm="carbon-exporter", charset="UTF-8"'})
-            return await handler(request)
-        finally:
-            self.in_flight -= 1
+        if verdict is not Verdict.OK:
+            return web.Response(status=401, text="Unauthorized\n", headers={
+                "WWW-Authenticate": 'Basic realm="carbon-exporter", charset="UTF-8"'})
+        return await handler(request)
+
+    def close(self) -> None:
+        self.gate.close()
 
     async def add_headers(self, request: web.Request, response: web.StreamResponse) -> None:
         for name, value in self.config.headers.items():

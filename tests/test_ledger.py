@@ -74,19 +74,22 @@ def test_counter_back_without_wrap_is_a_reset_not_a_decrease():
     t = track(ledger, counter(0, 0, wrap=None))
     assert t.joules == pytest.approx(100.0)
     assert t.watts is None
-    assert counted_glitches(ledger) == {("rapl", "package-0", "reset"): 1}
+    assert counted_glitches(ledger) == {("rapl", "package-0", "package", "reset"): 1}
     # the reset value is the new baseline: the next delta counts from it
     ledger.update([counter(40.0, 3.0, wrap=None)], 0.0)
     assert t.joules == pytest.approx(130.0)
 
 
-def test_counter_back_above_wrap_value_is_a_reset():
+def test_value_above_the_counter_range_is_one_glitch_and_loses_nothing():
+    """Issue 12: a value above max_energy_range_uj became the new baseline (energy lost, two
+    glitches for one event). Now it is dropped, the last good value stays the baseline and
+    the next good reading bridges the gap."""
     ledger = Ledger()
     ledger.update([counter(900.0, 0.0)], 0.0)
-    ledger.update([counter(WRAP + 5.0, 1.0)], 0.0)  # forward: +105 J
-    ledger.update([counter(WRAP + 1.0, 2.0)], 0.0)  # back, and the value is not in range
-    assert track(ledger, counter(0, 0)).joules == pytest.approx(105.0)
-    assert counted_glitches(ledger) == {("rapl", "package-0", "reset"): 1}
+    assert ledger.update([counter(WRAP + 5.0, 1.0)], 0.0) == []  # no counter holds this
+    ledger.update([counter(950.0, 2.0)], 0.0)  # 50 J since the last good value
+    assert track(ledger, counter(0, 0)).joules == pytest.approx(50.0)
+    assert counted_glitches(ledger) == {("rapl", "package-0", "package", "implausible"): 1}
 
 
 def test_counter_back_with_wrap_implying_more_than_max_watts_is_a_reset():
@@ -97,7 +100,7 @@ def test_counter_back_with_wrap_implying_more_than_max_watts_is_a_reset():
     assert counted == []
     t = track(ledger, counter(0, 0))
     assert t.joules == 0.0 and t.watts is None
-    assert counted_glitches(ledger) == {("rapl", "package-0", "reset"): 1}
+    assert counted_glitches(ledger) == {("rapl", "package-0", "package", "reset"): 1}
     ledger.update([counter(840.0, 2.0, max_watts=100.0)], 0.0)
     assert t.joules == pytest.approx(50.0)
 
@@ -108,10 +111,10 @@ def test_implausible_jump_is_dropped_and_counted():
     assert ledger.update([counter(6000.0, 1.0, wrap=None)], 0.0) == []  # 6 kW > 5 kW
     t = track(ledger, counter(0, 0, wrap=None))
     assert t.joules == 0.0
-    assert counted_glitches(ledger) == {("rapl", "package-0", "implausible"): 1}
+    assert counted_glitches(ledger) == {("rapl", "package-0", "package", "implausible"): 1}
     ledger.update([counter(6000.0, 2.0, wrap=None)], 0.0)
     ledger.update([counter(16000.0, 3.0, wrap=None)], 0.0)
-    assert ledger.glitches[("rapl", "package-0", "implausible")] == 2
+    assert ledger.glitches[("rapl", "package-0", "package", "implausible")] == 2
     # the jump became the baseline; only the plausible delta after it counts
     ledger.update([counter(16300.0, 4.0, wrap=None)], 0.0)
     assert t.joules == pytest.approx(300.0)
@@ -171,7 +174,7 @@ def test_implausible_power_sample_is_dropped():
     ledger.update([power(-5.0, 1.5)], 0.0)
     t = track(ledger, power(0, 0))
     assert t.joules == 0.0
-    assert counted_glitches(ledger) == {("nvml", "gpu-0", "implausible"): 2}
+    assert counted_glitches(ledger) == {("nvml", "gpu-0", "", "implausible"): 2}
     ledger.update([power(100.0, 2.0)], 0.0)  # integrated from the last good sample
     assert t.joules == pytest.approx(200.0)
 

@@ -211,7 +211,7 @@ def test_counter_going_backwards_is_a_counted_glitch_not_a_decrease(tmp_path):
     ledger.update(source.read().readings, 0.0)
     package = ledger.tracks[("cpu", "package", "package-0", "rapl")]
     assert package.joules == pytest.approx(2.0)
-    assert {k: n for k, n in ledger.glitches.items() if n} == {("rapl", "package-0", "reset"): 1}
+    assert {k: n for k, n in ledger.glitches.items() if n} == {("rapl", "package-0", "package", "reset"): 1}
 
 
 def _read_as_nobody(sysfs: str) -> dict:

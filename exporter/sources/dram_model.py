@@ -129,6 +129,7 @@ class DramModelSource(Source):
         if method + how != self.basis:
             log.info("dram-model: %s", basis)
             self.basis = method + how
+        at = time.monotonic()  # after a meminfo read, which may have been slow
         previous, self.last_at = self.last_at, at
         if previous is not None:
             self.joules += watts * (at - previous)

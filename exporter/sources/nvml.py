@@ -160,11 +160,11 @@ class NvmlSource(Source):
         problems: list[str] = []
         for gpu in self.gpus:
             try:
-                at = time.monotonic()
                 if gpu.has_energy_counter:
                     value = nvml.nvmlDeviceGetTotalEnergyConsumption(gpu.handle) / 1000.0
                 else:
                     value = nvml.nvmlDeviceGetPowerUsage(gpu.handle) / 1000.0
+                at = time.monotonic()  # when the value was obtained: a slow call shifts no energy
                 limit = nvml.nvmlDeviceGetEnforcedPowerLimit(gpu.handle) / 1000.0
             except Exception as exc:
                 problems.append(f"{gpu.device}: {exc}")

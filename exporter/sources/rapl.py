@@ -72,10 +72,15 @@ def read_text(path: str) -> str:
         os.close(fd)
 
 
+# energy_uj and max_energy_range_uj are u64 in the kernel: at most 20 decimal digits.
+MAX_DIGITS = 20
+
+
 def read_microjoules(path: str) -> float:
     text = read_text(path)
-    if not text.isdigit():
-        raise ValueError(f"{path}: {text[:40]!r} is not a counter value")
+    if not (text.isascii() and text.isdigit() and len(text) <= MAX_DIGITS):
+        shown = text[:40] + ("..." if len(text) > 40 else "")  # never echo a whole file
+        raise ValueError(f"{path}: {shown!r} is not a counter value")
     return int(text) / 1e6
 
 
@@ -186,9 +191,11 @@ class RaplSource(Source):
         readings = []
         denied = []
         for zone in self.active:
-            at = time.monotonic()
             try:
                 joules = read_microjoules(zone.energy_path)
+                # Stamped when the value is obtained, not before the read: a read that blocked
+                # for seconds must not put seconds of energy into one sample's power.
+                at = time.monotonic()
             except PermissionError:
                 denied.append(zone.dirname)
                 continue
@@ -199,6 +206,12 @@ class RaplSource(Source):
                 continue
             except ValueError as exc:
                 problems.append(str(exc))
+                continue
+            if zone.wrap_joules is not None and joules > zone.wrap_joules:
+                # Not a counter value: skipped, so the last good one stays the baseline and
+                # the next good read bridges the gap (nothing lost, no glitch).
+                problems.append(f"{zone.dirname}: energy_uj {joules * 1e6:.0f} is above "
+                                f"max_energy_range_uj {zone.wrap_joules * 1e6:.0f}")
                 continue
             readings.append(Reading(
                 collector=self.name, device=zone.device, source="rapl", value=joules, at=at,
