@@ -1,0 +1,106 @@
+"""Every PromQL query of the report, in one place: fetch() reads the selected history from
+Prometheus into a History; compute.py does the arithmetic on it without Prometheus."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from exporter.report import metricnames as names
+from exporter.report.methodology import LOOKBACK_SECONDS
+from exporter.report.promapi import PromClient, quote, regex_alternatives
+from exporter.report.series import LabelSet, Points, Target, nice_bucket, rfc3339, target_of
+
+if TYPE_CHECKING:
+    from exporter.report.compute import Request
+
+Series = dict[LabelSet, Points]
+
+
+class ReportError(RuntimeError):
+    """The report cannot be made; str() is one line."""
+
+
+@dataclass
+class History:
+    """The raw samples a report is computed from, already limited to the selected targets."""
+
+    targets: list[Target]
+    energy: Series  # the selected energy counters (workload or node)
+    operational: Series
+    embodied: Series | None  # node scope only
+    node_energy: Series  # the nodes' own energy (same as energy at node scope)
+    pue: Series
+    intensity: Series
+    age: Series
+    collector_up: Series
+    provider_up: Series
+    workload_energy: Series
+    workload_emissions: Series
+    forecast: list[dict[str, Any]]  # instant query results at TO
+    build_info: list[dict[str, Any]]
+    intensity_chart: Series
+    bucket: float
+
+
+def fetch(client: PromClient, req: Request) -> History:
+    """Read the window [req.start - LOOKBACK_SECONDS, req.end] of every series the report uses."""
+    fetch_from, start, end = req.start - LOOKBACK_SECONDS, req.start, req.end
+
+    def raw(selector: str) -> Series:
+        return client.raw_samples(selector, fetch_from, end)
+
+    sel = ", ".join(req.matchers)
+    energy_metric = names.WORKLOAD_ENERGY if req.workload else names.ENERGY
+    # Raw-sample selectors below: 8 for a workload, 10 for nodes; then 2 instant queries
+    # and the intensity chart's range query.
+    client.start_progress(client.expected_calls(
+        fetch_from, end, 8 if req.workload else 10, 3))
+    try:
+        # A series seen only before FROM (its baseline) used no energy in the window.
+        energy = {k: v for k, v in raw(f"{energy_metric}{{{sel}}}").items()
+                  if v[-1][0] > start}
+        if not energy:
+            raise ReportError(f"selector {req.selector} matches no {energy_metric} series "
+                              f"between {rfc3339(start)} and {rfc3339(end)}")
+        targets = sorted({target_of(k) for k in energy})
+        tsel = (f'job=~{quote(regex_alternatives(j for j, _ in targets))}, '
+                f'instance=~{quote(regex_alternatives(i for _, i in targets))}')
+        if req.workload:
+            operational = raw(f"{names.WORKLOAD_EMISSIONS}{{{sel}}}")
+            embodied = None
+            node_energy = raw(f"{names.ENERGY}{{{tsel}}}")
+        else:
+            operational = raw(f'{names.EMISSIONS}{{{sel}, scope="operational"}}')
+            embodied = raw(f'{names.EMISSIONS}{{{sel}, scope="embodied"}}')
+            node_energy = energy
+        pue = raw(f"{names.PUE}{{{tsel}}}")
+        intensity = raw(f"{names.GRID_INTENSITY}{{{tsel}}}")
+        age = raw(f"{names.GRID_INTENSITY_AGE}{{{tsel}}}")
+        collector_up = raw(f"{names.COLLECTOR_UP}{{{tsel}}}")
+        provider_up = raw(f"{names.PROVIDER_UP}{{{tsel}}}")
+        workloads = (energy, operational) if req.workload else (
+            raw(f"{names.WORKLOAD_ENERGY}{{{tsel}}}"),
+            raw(f"{names.WORKLOAD_EMISSIONS}{{{tsel}}}"))
+        forecast = client.query(f"{names.FORECAST_MIN}{{{tsel}}}", end)
+        build_info = client.query(f"max_over_time({names.BUILD_INFO}{{{tsel}}}"
+                                       f"[{int(end - fetch_from)}s])", end)
+        bucket = req.bucket_seconds or nice_bucket(end - start)
+        step = max(bucket, 1.0)
+        intensity_chart = client.query_range(
+            f"{names.GRID_INTENSITY}{{{tsel}}}", start, end, step)
+    finally:
+        client.stop_progress()
+
+    def ours(series: Series) -> Series:
+        # The job=~ and instance=~ regexes also match other job/instance pairs.
+        return {k: v for k, v in series.items() if target_of(k) in targets}
+
+    return History(
+        targets=targets, energy=energy, operational=operational, embodied=embodied,
+        node_energy=energy if not req.workload else ours(node_energy),
+        pue=ours(pue), intensity=ours(intensity), age=ours(age),
+        collector_up=ours(collector_up), provider_up=ours(provider_up),
+        workload_energy=ours(workloads[0]), workload_emissions=ours(workloads[1]),
+        forecast=forecast, build_info=build_info, intensity_chart=ours(intensity_chart),
+        bucket=bucket)
