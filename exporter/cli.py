@@ -77,8 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 help=f"{text} (default: {'enabled' if setting.default else 'disabled'})")
             continue
         kwargs: dict[str, Any] = {"dest": setting.key, "default": None, "metavar": "VALUE"}
-        if setting.kind in ("float", "int"):
-            kwargs["type"] = float if setting.kind == "float" else int
+        if setting.kind in ("float", "int", "budget"):
+            kwargs["type"] = int if setting.kind == "int" else float
         if setting.kind == "choice":
             kwargs["choices"] = setting.choices
             kwargs.pop("metavar")
@@ -150,7 +150,8 @@ class Daemon:
         self.intensity = static_intensity(config)
         self.security = WebSecurity(config.web_config_file)
         self.sampler = Sampler(build_sources(config), config.sample_interval, self.intensity,
-                               config.carbon_pue)
+                               config.carbon_pue, peak_window=config.power_peak_window)
+        self.sampler.power_budget = config.power_budget_watts
         self.sampler.embodied = Embodied(config)
         self.chain = Chain.from_config(config, self._publish_grid)
         self.live = SelfMetrics(not config.web_disable_exporter_metrics)
@@ -193,6 +194,7 @@ class Daemon:
         if self.sampler.embodied is not None:
             self.sampler.embodied.configure(new)
         self.sampler.pue = new.carbon_pue
+        self.sampler.power_budget = new.power_budget_watts
         for source in self.sampler.sources:
             source.configure(new)
         logging.getLogger().setLevel(_LEVELS[new.log_level])

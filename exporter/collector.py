@@ -74,12 +74,28 @@ class SnapshotCollector(Collector):
         yield power
         yield emissions
 
+        peak, budget = family(metrics.POWER_PEAK), family(metrics.POWER_BUDGET)
+        for component, device, source, watts in snap.peaks:
+            peak.add_metric([component, device, source], watts)
+        for scope, device, watts in snap.budgets:
+            budget.add_metric([scope, device], watts)
+        yield peak
+        yield budget
+
         rate = family(metrics.EMISSIONS_RATE)
         if snap.grams_per_second is not None:
             rate.add_metric(["operational"], snap.grams_per_second)
         if snap.embodied_grams_per_second is not None:
             rate.add_metric(["embodied"], snap.embodied_grams_per_second)
         yield rate
+
+        meter, meter_power = family(metrics.PLATFORM_ENERGY), family(metrics.PLATFORM_POWER)
+        for device, source, joules, meter_watts in snap.platform:
+            meter.add_metric([device, source], joules)
+            if meter_watts is not None:
+                meter_power.add_metric([device, source], meter_watts)
+        yield meter
+        yield meter_power
 
         domains = family(metrics.RAPL_DOMAIN_ENERGY)
         for domain, device, joules in snap.rapl_domains:
@@ -97,7 +113,7 @@ class SnapshotCollector(Collector):
         intensity, age = family(metrics.GRID_INTENSITY), family(metrics.GRID_INTENSITY_AGE)
         if snap.intensity is not None:
             i = snap.intensity
-            intensity.add_metric([i.grid_zone, i.provider, i.kind], i.grams_per_kwh)
+            intensity.add_metric([i.grid_zone, i.provider, i.kind, i.basis], i.grams_per_kwh)
             age.add_metric([i.grid_zone, i.provider], snap.intensity_age)
         yield intensity
         yield age

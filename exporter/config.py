@@ -75,6 +75,9 @@ class Setting:
             return None if ok else "must be a number or a string"
         if self.kind == "providers":
             return None if isinstance(value, (list, str)) else "must be a list or a string"
+        if self.kind == "budget":
+            return None if _budget_ok(value) else (
+                "must be watts above 0, or {node: W, gpu: W or {gpu-0: W, ...}}")
         if isinstance(value, bool) or not isinstance(value, (int, float)) or (
                 self.kind == "int" and not isinstance(value, int)):
             return "must be an integer" if self.kind == "int" else "must be a number"
@@ -83,6 +86,23 @@ class Setting:
         if self.above is not None and value <= self.above:
             return f"must be greater than {self.above:g}"
         return None
+
+
+def _watts(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+
+
+def _budget_ok(value: Any) -> bool:
+    """power.budget_watts: a number (the node), or {node: W, gpu: W (each GPU) | {gpu-0: W, ...}}."""
+    if value is None or _watts(value):
+        return True
+    if not isinstance(value, dict) or not set(value) <= {"node", "gpu"}:
+        return False
+    if "node" in value and not _watts(value["node"]):
+        return False
+    gpu = value.get("gpu")
+    per_gpu = isinstance(gpu, dict) and all(isinstance(k, str) and _watts(w) for k, w in gpu.items())
+    return "gpu" not in value or _watts(gpu) or per_gpu
 
 
 def _s(key: str, kind: str, default: Any, help: str, **options: Any) -> Any:
@@ -105,6 +125,11 @@ def split_listen_address(address: str) -> tuple[str | None, int]:
 
 def _check_listen_address(value: Any) -> None:
     split_listen_address(str(value))
+
+
+def _check_url(value: Any) -> None:
+    if value is not None and not str(value).startswith(("https://", "http://")):
+        raise ValueError(f"{value!r} is not an http(s) URL")
 
 
 def _check_path(value: Any) -> None:
@@ -156,7 +181,8 @@ class Config:
         "Leave the exporter's own metrics out of /metrics: process_*, python_* and "
         "carbon_exporter_http_* (as node_exporter's flag of that name).")
     path_sysfs: str = _s(
-        "path.sysfs", "str", "/sys", "sysfs mount point (RAPL under class/powercap).")
+        "path.sysfs", "str", "/sys",
+        "sysfs mount point (RAPL under class/powercap, power meters under class/hwmon).")
     path_procfs: str = _s(
         "path.procfs", "str", "/proc", "procfs mount point (CPU times, memory size).")
     sample_interval: float = _s(
@@ -169,6 +195,48 @@ class Config:
         "Read RAPL energy counters at most this often (e.g. 1s), whatever --sample.interval, "
         "to bound the energy resolution scrapers see (Platypus side channel). 0s: every "
         "sample.", minimum=0, reloadable=True)
+    redfish_url: str | None = _s(
+        "redfish.url", "str", None,
+        "Base URL of this node's BMC for the redfish collector (https://10.0.0.5); unset: "
+        "the collector reports absent.", check=_check_url)
+    redfish_username_file: str | None = _s(
+        "redfish.username_file", "str", None, "File holding the BMC user name.")
+    redfish_username_env: str | None = _s(
+        "redfish.username_env", "str", None,
+        "Environment variable holding the BMC user name (default: "
+        "CARBON_EXPORTER_REDFISH_USERNAME).")
+    redfish_password_file: str | None = _s(
+        "redfish.password_file", "str", None, "File holding the BMC password.")
+    redfish_password_env: str | None = _s(
+        "redfish.password_env", "str", None,
+        "Environment variable holding the BMC password (default: "
+        "CARBON_EXPORTER_REDFISH_PASSWORD).")
+    redfish_ca_file: str | None = _s(
+        "redfish.ca_file", "str", None,
+        "CA bundle that signs the BMC's certificate (default: the system's).")
+    redfish_insecure_skip_verify: bool = _s(
+        "redfish.insecure_skip_verify", "bool", False,
+        "Do not verify the BMC's TLS certificate (self-signed BMC certificates).")
+    redfish_timeout: float = _s(
+        "redfish.timeout", "duration", "10s", "Timeout of one Redfish request.")
+    redfish_poll_interval: float = _s(
+        "redfish.poll_interval", "duration", "15s",
+        "How often the BMC is asked for chassis power (its own timer, doubled per failure "
+        "up to 10m); the last value stands for the node between polls.")
+    redfish_chassis: str | None = _s(
+        "redfish.chassis", "str", None,
+        "Chassis id whose power is the node's (default: the first chassis that reports "
+        "power).")
+    power_peak_window: float = _s(
+        "power.peak_window", "duration", "1m",
+        "carbon_power_peak_watts is the highest per-sample power over this window (at least "
+        "--sample.interval; make it at least the scrape interval so no burst falls between "
+        "scrapes).")
+    power_budget_watts: float | dict[str, Any] | None = _s(
+        "power.budget_watts", "budget", None,
+        "Power budget exported as carbon_power_budget_watts for the CarbonPowerAboveBudget "
+        "alert: watts for the node; in the config file also {node: W, gpu: W} (each GPU) or "
+        "{node: W, gpu: {gpu-0: W, ...}}.", reloadable=True)
     carbon_zone: str | None = _s(
         "carbon.zone", "str", None,
         "Grid zone: an ISO 3166-1 alpha-2 country code (DE), a provider's zone id "
@@ -214,6 +282,10 @@ class Config:
         "attribution.cpu_idle_watts", "float", None,
         "CPU power with nothing running, reported as kind=\"idle\" (default: learned as the "
         "lowest per-sample CPU power over the last hour).", minimum=0, reloadable=True)
+    attribution_gpu_idle_watts: float | None = _s(
+        "attribution.gpu_idle_watts", "float", None,
+        "Power of one GPU with nothing running, reported as kind=\"idle\" (default: learned "
+        "per GPU like the CPU's).", minimum=0, reloadable=True)
     attribution_dram_idle_watts: float | None = _s(
         "attribution.dram_idle_watts", "float", None,
         "DRAM power with nothing running (default: learned like the CPU's).",
@@ -300,6 +372,9 @@ class Config:
     config_file: str | None = None  # --config.file, not a setting of its own
 
     def __post_init__(self) -> None:
+        if self.power_peak_window < self.sample_interval:
+            raise ConfigError(f"power.peak_window ({self.power_peak_window:g}s) must be at least "
+                              f"sample.interval ({self.sample_interval:g}s)")
         if self.cpu_model_idle_watts is not None and self.cpu_model_max_watts is not None:
             if self.cpu_model_max_watts < self.cpu_model_idle_watts:
                 raise ConfigError("cpu_model.max_watts must be at least cpu_model.idle_watts")
@@ -411,7 +486,7 @@ def _coerce_env(setting: Setting, raw: str) -> Any:
         if lowered in ("0", "false", "no", "off"):
             return False
         raise ConfigError(f"{origin}: {raw!r} is not a boolean (true/false)")
-    if setting.kind == "float":
+    if setting.kind in ("float", "budget"):
         try:
             return float(raw)
         except ValueError:

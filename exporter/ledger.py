@@ -15,6 +15,16 @@ log = logging.getLogger(__name__)
 
 JOULES_PER_KWH = 3.6e6
 
+# Reading.domain of a whole-node meter (ACPI power meter, BMC): the node's total, exported on
+# its own; the components are its split and what they leave is credited as the remainder.
+PLATFORM = "platform"
+REMAINDER_COMPONENT = "other"
+REMAINDER_SOURCE = "platform_remainder"
+# Which platform meter is the node total when several report: local before the BMC.
+PLATFORM_PREFERENCE = ("hwmon", "redfish")
+# Components ahead of the meter by more than this share of its energy: worth a warning.
+DEFICIT_WARNING = 0.05
+
 
 @dataclass(frozen=True, slots=True)
 class Reading:
@@ -88,6 +98,7 @@ class Ledger:
         # (collector, device, domain, reason) -> dropped deltas; domain is "" but for RAPL
         self.glitches: dict[tuple[str, str, str, str], int] = {}
         self._warned: set[tuple[str, str, str, str]] = set()  # keys whose first drop was logged
+        self.platform = PlatformTotal()
 
     def _glitch(self, reading: Reading, reason: str, detail: str) -> None:
         key = (reading.collector, reading.device, reading.domain or "", reason)
@@ -133,9 +144,11 @@ class Ledger:
         return Delta((track.last_value + reading.value) / 2 * seconds, seconds)
 
     def update(self, readings: list[Reading], grams_per_joule: float) -> list[Counted]:
-        """Apply one sample's readings; return what this sample added to top-level devices."""
+        """Apply one sample's readings; return what this sample added to top-level devices
+        (with a platform meter: the components and the remainder, summing to the meter)."""
         seen = set()
         counted: list[Counted] = []
+        platform: list[tuple[Track, float, float]] = []  # (track, joules, seconds) this sample
         for reading in readings:
             key = reading.key
             seen.add(key)
@@ -162,6 +175,8 @@ class Ledger:
                 continue
             track.joules += delta.joules
             track.watts = delta.joules / delta.seconds if reading.counter else reading.value
+            if track.domain == PLATFORM:
+                platform.append((track, delta.joules, delta.seconds))
             if track.component is not None:
                 grams = delta.joules * grams_per_joule
                 track.grams += grams
@@ -170,7 +185,97 @@ class Ledger:
             if key not in seen and track.present:
                 track.present = False
                 track.watts = None
+        remainder = self.platform.update(self, platform, counted, grams_per_joule)
+        if remainder is not None:
+            counted.append(remainder)
         return counted
+
+    def platform_tracks(self) -> list[Track]:
+        return [t for t in self.tracks.values() if t.domain == PLATFORM]
+
+
+class PlatformTotal:
+    """The node total from a platform meter: components are its split, the remainder is
+    credited to component="other", source="platform_remainder" (fans, disks, NICs, voltage
+    regulators, power-supply losses).
+
+    Kept cumulatively, since the meter and the components are not read at the same instant
+    (a BMC value is seconds old, an ACPI meter averages over its interval):
+        other = max over time of (meter energy - component energy), both since the basis began
+    so the remainder counter never goes back, a sample where the components ran ahead of the
+    meter is repaid by later remainders, and components + other = meter whenever the
+    components have not outrun the meter. Samples without a meter delta change nothing.
+    """
+
+    def __init__(self) -> None:
+        self.basis: Track | None = None  # the platform track the node total follows
+        self.meter_joules = 0.0  # since the basis began
+        self.component_joules = 0.0  # in the samples the meter measured
+        self.remainder_joules = 0.0  # credited since the basis began
+        self.track: Track | None = None  # the remainder's series
+        self.warned = False  # components well above the meter: said once per basis
+
+    @property
+    def deficit(self) -> float:
+        """Joules by which the components are ahead of the meter (0 when in step)."""
+        return max(0.0, self.remainder_joules - (self.meter_joules - self.component_joules))
+
+    def _choose(self, platform: list[tuple[Track, float, float]]) -> Track:
+        tracks = [t for t, _, _ in platform]
+        if self.basis in tracks:
+            return self.basis
+        def rank(track: Track) -> tuple[int, str]:
+            order = (PLATFORM_PREFERENCE.index(track.collector)
+                     if track.collector in PLATFORM_PREFERENCE else len(PLATFORM_PREFERENCE))
+            return order, track.device
+        return min(tracks, key=rank)
+
+    def update(self, ledger: Ledger, platform: list[tuple[Track, float, float]],
+               counted: list[Counted], grams_per_joule: float) -> Counted | None:
+        if self.track is not None and not platform:
+            self.track.watts = None
+            self.track.present = False
+        if not platform:
+            return None
+        basis = self._choose(platform)
+        if basis is not self.basis:
+            if self.basis is not None:
+                log.info("node total now follows platform meter %s/%s (was %s/%s)",
+                         basis.collector, basis.device, self.basis.collector, self.basis.device)
+            else:
+                log.info("node total follows platform meter %s/%s; components are its split",
+                         basis.collector, basis.device)
+            self.basis = basis
+            self.meter_joules = self.component_joules = self.remainder_joules = 0.0
+            self.warned = False
+        joules, seconds = next((j, s) for t, j, s in platform if t is basis)
+        self.meter_joules += joules
+        self.component_joules += sum(c.joules for c in counted)
+        remainder = max(0.0, self.meter_joules - self.component_joules - self.remainder_joules)
+        self.remainder_joules += remainder
+        if (not self.warned and self.meter_joules > 10_000
+                and self.deficit > DEFICIT_WARNING * self.meter_joules):
+            self.warned = True  # a meter that misses a supply, or models that overestimate
+            log.warning("the components add up to %.0f%% more than platform meter %s/%s; "
+                        "the node total follows the components while they do",
+                        100 * self.deficit / self.meter_joules, basis.collector, basis.device)
+        key = (REMAINDER_COMPONENT, "", basis.device, REMAINDER_SOURCE)
+        track = ledger.tracks.get(key)
+        if track is None:
+            track = ledger.tracks[key] = Track(
+                basis.collector, REMAINDER_COMPONENT, None, basis.device, REMAINDER_SOURCE,
+                0.0, basis.last_at)
+        track.present = True
+        track.last_at = basis.last_at
+        track.joules += remainder
+        track.watts = remainder / seconds if seconds > 0 else None
+        grams = remainder * grams_per_joule
+        track.grams += grams
+        if self.track is not None and self.track is not track:
+            self.track.watts = None
+            self.track.present = False
+        self.track = track
+        return Counted(REMAINDER_COMPONENT, basis.device, remainder, grams)
 
 
 def grams_per_joule(grams_per_kwh: float, pue: float) -> float:

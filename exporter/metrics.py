@@ -37,6 +37,32 @@ POWER = MetricSpec(
     "Power of a top-level device over the last sample interval, in watts.",
     ENERGY_LABELS,
 )
+PLATFORM_ENERGY = MetricSpec(
+    "carbon_platform_energy_joules_total", "counter",
+    "Energy of the whole node as its platform meter reports it (ACPI power meter through "
+    "hwmon, or the BMC through Redfish), in joules. When present, carbon_energy_joules_total "
+    "sums to it: the components are its split and component=\"other\", "
+    "source=\"platform_remainder\" is what they do not explain. Do not add the two metrics.",
+    ("device", "source"),
+)
+PLATFORM_POWER = MetricSpec(
+    "carbon_platform_power_watts", "gauge",
+    "Power of the whole node as its platform meter reports it, over the last sample "
+    "interval, in watts (compare with the sum of carbon_power_watts).",
+    ("device", "source"),
+)
+POWER_PEAK = MetricSpec(
+    "carbon_power_peak_watts", "gauge",
+    "Highest per-sample power of a top-level device over the last --power.peak-window, in "
+    "watts: a burst shorter than the scrape interval still shows, the same for every scraper.",
+    ENERGY_LABELS,
+)
+POWER_BUDGET = MetricSpec(
+    "carbon_power_budget_watts", "gauge",
+    "Configured power budget (power.budget_watts), in watts: scope=node for the node (device "
+    "empty), scope=gpu per GPU device.",
+    ("scope", "device"),
+)
 RAPL_DOMAIN_ENERGY = MetricSpec(
     "carbon_rapl_domain_joules_total", "counter",
     "Energy of every RAPL zone as read (package, core, uncore, dram, psys), in joules. "
@@ -50,14 +76,17 @@ GPU_POWER_LIMIT = MetricSpec(
 )
 GPU_INFO = MetricSpec(
     "carbon_gpu_info", "gauge",
-    "GPU identity; always 1. Join on device.",
+    "GPU identity; always 1. Join on device; uuid and pci_bus_id survive reboots, the NVML "
+    "index in device does not always.",
     ("device", "uuid", "name", "driver_version", "pci_bus_id"),
 )
 GRID_INTENSITY = MetricSpec(
     "carbon_grid_intensity_grams_per_kwh", "gauge",
     "Grid carbon intensity in force, in gCO2e per kWh (kWh, not joules, because every "
-    "grid operator publishes it per kWh).",
-    ("grid_zone", "provider", "kind"),
+    "grid operator publishes it per kWh). kind is average or marginal; basis is lifecycle "
+    "(CO2e incl. upstream: Electricity Maps, the bundled Ember data), direct (CO2 from "
+    "combustion: UK Carbon Intensity API, WattTime MOER) or unknown (a configured value).",
+    ("grid_zone", "provider", "kind", "basis"),
 )
 GRID_INTENSITY_AGE = MetricSpec(
     "carbon_grid_intensity_age_seconds", "gauge",
@@ -201,7 +230,8 @@ HTTP_IN_FLIGHT = MetricSpec(
 )
 
 ALL: tuple[MetricSpec, ...] = (
-    ENERGY, POWER, RAPL_DOMAIN_ENERGY, GPU_POWER_LIMIT, GPU_INFO,
+    ENERGY, POWER, POWER_PEAK, POWER_BUDGET, PLATFORM_ENERGY, PLATFORM_POWER,
+    RAPL_DOMAIN_ENERGY, GPU_POWER_LIMIT, GPU_INFO,
     GRID_INTENSITY, GRID_INTENSITY_AGE, GRID_FORECAST_MIN, GRID_FORECAST_MIN_START, GRID_INDEX,
     GRID_PROVIDER_UP, GRID_PROVIDER_STATUS, PUE, EMISSIONS, EMISSIONS_RATE,
     COLLECTOR_UP, COLLECTOR_STATUS, MODEL_INFO, SAMPLE_DURATION, ENERGY_GLITCHES, LAST_SAMPLE,

@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING, Callable, Sequence, cast
 
 from exporter import procfs
 from exporter.carbon import Intensity
-from exporter.ledger import Ledger, Reading, grams_per_joule
+from exporter.ledger import PLATFORM, Ledger, Reading, grams_per_joule
+from exporter.peak import PeakTracker, budgets
 from exporter.sources import (
     ERROR, GPU_INFO, MEASURED, MODEL, OBSERVER, GpuInfo, Source, SourceResult, Status,
 )
@@ -64,6 +65,8 @@ class Snapshot:
     timestamp: float | None  # unix time of the cycle; None before the first one
     energy: tuple[EnergySeries, ...] = ()
     rapl_domains: tuple[tuple[str, str, float], ...] = ()  # (domain, device, joules)
+    # whole-node meters as read, (device, source, joules, watts): never summed with `energy`
+    platform: tuple[tuple[str, str, float, float | None], ...] = ()
     gpus: tuple[GpuInfo, ...] = ()
     intensity: Intensity | None = None
     intensity_age: float = 0.0  # seconds, at the time of the snapshot
@@ -76,6 +79,8 @@ class Snapshot:
     embodied: tuple[tuple[str, str, float], ...] = ()  # (component, device, grams)
     embodied_grams_per_second: float | None = None
     grid: GridState | None = None  # the provider chain's forecast, index, provider states
+    peaks: tuple[tuple[str, str, str, float], ...] = ()  # (component, device, source, watts)
+    budgets: tuple[tuple[str, str, float], ...] = ()  # (scope, device, watts)
 
 
 class _Coverage:
@@ -128,6 +133,7 @@ class _Published:
     grams_per_second: float | None
     embodied_grams_per_second: float | None
     extra: tuple[CollectorState, ...]
+    newest: float | None  # the newest reading's time: where the peak window ends
 
 
 class _Job:
@@ -231,8 +237,11 @@ _ROLE_ORDER = {MEASURED: 0, OBSERVER: 1, MODEL: 2}
 
 class Sampler:
     def __init__(self, sources: Sequence[Source], interval: float, intensity: Intensity,
-                 pue: float, clock: Callable[[], float] = time.monotonic) -> None:
+                 pue: float, clock: Callable[[], float] = time.monotonic,
+                 peak_window: float = 60.0) -> None:
         self.interval = interval
+        self.peaks = PeakTracker(max(peak_window, interval))
+        self.power_budget: object = None  # the power.budget_watts setting, set by the daemon
         self.intensity = intensity
         self.pue = pue
         self.clock = clock
@@ -362,7 +371,14 @@ class Sampler:
                 embodied_rate = self.embodied.update(self.gpus, now - self.last_cycle_at)
         self.last_cycle_at = now
         self.cycles += 1
-        self._published = _Published(time.time(), intensity, pue, rate, embodied_rate, extra)
+        tracks = self.ledger.tracks.values()
+        for t in tracks:  # every cycle, scraped or not: a peak between scrapes still counts
+            if t.component and t.present:
+                self.peaks.observe((t.component, t.device, t.source), t.last_at, t.watts)
+        # the peak window ends at the newest reading, on the readings' own (monotonic) clock
+        newest = max((t.last_at for t in tracks if t.component), default=None)
+        self._published = _Published(time.time(), intensity, pue, rate, embodied_rate, extra,
+                                     newest)
         self._snapshot = None
 
     @property
@@ -376,11 +392,15 @@ class Sampler:
         assert published is not None  # the initial snapshot stands until the first cycle
         intensity = published.intensity
         tracks = self.ledger.tracks.values()
+        newest = published.newest
         return Snapshot(
             timestamp=published.timestamp,
             energy=tuple(EnergySeries(t.component, t.device, t.source, t.joules, t.watts, t.grams)
                          for t in tracks if t.component),
-            rapl_domains=tuple((t.domain, t.device, t.joules) for t in tracks if t.domain),
+            rapl_domains=tuple((t.domain, t.device, t.joules) for t in tracks
+                               if t.domain and t.domain != PLATFORM),
+            platform=tuple((t.device, t.source, t.joules, t.watts)
+                           for t in self.ledger.platform_tracks()),
             gpus=self.gpus,
             intensity=intensity,
             intensity_age=intensity.age(),
@@ -395,6 +415,8 @@ class Sampler:
             if self.embodied is not None else (),
             embodied_grams_per_second=published.embodied_grams_per_second,
             grid=self.grid,
+            peaks=self.peaks.peaks(newest) if newest is not None else (),
+            budgets=budgets(self.power_budget, (g.device for g in self.gpus)),
         )
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -44,7 +44,8 @@ async def landing(request: web.Request) -> web.Response:
     intensity = snap.intensity
     carbon = (
         f"{intensity.grams_per_kwh:g} gCO2e/kWh, zone {html.escape(intensity.grid_zone or '-')}, "
-        f"provider {html.escape(intensity.provider)}, PUE {snap.pue:g}"
+        f"provider {html.escape(intensity.provider)}, {html.escape(intensity.kind)}, "
+        f"basis {html.escape(intensity.basis)}, PUE {snap.pue:g}"
         if intensity else "none"
     )
     grid = getattr(snap, "grid", None)
@@ -53,12 +54,13 @@ async def landing(request: web.Request) -> web.Response:
         f"<td>{html.escape(p.description)}</td><td>{html.escape(p.reason)}</td>"
         f"<td>{html.escape(redact(p.detail))}</td>"
         f"<td>{'' if p.value is None else f'{p.value.grams_per_kwh:g}'}</td>"
+        f"<td>{'' if p.value is None else html.escape(f'{p.value.kind}, {p.value.basis}')}</td>"
         f"<td>{'yes' if p.in_force else ''}</td></tr>"
         for p in (grid.providers if grid is not None else ())
     )
     if providers:
         carbon += ("<table border=\"1\" cellpadding=\"4\"><tr><th>provider</th><th>type</th>"
-                   "<th>source</th><th>state</th><th>detail</th><th>gCO2e/kWh</th>"
+                   "<th>source</th><th>state</th><th>detail</th><th>gCO2e/kWh</th><th>basis</th>"
                    f"<th>in force</th></tr>{providers}</table>")
     body = f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>carbon-exporter</title></head>

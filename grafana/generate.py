@@ -738,16 +738,16 @@ def workload_dashboard() -> db.Dashboard:
     d = d.with_row(P.row("Software Carbon Intensity (SCI)"))
     d = d.with_panel(P.timeseries(
         "SCI: gCO2e per functional unit", "Green Software Foundation SCI = (E·I + M) per R for every "
-        "workload that publishes its functional units (sci:functional_units:rate5m; see the README's "
+        "workload that publishes its functional units (instance_workload: or namespace_pod_workload:sci_functional_units:rate5m; see the README's "
         "SCI section): operational plus embodied emissions per sample, token or request.",
         GRAMS_PER_UNIT,
-        query("workload:sci_grams_per_functional_unit:ratio5m", "{{workload}} per {{functional_unit}}"),
+        query("workload:carbon_emissions_grams_per_sci_functional_units:ratio_rate5m", "{{workload}} per {{functional_unit}}"),
         calcs=("mean", "min", "lastNotNull")))
     d = d.with_panel(P.bargauge(
         "SCI by scope", "The score split into operational (E·I: energy x intensity in force x PUE) "
         "and embodied (M: amortised manufacturing) grams per functional unit.",
         GRAMS_PER_UNIT,
-        query("workload_scope:sci_grams_per_functional_unit:ratio5m",
+        query("workload_scope:carbon_emissions_grams_per_sci_functional_units:ratio_rate5m",
               "{{workload}} per {{functional_unit}} · {{scope}}", instant=True)))
 
     d = d.with_row(P.row("Emission budgets"))
@@ -756,11 +756,11 @@ def workload_dashboard() -> db.Dashboard:
         "carbon_emission_budget_grams (needs the carbon-exporter recording rules; "
         "see docs/runbook.md#emission-budgets).",
         PERCENT,
-        query('max by (namespace, window) (namespace:carbon_emission_budget_usage:ratio{job=~"$job", namespace=~"$namespace"})',
+        query('max by (namespace, window) (namespace:carbon_workload_emissions_grams_per_carbon_emission_budget_grams:ratio{job=~"$job", namespace=~"$namespace"})',
               "namespace {{namespace}} ({{window}})", instant=True),
-        query('max by (namespace, pod, window) (namespace_pod:carbon_emission_budget_usage:ratio{job=~"$job", namespace=~"$namespace", pod=~"$pod"})',
+        query('max by (namespace, pod, window) (namespace_pod:carbon_workload_emissions_grams_per_carbon_emission_budget_grams:ratio{job=~"$job", namespace=~"$namespace", pod=~"$pod"})',
               "pod {{namespace}}/{{pod}} ({{window}})", ref="B", instant=True),
-        query('max by (workload_job, window) (workload_job:carbon_emission_budget_usage:ratio{job=~"$job", workload_job=~"$workload_job"})',
+        query('max by (workload_job, window) (workload_job:carbon_workload_emissions_grams_per_carbon_emission_budget_grams:ratio{job=~"$job", workload_job=~"$workload_job"})',
               "job {{workload_job}} ({{window}})", ref="C", instant=True),
         w=12, max_value=1.5, steps=((None, "green"), (0.8, "yellow"), (1, "red"))))
     d = d.with_panel(P.timeseries(

@@ -4,7 +4,8 @@
 The files under prometheus/rules/ and prometheus/alerts/ are the single source
 of the recording rules and alerts. This script wraps their groups, unchanged
 and in order, into one monitoring.coreos.com/v1 PrometheusRule object and
-writes it to deploy/kubernetes/prometheusrule.yaml, which is committed. The
+writes it to deploy/kubernetes/components/prometheus-operator/prometheusrule.yaml,
+which is committed. The
 test suite regenerates it and fails on any difference, so the two never drift.
 
     python prometheus/build_prometheusrule.py            # (re)write the manifest
@@ -25,7 +26,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE_DIRS = (ROOT / "prometheus" / "rules", ROOT / "prometheus" / "alerts")
-OUTPUT = ROOT / "deploy" / "kubernetes" / "prometheusrule.yaml"
+OUTPUT = ROOT / "deploy" / "kubernetes" / "components" / "prometheus-operator" / "prometheusrule.yaml"
 
 NAME = "carbon-exporter"
 # prometheus/role match the default ruleSelector of kube-prometheus; the

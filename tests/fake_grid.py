@@ -38,6 +38,10 @@ class FakeGrid:
         self.retry_after = "1"
         self.slow_seconds = 3.0
         self.requests: list[tuple[str, float, str]] = []  # (api, time, path)
+        # WattTime's plans: "pro" reads /v3/forecast everywhere; "free" only in the preview
+        # region CAISO_NORTH (403 elsewhere), /v3/signal-index everywhere
+        self.wt_plan = "pro"
+        self.em_queries: list[dict[str, str]] = []
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._loop = asyncio.new_event_loop()
@@ -51,6 +55,9 @@ class FakeGrid:
         app = web.Application()
         app.router.add_get("/em/v3/carbon-intensity/latest", self.em_latest)
         app.router.add_get("/em/v3/carbon-intensity/forecast", self.em_forecast)
+        # a moved API: same host, new path (followed); another host (refused with the token)
+        app.router.add_get("/em-moved/v3/carbon-intensity/latest", self.em_moved_here)
+        app.router.add_get("/em-away/v3/carbon-intensity/latest", self.em_moved_away)
         app.router.add_get("/wt/login", self.wt_login)
         app.router.add_get("/wt/v3/forecast", self.wt_forecast)
         app.router.add_get("/wt/v3/signal-index", self.wt_index)
@@ -114,14 +121,25 @@ class FakeGrid:
         early = await self._misbehave("em", request)
         if early is not None:
             return early
+        self.em_queries.append(dict(request.query))
         body = {"zone": request.query.get("zone"), "carbonIntensity": self._number("em"),
                 "datetime": iso(self._stamp()), "updatedAt": iso(time.time()),
-                "emissionFactorType": "lifecycle", "isEstimated": False}
+                "emissionFactorType": request.query.get("emissionFactorType", "lifecycle"),
+                "isEstimated": False}
         if self.mode["em"] == "missing":
             del body["carbonIntensity"]
         if self.mode["em"] == "wrong_units":
             body["unit"] = "MW"
         return web.json_response(body)
+
+    async def em_moved_here(self, request):
+        self.requests.append(("em", time.monotonic(), request.path))
+        raise web.HTTPMovedPermanently(f"/em/v3/carbon-intensity/latest?{request.query_string}")
+
+    async def em_moved_away(self, request):
+        self.requests.append(("em", time.monotonic(), request.path))
+        raise web.HTTPMovedPermanently(
+            f"http://localhost:{self.port}/em/v3/carbon-intensity/latest?{request.query_string}")
 
     async def em_forecast(self, request):
         if request.headers.get("auth-token") != self.token:
@@ -146,6 +164,10 @@ class FakeGrid:
     async def wt_forecast(self, request):
         if not self._wt_auth(request):
             return web.json_response({"error": "bad token"}, status=401)
+        if self.wt_plan == "free" and request.query.get("region") != "CAISO_NORTH":
+            self.requests.append(("wt", time.monotonic(), request.path))
+            return web.json_response({"error": "Unauthorized access to data: upgrade your "
+                                               "plan"}, status=403)
         early = await self._misbehave("wt", request)
         if early is not None:
             return early

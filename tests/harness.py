@@ -128,11 +128,12 @@ def require_tool(binary: str, package: str) -> str:
 class PrometheusServer:
     """A real Prometheus scraping `targets` every `interval`, loading `rule_files`.
     data_dir: serve an existing TSDB (e.g. blocks made by promtool) instead of a fresh one;
-    retention is then unlimited so that old history is not deleted at start-up."""
+    retention is then unlimited so that old history is not deleted at start-up.
+    config: a whole prometheus.yml (as a dict) instead of the one built from the rest."""
 
     def __init__(self, tmp: Path, targets: list[str], interval: str = "1s",
                  rule_files: list[Path] | None = None, job: str = "carbon-exporter",
-                 data_dir: Path | None = None) -> None:
+                 data_dir: Path | None = None, config: dict | None = None) -> None:
         binary = prometheus_binary()
         if binary is None:
             raise RuntimeError("prometheus is not installed: run ./scripts/test.sh, which installs it")
@@ -140,7 +141,7 @@ class PrometheusServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.dir = tmp / f"prometheus-{self.port}"
         self.dir.mkdir()
-        config = {
+        config = config or {
             "global": {"scrape_interval": interval, "evaluation_interval": interval},
             "scrape_configs": [{"job_name": job, "static_configs": [{"targets": targets}]}]
             if targets else [],

@@ -121,6 +121,14 @@ def _labels(**labels: str) -> str:
     return "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}"
 
 
+# carbon_model_info of the modelled series above (dram on A, cpu on B)
+MODELS = (
+    (NODE_A, "dram-model", "all_memory", "16.0 GiB installed (CPU measured by RAPL): 16.0 GiB x "
+                                         "0.392 W/GiB = 6.3 W"),
+    (NODE_B, "cpu-model", "tdp_curve", "EPYC 7763: TDP 280 W x VM share 4/128 threads = 8.75 W"),
+)
+
+
 def openmetrics() -> str:
     """The whole history; families grouped, each series' samples in time order."""
     lines: list[str] = []
@@ -159,9 +167,10 @@ def openmetrics() -> str:
                 for t in sample_times(NODE_A) if first <= t <= last]))
         family(metric, "counter", series)
     family("carbon_grid_intensity_grams_per_kwh", "gauge", [
-        (_labels(**node_of(n), grid_zone=z, provider=p, kind="average"),
+        (_labels(**node_of(n), grid_zone=z, provider=p, kind="average", basis=b),
          [(t, intensity(n, t)) for t in sample_times(n)])
-        for n, z, p in ((NODE_A, "DE", "electricitymaps"), (NODE_B, "FR", "static"))])
+        for n, z, p, b in ((NODE_A, "DE", "electricitymaps", "lifecycle"),
+                           (NODE_B, "FR", "static", "unknown"))])
     family("carbon_grid_intensity_age_seconds", "gauge", [
         (_labels(**node_of(n), grid_zone=z, provider=p),
          [(t, intensity_age(n, t)) for t in sample_times(n)])
@@ -190,6 +199,9 @@ def openmetrics() -> str:
         (_labels(**node_of(NODE_A), provider="electricitymaps", reason=reason),
          [(t, float(value)) for t in sample_times(NODE_A) if failing(t) != value])
         for reason, value in (("ok", 1), ("timeout", 0))])
+    family("carbon_model_info", "gauge", [
+        (_labels(**node_of(node), collector=c, method=m, basis=b), [(t, 1.0) for t in sample_times(node)])
+        for node, c, m, b in MODELS])
     family("carbon_exporter_build_info", "gauge", [
         (_labels(**node_of(n), version="0.1.0", python="3.11.2"),
          [(t, 1.0) for t in sample_times(n)]) for n in PUE])

@@ -404,12 +404,16 @@ def test_gpu_split_by_sm_utilisation_memory_fallback_and_mig(tmp_path):
             samples=[{"pid": a, "ts": 5, "sm": 10}]),
         gpu(1, processes=[{"pid": b, "used_mem": 3 << 30}, {"pid": c, "used_mem": 1 << 30}],
             samples=None),
-        gpu(2, mig=True, mig_devices=[{"sm": 42, "processes": [{"pid": c, "used_mem": 1}]},
-                                      {"sm": 14, "processes": []}]),
+        # A100 MIG: a 3g instance (42 SMs) and a 1g (14 SMs) of the GPU's 7 slices
+        gpu(2, mig=True, mig_slices=7,
+            mig_devices=[{"sm": 42, "slices": 3, "processes": [{"pid": c, "used_mem": 1}]},
+                         {"sm": 14, "slices": 1, "processes": []}]),
         gpu(3, processes=[]),
     ]}
     fake_nvml.set_state(state)
-    attribution = Attribution(make_config(tmp_path, collector__nvml=True), nvml=fake_nvml)
+    # no idle floor here: the shares alone (the floor has its own test)
+    attribution = Attribution(make_config(tmp_path, collector__nvml=True,
+                                          attribution__gpu_idle_watts=0.0), nvml=fake_nvml)
     attribution.account(attribution.read(), [], 0.0)
     # samples since the previous call only: the one at ts=5 was seen by the first read
     state["gpus"][0]["samples"] += [
@@ -422,20 +426,22 @@ def test_gpu_split_by_sm_utilisation_memory_fallback_and_mig(tmp_path):
     pod_b = ("container", "", pod_uid(2), container_id(2)[:12], "", "")
     unit_c = ("unit", "", "", "", "render.service", "")
     gpu_parts = split.parts["gpu"]
-    # gpu-0: smUtil 120 / 40 / 40 (stranger -> other); gpu-1: memory 3:1; gpu-2: MIG 42:14 SMs
+    # gpu-0: smUtil 120 / 40 / 40 (stranger -> other); gpu-1: memory 3:1; gpu-2: MIG, the
+    # 3g instance's 42 of the whole GPU's 7 x 14 SMs, the rest (1g instance, unused) idle
+    mig_c = 100.0 * 42 / 98
     assert gpu_parts[pod_a] == pytest.approx(60.0)
     assert gpu_parts[pod_b] == pytest.approx(20.0 + 75.0)
-    assert gpu_parts[unit_c] == pytest.approx(25.0 + 75.0)
+    assert gpu_parts[unit_c] == pytest.approx(25.0 + mig_c)
     assert gpu_parts[OTHER] == pytest.approx(20.0)
-    assert gpu_parts[IDLE] == pytest.approx(25.0 + 100.0)  # the empty MIG instance, gpu-3
+    assert gpu_parts[IDLE] == pytest.approx(100.0 - mig_c + 100.0)  # MIG rest, gpu-3
     assert dict(attribution.gpu_split) == {"gpu-0": "sm_utilization", "gpu-1": "memory",
                                            "gpu-2": "mig", "gpu-3": "idle"}
     grams = {s.workload_job or s.kind: s.grams for s in attribution.series if s.kind == "idle"}
-    assert grams["idle"] == pytest.approx(125.0 * 0.01 / 100.0)
-    # the next sample sees no new utilisation sample on gpu-0: memory share, and says so
+    assert grams["idle"] == pytest.approx((200.0 - mig_c) * 0.01 / 100.0)
+    # the next sample sees no new utilisation sample on gpu-0: the last SM shares stand
     split = attribution.account(attribution.read(), counted[:1], 2.0)
-    assert dict(attribution.gpu_split) == {"gpu-0": "memory"}
-    assert split.parts["gpu"][pod_a] == pytest.approx(50.0)
+    assert dict(attribution.gpu_split) == {"gpu-0": "sm_utilization"}
+    assert split.parts["gpu"][pod_a] == pytest.approx(60.0)
 
 
 def test_no_nvidia_driver_is_not_an_attribution_error(tmp_path):

@@ -102,7 +102,9 @@ def test_cli_exits_2_with_one_line(tmp_path, capsys):
     ("aws:eu-west-1", "IE", "IE", "IE"),
     ("AWS:us-east-1", "US", "US-MIDA-PJM", "PJM_DC"),
     ("gcp:europe-west4", "NL", "NL", "NL"),
-    ("azure:westus3", "US", None, "AZPS"),
+    ("azure:westus3", "US", "US-SW-AZPS", "AZPS"),
+    ("azure:westus", "US", "US-CAL-CISO", "CAISO_NORTH"),  # California, not Washington
+    ("gcp:northamerica-south1", "MX", None, None),
     ("US-CAL-CISO", "US", "US-CAL-CISO", None),
     ("de", "DE", "DE", None),
     ("", "WORLD", None, None),
@@ -110,6 +112,17 @@ def test_cli_exits_2_with_one_line(tmp_path, capsys):
 def test_zone_resolution(text, country, em_zone, wt):
     zone = resolve_zone(text)
     assert (zone.country, zone.em_zone, zone.wt_region) == (country, em_zone, wt)
+
+
+def test_every_cloud_region_row_names_its_source_and_a_consistent_zone():
+    rows = cloud_regions()
+    counts = {p: sum(1 for k in rows if k.startswith(p + ":")) for p in ("aws", "gcp", "azure")}
+    assert counts == {"aws": 33, "gcp": 42, "azure": 26}  # as exporter/data/README.md says
+    for key, row in rows.items():
+        assert row.source.startswith("location: "), key
+        assert "real-time-cloud" not in row.source and "Green Software" not in row.source, key
+        if row.em_zone:
+            assert row.em_zone[:2] == row.country, key
 
 
 def test_unknown_cloud_region_is_a_clear_error():
@@ -213,7 +226,7 @@ def test_embodied_table_rows_have_sources():
 
 def test_collector_renders_embodied_forecast_index_and_providers():
     grid = GridState(
-        Intensity(123.0, "CAISO_NORTH", "watttime", "marginal", time.time()),
+        Intensity(123.0, "CAISO_NORTH", "watttime", "marginal", time.time(), "direct"),
         ForecastMin("CAISO_NORTH", "watttime", 99.0, 1_800_000_000.0),
         (("CAISO_NORTH", "watttime", 0.73),),
         (ProviderStatus("watttime", "watttime", "x", True, "ok", "", None, True),
@@ -234,7 +247,7 @@ def test_collector_renders_embodied_forecast_index_and_providers():
     assert value("carbon_grid_intensity_index_ratio", **watttime) == 0.73
     assert value("carbon_grid_provider_up", provider="em") == 0
     assert value("carbon_grid_provider_status_info", provider="em", reason="auth") == 1
-    assert value("carbon_grid_intensity_grams_per_kwh", kind="marginal", **watttime) == 123.0
+    assert value("carbon_grid_intensity_grams_per_kwh", kind="marginal", basis="direct", **watttime) == 123.0
 
 
 def test_bundled_csvs_parse_with_comment_headers():

@@ -183,3 +183,29 @@ def test_failing_providers_keep_sampling_and_never_leak_secrets(tmp_path, fake):
         assert "<redacted>" not in exporter.metrics()
     finally:
         assert exporter.stop() == 0
+
+
+def test_fallback_that_changes_basis_shows_in_metrics_and_log(tmp_path, fake):
+    """Electricity Maps (lifecycle CO2e) fails; the UK API (direct CO2) takes over: the series
+    says so in its basis label, and the log warns that values before and after do not compare."""
+    em = {"type": "electricitymaps", "url": f"{fake.url}/em/v3", "token_env": "EM_TOKEN",
+          "zone": "GB", "refresh": 0.2, "timeout": 1, "retries": 0, "max_age": 1}
+    uk = {"type": "ukgrid", "url": f"{fake.url}/uk", "refresh": 0.2, "timeout": 1}
+    config = {"carbon": {"zone": "GB", "providers": [em, uk]}}
+    exporter, _tree = start(tmp_path, config, env={"EM_TOKEN": fake.token})
+    try:
+        def in_force(provider: str, basis: str):
+            return lambda: value(exporter.metrics(), "carbon_grid_intensity_grams_per_kwh",
+                                 provider=provider, basis=basis, kind="average") is not None
+
+        wait_for(in_force("electricitymaps", "lifecycle"), 10, "Electricity Maps in force")
+        fake.mode["em"] = "500"
+        wait_for(in_force("ukgrid", "direct"), 10, "the UK API (direct) in force")
+        text = exporter.metrics()
+        assert value(text, "carbon_grid_intensity_grams_per_kwh", provider="electricitymaps") is None
+        page = http_get(exporter.url + "/")[2].decode()
+        assert "provider ukgrid, average, basis direct" in page
+    finally:
+        assert exporter.stop() == 0
+    log = exporter.output()
+    assert "the basis changes from average lifecycle to average direct" in log

@@ -41,6 +41,8 @@ def reset(fake, monkeypatch):
     fake.data_time = None
     fake.retry_after = "1"
     fake.requests.clear()
+    fake.wt_plan = "pro"
+    fake.em_queries.clear()
     monkeypatch.setenv("TEST_EM_TOKEN", fake.token)
     monkeypatch.setenv("TEST_WT_USER", fake.username)
     monkeypatch.setenv("TEST_WT_PASSWORD", fake.password)
@@ -324,3 +326,54 @@ def test_configured_secrets_outlive_a_stream_of_short_lived_tokens():
         Secret(f"short-lived-token-{n:04d}", short_lived=True)
     text = redact("configured-api-key-777 short-lived-token-0000 short-lived-token-0199")
     assert text == f"{REDACTED} short-lived-token-0000 {REDACTED}"
+
+
+# --- basis, plans, redirects -------------------------------------------------------------------
+
+def test_each_provider_states_its_basis(fake):
+    assert fetch(build([spec_for("em", fake)])[0]).intensity.basis == "lifecycle"
+    assert fake.em_queries[-1]["emissionFactorType"] == "lifecycle"
+    direct = fetch(build([spec_for("em", fake, basis="direct")])[0]).intensity
+    assert direct.basis == "direct" and fake.em_queries[-1]["emissionFactorType"] == "direct"
+    assert fetch(build([spec_for("uk", fake)])[0]).intensity.basis == "direct"
+    assert fetch(build([spec_for("wt", fake)])[0]).intensity.basis == "direct"
+    assert fetch(build([spec_for("json", fake)])[0]).intensity.basis == "unknown"
+    assert fetch(build([spec_for("json", fake, basis="lifecycle")])[0]).intensity.basis == "lifecycle"
+    assert fetch(build([{"type": "dataset"}])[0]).intensity.basis == "lifecycle"
+    assert fetch(build([{"type": "static", "value": 100}])[0]).intensity.basis == "unknown"
+
+
+def test_watttime_free_plan_reads_the_index_and_says_the_forecast_is_unavailable(fake):
+    fake.wt_plan = "free"
+    provider = build([spec_for("wt", fake, region="PJM_DC")])[0]
+    got = fetch(provider)
+    assert got.intensity is None and got.forecast == ()
+    assert got.index == pytest.approx(0.73) and got.zone == "PJM_DC"
+    assert "not in this WattTime plan (HTTP 403)" in got.note
+    forecasts = sum(1 for api, _, path in fake.requests if path.endswith("/v3/forecast"))
+    fetch(provider)  # the next refresh does not ask for the forecast again
+    assert sum(1 for api, _, path in fake.requests if path.endswith("/v3/forecast")) == forecasts
+    # through the chain: up and ok (not auth), its index exported, the fallback in force
+    _, published = run_chain([build([spec_for("wt", fake, region="PJM_DC")])[0]], 0.4)
+    last = published[-1]
+    (state,) = last.providers
+    assert state.up and state.reason == "ok" and "HTTP 403" in state.detail
+    assert last.intensity == FALLBACK
+    assert last.indexes == (("PJM_DC", "watttime", pytest.approx(0.73)),)
+
+
+def test_watttime_free_plan_in_the_preview_region_reads_the_moer(fake):
+    fake.wt_plan = "free"
+    got = fetch(build([spec_for("wt", fake, region="CAISO_NORTH")])[0])
+    assert got.intensity.grams_per_kwh == pytest.approx(453.592)
+
+
+def test_electricitymaps_redirects_on_the_same_host_only(fake):
+    moved = fetch(build([spec_for("em", fake, url=f"{fake.url}/em-moved/v3", forecast=False)])[0])
+    assert moved.intensity.grams_per_kwh == 300.0
+    answered = len(fake.em_queries)
+    with pytest.raises(ProviderError) as err:
+        fetch(build([spec_for("em", fake, url=f"{fake.url}/em-away/v3", forecast=False)])[0])
+    assert err.value.reason == "http_error" and not err.value.retryable
+    assert "another host; not followed with the credentials" in err.value.detail
+    assert len(fake.em_queries) == answered  # nothing reached the other host's endpoint

@@ -62,3 +62,12 @@ def test_every_design_metric_exists_with_the_agreed_labels():
             continue
         agreed = re.findall(r"`([a-z_]+)`", re.sub(r"\([^)]*\)", "", label_cell))
         assert set(agreed) <= set(spec.labels), (name, agreed, spec.labels)
+
+
+def test_peak_and_budget_metrics_of_contract_v2():
+    """Issue 10: the peak keeps carbon_power_watts's labels; the budget is per scope and device."""
+    by_name = {m.name: m for m in metrics.ALL}
+    assert by_name["carbon_power_peak_watts"].type == "gauge"
+    assert by_name["carbon_power_peak_watts"].labels == ("component", "device", "source")
+    assert by_name["carbon_power_budget_watts"].type == "gauge"
+    assert by_name["carbon_power_budget_watts"].labels == ("scope", "device")

@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from exporter import metrics
 from tests.fixtures import ProcfsTree, intel_two_socket
 from tests.harness import ExporterProcess, http_get, wait_for
+from tests.hwmon_fixtures import HwmonTree
 
 OPENMETRICS = "application/openmetrics-text;version=1.0.0"
 
@@ -33,6 +34,8 @@ def write_gpus(path: Path, energy_mj: int, **extra) -> None:
 class Node:
     def __init__(self, tmp: Path) -> None:
         self.tree = intel_two_socket(tmp / "sys")
+        # an ACPI power meter: the node total is the meter's, the rest is component="other"
+        HwmonTree(tmp / "sys").add_acpi_power_meter(microwatts=1_500_000_000)
         self.procfs = ProcfsTree(tmp / "proc")
         self.gpu_state = tmp / "nvml.json"
         self.gpu_mj = 5_000_000
@@ -40,6 +43,7 @@ class Node:
         self.exporter = ExporterProcess(tmp, [
             f"--path.sysfs={self.tree.sysfs}", f"--path.procfs={self.procfs.procfs}",
             "--sample.interval=100ms", "--carbon.intensity=300", "--carbon.pue=1.2",
+            "--power.budget-watts=2000",  # renders carbon_power_budget_watts
         ], fake_nvml_state=self.gpu_state)
 
     @property
@@ -91,6 +95,9 @@ def energy_totals(node: Node) -> dict[tuple, float]:
 
 
 def test_text_format(node):
+    # the meter's remainder needs two meter readings: wait for the second sample
+    wait_for(lambda: b'source="platform_remainder"}' in http_get(node.url + "/metrics")[2], 10,
+             "the platform remainder")
     status, headers, body = http_get(node.url + "/metrics")
     assert status == 200
     assert headers["Content-Type"].startswith("text/plain; version=0.0.4")
@@ -102,7 +109,7 @@ def test_text_format(node):
     devices = {s.labels["device"]: s.labels["source"]
                for s in families["carbon_energy_joules"].samples}
     assert devices == {"package-0": "rapl", "package-1": "rapl", "gpu-0": "nvml",
-                       "gpu-1": "power_sample"}
+                       "gpu-1": "power_sample", "power_meter-ACPI000D:00": "platform_remainder"}
 
 
 def test_openmetrics_by_content_negotiation(node):

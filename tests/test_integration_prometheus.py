@@ -97,10 +97,12 @@ def test_prometheus_increase_matches_injected_energy(tmp_path):
         up = {r["metric"]["collector"]: (r["metric"]["reason"], r["value"][1])
               for r in prom.query("carbon_exporter_collector_up * on (collector) group_left (reason)"
                                   " carbon_exporter_collector_status_info")}
-        # (the fixture has no cgroup tree and no Kubernetes: attribution is absent, not failing)
+        # (the fixture has no cgroup tree and no Kubernetes: attribution is absent, not failing;
+        # no power meter and no BMC: hwmon and redfish are absent)
         assert up == {"rapl": ("ok", "1"), "nvml": ("ok", "1"),
                       "cpu-model": ("superseded", "0"), "dram-model": ("superseded", "0"),
-                      "attribution": ("absent", "0"), "kubernetes": ("absent", "0")}
+                      "attribution": ("absent", "0"), "kubernetes": ("absent", "0"),
+                      "hwmon": ("absent", "0"), "redfish": ("absent", "0")}
         assert prom.scalar("carbon_pue_ratio") == PUE
         assert prom.scalar("carbon_grid_intensity_grams_per_kwh") == INTENSITY
     finally:

@@ -34,6 +34,15 @@ carbon_emission_budget_grams{namespace="ml",pod="train-0",workload_job="",window
 carbon_emission_budget_grams{namespace="",pod="",workload_job="slurm-42",window="1h"} 1000
 carbon_emission_budget_grams{namespace="",pod="",workload_job="slurm-42",window="1d"} 1000
 """
+# What kube-state-metrics serves about the fixture's pod and node (read by the SCI rules).
+KUBE_STATE = """# TYPE kube_pod_container_resource_requests gauge
+kube_pod_container_resource_requests{namespace="ml",pod="train-0",container="trainer",\
+node="fixture-node",resource="cpu",unit="core"} 2
+# TYPE kube_node_status_capacity gauge
+kube_node_status_capacity{node="fixture-node",resource="cpu",unit="core"} 8
+# TYPE kube_pod_status_phase gauge
+kube_pod_status_phase{namespace="ml",pod="train-0",uid="u1",phase="Running"} 1
+"""
 
 
 # What a kubelet's read-only port answers on /pods, naming the fixture's one pod.
@@ -44,7 +53,7 @@ PODS = json.dumps({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items
 
 
 class _BudgetHandler(BaseHTTPRequestHandler):
-    body = BUDGETS.encode()
+    body = (BUDGETS + KUBE_STATE).encode()
 
     def do_GET(self):
         body, kind = (PODS.encode(), "application/json") if self.path == "/pods" else (
@@ -63,10 +72,10 @@ class _BudgetHandler(BaseHTTPRequestHandler):
 # functional units per second. Here the unit is a joule of the fixture node, once per node and
 # once per attributed pod, so that every SCI rule has something to divide by.
 SCI_UNITS = {"groups": [{"name": "sci-functional-units", "interval": "1s", "rules": [
-    {"record": "sci:functional_units:rate5m",
+    {"record": "instance_workload:sci_functional_units:rate5m",
      "expr": "sum by (instance) (rate(carbon_energy_joules_total[5m]))",
      "labels": {"workload": "fixture-node", "functional_unit": "joule"}},
-    {"record": "sci:functional_units:rate5m",
+    {"record": "namespace_pod_workload:sci_functional_units:rate5m",
      "expr": 'sum by (namespace, pod) (rate(carbon_workload_energy_joules_total{pod!=""}[5m]))',
      "labels": {"workload": "fixture-pods", "functional_unit": "joule"}},
 ]}]}
@@ -78,7 +87,8 @@ HOURLY_PROFILE = {"hourly": [300 + 10 * abs(hour - 12) for hour in range(24)]}
 
 def _fast_rule_files(tmp_path):
     """The bundled rule files with every group evaluated each second, so a short test sees
-    the 5-minute groups too. The expressions are untouched."""
+    the 5-minute groups too. The expressions are untouched but for `offset 1h` (a rule that
+    waits for an hour of history), which becomes `offset 2s`."""
     units = tmp_path / "sci-units.rules.yml"
     units.write_text(yaml.safe_dump(SCI_UNITS, sort_keys=False))
     copies = [units]
@@ -86,6 +96,8 @@ def _fast_rule_files(tmp_path):
         doc = yaml.safe_load(path.read_text())
         for group in doc.get("groups", []):
             group["interval"] = "1s"
+            for rule in group["rules"]:
+                rule["expr"] = rule["expr"].replace("offset 1h", "offset 2s")
         copy = tmp_path / f"{path.parent.name}-{path.name}"
         copy.write_text(yaml.safe_dump(doc, sort_keys=False))
         copies.append(copy)
@@ -115,14 +127,23 @@ def test_every_shipped_expression_returns_data(tmp_path):
         f"--path.sysfs={tree.sysfs}", f"--path.procfs={procfs.procfs}", "--sample.interval=250ms",
         "--carbon.zone=DE", "--carbon.pue=1.3", f"--config.file={config}",
         "--attribution.cpu-idle-watts=10", "--kubernetes.metadata=kubelet-readonly",
+        "--power.budget-watts=5000",
         f"--kubernetes.url=http://127.0.0.1:{budgets.server_port}",
     ], fake_nvml_state=gpu_state)
     prom = None
     try:
         exporter.wait_ready()
-        prom = PrometheusServer(
-            tmp_path, [f"127.0.0.1:{exporter.port}", f"127.0.0.1:{budgets.server_port}"],
-            interval="1s", rule_files=_fast_rule_files(tmp_path))
+        # the exporter with the `node` label the shipped ServiceMonitor adds; budgets and
+        # kube-state-metrics series with their own labels (honor_labels, as kube-prometheus)
+        prom = PrometheusServer(tmp_path, [], config={
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "rule_files": [str(p) for p in _fast_rule_files(tmp_path)],
+            "scrape_configs": [
+                {"job_name": "carbon-exporter", "static_configs": [
+                    {"targets": [f"127.0.0.1:{exporter.port}"], "labels": {"node": "fixture-node"}}]},
+                {"job_name": "kube-state-metrics", "honor_labels": True, "static_configs": [
+                    {"targets": [f"127.0.0.1:{budgets.server_port}"]}]},
+            ]})
         stop = time.monotonic() + 12
         while time.monotonic() < stop:  # moving counters, so rates are not zero
             for dirname in ("intel-rapl:0", "intel-rapl:1", "intel-rapl:0:2", "intel-rapl:1:1"):
@@ -134,7 +155,7 @@ def test_every_shipped_expression_returns_data(tmp_path):
         problems = []
         for item in all_promql_expressions():
             try:
-                result = prom.query(item.expr)
+                result = prom.query(item.expr.replace("offset 1h", "offset 2s"))
             except AssertionError as exc:
                 problems.append(f"{item.origin}: does not run: {exc}")
                 continue

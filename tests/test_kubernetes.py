@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import grp
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -57,6 +58,7 @@ SERVICE_MONITOR_SCHEMA = {
                              "port": {"type": "string"}, "path": {"type": "string"},
                              "scheme": {"enum": ["http", "https", "HTTP", "HTTPS"]},
                              "interval": DURATION, "scrapeTimeout": DURATION,
+                             "honorLabels": {"type": "boolean"},
                              "relabelings": {"type": "array", "items": {
                                  "type": "object", "additionalProperties": False, "properties": {
                                      "sourceLabels": {"type": "array", "items": {
@@ -65,7 +67,8 @@ SERVICE_MONITOR_SCHEMA = {
                                      "regex": {"type": "string"}, "replacement": {"type": "string"},
                                      "separator": {"type": "string"},
                                      "action": {"enum": ["replace", "Replace", "keep", "Keep", "drop",
-                                                         "Drop", "labelmap", "LabelMap"]}}}}}}}}},
+                                                         "Drop", "labelmap", "LabelMap",
+                                                         "labeldrop", "LabelDrop"]}}}}}}}}},
     },
 }
 
@@ -98,8 +101,11 @@ PROMETHEUS_RULE_SCHEMA = {
 }
 
 
-def kustomization() -> dict:
-    return yaml.safe_load((KUBE / "kustomization.yaml").read_text())
+OPERATOR_COMPONENT = KUBE / "components" / "prometheus-operator"
+
+
+def kustomization(directory: Path = KUBE) -> dict:
+    return yaml.safe_load((directory / "kustomization.yaml").read_text())
 
 
 def documents(paths) -> list[tuple[str, dict]]:
@@ -113,7 +119,8 @@ def documents(paths) -> list[tuple[str, dict]]:
 
 def all_manifests() -> list[tuple[str, dict]]:
     listed = [KUBE / name for name in kustomization()["resources"]]
-    return documents(listed + sorted((KUBE / "optional").glob("*.yaml")))
+    component = [OPERATOR_COMPONENT / name for name in kustomization(OPERATOR_COMPONENT)["resources"]]
+    return documents(listed + component + sorted((KUBE / "optional").glob("*.yaml")))
 
 
 def by_kind(kind: str) -> dict:
@@ -127,6 +134,57 @@ def test_kustomization_lists_every_manifest():
     on_disk = sorted(p.name for p in KUBE.glob("*.yaml") if p.name != "kustomization.yaml")
     assert sorted(listed) == on_disk
     assert kustomization()["namespace"] == "carbon-exporter"
+    component = kustomization(OPERATOR_COMPONENT)
+    assert component["kind"] == "Component"
+    assert sorted(component["resources"]) == sorted(
+        p.name for p in OPERATOR_COMPONENT.glob("*.yaml") if p.name != "kustomization.yaml")
+
+
+def _kustomize(directory: Path) -> list[dict]:
+    built = subprocess.run([shutil.which("kubectl") or "kubectl", "kustomize", str(directory)],
+                           capture_output=True, text=True, timeout=120)
+    assert built.returncode == 0, built.stderr
+    return [doc for doc in yaml.safe_load_all(built.stdout) if doc]
+
+
+def test_base_needs_no_operator_crds_and_the_component_adds_them():
+    """kubectl apply -k deploy/kubernetes works on a cluster without the Prometheus
+    Operator: no monitoring.coreos.com object in the base; the overlay adds exactly the
+    ServiceMonitor and the PrometheusRule, in the exporter's namespace. Where kubectl is
+    installed, its built-in kustomize builds both for real."""
+    base_docs = documents(KUBE / name for name in kustomization()["resources"])
+    assert not [d for _, d in base_docs if d["apiVersion"] == OPERATOR_GROUP]
+    overlay = kustomization(ROOT / "deploy" / "kubernetes-prometheus-operator")
+    assert overlay["resources"] == ["../kubernetes"]
+    assert overlay["components"] == ["../kubernetes/components/prometheus-operator"]
+    assert overlay["namespace"] == "carbon-exporter"
+    if shutil.which("kubectl") is None:
+        return
+    base = _kustomize(KUBE)
+    assert not [d for d in base if d["apiVersion"] == OPERATOR_GROUP]
+    full = _kustomize(ROOT / "deploy" / "kubernetes-prometheus-operator")
+    operator = [d for d in full if d["apiVersion"] == OPERATOR_GROUP]
+    assert sorted(d["kind"] for d in operator) == ["PrometheusRule", "ServiceMonitor"]
+    assert {d["metadata"]["namespace"] for d in operator} == {"carbon-exporter"}
+    assert len(full) == len(base) + 2
+
+
+def test_daemonset_is_scheduled_like_node_exporter():
+    spec = pod_spec()
+    assert spec["nodeSelector"] == {"kubernetes.io/os": "linux"}
+    assert spec["tolerations"] == [{"operator": "Exists"}]
+    assert spec["priorityClassName"] == "system-node-critical"
+
+
+def test_servicemonitor_keeps_workload_labels_and_names_the_node():
+    [endpoint] = by_kind("ServiceMonitor")["spec"]["endpoints"]
+    assert endpoint["honorLabels"] is True
+    relabel = endpoint["relabelings"]
+    assert {"sourceLabels": ["__meta_kubernetes_pod_node_name"], "targetLabel": "instance",
+            "action": "replace"} in relabel
+    assert {"sourceLabels": ["__meta_kubernetes_pod_node_name"], "targetLabel": "node",
+            "action": "replace"} in relabel
+    assert {"regex": "namespace|pod|container", "action": "labeldrop"} in relabel
 
 
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
@@ -193,7 +251,7 @@ def test_daemonset_reaches_gpus_and_knows_its_node():
     assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
     assert env["NODE_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.hostIP"
     assert "nvidia.com/gpu" not in str(main["resources"])  # monitoring must not take a GPU
-    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
+    assert {"operator": "Exists"} in spec["tolerations"]  # nvidia.com/gpu among every taint
 
 
 def test_daemonset_args_are_valid_exporter_flags():
@@ -254,7 +312,7 @@ def test_init_container_grants_group_read_on_energy_files(tmp_path):
 def test_shipped_prometheusrule_carries_the_rule_files():
     """What kustomize applies is the rule files' groups, unchanged and in order (the
     generator's own freshness check is in test_rules.py)."""
-    assert "prometheusrule.yaml" in kustomization()["resources"]
+    assert "prometheusrule.yaml" in kustomization(OPERATOR_COMPONENT)["resources"]
     rule = by_kind("PrometheusRule")
     files = sorted((ROOT / "prometheus" / "rules").glob("*.yml")) + \
         sorted((ROOT / "prometheus" / "alerts").glob("*.yml"))

@@ -114,15 +114,22 @@ def test_node_report_totals_quality_and_what_if_to_the_gram(prometheus):
     assert (intensity["min"], intensity["max"]) == (50.0, 400.0)
     assert intensity["mean"] == pytest.approx((241.25 + 50) / 2)
     assert intensity["zones"] == ["DE", "FR"]
+    assert intensity["bases"] == ["lifecycle", "unknown"]
+    assert {(s["provider"], s["basis"]) for s in intensity["series"]} == {
+        ("electricitymaps", "lifecycle"), ("static", "unknown")}
 
     quality = doc["data_quality"]
     counted = joules[h.DEVICES[0]] + joules[h.DEVICES[1]]
     assert quality["counter_share"] == pytest.approx(counted / total_joules)
     assert quality["model_share"] == pytest.approx(1 - counted / total_joules)
+    # no platform meter in this history: the totals are the components' sum
+    assert (quality["totals_basis"], quality["platform_remainder_share"]) == ("components", 0.0)
     assert quality["gaps"] == [{"job": h.JOB, "instance": h.NODE_A,
                                 "start": "2024-03-01T01:30:00Z", "end": "2024-03-01T01:40:00Z",
                                 "seconds": 600.0, "missing_scrapes": 9}]
     assert quality["counter_resets"] == 1
+    assert quality["models"] == [
+        {"instance": node, "collector": c, "method": m, "basis": b} for node, c, m, b in h.MODELS]
     assert quality["collector_failures"] == [{
         "instance": h.NODE_A, "collector": "nvml", "reason": "error",
         "start": "2024-03-01T03:30:00Z", "end": "2024-03-01T03:35:00Z", "seconds": 300.0}]

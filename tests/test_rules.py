@@ -24,7 +24,7 @@ ROOT = inv.ROOT
 PROM = ROOT / "prometheus"
 RULE_TESTS = sorted((PROM / "tests").glob("*.yml"))
 RUNBOOK = ROOT / "docs" / "runbook.md"
-PROMETHEUSRULE = ROOT / "deploy" / "kubernetes" / "prometheusrule.yaml"
+PROMETHEUSRULE = ROOT / "deploy" / "kubernetes" / "components" / "prometheus-operator" / "prometheusrule.yaml"
 RUNBOOK_URL = "https://github.com/carbon-exporter/carbon-exporter/blob/main/docs/runbook.md#"
 SEVERITIES = {"critical", "warning", "info"}
 
@@ -236,7 +236,7 @@ def test_collector_alert_ignores_absent_and_superseded():
 def test_prometheusrule_is_up_to_date():
     module = load_build_prometheusrule()
     assert PROMETHEUSRULE.read_text(encoding="utf-8") == module.render(), (
-        "deploy/kubernetes/prometheusrule.yaml is stale: run python prometheus/build_prometheusrule.py"
+        f"{PROMETHEUSRULE.relative_to(ROOT)} is stale: run python prometheus/build_prometheusrule.py"
     )
 
 

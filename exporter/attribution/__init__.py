@@ -94,10 +94,11 @@ class Attribution(Source):
             config.path_procfs, config.path_sysfs,
             per_process=config.attribution_processes,
             want_comm=self.tagger.wants_process_names,
-            gpus=GpuProcessReader(nvml) if config.collector("nvml") else None)
+            gpus=GpuProcessReader(nvml, config.path_procfs) if config.collector("nvml") else None)
         self.kube = KubeMetadata(config)
         self.book = Book(1, 1, 1.0)
         self.floors = {"cpu": IdleFloor(), "dram": IdleFloor()}
+        self.gpu_floors: dict[str, IdleFloor] = {}  # per GPU device, learned
         self.previous: Observation | None = None
         self.last_at: float | None = None
         self.labels: dict[str, tuple[object, frozenset[str] | None, Key]] = {}
@@ -274,7 +275,8 @@ class Attribution(Source):
             elif component != "gpu":
                 parts[component] = {OTHER: energy}
         if gpu_energy:
-            parts["gpu"], processes["gpu"] = self._split_gpus(obs, gpu_energy, keys, identities)
+            parts["gpu"], processes["gpu"] = self._split_gpus(obs, gpu_energy, keys, identities,
+                                                              now, seconds)
 
         live = set(keys.values())
         self.book.record(parts, ratio, processes, live, now)
@@ -303,21 +305,29 @@ class Attribution(Source):
         return out
 
     def _split_gpus(self, obs: Observation | None, gpu_energy: dict[str, float],
-                    keys: dict[str, Key], identities: dict[str, Identity]
-                    ) -> tuple[dict[Key, float], dict[Key, tuple[Key, float]]]:
+                    keys: dict[str, Key], identities: dict[str, Identity], now: float,
+                    seconds: float) -> tuple[dict[Key, float], dict[Key, tuple[Key, float]]]:
         parts: dict[Key, float] = {}
         processes: dict[Key, tuple[Key, float]] = {}
         basis = []
-        for device, energy in sorted(gpu_energy.items()):
+        for device, measured in sorted(gpu_energy.items()):
             shares = obs.gpus.get(device) if obs is not None else None
             if obs is None or shares is None:
                 basis.append((device, gpu_basis.UNAVAILABLE))
-                parts[OTHER] = parts.get(OTHER, 0.0) + energy
+                parts[OTHER] = parts.get(OTHER, 0.0) + measured
                 continue
             basis.append((device, shares.basis))
             if shares.basis == gpu_basis.UNAVAILABLE:
-                parts[OTHER] = parts.get(OTHER, 0.0) + energy
+                parts[OTHER] = parts.get(OTHER, 0.0) + measured
                 continue
+            # an idle floor like the CPU's: a process holding an idle context is charged for
+            # what the GPU draws above idle, not for the idle draw itself
+            floor = self.gpu_floors.setdefault(device, IdleFloor())
+            floor.configured = self.config.attribution_gpu_idle_watts
+            idle = (min(measured, floor.watts(measured / seconds, now) * seconds)
+                    if seconds > 0 else measured)
+            parts[IDLE] = parts.get(IDLE, 0.0) + idle
+            energy = measured - idle
             weighted: list[tuple[Key | None, float]] = []
             for pid, weight in shares.shares:
                 if pid is None:

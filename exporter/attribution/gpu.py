@@ -1,16 +1,23 @@
 """Which processes used each GPU over the last interval, and by how much (NVML).
 
-Per physical GPU (device gpu-N, numbered like the nvml collector):
+Per physical GPU (device gpu-N, numbered like the nvml collector; the session code, with its
+per-GPU failures and back-off, is exporter.sources.nvml.NvmlSession):
   - not in MIG mode: nvmlDeviceGetProcessUtilization(handle, last_seen_us) gives SM
-    utilisation samples per process since the previous call; a process's weight is the sum of
-    its smUtil over those samples (basis "sm_utilization"). Where the driver keeps no samples
-    (NVML_ERROR_NOT_FOUND, NOT_SUPPORTED, or all zero) the processes of
-    nvmlDeviceGetComputeRunningProcesses are weighted by usedGpuMemory (basis "memory").
+    utilisation samples per process since the previous call, and needs no process list; a
+    process's weight is the sum of its smUtil over those samples (basis "sm_utilization").
+    A cycle without a new sample (NVML_ERROR_NOT_FOUND) keeps the last SM shares for up to
+    SM_SHARES_KEEP_SECONDS instead of flipping to memory weights. Where the driver keeps no
+    samples at all (NOT_SUPPORTED, or all zero), the running compute processes are weighted
+    by usedGpuMemory (basis "memory");
   - in MIG mode, per-process utilisation does not exist: the GPU's energy is divided among the
-    MIG instances by their SM count (nvmlDeviceGetAttributes.multiprocessorCount); an
-    instance's share goes to its processes by usedGpuMemory, or to idle when it runs none
-    (basis "mig").
+    MIG instances by their SM count over the whole GPU's (MIG slices of the GPU x SMs per
+    slice; unused slices are idle), then within an instance by usedGpuMemory (basis "mig");
   - no process: basis "idle".
+Running processes: nvmlDeviceGetComputeRunningProcesses calls the _v3 entry point, which
+drivers before R510 lack (nvidia-ml-py then raises NVMLLibraryMismatchError, not an
+NVMLError): the reader falls back to _v2 and remembers that. PIDs are checked: a 0 or a
+value above the kernel's PID_MAX_LIMIT means the process struct did not match the driver's
+(nvidia-ml-py 12.535.77 on R535): that GPU's list is not trusted this cycle.
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
+from exporter.sources.nvml import Device, NvmlSession, error_code
+
 log = logging.getLogger(__name__)
 
 SM_UTILIZATION = "sm_utilization"
@@ -28,12 +37,13 @@ MEMORY = "memory"
 MIG = "mig"
 IDLE = "idle"
 UNAVAILABLE = "unavailable"
-REINIT_AFTER_SECONDS = 30.0
+SM_SHARES_KEEP_SECONDS = 10.0
+PID_MAX_LIMIT = 4 * 1024 * 1024  # the kernel's upper bound for pid_max on 64-bit
 
 
 @dataclass(slots=True)
 class GpuShares:
-    """Weights summing to 1 over pids; pid None is an idle share (an unused MIG instance)."""
+    """Weights summing to 1 over pids; pid None is an idle share (an unused MIG slice)."""
 
     device: str
     basis: str
@@ -55,113 +65,146 @@ def _memory_weights(processes: list[Any]) -> dict[int, float]:
     return weights
 
 
+class ScrambledPids(Exception):
+    """NVML returned PIDs no kernel can have: the process struct does not match the driver."""
+
+
 class GpuProcessReader:
     """Blocking NVML calls; used from the attribution worker thread only."""
 
-    def __init__(self, nvml: ModuleType | None = None) -> None:
-        self._nvml: Any = nvml  # pynvml has no type information
-        self.handles: list[Any] = []
-        self.initialised = False
-        self.next_init = 0.0
+    def __init__(self, nvml: ModuleType | None = None, procfs: str = "/proc") -> None:
+        self.session = NvmlSession(nvml, owner="attribution")
+        self.procfs = procfs
         self.last_seen: dict[int, int] = {}  # gpu index -> last sample timestamp (us)
+        self.last_sm: dict[int, tuple[float, list[tuple[int | None, float]]]] = {}
+        self.use_v2 = False  # the driver lacks ..._v3 (before R510)
         self.problem = ""
-
-    def _init(self) -> bool:
-        now = time.monotonic()
-        if now < self.next_init:
-            return False
-        self.next_init = now + REINIT_AFTER_SECONDS
-        try:
-            if self._nvml is None:
-                import pynvml
-
-                self._nvml = pynvml
-            self._nvml.nvmlInit()
-        except Exception:  # ImportError or NVMLError: no GPU here, nothing to attribute
-            self.problem = ""  # the nvml collector reports why; attribution is not failing
-            return False
-        self.initialised = True
-        try:
-            self.handles = [self._nvml.nvmlDeviceGetHandleByIndex(i)
-                            for i in range(self._nvml.nvmlDeviceGetCount())]
-        except Exception as exc:
-            self.problem = f"NVML: {exc}"
-            self.close()
-            return False
-        self.problem = ""
-        return True
 
     def read(self) -> dict[str, GpuShares]:
-        if not self.initialised and not self._init():
+        session = self.session
+        if not session.ensure():
+            # no GPU here, or the nvml collector says why: attribution itself is not failing
+            self.problem = ""
             return {}
+        now = time.monotonic()
+        available = {d.index for d in session.available(now)}
         out: dict[str, GpuShares] = {}
-        for index, handle in enumerate(self.handles):
-            device = f"gpu-{index}"
+        problems: list[str] = []
+        for device in session.devices:
+            if device.index not in available:
+                out[device.device] = GpuShares(device.device, UNAVAILABLE)
+                problems.append(f"{device.device}: {device.problem}")
+                continue
             try:
-                out[device] = self._read_gpu(index, handle, device)
+                out[device.device] = self._read_gpu(device)
+                device.ok()
+            except ScrambledPids as exc:
+                out[device.device] = GpuShares(device.device, UNAVAILABLE)
+                problems.append(f"{device.device}: {exc}")
             except Exception as exc:  # one GPU failing leaves the others attributed
-                self.problem = f"{device}: {exc}"
-                out[device] = GpuShares(device, UNAVAILABLE)
-        if out and all(g.basis == UNAVAILABLE for g in out.values()):
-            self.close()  # the driver may have been reloaded: handles are stale
-            self.next_init = time.monotonic() + REINIT_AFTER_SECONDS
+                if session.stale(exc):
+                    session.restart_later(f"NVML: {exc}")
+                    self.problem = f"NVML: {exc}; initialising again"
+                    return {}
+                session.failed(device, exc, time.monotonic())
+                out[device.device] = GpuShares(device.device, UNAVAILABLE)
+                problems.append(f"{device.device}: {device.problem}")
+        self.problem = "; ".join(problems)
         return out
 
     def _mig_enabled(self, handle: Any) -> bool:
-        nvml = self._nvml
+        nvml = self.session.nvml
         try:
             current, _pending = nvml.nvmlDeviceGetMigMode(handle)
         except nvml.NVMLError:
             return False  # not a MIG-capable GPU
         return current == getattr(nvml, "NVML_DEVICE_MIG_ENABLE", 1)
 
-    def _read_gpu(self, index: int, handle: Any, device: str) -> GpuShares:
-        nvml = self._nvml
+    def _running(self, handle: Any) -> list[Any]:
+        """Compute processes, through _v3 where the driver has it, else _v2."""
+        nvml = self.session.nvml
+        if not self.use_v2:
+            try:
+                return self._checked(nvml.nvmlDeviceGetComputeRunningProcesses(handle))
+            except getattr(nvml, "NVMLLibraryMismatchError", ()) as exc:
+                log.info("attribution: %s; using nvmlDeviceGetComputeRunningProcesses_v2 "
+                         "(driver before R510)", exc)
+                self.use_v2 = True
+        return self._checked(nvml.nvmlDeviceGetComputeRunningProcesses_v2(handle))
+
+    def _checked(self, processes: list[Any]) -> list[Any]:
+        bad = [int(p.pid) for p in processes if not 0 < int(p.pid) <= PID_MAX_LIMIT]
+        if bad:
+            raise ScrambledPids(
+                f"NVML returned impossible PIDs {bad[:3]}: the process struct of "
+                f"nvidia-ml-py does not match the driver's (need nvidia-ml-py>=12.535.108)")
+        return processes
+
+    def _read_gpu(self, device: Device) -> GpuShares:
+        nvml = self.session.nvml
+        handle, index, name = device.handle, device.index, device.device
         if self._mig_enabled(handle):
-            return self._read_mig(handle, device)
-        processes = nvml.nvmlDeviceGetComputeRunningProcesses(handle)
+            return self._read_mig(handle, name)
         sm: dict[int, float] = {}
+        fresh = True
         try:
             samples = nvml.nvmlDeviceGetProcessUtilization(handle, self.last_seen.get(index, 0))
-        except nvml.NVMLError:
-            samples = []  # NOT_FOUND: no sample since last_seen; NOT_SUPPORTED: none at all
+        except nvml.NVMLError as exc:
+            # NOT_FOUND: no sample since last_seen; NOT_SUPPORTED: none at all
+            samples = []
+            fresh = not error_code(nvml, exc, "NVML_ERROR_NOT_FOUND")
         for sample in samples:
-            sm[int(sample.pid)] = sm.get(int(sample.pid), 0.0) + float(sample.smUtil)
+            pid = int(sample.pid)
+            if not 0 < pid <= PID_MAX_LIMIT:
+                continue  # not a process: skip rather than mis-attribute
+            sm[pid] = sm.get(pid, 0.0) + float(sample.smUtil)
             self.last_seen[index] = max(self.last_seen.get(index, 0), int(sample.timeStamp))
+        now = time.monotonic()
         if sum(sm.values()) > 0:
-            return GpuShares(device, SM_UTILIZATION,
-                             _normalise({p: w for p, w in sm.items() if w > 0}))
+            shares = _normalise({p: w for p, w in sm.items() if w > 0})
+            self.last_sm[index] = (now, shares)
+            return GpuShares(name, SM_UTILIZATION, shares)
+        kept = self.last_sm.get(index)
+        if not fresh and kept is not None and now - kept[0] <= SM_SHARES_KEEP_SECONDS:
+            return GpuShares(name, SM_UTILIZATION, list(kept[1]))
+        processes = self._running(handle)
         if not processes:
-            return GpuShares(device, IDLE)
-        return GpuShares(device, MEMORY, _normalise(_memory_weights(processes)))
+            self.last_sm.pop(index, None)
+            return GpuShares(name, IDLE)
+        return GpuShares(name, MEMORY, _normalise(_memory_weights(processes)))
 
-    def _read_mig(self, handle: Any, device: str) -> GpuShares:
-        nvml = self._nvml
+    def _read_mig(self, handle: Any, name: str) -> GpuShares:
+        nvml = self.session.nvml
         instances: list[tuple[float, list[Any]]] = []
-        for slot in range(nvml.nvmlDeviceGetMaxMigDeviceCount(handle)):
+        sms_per_slice = 0.0
+        slots = nvml.nvmlDeviceGetMaxMigDeviceCount(handle)
+        for slot in range(slots):
             try:
                 mig = nvml.nvmlDeviceGetMigDeviceHandleByIndex(handle, slot)
             except nvml.NVMLError:
                 continue  # an empty slot
-            sms = float(nvml.nvmlDeviceGetAttributes(mig).multiprocessorCount)
-            instances.append((sms, nvml.nvmlDeviceGetComputeRunningProcesses(mig)))
-        total_sms = sum(s for s, _ in instances)
-        if total_sms <= 0 or not any(p for _, p in instances):
-            return GpuShares(device, IDLE)
+            attributes = nvml.nvmlDeviceGetAttributes(mig)
+            sms = float(attributes.multiprocessorCount)
+            slices = max(1, int(getattr(attributes, "gpuInstanceSliceCount", 1) or 1))
+            sms_per_slice = max(sms_per_slice, sms / slices)
+            instances.append((sms, self._running(mig)))
+        # the whole GPU: every slice (MaxMigDeviceCount is the count of the smallest
+        # instances that fit, 7 on A100/H100), so a lone small instance is not charged for
+        # the unused rest
+        whole = max(sum(s for s, _ in instances), sms_per_slice * slots)
+        if whole <= 0 or not any(p for _, p in instances):
+            return GpuShares(name, IDLE)
         shares: list[tuple[int | None, float]] = []
         for sms, processes in instances:
-            part = sms / total_sms
+            part = sms / whole
             if processes:
                 shares.extend(_normalise(_memory_weights(processes), part))
             else:
                 shares.append((None, part))
-        return GpuShares(device, MIG, shares)
+        unused = 1.0 - sum(w for _, w in shares)
+        if unused > 1e-12:
+            shares.append((None, unused))
+        return GpuShares(name, MIG, shares)
 
     def close(self) -> None:
-        if self.initialised:
-            try:
-                self._nvml.nvmlShutdown()
-            except Exception:  # already gone
-                pass
-        self.initialised = False
-        self.handles = []
+        self.session.shutdown()

@@ -11,6 +11,15 @@ from exporter.confutil import ConfigError
 
 WORLD = "WORLD"
 
+# What an intensity counts (the `basis` label): lifecycle CO2e (generation plus upstream fuel
+# supply, plant construction, all gases; Electricity Maps' default, Ember) or direct CO2 from
+# combustion only (UK Carbon Intensity API, WattTime MOER). Configured values say unknown
+# unless the config names it.
+LIFECYCLE = "lifecycle"
+DIRECT = "direct"
+UNKNOWN = "unknown"
+BASES = (LIFECYCLE, DIRECT, UNKNOWN)
+
 
 @dataclass(frozen=True, slots=True)
 class Intensity:
@@ -19,6 +28,7 @@ class Intensity:
     provider: str  # static, dataset, or a live provider's name
     kind: str = "average"  # average or marginal
     fetched_at: float | None = None  # unix time; None: a fixed value that does not age
+    basis: str = UNKNOWN  # lifecycle, direct or unknown (see BASES)
 
     def age(self, now: float | None = None) -> float:
         if self.fetched_at is None:
@@ -60,4 +70,4 @@ def static_intensity(config) -> Intensity:
         raise ConfigError(
             f"carbon.zone: {zone.text!r} is not in the bundled dataset (use an ISO 3166-1 alpha-2 "
             f"code such as DE or US, {WORLD} for the world average, or set carbon.intensity)")
-    return Intensity(row.grams_per_kwh, row.zone, "dataset")
+    return Intensity(row.grams_per_kwh, row.zone, "dataset", basis=LIFECYCLE)  # Ember

@@ -31,6 +31,7 @@ class CloudRegion:
     country: str
     em_zone: str
     wt_region: str
+    source: str = ""
 
 
 @functools.lru_cache(maxsize=1)

@@ -33,6 +33,7 @@ from exporter.report.series import (
     Points,
     Target,
     by_target,
+    models_of,
     counter_increase,
     held_intervals,
     labels_of,
@@ -53,8 +54,9 @@ __all__ = ["DEFAULT_WHAT_IF_ZONES", "FAILURE_REASONS", "GAP_FACTOR", "LOOKBACK_S
 SCHEMA_VERSION = "1.0"
 
 # Where the exporter's energy comes from (the `source` label) and how much to trust it.
-SOURCE_CATEGORY = {"rapl": "counter", "nvml": "counter", "power_sample": "sampled_power",
-                   "model": "model"}
+SOURCE_CATEGORY = {"rapl": "counter", "nvml": "counter", "hwmon": "counter",
+                   "power_sample": "sampled_power", "model": "model",
+                   "platform_remainder": "platform_remainder"}
 WORKLOAD_LABELS = ("namespace", "pod", "container", "unit", "workload_job")
 DEFAULT_WHAT_IF_ZONES = ("WORLD", "FR", "DE", "US", "GB", "PL", "NO", "IN")
 
@@ -122,8 +124,9 @@ class Report:
             "totals": totals,
             "breakdown": self._breakdown(history.workload_energy, history.workload_emissions),
             "intensity": self._intensity(totals, facility),
-            "data_quality": self._quality(node_energy, history.collector_up,
-                                          history.provider_up, history.age),
+            "data_quality": {**self._quality(node_energy, history.collector_up,
+                                             history.provider_up, history.age),
+                             "models": models_of(history.models, self.targets)},
             "what_if": self._what_if(totals, facility, history.forecast),
             "methodology": methodology(req, history.build_info, self._observed_settings()),
             "series": self._series(history.intensity_chart),
@@ -238,7 +241,8 @@ class Report:
             series.append({"instance": labels.get("instance", ""),
                            "grid_zone": labels.get("grid_zone", ""),
                            "provider": labels.get("provider", ""),
-                           "kind": labels.get("kind", ""), **summary})
+                           "kind": labels.get("kind", ""),
+                           "basis": labels.get("basis", "unknown"), **summary})
         facility_kwh = totals["facility_energy_kwh"]
         op = totals["operational_grams"]
         overall = stats(pooled) or {"min": None, "mean": None, "max": None}
@@ -251,6 +255,7 @@ class Report:
             "zones": sorted({s["grid_zone"] for s in series}),
             "providers": sorted({s["provider"] for s in series}),
             "kinds": sorted({s["kind"] for s in series}),
+            "bases": sorted({s["basis"] for s in series}),
             "series": series,
         }
 
@@ -300,6 +305,10 @@ class Report:
         return {
             "energy_basis": "nodes of the selected workloads" if self.req.workload
             else "selection",
+            # a platform meter's remainder in the energy: the totals are the meter's
+            "totals_basis": "platform_meter" if "platform_remainder" in by_source
+            else "components",
+            "platform_remainder_share": shares["platform_remainder"],
             "sources": sources,
             "counter_share": shares["counter"],
             "sampled_power_share": shares["sampled_power"],

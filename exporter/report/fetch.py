@@ -39,6 +39,7 @@ class History:
     workload_emissions: Series
     forecast: list[dict[str, Any]]  # instant query results at TO
     build_info: list[dict[str, Any]]
+    models: list[dict[str, Any]]  # carbon_model_info over the window
     intensity_chart: Series
     bucket: float
 
@@ -52,10 +53,10 @@ def fetch(client: PromClient, req: Request) -> History:
 
     sel = ", ".join(req.matchers)
     energy_metric = names.WORKLOAD_ENERGY if req.workload else names.ENERGY
-    # Raw-sample selectors below: 8 for a workload, 10 for nodes; then 2 instant queries
+    # Raw-sample selectors below: 8 for a workload, 10 for nodes; then 3 instant queries
     # and the intensity chart's range query.
     client.start_progress(client.expected_calls(
-        fetch_from, end, 8 if req.workload else 10, 3))
+        fetch_from, end, 8 if req.workload else 10, 4))
     try:
         # A series seen only before FROM (its baseline) used no energy in the window.
         energy = {k: v for k, v in raw(f"{energy_metric}{{{sel}}}").items()
@@ -85,6 +86,9 @@ def fetch(client: PromClient, req: Request) -> History:
         forecast = client.query(f"{names.FORECAST_MIN}{{{tsel}}}", end)
         build_info = client.query(f"max_over_time({names.BUILD_INFO}{{{tsel}}}"
                                        f"[{int(end - fetch_from)}s])", end)
+        # how each modelled series was obtained, over the window
+        models = client.query(f"max_over_time({names.MODEL_INFO}{{{tsel}}}"
+                                   f"[{int(end - fetch_from)}s])", end)
         bucket = req.bucket_seconds or nice_bucket(end - start)
         step = max(bucket, 1.0)
         intensity_chart = client.query_range(
@@ -102,5 +106,6 @@ def fetch(client: PromClient, req: Request) -> History:
         pue=ours(pue), intensity=ours(intensity), age=ours(age),
         collector_up=ours(collector_up), provider_up=ours(provider_up),
         workload_energy=ours(workloads[0]), workload_emissions=ours(workloads[1]),
-        forecast=forecast, build_info=build_info, intensity_chart=ours(intensity_chart),
+        forecast=forecast, build_info=build_info, models=models,
+        intensity_chart=ours(intensity_chart),
         bucket=bucket)

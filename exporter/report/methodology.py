@@ -91,7 +91,11 @@ def methodology(req: Request, build_info: list[dict[str, Any]],
             "held until the next sample). Effective intensity = operational gCO2e / facility "
             "kWh, i.e. weighted by when the energy was used.",
             "Data quality: counter share = energy with source rapl or nvml; sampled power = "
-            "source power_sample (power readings integrated); model = source model. A scrape "
+            "source power_sample (power readings integrated); model = source model; platform "
+            "remainder = source platform_remainder, what a platform meter (ACPI power meter, "
+            "BMC) measured beyond the components. Totals basis: platform_meter when that "
+            "remainder is present (the node totals are the meter's), else components (CPU, "
+            "DRAM, GPU only: fans, disks, NICs and power-supply losses are not in them). A scrape "
             f"gap is two consecutive samples more than {GAP_FACTOR:g}x the median scrape "
             f"interval apart, or a start or end of the window that far from the nearest "
             f"sample. A collector failure is {names.COLLECTOR_UP} = 0 with reason "

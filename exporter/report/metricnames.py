@@ -19,6 +19,7 @@ GRID_INTENSITY = _m.GRID_INTENSITY.name
 GRID_INTENSITY_AGE = _m.GRID_INTENSITY_AGE.name
 COLLECTOR_UP = _m.COLLECTOR_UP.name
 BUILD_INFO = _m.BUILD_INFO.name
+MODEL_INFO = _name("MODEL_INFO", "carbon_model_info")
 WORKLOAD_ENERGY = _name("WORKLOAD_ENERGY", "carbon_workload_energy_joules_total")
 WORKLOAD_EMISSIONS = _name("WORKLOAD_EMISSIONS", "carbon_workload_emissions_grams_total")
 PROVIDER_UP = _name("GRID_PROVIDER_UP", "carbon_grid_provider_up")

@@ -109,9 +109,11 @@ def build(document: dict) -> list[Section]:
             f"Zones: {', '.join(intensity['zones']) or '-'}; providers: "
             f"{', '.join(intensity['providers']) or '-'}; kind: "
             f"{', '.join(intensity['kinds']) or '-'} (average = the mix's mean intensity; "
-            f"marginal = the plant that responds to extra load)."],
-            tables=[Table(["node", "zone", "provider", "kind", "min", "mean", "max"],
-                          [[s["instance"], s["grid_zone"], s["provider"], s["kind"],
+            f"marginal = the plant that responds to extra load); basis: "
+            f"{', '.join(intensity['bases']) or '-'} (lifecycle = CO2e with upstream emissions; "
+            f"direct = CO2 from combustion only; values of different bases do not compare)."],
+            tables=[Table(["node", "zone", "provider", "kind", "basis", "min", "mean", "max"],
+                          [[s["instance"], s["grid_zone"], s["provider"], s["kind"], s["basis"],
                             gpk(s["min"]), gpk(s["mean"]), gpk(s["max"])]
                            for s in intensity["series"]])], charts=["intensity"]))
     else:
@@ -122,6 +124,13 @@ def build(document: dict) -> list[Section]:
         f"Energy measured by hardware counters: {pct(quality['counter_share'])}; from sampled "
         f"power: {pct(quality['sampled_power_share'])}; modelled: "
         f"{pct(quality['model_share'])} (basis: {quality['energy_basis']}).",
+        (f"Totals basis: the platform meter (ACPI power meter or BMC): node energy is the "
+         f"meter's, the components are its split, and "
+         f"{pct(quality['platform_remainder_share'])} is what they do not explain "
+         f"(component \"other\": fans, disks, NICs, power-supply losses)."
+         if quality["totals_basis"] == "platform_meter" else
+         "Totals basis: the sum of the measured and modelled components (CPU, DRAM, GPU); "
+         "no platform meter, so fans, disks, NICs and power-supply losses are not included."),
         f"Scrape gaps: {len(quality['gaps'])} ({seconds(quality['gap_seconds'])}, "
         f"{quality['missing_scrapes']} missing scrapes at a typical interval of "
         f"{seconds(quality['scrape_interval_seconds'] or 0)}). Counters keep counting through "
@@ -139,6 +148,9 @@ def build(document: dict) -> list[Section]:
             Table(["source", "category", "energy", "share"],
                   [[r["source"], r["category"], kwh(r["energy_kwh"]), pct(r["share"])]
                    for r in quality["sources"]]),
+            *([Table(["node", "model", "method", "basis"],
+                     [[m["instance"], m["collector"], m["method"], m["basis"]]
+                      for m in quality["models"]])] if quality["models"] else []),
             *([Table(["node", "gap start", "gap end", "length", "missing scrapes"],
                      [[g["instance"], g["start"], g["end"], seconds(g["seconds"]),
                        str(g["missing_scrapes"])] for g in quality["gaps"]])]

@@ -134,6 +134,19 @@ def labelset_of(result: dict[str, Any]) -> LabelSet:
     return tuple(sorted(result["metric"].items()))
 
 
+def models_of(rows: list[dict[str, Any]], targets: list[Target]) -> list[dict[str, str]]:
+    """carbon_model_info over the window: which model produced the modelled energy, how."""
+    out = []
+    for row in rows:
+        labels = row["metric"]
+        if (labels.get("job", ""), labels.get("instance", "")) not in targets:
+            continue
+        out.append({"instance": labels.get("instance", ""),
+                    "collector": labels.get("collector", ""),
+                    "method": labels.get("method", ""), "basis": labels.get("basis", "")})
+    return sorted(out, key=lambda m: (m["instance"], m["collector"], m["method"], m["basis"]))
+
+
 def by_target(series: dict[LabelSet, Points]) -> dict[Target, Points]:
     out: dict[Target, Points] = defaultdict(list)
     for key, points in series.items():

@@ -31,6 +31,7 @@ MEASURED, MODEL, OBSERVER = "measured", "model", "observer"
 ENERGY = "energy"  # readings the ledger counts
 GPU_INFO = "gpu_info"  # SourceResult.gpus: identity and power limit per GPU
 WORKLOADS = "workloads"  # usage per workload, split by the observer after the ledger
+PLATFORM = "platform"  # a whole-node meter reading: the node total (exporter.ledger.PLATFORM)
 
 
 @dataclass(frozen=True, slots=True)

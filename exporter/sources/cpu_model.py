@@ -308,7 +308,8 @@ class CpuModelSource(Source):
         previous, self.last = self.last, (at, busy, total)
         if previous is not None:
             spent = total - previous[2]
-            self.utilisation = min(1.0, max(0.0, (busy - previous[1]) / spent)) if spent > 0 else 0.0
+            busy_share = (busy - previous[1]) / spent if spent > 0 else 0.0
+            self.utilisation = min(1.0, max(0.0, busy_share))
             self.joules += power.at(self.utilisation) * max(0.0, at - previous[0])
         return SourceResult(Status(OK, power.basis, power.method), [Reading(
             collector=self.name, device="node", source="model", value=self.joules, at=at,

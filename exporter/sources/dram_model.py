@@ -45,7 +45,8 @@ def counted_gib(installed_gib: float, cpu_measured: bool, topology: CpuTopology 
                 curve: PowerCurve | None) -> tuple[float, str, str]:
     """(GiB to count, method, how) given what covers the CPU."""
     if cpu_measured:
-        return installed_gib, ALL_MEMORY, f"{installed_gib:.1f} GiB installed (CPU measured by RAPL)"
+        return (installed_gib, ALL_MEMORY,
+                f"{installed_gib:.1f} GiB installed (CPU measured by RAPL)")
     if curve is None or topology is None or curve.method not in WHOLE_SERVER_METHODS:
         what = "CPU modelled from its TDP" if curve is not None else "no CPU model"
         return installed_gib, ALL_MEMORY, f"{installed_gib:.1f} GiB installed ({what})"

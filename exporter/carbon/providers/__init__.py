@@ -11,12 +11,14 @@ from __future__ import annotations
 import abc
 import json
 import math
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 import logging
 from typing import TYPE_CHECKING, Any, Awaitable, ClassVar
 
 import aiohttp
+import yarl
 
 from exporter.carbon import Intensity
 from exporter.carbon.secrets import redact
@@ -30,9 +32,12 @@ log = logging.getLogger(__name__)
 # Secret options of providers that send a token (see exporter.carbon.secrets).
 TOKEN_OPTIONS: dict[str, Any] = {"token_file": {"type": "string"}, "token_env": {"type": "string"}}
 KIND_OPTION: dict[str, Any] = {"kind": {"enum": ["average", "marginal"]}}
+# what a configured value counts: lifecycle CO2e or direct CO2 (exporter.carbon.BASES)
+BASIS_OPTION: dict[str, Any] = {"basis": {"enum": ["lifecycle", "direct", "unknown"]}}
 
 # Above any grid on record (lignite-only systems are ~1,100-1,300 g/kWh lifecycle).
 MAX_GRAMS_PER_KWH = 2000.0
+MAX_REDIRECTS = 3
 LBS_PER_MWH_TO_G_PER_KWH = 0.453592  # 1 lb = 453.592 g; 1 MWh = 1000 kWh
 
 # Units seen in provider answers or configured for http_json, to gCO2e/kWh.
@@ -49,8 +54,9 @@ AUTH, RATE_LIMITED, HTTP, TIMEOUT, UNREACHABLE, INVALID, NO_DATA = (
 
 class ProviderError(Exception):
     def __init__(self, reason: str, detail: str, retry_after: float | None = None,
-                 retryable: bool = True) -> None:
+                 retryable: bool = True, status: int | None = None) -> None:
         super().__init__(redact(detail))
+        self.status = status  # the HTTP status, where one came
         self.reason = reason
         self.detail = redact(detail)
         self.retry_after = retry_after
@@ -66,9 +72,13 @@ class ForecastPoint:
 
 @dataclass(frozen=True, slots=True)
 class Fetched:
-    intensity: Intensity
+    # None: the account may read no intensity, only the index (WattTime's free plan)
+    intensity: Intensity | None
     forecast: tuple[ForecastPoint, ...] = ()
     index: float | None = None  # 0..1 where the provider gives a relative index (WattTime)
+    zone: str = ""  # the index's zone where there is no intensity
+    note: str = ""  # what this fetch could not read, for the provider's detail
+    at: float = field(default_factory=time.time)  # unix time of the fetch
 
 
 def check_grams(value: Any, field: str, factor: float = 1.0) -> float:
@@ -179,22 +189,40 @@ class Provider(abc.ABC):
     async def get_json(self, session: aiohttp.ClientSession, url: str, *,
                        headers: dict[str, str] | None = None,
                        params: dict[str, str] | None = None) -> Any:
-        try:
-            async with session.get(url, headers=headers, params=params,
-                                   allow_redirects=False) as response:
-                body = await response.read()
-                status = response.status
-                retry_after = _retry_after(response.headers.get("Retry-After"))
-        except aiohttp.ClientError as exc:
-            raise ProviderError(UNREACHABLE, f"{type(exc).__name__}: {exc}") from None
-        return decode(status, body, retry_after, url)
+        """GET and decode. Redirects are followed by hand and only on the same scheme and
+        host (a moved path): credentials travel in headers, and aiohttp would send custom
+        ones (auth-token) on to whatever host a redirect names."""
+        target = yarl.URL(url)
+        for _hop in range(MAX_REDIRECTS + 1):
+            try:
+                async with session.get(target, headers=headers, params=params,
+                                       allow_redirects=False) as response:
+                    body = await response.read()
+                    status = response.status
+                    retry_after = _retry_after(response.headers.get("Retry-After"))
+                    location = response.headers.get("Location")
+            except aiohttp.ClientError as exc:
+                raise ProviderError(UNREACHABLE, f"{type(exc).__name__}: {exc}") from None
+            if status not in (301, 302, 303, 307, 308) or not location:
+                return decode(status, body, retry_after, url)
+            moved = target.join(yarl.URL(location))
+            if (moved.scheme, moved.host, moved.port) != (target.scheme, target.host, target.port):
+                raise ProviderError(
+                    HTTP, f"HTTP {status} from {target.with_query(None)}: moved to "
+                          f"{moved.with_query(None)}, another host; not followed with the "
+                          f"credentials: set the provider's url if the move is genuine",
+                    retryable=False)
+            target = moved
+            params = None if moved.query_string else params  # a Location with a query wins
+        raise ProviderError(HTTP, f"more than {MAX_REDIRECTS} redirects from {url.split('?')[0]}",
+                            retryable=False)
 
 
 def decode(status: int, body: bytes, retry_after: float | None, url: str) -> Any:
     path = url.split("?")[0]
     if status in (401, 403):
         raise ProviderError(AUTH, f"HTTP {status} from {path}: check the credentials",
-                            retryable=False)
+                            retryable=False, status=status)
     if status == 429:
         raise ProviderError(RATE_LIMITED, f"HTTP 429 from {path}", retry_after=retry_after)
     if status >= 500:

@@ -72,9 +72,31 @@ class _State:
     attempts: int = 0
 
     def fresh(self, now: float) -> bool:
-        if self.fetched is None:
+        """Whether its intensity may be in force."""
+        if self.fetched is None or self.fetched.intensity is None:
             return False
         return self.fetched.intensity.age(now) <= self.provider.spec.max_age
+
+    def index_fresh(self, now: float) -> bool:
+        fetched = self.fetched
+        if fetched is None or fetched.index is None:
+            return False
+        age = fetched.intensity.age(now) if fetched.intensity else max(0.0, now - fetched.at)
+        return age <= self.provider.spec.max_age
+
+    @property
+    def zone(self) -> str:
+        fetched = self.fetched
+        if fetched is None:
+            return ""
+        return fetched.intensity.grid_zone if fetched.intensity else fetched.zone
+
+
+def _why_not(state: _State) -> str:
+    """Why a provider before the one in force is not in force."""
+    if state.fetched is None:
+        return state.reason
+    return "index only" if state.fetched.intensity is None else "stale"
 
 
 def build_providers(config) -> list[Provider]:
@@ -93,6 +115,7 @@ class Chain:
         self.publish = publish
         self.tick = tick
         self.in_force_name: str | None = None
+        self.in_force_basis: tuple[str, str] | None = None  # (kind, basis) of the value in force
         self._tasks: list[asyncio.Task] = []
         self._session: aiohttp.ClientSession | None = None
         # (provider, outcome, seconds) per request: selfmetrics.FetchMetrics.observe
@@ -117,22 +140,29 @@ class Chain:
     def select(self, now: float | None = None) -> GridState:
         now = time.time() if now is None else now
         chosen = next((s for s in self.states if s.fresh(now)), None)
-        intensity = chosen.fetched.intensity if chosen and chosen.fetched else self.fallback
+        intensity = chosen.fetched.intensity if chosen and chosen.fetched and \
+            chosen.fetched.intensity else self.fallback
         name = intensity.provider
         if name != self.in_force_name:
             before = self.states[: self.states.index(chosen)] if chosen else self.states
-            skipped = "; ".join(f"{s.provider.name} {s.reason if s.fetched is None else 'stale'}"
-                                for s in before)
-            log.info("grid intensity in force: %g gCO2e/kWh from %s (zone %s)%s",
-                     intensity.grams_per_kwh, name, intensity.grid_zone or "-",
-                     f"; skipped: {skipped}" if skipped else "")
+            skipped = "; ".join(f"{s.provider.name} {_why_not(s)}" for s in before)
+            basis = (intensity.kind, intensity.basis)
+            changed = self.in_force_basis is not None and basis != self.in_force_basis
+            log.log(logging.WARNING if changed else logging.INFO,
+                    "grid intensity in force: %g gCO2e/kWh from %s (zone %s, %s, %s)%s%s",
+                    intensity.grams_per_kwh, name, intensity.grid_zone or "-", intensity.kind,
+                    intensity.basis, f"; skipped: {skipped}" if skipped else "",
+                    f"; the basis changes from {self.in_force_basis[0]} {self.in_force_basis[1]}"
+                    f" to {basis[0]} {basis[1]}: values before and after do not compare"
+                    if changed and self.in_force_basis else "")
             self.in_force_name = name
+            self.in_force_basis = basis
         return GridState(
             intensity=intensity,
             forecast_min=self._forecast_min(chosen, now),
-            indexes=tuple((s.fetched.intensity.grid_zone, s.provider.name, s.fetched.index)
+            indexes=tuple((s.zone, s.provider.name, s.fetched.index)
                           for s in self.states if s.fetched and s.fetched.index is not None
-                          and s.fresh(now)),
+                          and s.index_fresh(now)),
             providers=tuple(ProviderStatus(
                 s.provider.name, s.provider.type, s.provider.describe(), s.reason == "ok",
                 s.reason, s.detail, s.fetched.intensity if s.fetched else None, s is chosen)
@@ -147,7 +177,7 @@ class Chain:
             window = [p for p in state.forecast if p.end > now and p.start < now + FORECAST_WINDOW]
             if window:
                 best = min(window, key=lambda p: (p.grams_per_kwh, p.start))
-                zone = state.fetched.intensity.grid_zone if state.fetched else ""
+                zone = state.zone
                 return ForecastMin(zone, state.provider.name, best.grams_per_kwh, best.start)
         return None
 
@@ -209,18 +239,22 @@ class Chain:
                 state.fetched = fetched
                 if fetched.forecast:
                     state.forecast = fetched.forecast
-                state.reason, state.detail = "ok", ""
-                if previous != "ok":
-                    log.info("provider %s: ok, %g gCO2e/kWh (%s, zone %s)", provider.name,
+                state.reason, state.detail = "ok", fetched.note
+                if previous != "ok" and fetched.intensity is not None:
+                    log.info("provider %s: ok, %g gCO2e/kWh (%s, %s, zone %s)%s", provider.name,
                              fetched.intensity.grams_per_kwh, fetched.intensity.kind,
-                             fetched.intensity.grid_zone or "-")
+                             fetched.intensity.basis, fetched.intensity.grid_zone or "-",
+                             f"; {fetched.note}" if fetched.note else "")
+                elif previous != "ok":
+                    log.warning("provider %s: ok, index only (zone %s): %s", provider.name,
+                                fetched.zone or "-", fetched.note)
             except ProviderError as exc:
                 state.reason, state.detail = exc.reason, exc.detail
                 if exc.retry_after is not None:
                     delay = max(delay, exc.retry_after)
                 if previous != exc.reason:
                     kept = (f"keeping its last value from {state.fetched.intensity.age():.0f} s ago"
-                            if state.fetched else "no value yet")
+                            if state.fetched and state.fetched.intensity else "no value yet")
                     log.warning("provider %s: %s (%s); %s; next try in %g s", provider.name,
                                 exc.reason, exc.detail, kept, delay)
             except asyncio.CancelledError:

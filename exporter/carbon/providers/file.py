@@ -19,8 +19,9 @@ import json
 import os
 import time
 
-from exporter.carbon import Intensity
+from exporter.carbon import UNKNOWN, Intensity
 from exporter.carbon.providers import (
+    BASIS_OPTION,
     KIND_OPTION,
     INVALID, NO_DATA, Fetched, ForecastPoint, Provider, ProviderError, check_grams, parse_time,
 )
@@ -38,7 +39,7 @@ class FileProvider(Provider):
         'in force; later points are the forecast). An hourly profile: CSV '
         '`hour,grams_per_kwh` (0-23, UTC) or JSON `{"hourly": [24 values]}`.'
     )
-    options = {"path": {"type": "string", "minLength": 1}, **KIND_OPTION}
+    options = {"path": {"type": "string", "minLength": 1}, **KIND_OPTION, **BASIS_OPTION}
     required = ("path",)
     refresh = 10.0
 
@@ -46,6 +47,7 @@ class FileProvider(Provider):
         super().__init__(spec, zone)
         self.path = spec.option("path")
         self.kind = spec.option("kind", "average")
+        self.basis = spec.option("basis", UNKNOWN)
         self.zone_label = spec.zone or (zone.em_zone or zone.country if zone.text else "")
         self._seen: tuple[float, int] | None = None
         self._series: list[tuple[float, float]] = []  # (start, grams), sorted
@@ -82,7 +84,7 @@ class FileProvider(Provider):
             forecast = tuple(ForecastPoint(hour_start + n * HOUR, hour_start + (n + 1) * HOUR,
                                            self._profile[(hour + n) % 24]) for n in range(24))
             return Fetched(Intensity(self._profile[hour], self.zone_label, self.name, self.kind,
-                                     hour_start), forecast)
+                                     hour_start, self.basis), forecast)
         past = [p for p in self._series if p[0] <= now]
         if not past:
             raise ProviderError(NO_DATA, f"{self.path}: no value at or before now", retryable=False)
@@ -90,7 +92,8 @@ class FileProvider(Provider):
         future = [p for p in self._series if p[0] >= start]
         forecast = tuple(ForecastPoint(s, future[n + 1][0] if n + 1 < len(future) else s + HOUR, g)
                          for n, (s, g) in enumerate(future))
-        return Fetched(Intensity(grams, self.zone_label, self.name, self.kind, start), forecast)
+        return Fetched(Intensity(grams, self.zone_label, self.name, self.kind, start,
+                                 self.basis), forecast)
 
 
 def _series(rows, where: str) -> list[tuple[float, float]]:

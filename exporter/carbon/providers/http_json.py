@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import time
 
-from exporter.carbon import Intensity
+from exporter.carbon import UNKNOWN, Intensity
 from exporter.carbon.providers import (
-    KIND_OPTION, TOKEN_OPTIONS, Fetched, Provider, check_grams, dig, parse_time, unit_factor,
+    BASIS_OPTION, KIND_OPTION, TOKEN_OPTIONS, Fetched, Provider, check_grams, dig, parse_time,
+    unit_factor,
 )
 from exporter.carbon.secrets import load_secret
 
@@ -27,9 +28,10 @@ class HttpJson(Provider):
     summary = (
         '`GET url`; the value at the dotted `field` path (`a.b.0.c`), in `unit` or in the '
         'unit named at `unit_field`; its timestamp at `time_field` (ISO 8601 or unix '
-        'seconds), else the fetch time. `kind` may be `marginal`.'
+        'seconds), else the fetch time. `kind` may be `marginal`; `basis` `lifecycle` or '
+        '`direct` (default `unknown`).'
     )
-    options = {**TOKEN_OPTIONS, **KIND_OPTION,
+    options = {**TOKEN_OPTIONS, **KIND_OPTION, **BASIS_OPTION,
                "field": {"type": "string", "minLength": 1},
                "time_field": {"type": "string", "minLength": 1},
                "unit": {"enum": ["g/kWh", "kg/kWh", "kg/MWh", "lbs/MWh", "t/MWh"]},
@@ -46,6 +48,7 @@ class HttpJson(Provider):
         self.unit = spec.option("unit", "g/kWh")
         self.unit_field = spec.option("unit_field")
         self.kind = spec.option("kind", "average")
+        self.basis = spec.option("basis", UNKNOWN)
         self.header = spec.option("header", "Authorization")
         self.token = load_secret(self.where, "token", spec.option("token_file"),
                                  spec.option("token_env"), None)
@@ -66,4 +69,5 @@ class HttpJson(Provider):
         now = time.time()
         stamp = parse_time(dig(answer, self.time_field, "answer"), self.time_field) \
             if self.time_field else now
-        return Fetched(Intensity(grams, self.zone_label, self.name, self.kind, min(stamp, now)))
+        return Fetched(Intensity(grams, self.zone_label, self.name, self.kind, min(stamp, now),
+                                 self.basis))

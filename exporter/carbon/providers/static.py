@@ -3,8 +3,8 @@ for the zone's country). They never age and never fail, so they end every chain.
 
 from __future__ import annotations
 
-from exporter.carbon import Intensity, grid_dataset
-from exporter.carbon.providers import KIND_OPTION, Fetched, Provider
+from exporter.carbon import LIFECYCLE, UNKNOWN, Intensity, grid_dataset
+from exporter.carbon.providers import BASIS_OPTION, KIND_OPTION, Fetched, Provider
 from exporter.confutil import ConfigError
 
 
@@ -12,9 +12,11 @@ class Static(Provider):
     type = "static"
     auth = 'none'
     summary = (
-        '`value` (gCO2e/kWh), optional `kind`.'
+        '`value` (gCO2e/kWh), optional `kind` and `basis` (default `unknown`; `file` takes '
+        'them too).'
     )
-    options = {"value": {"type": "number", "minimum": 0, "maximum": 2000}, **KIND_OPTION}
+    options = {"value": {"type": "number", "minimum": 0, "maximum": 2000}, **KIND_OPTION,
+               **BASIS_OPTION}
     required = ("value",)
     refresh = 3600.0
     max_age = float("inf")
@@ -24,7 +26,8 @@ class Static(Provider):
         super().__init__(spec, zone)
         label = spec.zone or (zone.em_zone or zone.country if zone.text else "")
         self.value = Intensity(float(spec.option("value")), label, self.name,
-                               spec.option("kind", "average"))
+                               spec.option("kind", "average"),
+                               basis=spec.option("basis", UNKNOWN))
 
     def describe(self) -> str:
         return f"{self.value.grams_per_kwh:g} gCO2e/kWh"
@@ -37,7 +40,7 @@ class Dataset(Provider):
     type = "dataset"
     auth = 'none'
     summary = (
-        "The bundled annual average for the zone's country."
+        "The bundled annual average for the zone's country (Ember, `basis=\"lifecycle\"`)."
     )
     refresh = 3600.0
     max_age = float("inf")
@@ -50,7 +53,7 @@ class Dataset(Provider):
         if row is None:
             raise ConfigError(f"{self.where}: zone {country!r} is not in the bundled dataset")
         self.row = row
-        self.value = Intensity(row.grams_per_kwh, row.zone, self.name)
+        self.value = Intensity(row.grams_per_kwh, row.zone, self.name, basis=LIFECYCLE)  # Ember
 
     def describe(self) -> str:
         return f"bundled {self.row.source.split(',')[0]} {self.row.year} for {self.row.zone}"

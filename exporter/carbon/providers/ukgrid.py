@@ -15,7 +15,7 @@ import logging
 import time
 from datetime import datetime, timezone
 
-from exporter.carbon import Intensity
+from exporter.carbon import DIRECT, Intensity
 from exporter.carbon.providers import (
     INVALID, Fetched, ForecastPoint, Provider, ProviderError, check_grams, dig, parse_time,
 )
@@ -32,7 +32,8 @@ class UkGrid(Provider):
         '`data[0].data[0].intensity.forecast` (regional values are forecasts only). Forecast:'
         ' `GET /intensity/{from}/fw24h` (`data[].from`, `.to`, `.intensity.forecast`) or `GET'
         ' /regional/intensity/{from}/fw24h/regionid/{id}` (`data.data[]`). The `index` word '
-        'is not used. Zone label `GB` or `GB-<region>`.'
+        'is not used. Zone label `GB` or `GB-<region>`. Direct CO2 from generation: '
+        '`basis=\"direct\"`.'
     )
     options = {"region": {"type": "integer", "minimum": 1, "maximum": 17},
                "forecast": {"type": "boolean"}}
@@ -62,8 +63,9 @@ class UkGrid(Provider):
         forecast: tuple[ForecastPoint, ...] = ()
         if self.with_forecast:
             forecast = await self.forecast_or_keep(self._forecast(session))
-        return Fetched(Intensity(grams, self.zone_label, self.name, "average", min(stamp, time.time())),
-                       forecast)
+        # direct CO2 from generation (the API's methodology), not lifecycle
+        return Fetched(Intensity(grams, self.zone_label, self.name, "average",
+                                 min(stamp, time.time()), DIRECT), forecast)
 
     async def _forecast(self, session) -> tuple[ForecastPoint, ...]:
         start = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%MZ")

@@ -8,6 +8,13 @@ on expiry or a 401). Then, with `Authorization: Bearer <token>`:
 - GET /v3/signal-index?region=R&signal_type=co2_moer: `data[0].value`, a percentile 0-100
   (`meta.units` "percentile") of the current MOER against the recent past. A percentile
   cannot become grams: it is exported only as carbon_grid_intensity_index_ratio (value/100).
+MOER is direct CO2 from combustion (basis="direct"), marginal (kind="marginal").
+
+Plans: /v3/forecast (and so the MOER in grams) is for subscribers, except in the preview
+region CAISO_NORTH; every account may read /v3/signal-index. A free account's 403 on
+/v3/forecast is not an authentication failure: the provider keeps working from the index,
+says the MOER and forecast are not in the account's plan, and asks for the forecast again
+only every FORECAST_RECHECK_SECONDS (a plan can be upgraded). A 401 is bad credentials.
 """
 
 from __future__ import annotations
@@ -15,10 +22,10 @@ from __future__ import annotations
 import base64
 import time
 
-from exporter.carbon import Intensity
+from exporter.carbon import DIRECT, Intensity
 from exporter.carbon.providers import (
-    AUTH, INVALID, Fetched, ForecastPoint, Provider, ProviderError, check_grams, dig, parse_time,
-    unit_factor,
+    AUTH, INVALID, NO_DATA, Fetched, ForecastPoint, Provider, ProviderError, check_grams, dig,
+    parse_time, unit_factor,
 )
 from exporter.carbon.secrets import Secret, load_secret
 from exporter.confutil import ConfigError
@@ -26,6 +33,7 @@ from exporter.confutil import ConfigError
 USER_ENV = "CARBON_EXPORTER_WATTTIME_USERNAME"
 PASSWORD_ENV = "CARBON_EXPORTER_WATTTIME_PASSWORD"
 TOKEN_LIFETIME = 30 * 60 - 60  # renew a minute before WattTime's 30 minutes run out
+FORECAST_RECHECK_SECONDS = 6 * 3600.0
 
 
 class WattTime(Provider):
@@ -39,8 +47,11 @@ class WattTime(Provider):
     summary = (
         '`GET /v3/forecast?region=R&signal_type=co2_moer`: `data[].point_time`, '
         '`data[].value` in `meta.units` = `lbs_co2_per_mwh`, converted with 1 lb/MWh = '
-        '0.453592 g/kWh; the point covering now is in force with `kind="marginal"`, the rest '
-        'is the forecast. `GET /v3/signal-index?region=R&signal_type=co2_moer`: '
+        '0.453592 g/kWh; the point covering now is in force with `kind="marginal"`, '
+        '`basis="direct"`, the rest is the forecast. `/v3/forecast` is for subscribers (except '
+        'the preview region `CAISO_NORTH`): on a plan without it (HTTP 403, not a credentials '
+        'problem) the provider stays up, reads only the index, says so in its detail, and asks '
+        'for the forecast again every 6 hours. `GET /v3/signal-index?region=R&signal_type=co2_moer`: '
         '`data[0].value`, a percentile (`meta.units` = `percentile`): a percentile cannot '
         'become grams, so it is exported only as `carbon_grid_intensity_index_ratio` (value /'
         " 100). Region: `region`, else the cloud region's WattTime region."
@@ -72,6 +83,7 @@ class WattTime(Provider):
         self.with_forecast = spec.option("forecast", True)
         self._token: str | None = None
         self._token_until = 0.0
+        self._forecast_denied_until = 0.0  # a 403 on /v3/forecast: not in this plan
 
     def describe(self) -> str:
         return f"{self.base} region {self.region}"
@@ -98,15 +110,24 @@ class WattTime(Provider):
             return await self.get_json(session, url, params=params,
                                        headers={"Authorization": f"Bearer {token}"})
         except ProviderError as exc:
-            if exc.reason != AUTH:
-                raise
+            if exc.reason != AUTH or exc.status == 403:
+                raise  # 403: the token is good, the plan does not cover this
         self._token = None  # the token expired early: log in again, once
         token = await self._login(session)
         return await self.get_json(session, url, params=params,
                                    headers={"Authorization": f"Bearer {token}"})
 
     async def fetch(self, session) -> Fetched:
-        answer = await self._get(session, "/v3/forecast")
+        answer = None
+        if time.monotonic() >= self._forecast_denied_until:
+            try:
+                answer = await self._get(session, "/v3/forecast")
+            except ProviderError as exc:
+                if exc.status != 403:
+                    raise
+                self._forecast_denied_until = time.monotonic() + FORECAST_RECHECK_SECONDS
+        if answer is None:
+            return await self._index_only(session)
         factor = unit_factor(dig(answer, "meta.units", "forecast"), "meta.units")
         items = dig(answer, "data", "forecast")
         if not isinstance(items, list) or not items:
@@ -121,14 +142,26 @@ class WattTime(Provider):
         stamp, grams = current[-1]
         forecast = tuple(ForecastPoint(start, start + period, g) for start, g in points) \
             if self.with_forecast else ()
-        index = None
         try:
-            signal = await self._get(session, "/v3/signal-index")
-            units = str(dig(signal, "meta.units", "signal-index")).lower()
-            value = dig(signal, "data.0.value", "signal-index")
-            if units == "percentile" and isinstance(value, (int, float)) and 0 <= value <= 100:
-                index = float(value) / 100
+            index = await self._index(session)
         except ProviderError:
             index = None  # the index is optional: the MOER above is what is accounted
-        return Fetched(Intensity(grams, self.region, self.name, "marginal", min(stamp, now)),
-                       forecast, index)
+        return Fetched(Intensity(grams, self.region, self.name, "marginal", min(stamp, now),
+                                 DIRECT), forecast, index)
+
+    async def _index(self, session) -> float | None:
+        signal = await self._get(session, "/v3/signal-index")
+        units = str(dig(signal, "meta.units", "signal-index")).lower()
+        value = dig(signal, "data.0.value", "signal-index")
+        if units == "percentile" and isinstance(value, (int, float)) and 0 <= value <= 100:
+            return float(value) / 100
+        raise ProviderError(INVALID, f"signal-index: {value!r} {units!r} is not a percentile")
+
+    async def _index_only(self, session) -> Fetched:
+        """A plan without /v3/forecast: the index, which every account may read."""
+        note = (f"MOER and forecast unavailable: /v3/forecast for {self.region} is not in this "
+                f"WattTime plan (HTTP 403); reading the index only")
+        index = await self._index(session)
+        if index is None:
+            raise ProviderError(NO_DATA, note)
+        return Fetched(None, (), index, zone=self.region, note=note)

@@ -1,0 +1,315 @@
+"""NVML failures stay local: one GPU failing (at enumeration, on its limit, lost off the bus)
+leaves the others measured and attributed; old drivers, MIG with one small instance and
+scrambled PIDs are handled; and the fake pynvml matches the real nvidia-ml-py module where
+the exporter depends on it."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import time
+
+import pytest
+
+from exporter.attribution import Attribution
+from exporter.ledger import Counted, Ledger
+from exporter.sources import ERROR, OK, PERMISSION
+from exporter.sources.nvml import NvmlSource
+from tests.fakes import pynvml as fake
+from tests.harness import ExporterProcess, wait_for
+from tests.test_attribution import IDLE, build_tree, container_cgroup, make_config, pod_uid
+from tests.test_attribution import container_id
+
+
+def gpu(index: int, energy_mj: int | None = 1_000_000, **extra) -> dict:
+    return {"name": "NVIDIA H100 80GB HBM3", "uuid": f"GPU-00000000-0000-0000-0000-{index:012d}",
+            "pci": f"00000000:{0x18 + index:02X}:00.0", "energy_mj": energy_mj,
+            "power_mw": 250_000, "limit_mw": 700_000, "error": None, "mig": False, **extra}
+
+
+@pytest.fixture(autouse=True)
+def fresh_fake(monkeypatch):
+    monkeypatch.delenv("FAKE_NVML_STATE", raising=False)
+    fake.set_state({"driver": "550.54.15", "gpus": []})
+    fake.reset()
+    yield
+    fake.reset()
+
+
+def state(*gpus: dict, **extra) -> dict:
+    value = {"driver": "550.54.15", "gpus": list(gpus), **extra}
+    fake.set_state(value)
+    return value
+
+
+# --- the fake is the real module's shape ----------------------------------------------------
+
+def real_pynvml():
+    """nvidia-ml-py's own pynvml module: installed for the exporter, and importing it loads no
+    library. In-process tests do not put tests/fakes on the path, so this is the real one."""
+    module = importlib.import_module("pynvml")
+    assert "tests/fakes" not in (module.__file__ or ""), module.__file__
+    return module
+
+
+def test_fake_errors_are_the_real_modules():
+    real = real_pynvml()
+    codes = {name: getattr(fake, name) for name in dir(fake) if name.startswith("NVML_ERROR_")}
+    for name, code in codes.items():
+        assert getattr(real, name) == code, name
+        error_real, error_fake = real.NVMLError(code), fake.NVMLError(code)
+        assert type(error_real).__name__ == type(error_fake).__name__, name
+        assert str(error_fake) == str(error_real), name
+        assert error_fake.value == code
+    assert isinstance(fake.NVMLError(15), fake.NVMLError_GpuIsLost)  # type: ignore[attr-defined]
+    assert not issubclass(real.NVMLLibraryMismatchError, real.NVMLError)
+    assert not issubclass(fake.NVMLLibraryMismatchError, fake.NVMLError)
+
+
+def test_fake_process_struct_has_the_real_fields():
+    real = real_pynvml()
+    state(gpu(0, processes=[{"pid": 42, "used_mem": 1}]))
+    fake.nvmlInit()
+    (process,) = fake.nvmlDeviceGetComputeRunningProcesses(fake.nvmlDeviceGetHandleByIndex(0))
+    fields = [name for name, _ in real.c_nvmlProcessInfo_v3_t._fields_]
+    assert list(vars(process)) == fields  # 4 fields: no usedGpuCcProtectedMemory
+
+
+def test_fake_unversioned_call_on_an_old_driver_is_a_library_mismatch():
+    state(gpu(0, processes=[]), missing_functions=["nvmlDeviceGetComputeRunningProcesses_v3"])
+    fake.nvmlInit()
+    handle = fake.nvmlDeviceGetHandleByIndex(0)
+    with pytest.raises(fake.NVMLLibraryMismatchError):
+        fake.nvmlDeviceGetComputeRunningProcesses(handle)
+    assert fake.nvmlDeviceGetComputeRunningProcesses_v2(handle) == []
+
+
+def test_dependency_floor_excludes_the_scrambling_struct():
+    """12.535.77 read R535's process list with a 5-field struct; 12.535.108 fixed it."""
+    with open("pyproject.toml", encoding="utf-8") as handle:
+        text = handle.read()
+    assert '"nvidia-ml-py>=12.535.108,<14"' in text
+
+
+# --- the nvml collector ------------------------------------------------------------------------
+
+def test_one_gpu_of_four_failing_at_enumeration_leaves_three():
+    value = state(gpu(0), gpu(1), gpu(2, handle_error="NVML_ERROR_NO_PERMISSION"), gpu(3))
+    source, ledger = NvmlSource(nvml=fake), Ledger()
+    result = source.read()
+    assert [r.device for r in result.readings] == ["gpu-0", "gpu-1", "gpu-3"]
+    assert [g.device for g in result.gpus] == ["gpu-0", "gpu-1", "gpu-3"]
+    assert result.status.reason == ERROR
+    assert "gpu-2: cannot open: Insufficient Permissions (next try in 30 s)" in result.status.detail
+    ledger.update(result.readings, 0.0)
+    # not probed again before its back-off runs out
+    for g in value["gpus"]:
+        g["energy_mj"] += 10_000
+    time.sleep(0.02)
+    ledger.update(source.read().readings, 0.0)
+    assert fake.calls_by_gpu[("nvmlDeviceGetHandleByIndex", 2)] == 1
+    for device in ("gpu-0", "gpu-1", "gpu-3"):
+        assert ledger.tracks[("gpu", "", device, "nvml")].joules == pytest.approx(10.0)
+    # permission granted; the retry comes: gpu-2 joins
+    value["gpus"][2]["handle_error"] = None
+    source.gpus[2].retry_at = 0.0
+    result = source.read()
+    assert result.status.reason == OK
+    assert [r.device for r in result.readings] == ["gpu-0", "gpu-1", "gpu-2", "gpu-3"]
+
+
+def test_every_gpu_failing_at_enumeration_is_reported_and_releases_nvml():
+    state(gpu(0, handle_error="NVML_ERROR_NO_PERMISSION"),
+          gpu(1, handle_error="NVML_ERROR_NO_PERMISSION"))
+    source = NvmlSource(nvml=fake)
+    result = source.read()
+    assert result.status.reason == PERMISSION
+    assert "gpu-0" in result.status.detail and "gpu-1" in result.status.detail
+    assert fake._initialised == 0
+
+
+def test_unreadable_power_limit_keeps_the_energy_and_nvml():
+    value = state(*(gpu(i, errors={"nvmlDeviceGetEnforcedPowerLimit": "NVML_ERROR_NOT_SUPPORTED"})
+                    for i in range(2)))
+    source, ledger = NvmlSource(nvml=fake), Ledger()
+    for _cycle in range(5):
+        result = source.read()
+        assert result.status.reason == OK, result.status
+        assert [r.device for r in result.readings] == ["gpu-0", "gpu-1"]
+        assert all(g.power_limit_watts is None for g in result.gpus)
+        ledger.update(result.readings, 0.0)
+        for g in value["gpus"]:
+            g["energy_mj"] += 5_000
+        time.sleep(0.01)
+    assert fake.calls["nvmlInit"] == 1 and "nvmlShutdown" not in fake.calls
+    # read apart and rarely: once per GPU over the five cycles
+    assert fake.calls_by_gpu[("nvmlDeviceGetEnforcedPowerLimit", 0)] == 1
+    assert ledger.tracks[("gpu", "", "gpu-0", "nvml")].joules == pytest.approx(20.0)
+
+
+def test_lost_gpu_is_backed_off_and_the_others_keep_their_cadence():
+    # a lost GPU's calls wait for the driver's timeout before GPU_IS_LOST comes back
+    value = state(gpu(0), gpu(1), gpu(2), gpu(3))
+    source = NvmlSource(nvml=fake)
+    source.read()
+    value["gpus"][1].update(error="NVML_ERROR_GPU_IS_LOST", block_s=0.3)
+    durations, seen = [], []
+    for _ in range(6):
+        for g in value["gpus"]:
+            g["energy_mj"] += 1_000
+        started = time.monotonic()
+        result = source.read()
+        durations.append(time.monotonic() - started)
+        seen.append([r.device for r in result.readings])
+    assert durations[0] >= 0.3  # the call that found it lost
+    assert max(durations[1:]) < 0.1, durations  # not asked again: no more waits
+    assert all(devices == ["gpu-0", "gpu-2", "gpu-3"] for devices in seen)
+    # counter probe and first read, then the one call that found it lost: no more
+    assert fake.calls_by_gpu[("nvmlDeviceGetTotalEnergyConsumption", 1)] == 3
+    assert fake.calls_by_gpu[("nvmlDeviceGetTotalEnergyConsumption", 0)] == 8  # probe + 7 reads
+    assert "gpu-1: GPU is lost (next try in 30 s)" in result.status.detail
+    assert source.initialised  # the others keep NVML up
+
+
+def test_stepping_energy_counter_gives_the_mean_power():
+    state(gpu(0, energy_mj=0, power_mw=200_000, step_ms=20))
+    source, ledger = NvmlSource(nvml=fake), Ledger()
+    first = source.read().readings
+    ledger.update(first, 0.0)
+    time.sleep(0.5)
+    last = source.read().readings
+    ledger.update(last, 0.0)
+    joules = ledger.tracks[("gpu", "", "gpu-0", "nvml")].joules
+    # 200 W, counted in 4 J steps: within one step either side
+    assert joules == pytest.approx(200.0 * (last[0].at - first[0].at), abs=8.0)
+
+
+def test_one_gpu_failing_in_a_real_exporter(tmp_path):
+    """Through the real process: the three good GPUs' energy is exported, the failing one is
+    named on the landing page."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tests.harness import http_get
+
+    path = tmp_path / "nvml.json"
+    path.write_text(json.dumps({"driver": "550.54.15", "gpus": [
+        gpu(0), gpu(1), gpu(2, handle_error="NVML_ERROR_NO_PERMISSION"), gpu(3)]}))
+    exporter = ExporterProcess(tmp_path, [
+        "--sample.interval=100ms", "--carbon.intensity=300", "--no-collector.rapl",
+        "--no-collector.cpu-model", "--no-collector.dram-model", "--no-collector.attribution"],
+        fake_nvml_state=path)
+    try:
+        exporter.wait_ready()
+
+        def devices():
+            found = {s.labels["device"] for f in text_string_to_metric_families(exporter.metrics())
+                     if f.name == "carbon_energy_joules" for s in f.samples
+                     if s.name == "carbon_energy_joules_total"}
+            return found if found else None
+
+        assert wait_for(devices, 10, "GPU energy series") == {"gpu-0", "gpu-1", "gpu-3"}
+        page = http_get(exporter.url + "/")[2].decode()
+        assert "gpu-2: cannot open: Insufficient Permissions" in page
+    finally:
+        exporter.stop()
+
+
+# --- attribution's GPU reader -------------------------------------------------------------------
+
+def attribution_with(tmp_path, gpus: list[dict], **extra) -> tuple[Attribution, object]:
+    tree = build_tree(tmp_path, "v2")
+    pid = tree.add(container_cgroup(1), processes=1)[0]
+    fake.set_state({"driver": "550.54.15", "gpus": [dict(g, processes=[
+        {"pid": pid, "used_mem": 1 << 30}]) if g.get("processes") == "pod" else g for g in gpus],
+        **extra})
+    config = make_config(tmp_path, collector__nvml=True, attribution__gpu_idle_watts=0.0)
+    return Attribution(config, nvml=fake), pid
+
+
+POD = ("container", "", pod_uid(1), container_id(1)[:12], "", "")
+
+
+def test_attribution_one_gpu_failing_at_enumeration(tmp_path):
+    attribution, _ = attribution_with(tmp_path, [
+        gpu(0, processes="pod", samples=None), gpu(1, handle_error="NVML_ERROR_NO_PERMISSION"),
+        gpu(2, processes="pod", samples=None), gpu(3, processes=[])])
+    attribution.account(attribution.read(), [], 0.0)
+    counted = [Counted("gpu", f"gpu-{n}", 10.0, 0.0) for n in (0, 2, 3)]
+    split = attribution.account(attribution.read(), counted, 1.0)
+    assert split.parts["gpu"][POD] == pytest.approx(20.0)
+    assert dict(attribution.gpu_split) == {"gpu-0": "memory", "gpu-2": "memory", "gpu-3": "idle"}
+    assert "gpu-1: cannot open" in attribution.read().status.detail
+
+
+def test_attribution_on_a_driver_without_v3(tmp_path):
+    attribution, _ = attribution_with(
+        tmp_path, [gpu(0, processes="pod", samples=None)],
+        missing_functions=["nvmlDeviceGetComputeRunningProcesses_v3"])
+    attribution.account(attribution.read(), [], 0.0)
+    split = attribution.account(attribution.read(), [Counted("gpu", "gpu-0", 10.0, 0.0)], 1.0)
+    assert dict(attribution.gpu_split) == {"gpu-0": "memory"}  # not "unavailable"
+    assert split.parts["gpu"][POD] == pytest.approx(10.0)
+    assert fake.calls["nvmlDeviceGetComputeRunningProcesses_v2"] >= 1
+
+
+def test_attribution_utilisation_samples_need_no_process_list(tmp_path):
+    attribution, pid = attribution_with(
+        tmp_path, [gpu(0, processes="pod")],
+        missing_functions=["nvmlDeviceGetComputeRunningProcesses_v3"])
+    fake._state["gpus"][0]["samples"] = [{"pid": pid, "ts": 10, "sm": 50}]
+    split = attribution.account(attribution.read(), [], 0.0)
+    split = attribution.account(attribution.read(), [Counted("gpu", "gpu-0", 10.0, 0.0)], 1.0)
+    assert dict(attribution.gpu_split) == {"gpu-0": "sm_utilization"}
+    assert "nvmlDeviceGetComputeRunningProcesses_v2" not in fake.calls
+    assert split.parts["gpu"][POD] == pytest.approx(10.0)
+
+
+def test_attribution_mig_with_one_small_instance(tmp_path):
+    tree = build_tree(tmp_path, "v2")
+    pid = tree.add(container_cgroup(1), processes=1)[0]
+    fake.set_state({"driver": "550.54.15", "gpus": [gpu(0, mig=True, mig_slices=7, mig_devices=[
+        {"sm": 14, "slices": 1, "processes": [{"pid": pid, "used_mem": 1 << 30}]}])]})
+    attribution = Attribution(make_config(tmp_path, collector__nvml=True,
+                                          attribution__gpu_idle_watts=0.0), nvml=fake)
+    attribution.account(attribution.read(), [], 0.0)
+    split = attribution.account(attribution.read(), [Counted("gpu", "gpu-0", 70.0, 0.0)], 1.0)
+    # a lone 1g instance is 1 of the GPU's 7 slices, not all of it; the unused rest is idle
+    assert split.parts["gpu"][POD] == pytest.approx(10.0)
+    assert split.parts["gpu"][IDLE] == pytest.approx(60.0)
+
+
+def test_attribution_scrambled_pids_are_not_trusted(tmp_path):
+    attribution, pid = attribution_with(tmp_path, [gpu(0, samples=None, processes=[
+        {"pid": 1184, "used_mem": 0}, {"pid": 0, "used_mem": 4294967295},
+        {"pid": 4294967295, "used_mem": 16040}])])
+    attribution.account(attribution.read(), [], 0.0)
+    result = attribution.read()
+    split = attribution.account(result, [Counted("gpu", "gpu-0", 10.0, 0.0)], 1.0)
+    assert dict(attribution.gpu_split) == {"gpu-0": "unavailable"}
+    assert "impossible PIDs" in result.status.detail and "12.535.108" in result.status.detail
+    assert POD not in split.parts["gpu"]
+
+
+def test_attribution_gpu_idle_floor(tmp_path):
+    attribution, _ = attribution_with(tmp_path, [gpu(0, processes="pod", samples=None)])
+    attribution.configure(make_config(tmp_path, collector__nvml=True,
+                                      attribution__gpu_idle_watts=60.0))
+    attribution.account(attribution.read(), [], 0.0)
+    split = attribution.account(attribution.read(), [Counted("gpu", "gpu-0", 100.0, 0.0)], 1.0)
+    # 100 W over 1 s with one process holding a context: 60 J idle, 40 J to the process
+    assert split.parts["gpu"][IDLE] == pytest.approx(60.0)
+    assert split.parts["gpu"][POD] == pytest.approx(40.0)
+
+
+def test_attribution_lost_gpu_is_backed_off(tmp_path):
+    attribution, _ = attribution_with(tmp_path, [gpu(0, processes="pod", samples=None),
+                                                 gpu(1, processes=[], samples=None)])
+    attribution.read()
+    fake._state["gpus"][1].update(error="NVML_ERROR_GPU_IS_LOST", block_s=0.2)
+    attribution.read()
+    started = time.monotonic()
+    for _ in range(3):
+        result = attribution.read()
+    assert time.monotonic() - started < 0.3
+    assert result.observation.gpus["gpu-1"].basis == "unavailable"
+    assert result.observation.gpus["gpu-0"].basis == "memory"
