@@ -284,8 +284,9 @@ class Config:
         "lowest per-sample CPU power over the last hour).", minimum=0, reloadable=True)
     attribution_gpu_idle_watts: float | None = _s(
         "attribution.gpu_idle_watts", "float", None,
-        "Power of one GPU with nothing running, reported as kind=\"idle\" (default: learned "
-        "per GPU like the CPU's).", minimum=0, reloadable=True)
+        "Power of one GPU with nothing running, reported as kind=\"idle\" (default: the lowest "
+        "power seen while it ran no process; none until it has been seen idle).", minimum=0,
+        reloadable=True)
     attribution_dram_idle_watts: float | None = _s(
         "attribution.dram_idle_watts", "float", None,
         "DRAM power with nothing running (default: learned like the CPU's).",

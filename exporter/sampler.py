@@ -267,6 +267,9 @@ class Sampler:
         # _publish, on the event loop like the scrapes, so building it later reads the same.
         self._snapshot: Snapshot | None = Snapshot(timestamp=None, intensity=intensity, pue=pue)
         self._published: _Published | None = None
+        # called with each new snapshot, on the event loop; must be cheap (the landing page's
+        # ring of recent samples). A listener makes every cycle build its snapshot.
+        self.listeners: list[Callable[[Snapshot], None]] = []
         self.cycles = 0
         self.last_cycle_at: float | None = None
 
@@ -380,6 +383,11 @@ class Sampler:
         self._published = _Published(time.time(), intensity, pue, rate, embodied_rate, extra,
                                      newest)
         self._snapshot = None
+        for listener in self.listeners:
+            try:
+                listener(self.snapshot)
+            except Exception:  # a listener bug must not stop sampling
+                log.exception("snapshot listener failed")
 
     @property
     def snapshot(self) -> Snapshot:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-import html
 import ssl
 import time
 
@@ -12,10 +11,9 @@ from aiohttp import hdrs, web
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
-from exporter import __version__
-from exporter.carbon.secrets import redact
 from exporter.collector import SnapshotCollector
 from exporter.connections import BACKLOG, ConnectionGuard
+from exporter.landing import Landing
 from exporter.sampler import Sampler
 from exporter.selfmetrics import SelfMetrics
 from exporter.webconfig import OPEN_PATHS, WebSecurity
@@ -30,49 +28,6 @@ MAX_CACHED_NAMES = 64
 EOF = b"# EOF\n"
 SAMPLER_KEY = web.AppKey("sampler", Sampler)
 PATH_KEY = web.AppKey("telemetry_path", str)
-
-
-async def landing(request: web.Request) -> web.Response:
-    sampler = request.app[SAMPLER_KEY]
-    snap = sampler.snapshot
-    path = request.app[PATH_KEY]
-    rows = "".join(
-        f"<tr><td>{html.escape(c.name)}</td><td>{html.escape(c.status.reason)}</td>"
-        f"<td>{html.escape(c.status.detail)}</td></tr>"
-        for c in snap.collectors
-    ) or "<tr><td colspan=3>no sample yet</td></tr>"
-    intensity = snap.intensity
-    carbon = (
-        f"{intensity.grams_per_kwh:g} gCO2e/kWh, zone {html.escape(intensity.grid_zone or '-')}, "
-        f"provider {html.escape(intensity.provider)}, {html.escape(intensity.kind)}, "
-        f"basis {html.escape(intensity.basis)}, PUE {snap.pue:g}"
-        if intensity else "none"
-    )
-    grid = getattr(snap, "grid", None)
-    providers = "".join(
-        f"<tr><td>{html.escape(p.name)}</td><td>{html.escape(p.type)}</td>"
-        f"<td>{html.escape(p.description)}</td><td>{html.escape(p.reason)}</td>"
-        f"<td>{html.escape(redact(p.detail))}</td>"
-        f"<td>{'' if p.value is None else f'{p.value.grams_per_kwh:g}'}</td>"
-        f"<td>{'' if p.value is None else html.escape(f'{p.value.kind}, {p.value.basis}')}</td>"
-        f"<td>{'yes' if p.in_force else ''}</td></tr>"
-        for p in (grid.providers if grid is not None else ())
-    )
-    if providers:
-        carbon += ("<table border=\"1\" cellpadding=\"4\"><tr><th>provider</th><th>type</th>"
-                   "<th>source</th><th>state</th><th>detail</th><th>gCO2e/kWh</th><th>basis</th>"
-                   f"<th>in force</th></tr>{providers}</table>")
-    body = f"""<!DOCTYPE html>
-<html><head><meta charset="utf-8"><title>carbon-exporter</title></head>
-<body>
-<h1>carbon-exporter {html.escape(__version__)}</h1>
-<p><a href="{html.escape(path)}">Metrics</a> &middot; <a href="/healthz">Health</a></p>
-<h2>Collectors</h2>
-<table border="1" cellpadding="4"><tr><th>collector</th><th>state</th><th>detail</th></tr>{rows}</table>
-<h2>Carbon intensity</h2><p>{carbon}</p>
-</body></html>
-"""
-    return web.Response(text=body, content_type="text/html")
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -207,7 +162,8 @@ class RequestLimit:
 
 def make_app(sampler: Sampler, telemetry_path: str = "/metrics",
              security: WebSecurity | None = None, live: SelfMetrics | None = None,
-             max_requests: int = 0, guard: ConnectionGuard | None = None) -> web.Application:
+             max_requests: int = 0, guard: ConnectionGuard | None = None,
+             landing: Landing | None = None) -> web.Application:
     # The HTTP request metrics wrap everything, so refusals are counted too; then connection
     # bookkeeping, cheap refusals (oversized bodies, authentication) and only then the limit
     # on requests in flight.
@@ -223,7 +179,10 @@ def make_app(sampler: Sampler, telemetry_path: str = "/metrics",
     app.router.add_get(telemetry_path, MetricsHandler(sampler, live))
     app.router.add_get("/healthz", healthz)
     if telemetry_path != "/":
-        app.router.add_get("/", landing)
+        # the page's ring of recent samples is fed by the sampler from now on
+        landing = landing or Landing(sampler.interval)
+        sampler.listeners.append(landing.record)
+        landing.routes(app, SAMPLER_KEY, PATH_KEY)
     return app
 
 

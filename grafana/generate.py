@@ -331,6 +331,7 @@ def node_dashboard() -> db.Dashboard:
     P = Panels()
     s = selector()
     gpu = selector('component="gpu"')
+    node_budget = selector('scope="node"')
     d = (
         base_dashboard(
             "Carbon / Node", UID_NODE,
@@ -352,7 +353,7 @@ def node_dashboard() -> db.Dashboard:
     d = d.with_panel(P.stat(
         "Grid intensity in force", "Carbon intensity the exporter applies now, with its zone and provider.",
         GRAMS_PER_KWH,
-        query(f"carbon_grid_intensity_grams_per_kwh{s}", "{{grid_zone}} · {{provider}} ({{kind}})", instant=True),
+        query(f"carbon_grid_intensity_grams_per_kwh{s}", "{{grid_zone}} · {{provider}} ({{kind}}, {{basis}})", instant=True),
         text_mode=cm.BigValueTextMode.VALUE_AND_NAME, steps=((None, "green"), (300, "yellow"), (600, "red"))))
     d = d.with_panel(P.stat(
         "PUE", "Facility overhead multiplier applied to operational emissions.",
@@ -373,6 +374,16 @@ def node_dashboard() -> db.Dashboard:
         "Power by device", "Live power per top-level device and the source it comes from.",
         WATT, query(f"sum by (component, device, source) (carbon_power_watts{s})",
                     "{{component}} {{device}} ({{source}})")))
+    d = d.with_panel(P.timeseries(
+        "Peak power and budget", "The highest 1 s sample of the last peak window "
+        "(carbon_power_peak_watts, summed over devices: an upper bound of the node's peak) "
+        "against the configured node budget (carbon_power_budget_watts): a burst between two "
+        "scrapes shows here, not in the live power. CarbonPowerAboveBudget fires above the budget.",
+        WATT,
+        query(f"sum(max_over_time(carbon_power_peak_watts{s}[$__interval]))", "peak", ref="A"),
+        query(f"sum(carbon_power_watts{s})", "live", ref="B"),
+        query(f"max(carbon_power_budget_watts{node_budget})", "budget", ref="C"),
+        min_zero=True))
     d = d.with_panel(P.timeseries(
         "Average power from energy counters", "rate() of the energy counters: exact average power "
         "between two points, smoother than the live gauge.",
@@ -404,7 +415,7 @@ def node_dashboard() -> db.Dashboard:
         stacked=True, calcs=("lastNotNull",)))
     d = d.with_panel(P.timeseries(
         "Grid intensity in force", "gCO2e per kWh applied at each moment, with zone, provider and kind.",
-        GRAMS_PER_KWH, query(f"carbon_grid_intensity_grams_per_kwh{s}", "{{grid_zone}} · {{provider}} ({{kind}})"),
+        GRAMS_PER_KWH, query(f"carbon_grid_intensity_grams_per_kwh{s}", "{{grid_zone}} · {{provider}} ({{kind}}, {{basis}})"),
         calcs=("mean", "min", "max")))
     d = d.with_panel(P.timeseries(
         "Grid intensity age", "How old the intensity value in force is; live providers refresh it, "
@@ -650,6 +661,38 @@ def cluster_dashboard() -> db.Dashboard:
         WATT,
         query(f"sum by (kind) (rate(carbon_workload_energy_joules_total{s}[$__rate_interval]))", "{{kind}}"),
         w=24, stacked=True))
+
+    # Only the coarse recording rules that prometheus/prometheus.yml's remote_write keeps, so
+    # these panels answer from a long-term store (VictoriaMetrics, Thanos, Mimir) over months
+    # after the raw series are gone (tests/test_remote_write.py).
+    d = d.with_row(P.row("Long term (from the long-term recording rules)"))
+    cluster = selector(node=False)
+    ns = selector('namespace=~"$namespace"', node=False)
+    d = d.with_panel(P.stat(
+        "Energy in time range (hourly averages)", "Energy of the scrape job over the selected "
+        "range: the average of the hourly power rule times the range's length, so it works "
+        "for months and years from the long-term store (it assumes the nodes ran throughout).",
+        KWH, query(f"sum(avg_over_time(job:carbon_energy_joules:rate1h{cluster}[$__range]))"
+                   " * $__range_s / 3.6e6", instant=True), w=6, decimals=1))
+    d = d.with_panel(P.stat(
+        "Emissions in time range (hourly averages)", "Emissions of the scrape job over the "
+        "selected range, from the hourly emissions rule in the same way.",
+        KILOGRAMS, query(f"sum(avg_over_time(job:carbon_emissions_grams:rate1h{cluster}[$__range]))"
+                         " * $__range_s / 1000", instant=True), w=6, decimals=1))
+    d = d.with_panel(P.timeseries(
+        "Daily energy per node", "kWh per node per day (the one-day rule at each day's end).",
+        KWH, query(f"instance:carbon_energy_joules:increase1d{s} / 3.6e6", "{{instance}}",
+                   interval="1d"), w=12, bars=True, calcs=("sum", "mean")))
+    d = d.with_panel(P.timeseries(
+        "Daily emissions per namespace", "Attributed gCO2e per namespace per day.",
+        GRAMS, query(f"sum by (namespace) (namespace:carbon_workload_emissions_grams:increase1d{ns})",
+                     "{{namespace}}", interval="1d"), w=12, bars=True, stacked=True,
+        calcs=("sum", "mean")))
+    d = d.with_panel(P.timeseries(
+        "Daily emissions per batch job", "Attributed gCO2e per workload_job per day.",
+        GRAMS, query(f"sum by (workload_job) (workload_job:carbon_workload_emissions_grams:increase1d{cluster})",
+                     "{{workload_job}}", interval="1d"), w=12, bars=True, stacked=True,
+        calcs=("sum", "mean")))
     return d
 
 
@@ -787,9 +830,38 @@ def render_all() -> dict[str, str]:
     """File name -> JSON text, exactly as committed."""
     out = {}
     for name, build in DASHBOARDS.items():
-        model = build().build()
-        out[name] = json.dumps(model, cls=JSONEncoder, sort_keys=True, indent=2, ensure_ascii=False) + "\n"
+        model = for_import(json.loads(json.dumps(build().build(), cls=JSONEncoder)))
+        out[name] = json.dumps(model, sort_keys=True, indent=2, ensure_ascii=False) + "\n"
     return out
+
+
+# The Grafana the dashboards are generated for (grafana-foundation-sdk's schema), and the one
+# deploy/docker/compose.yaml pins: its schemaVersion loads there (tests/test_dashboards.py).
+GRAFANA_VERSION = "11.6.0"
+PANEL_NAMES = {"bargauge": "Bar gauge", "row": "Row", "stat": "Stat", "table": "Table",
+               "timeseries": "Time series"}
+
+
+def for_import(model: dict) -> dict:
+    """What grafana.com import and "Import dashboard" expect: __inputs (the data source the
+    importer picks, the default of the datasource variable) and __requires (the Grafana
+    version and the plugins used). File provisioning ignores both."""
+    model["__inputs"] = [{"name": "DS_PROMETHEUS", "label": "Prometheus",
+                          "description": "Prometheus (or a long-term store) with the "
+                                         "carbon-exporter series and recording rules",
+                          "type": "datasource", "pluginId": "prometheus",
+                          "pluginName": "Prometheus"}]
+    panel_types = sorted({p["type"] for p in model["panels"]} - {"row"})
+    model["__requires"] = (
+        [{"type": "grafana", "id": "grafana", "name": "Grafana", "version": GRAFANA_VERSION},
+         {"type": "datasource", "id": "prometheus", "name": "Prometheus", "version": "1.0.0"}]
+        + [{"type": "panel", "id": t, "name": PANEL_NAMES.get(t, t), "version": ""}
+           for t in panel_types])
+    for variable in model["templating"]["list"]:
+        if variable["type"] == "datasource":
+            variable["current"] = {"selected": False, "text": "${DS_PROMETHEUS}",
+                                   "value": "${DS_PROMETHEUS}"}
+    return model
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,8 +2,11 @@
 # Bootstrap a fresh Debian/Ubuntu checkout: a venv in .venv with the project installed,
 # and with --test-tools the Debian packages the tests use: `prometheus` (server + promtool),
 # `prometheus-alertmanager` (amtool checks the example Alertmanager config), `chromium`
-# (headless, to open the footprint report's HTML) and `systemd` (systemd-analyze for the
-# unit checks). The packages' own services are not started: the tests run their own servers.
+# (headless, to open the footprint report's HTML and the landing page), `systemd`
+# (systemd-analyze for the unit checks) and `victoria-metrics` (the long-term store that
+# remote_write is tested against). The packages' own services are not started: the tests
+# run their own servers. Every missing package is installed (as root) or named (otherwise)
+# in one go; apt waits up to 10 minutes for another apt/dpkg to release its lock.
 # Idempotent: a second run only checks. Sourced-free: run it, it prints what it does.
 set -eu
 cd "$(dirname "$0")/.."
@@ -23,8 +26,11 @@ apt_install() {
             chmod 0755 "$policy"
         fi
         status=0
-        { DEBIAN_FRONTEND=noninteractive apt-get update -qq &&
-          DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@"; } >&2 ||
+        # another apt (unattended-upgrades, a second bootstrap) may hold the lock: wait for it
+        lock="-o DPkg::Lock::Timeout=600"
+        # shellcheck disable=SC2086 # $lock is two words on purpose
+        { DEBIAN_FRONTEND=noninteractive apt-get $lock update -qq &&
+          DEBIAN_FRONTEND=noninteractive apt-get $lock install -y -qq --no-install-recommends "$@"; } >&2 ||
             status=$?
         [ -n "$policy" ] && rm -f "$policy"
         [ "$status" = 0 ] || exit "$status"
@@ -47,10 +53,27 @@ if [ -z "$python" ]; then
     exit 1
 fi
 
-if [ ! -x .venv/bin/python ]; then
-    if ! "$python" -c 'import ensurepip, venv' 2>/dev/null; then
-        apt_install python3-venv
+# Every Debian package this run needs, gathered first so that one install (or one hint)
+# names them all.
+missing=""
+if [ ! -x .venv/bin/python ] && ! "$python" -c 'import ensurepip, venv' 2>/dev/null; then
+    missing="python3-venv"
+fi
+if [ "$want_test_tools" = yes ]; then
+    if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
+        missing="$missing prometheus"
     fi
+    command -v amtool >/dev/null 2>&1 || missing="$missing prometheus-alertmanager"
+    command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
+    command -v systemd-analyze >/dev/null 2>&1 || missing="$missing systemd"
+    command -v victoria-metrics >/dev/null 2>&1 || missing="$missing victoria-metrics"
+fi
+if [ -n "$missing" ]; then
+    # shellcheck disable=SC2086 # word splitting wanted: one package per word
+    apt_install $missing
+fi
+
+if [ ! -x .venv/bin/python ]; then
     echo "bootstrap: creating .venv with $python" >&2
     "$python" -m venv .venv
 fi
@@ -64,16 +87,3 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$digest" ]; then
     echo "$digest" > "$stamp"
 fi
 
-if [ "$want_test_tools" = yes ]; then
-    missing=""
-    if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
-        missing="prometheus"
-    fi
-    command -v amtool >/dev/null 2>&1 || missing="$missing prometheus-alertmanager"
-    command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
-    command -v systemd-analyze >/dev/null 2>&1 || missing="$missing systemd"
-    if [ -n "$missing" ]; then
-        # shellcheck disable=SC2086 # word splitting wanted: one package per word
-        apt_install $missing
-    fi
-fi

@@ -129,11 +129,13 @@ class PrometheusServer:
     """A real Prometheus scraping `targets` every `interval`, loading `rule_files`.
     data_dir: serve an existing TSDB (e.g. blocks made by promtool) instead of a fresh one;
     retention is then unlimited so that old history is not deleted at start-up.
-    config: a whole prometheus.yml (as a dict) instead of the one built from the rest."""
+    config: a whole prometheus.yml (as a dict) instead of the one built from the rest;
+    extra_config: top-level keys added to either (e.g. remote_write)."""
 
     def __init__(self, tmp: Path, targets: list[str], interval: str = "1s",
                  rule_files: list[Path] | None = None, job: str = "carbon-exporter",
-                 data_dir: Path | None = None, config: dict | None = None) -> None:
+                 data_dir: Path | None = None, config: dict | None = None,
+                 extra_config: dict | None = None) -> None:
         binary = prometheus_binary()
         if binary is None:
             raise RuntimeError("prometheus is not installed: run ./scripts/test.sh, which installs it")
@@ -148,6 +150,7 @@ class PrometheusServer:
         }
         if rule_files:
             config["rule_files"] = [str(p) for p in rule_files]
+        config.update(extra_config or {})  # e.g. remote_write
         (self.dir / "prometheus.yml").write_text(yaml.safe_dump(config))
         self.log_path = self.dir / "prometheus.log"
         self.log = open(self.log_path, "wb")
@@ -183,6 +186,13 @@ class PrometheusServer:
         result = self.query(expr, at)
         assert len(result) == 1, f"{expr}: expected one series, got {result}"
         return float(result[0]["value"][1])
+
+    def memory_bytes(self) -> float:
+        """Resident memory of the server process (VmRSS)."""
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return float(line.split()[1]) * 1024
+        return float("nan")
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -180,7 +180,8 @@ def openmetrics() -> str:
          [(t, FORECAST_MIN_A) for t in sample_times(NODE_A)])])
     family("carbon_pue_ratio", "gauge", [
         (_labels(**node_of(n)), [(t, PUE[n]) for t in sample_times(n)]) for n in PUE])
-    up = []
+    up: list[tuple[str, list[tuple[int, float]]]] = []
+    status: list[tuple[str, list[tuple[int, float]]]] = []
     for node, collector, reason, value, when in (
             (NODE_A, "rapl", "ok", 1, lambda t: True),
             (NODE_A, "nvml", "ok", 1, lambda t: not _between(t, NVML_DOWN)),
@@ -190,14 +191,28 @@ def openmetrics() -> str:
             (NODE_B, "cpu-model", "ok", 1, lambda t: True),
             (NODE_B, "rapl", "absent", 0, lambda t: True),
             (NODE_B, "nvml", "absent", 0, lambda t: True)):
-        up.append((_labels(**node_of(node), collector=collector, reason=reason),
-                   [(t, float(value)) for t in sample_times(node) if when(t)]))
-    family("carbon_exporter_collector_up", "gauge", up)
+        points = [(t, float(value)) for t in sample_times(node) if when(t)]
+        if node == NODE_A:  # today's exporter: one _up series, the reason in status_info
+            up.append((_labels(**node_of(node), collector=collector), points))
+            status.append((_labels(**node_of(node), collector=collector, reason=reason),
+                           [(t, 1.0) for t, _ in points]))
+        else:  # an older exporter: the reason on _up itself
+            up.append((_labels(**node_of(node), collector=collector, reason=reason), points))
+    # A's _up series carries each collector's samples of both reasons, in time order
+    merged: dict[str, list[tuple[int, float]]] = {}
+    for labels, points in up:
+        merged.setdefault(labels, []).extend(points)
+    family("carbon_exporter_collector_up", "gauge",
+           [(labels, sorted(points)) for labels, points in merged.items()])
+    family("carbon_exporter_collector_status_info", "gauge", status)
     # The provider fails from the first fetch after 02:00 until the fresh value at 03:21.
     failing = lambda t: STALE_FROM < t < FRESH_AT  # noqa: E731
     family("carbon_grid_provider_up", "gauge", [
+        (_labels(**node_of(NODE_A), provider="electricitymaps"),
+         [(t, 0.0 if failing(t) else 1.0) for t in sample_times(NODE_A)])])
+    family("carbon_grid_provider_status_info", "gauge", [
         (_labels(**node_of(NODE_A), provider="electricitymaps", reason=reason),
-         [(t, float(value)) for t in sample_times(NODE_A) if failing(t) != value])
+         [(t, 1.0) for t in sample_times(NODE_A) if failing(t) != value])
         for reason, value in (("ok", 1), ("timeout", 0))])
     family("carbon_model_info", "gauge", [
         (_labels(**node_of(node), collector=c, method=m, basis=b), [(t, 1.0) for t in sample_times(node)])

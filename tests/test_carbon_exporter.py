@@ -209,3 +209,32 @@ def test_fallback_that_changes_basis_shows_in_metrics_and_log(tmp_path, fake):
         assert exporter.stop() == 0
     log = exporter.output()
     assert "the basis changes from average lifecycle to average direct" in log
+
+
+def test_watttime_free_plan_is_up_with_its_index_not_auth(tmp_path, fake):
+    """A free WattTime account outside the preview region: the provider is up (reason ok, not
+    auth), its index is exported, no MOER is in force (the dataset is), and the landing page
+    says the forecast is not in the plan."""
+    fake.wt_plan = "free"
+    wt = {"type": "watttime", "url": f"{fake.url}/wt", "region": "PJM_DC", "refresh": 0.3,
+          "timeout": 1, "username_env": "WT_USER", "password_env": "WT_PASS"}
+    config = {"carbon": {"zone": "US", "providers": [wt]}}
+    exporter, _tree = start(tmp_path, config,
+                            env={"WT_USER": fake.username, "WT_PASS": fake.password})
+    try:
+        wait_for(lambda: value(exporter.metrics(), "carbon_grid_intensity_index_ratio",
+                               provider="watttime") == pytest.approx(0.73), 10, "the index")
+        text = exporter.metrics()
+        assert value(text, "carbon_grid_provider_up", provider="watttime") == 1
+        assert value(text, "carbon_grid_provider_status_info", provider="watttime",
+                     reason="ok") == 1
+        assert value(text, "carbon_grid_provider_status_info", provider="watttime",
+                     reason="auth") is None
+        assert value(text, "carbon_grid_intensity_grams_per_kwh", provider="dataset",
+                     basis="lifecycle") is not None
+        assert value(text, "carbon_grid_intensity_forecast_min_grams_per_kwh",
+                     provider="watttime") is None
+        page = http_get(exporter.url + "/")[2].decode()
+        assert "not in this WattTime plan (HTTP 403)" in page
+    finally:
+        assert exporter.stop() == 0

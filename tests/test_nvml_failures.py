@@ -313,3 +313,60 @@ def test_attribution_lost_gpu_is_backed_off(tmp_path):
     assert time.monotonic() - started < 0.3
     assert result.observation.gpus["gpu-1"].basis == "unavailable"
     assert result.observation.gpus["gpu-0"].basis == "memory"
+
+
+def test_lost_gpu_in_the_sampler_leaves_the_others_on_cadence():
+    """Through the sampler's nvml lane: after the one cycle that finds gpu-1 lost (its call
+    waits 0.4 s for the driver), every cycle finishes well within the 0.25 s interval and the
+    other GPUs' energy moves each cycle."""
+    import asyncio
+
+    from exporter.carbon import Intensity
+    from exporter.sampler import Sampler
+
+    value = state(gpu(0), gpu(1), gpu(2), gpu(3))
+    sampler = Sampler([NvmlSource(nvml=fake)], interval=0.25,
+                      intensity=Intensity(300.0, "DE", "static"), pue=1.0)
+    durations: list[float] = []
+    joules: list[dict[str, float]] = []
+
+    async def run() -> None:
+        await sampler.cycle()
+        value["gpus"][1].update(error="NVML_ERROR_GPU_IS_LOST", block_s=0.4)
+        for _ in range(6):
+            for g in value["gpus"]:
+                g["energy_mj"] += 5_000
+            await asyncio.sleep(0.05)
+            started = time.monotonic()
+            snap = await sampler.cycle()
+            durations.append(time.monotonic() - started)
+            joules.append({s.device: s.joules for s in snap.energy})
+
+    try:
+        asyncio.run(run())
+    finally:
+        sampler.close()
+    assert max(durations[2:]) < 0.25, durations  # no cycle waits on the lost GPU again
+    for before, after in zip(joules[1:], joules[2:]):
+        for device in ("gpu-0", "gpu-2", "gpu-3"):
+            assert after[device] > before[device], (device, before, after)
+
+
+def test_attribution_gpu_idle_floor_is_learned_only_while_idle(tmp_path):
+    tree = build_tree(tmp_path, "v2")
+    pid = tree.add(container_cgroup(1), processes=1)[0]
+    fake.set_state({"driver": "550.54.15", "gpus": [gpu(0, processes=[], samples=None),
+                                                    gpu(1, samples=None, processes=[
+                                                        {"pid": pid, "used_mem": 1 << 30}])]})
+    attribution = Attribution(make_config(tmp_path, collector__nvml=True), nvml=fake)
+    attribution.account(attribution.read(), [], 0.0)
+    # gpu-0 idle at 55 W: learned; gpu-1 always busy at 700 W: never learned, no floor
+    split = attribution.account(attribution.read(), [Counted("gpu", "gpu-0", 55.0, 0.0),
+                                                     Counted("gpu", "gpu-1", 700.0, 0.0)], 1.0)
+    assert split.parts["gpu"][POD] == pytest.approx(700.0)
+    fake._state["gpus"][0]["processes"] = [{"pid": pid, "used_mem": 1 << 30}]
+    split = attribution.account(attribution.read(), [Counted("gpu", "gpu-0", 80.0, 0.0),
+                                                     Counted("gpu", "gpu-1", 700.0, 0.0)], 2.0)
+    # a process holding an idle context on gpu-0 is charged 80 - 55 W, not 80 W
+    assert split.parts["gpu"][POD] == pytest.approx(25.0 + 700.0)
+    assert split.parts["gpu"][IDLE] == pytest.approx(55.0)

@@ -225,6 +225,35 @@ def test_every_alert_is_tested_firing_and_not_firing():
     assert not (firing | quiet) - names, f"tests for unknown alerts: {sorted((firing | quiet) - names)}"
 
 
+def _durations(text: str) -> float:
+    from exporter.confutil import parse_duration
+    return parse_duration(str(text))
+
+
+def test_every_alert_is_tested_recovering_and_with_missing_data():
+    """Issue 10: each alert is shown firing and then clearing within one test case, and quiet
+    when its input series are missing (an evaluation with no exporter series at all)."""
+    recovers: set[str] = set()
+    missing: set[str] = set()
+    for path in RULE_TESTS:
+        for case in yaml.safe_load(path.read_text(encoding="utf-8"))["tests"]:
+            # alert -> [(eval time, the label sets expected firing)]
+            by_alert: dict[str, list[tuple[float, set[frozenset]]]] = {}
+            for check in case.get("alert_rule_test") or []:
+                fired = {frozenset(a["exp_labels"].items()) for a in check.get("exp_alerts") or []}
+                by_alert.setdefault(check["alertname"], []).append((_durations(check["eval_time"]), fired))
+            for name, evals in by_alert.items():
+                evals.sort(key=lambda e: e[0])
+                # some alert that fired is gone at a later evaluation
+                if any(earlier - later for i, (_, earlier) in enumerate(evals) for _, later in evals[i + 1:]):
+                    recovers.add(name)
+            if "missing data" in case["name"]:
+                missing.update(name for name, evals in by_alert.items() if not any(f for _, f in evals))
+    names = {rule["alert"] for rule in alerts()}
+    assert not names - recovers, f"alerts never shown recovering: {sorted(names - recovers)}"
+    assert not names - missing, f"alerts without a missing-data case: {sorted(names - missing)}"
+
+
 def test_collector_alert_ignores_absent_and_superseded():
     rule = next(r for r in alerts() if r["alert"] == "CarbonCollectorFailing")
     assert "absent" in rule["expr"] and "superseded" in rule["expr"]

@@ -98,7 +98,10 @@ class Attribution(Source):
         self.kube = KubeMetadata(config)
         self.book = Book(1, 1, 1.0)
         self.floors = {"cpu": IdleFloor(), "dram": IdleFloor()}
-        self.gpu_floors: dict[str, IdleFloor] = {}  # per GPU device, learned
+        # per GPU device: the lowest power seen while it ran no process (a GPU in a training
+        # cluster may never be idle for an hour, so the CPU's rolling minimum would learn its
+        # full-load draw as "idle"; a GPU's idle draw is stable, so it is kept once seen)
+        self.gpu_idle_seen: dict[str, float] = {}
         self.previous: Observation | None = None
         self.last_at: float | None = None
         self.labels: dict[str, tuple[object, frozenset[str] | None, Key]] = {}
@@ -322,10 +325,14 @@ class Attribution(Source):
                 continue
             # an idle floor like the CPU's: a process holding an idle context is charged for
             # what the GPU draws above idle, not for the idle draw itself
-            floor = self.gpu_floors.setdefault(device, IdleFloor())
-            floor.configured = self.config.attribution_gpu_idle_watts
-            idle = (min(measured, floor.watts(measured / seconds, now) * seconds)
-                    if seconds > 0 else measured)
+            if shares.basis == gpu_basis.IDLE and seconds > 0:
+                seen = self.gpu_idle_seen.get(device)
+                watts = measured / seconds
+                self.gpu_idle_seen[device] = watts if seen is None else min(seen, watts)
+            floor = self.config.attribution_gpu_idle_watts
+            if floor is None:
+                floor = self.gpu_idle_seen.get(device, 0.0)  # never seen idle: no floor
+            idle = min(measured, floor * seconds) if seconds > 0 else measured
             parts[IDLE] = parts.get(IDLE, 0.0) + idle
             energy = measured - idle
             weighted: list[tuple[Key | None, float]] = []

@@ -16,6 +16,7 @@ from typing import Any
 from exporter import __version__
 from exporter.carbon import grid_dataset
 from exporter.ledger import JOULES_PER_KWH
+from exporter.report import longterm
 from exporter.report import metricnames as names
 from exporter.report.fetch import History, ReportError, fetch
 from exporter.report.methodology import (
@@ -55,7 +56,7 @@ SCHEMA_VERSION = "1.0"
 
 # Where the exporter's energy comes from (the `source` label) and how much to trust it.
 SOURCE_CATEGORY = {"rapl": "counter", "nvml": "counter", "hwmon": "counter",
-                   "power_sample": "sampled_power", "model": "model",
+                   "power_sample": "sampled_power", "model": "model", "longterm": "longterm",
                    "platform_remainder": "platform_remainder"}
 WORKLOAD_LABELS = ("namespace", "pod", "container", "unit", "workload_job")
 DEFAULT_WHAT_IF_ZONES = ("WORLD", "FR", "DE", "US", "GB", "PL", "NO", "IN")
@@ -84,6 +85,7 @@ class Report:
         self.req = request
         self.start, self.end = request.start, request.end
         self.fetch_from = request.start - LOOKBACK_SECONDS
+        self.longterm = False  # the counters were rebuilt from the long-term rules
 
     def build(self) -> dict[str, Any]:
         if self.end <= self.start:
@@ -95,6 +97,7 @@ class Report:
         """The document from fetched history: no Prometheus from here on."""
         req = self.req
         self.targets = history.targets
+        self.longterm = history.longterm
         energy, operational, embodied = history.energy, history.operational, history.embodied
         pue, node_energy = history.pue, history.node_energy
         bucket = history.bucket
@@ -112,6 +115,8 @@ class Report:
 
         facility = self._facility_joules()
         totals = self._totals(facility)
+        if self.longterm:
+            totals["notes"].append(longterm.NOTE)
         document = {
             "schema_version": SCHEMA_VERSION,
             "generated_at": rfc3339(round(time.time())),

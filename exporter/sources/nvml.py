@@ -16,8 +16,11 @@ limit is read apart from the energy, every LIMIT_REFRESH_SECONDS: GPUs without a
 limit (GeForce, laptop parts) keep their energy. NVML itself is shut down and initialised
 again only when no GPU can be read at all (a reloaded driver invalidates every handle).
 
-The `device` label is gpu-<NVML index>. NVML's index order can change across reboots and
-driver updates; carbon_gpu_info{device, uuid, pci_bus_id} is the join to a stable identity.
+The `device` label is gpu-<NVML index>. NVML's reference for nvmlDeviceGetHandleByIndex_v2:
+"The order in which NVML enumerates devices has no guarantees of consistency between reboots.
+For that reason it is recommended that devices be looked up by their PCI ids or UUID", and
+nvmlDeviceGetCount_v2 counts devices for which that call returns NVML_ERROR_NO_PERMISSION:
+carbon_gpu_info{device, uuid, pci_bus_id} is the join to a stable identity.
 """
 
 from __future__ import annotations
