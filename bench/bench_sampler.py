@@ -49,8 +49,17 @@ CODECARBON_PYTHON = Path(__file__).resolve().parent / ".venv-codecarbon" / "bin"
 IDLE_LOOP = "import asyncio\nasync def main():\n    while True:\n        await asyncio.sleep(1)\nasyncio.run(main())\n"
 
 
-def cpu_seconds(pid: int) -> float:
-    """CPU time of every thread, in ns resolution (schedstat), unlike the 10 ms of /proc/PID/stat."""
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int, ended_threads: bool = False) -> float:
+    """CPU time of every live thread, in ns resolution (schedstat), unlike the 10 ms of
+    /proc/PID/stat; ended_threads: /proc/PID/stat's utime + stime instead, which also holds
+    what threads that already ended used (CodeCarbon measures in a fresh timer thread every
+    second: per-thread figures would miss it), at clock-tick resolution."""
+    if ended_threads:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
     total = 0
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
@@ -67,10 +76,11 @@ def rss_mb(pid: int) -> tuple[float, float]:
     return rss, hwm
 
 
-def cpu_ms_per_second(pids: list[int], seconds: float) -> list[float]:
-    before = [cpu_seconds(pid) for pid in pids]
+def cpu_ms_per_second(pids: list[int], seconds: float,
+                      ended_threads: frozenset[int] = frozenset()) -> list[float]:
+    before = [cpu_seconds(pid, pid in ended_threads) for pid in pids]
     time.sleep(seconds)
-    after = [cpu_seconds(pid) for pid in pids]
+    after = [cpu_seconds(pid, pid in ended_threads) for pid in pids]
     return [(b - a) / seconds * 1000 for a, b in zip(before, after)]
 
 
@@ -133,7 +143,8 @@ def main() -> int:
                 exporter.wait_ready()
             time.sleep(3)  # past start-up: imports, first NVML init, table loads
             cpu = cpu_ms_per_second([e.proc.pid for _, e in runs] + [p.pid for _, p in others],
-                                    args.seconds)
+                                    args.seconds, frozenset(p.pid for name, p in others
+                                                            if name.startswith("CodeCarbon")))
             for (name, exporter), cpu_ms in zip(runs, cpu):
                 p50, p99, size = scrape_latency(exporter.port, args.scrapes)
                 rss, hwm = rss_mb(exporter.proc.pid)
