@@ -61,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "energy and CO2e emissions. Every flag also reads from the environment "
                     "variable shown, and from the same key in --config.file; flags win. "
                     "`carbon-exporter report --help`: the footprint report from Prometheus "
-                    "history.",
+                    "history. `carbon-exporter estimate-retraining --help`: the cost of "
+                    "retraining for a shift, from its PreIndex and measured runs.",
     )
     parser.add_argument("--version", action=VersionAction, nargs=0,
                         help="Print the version, revision and build date, and exit.")
@@ -150,7 +151,8 @@ class Daemon:
         self.intensity = static_intensity(config)
         self.security = WebSecurity(config.web_config_file)
         self.sampler = Sampler(build_sources(config), config.sample_interval, self.intensity,
-                               config.carbon_pue, peak_window=config.power_peak_window)
+                               config.carbon_pue, peak_window=config.power_peak_window,
+                               takeover=config.sample_model_takeover)
         self.sampler.power_budget = config.power_budget_watts
         self.sampler.embodied = Embodied(config)
         self.chain = Chain.from_config(config, self._publish_grid)
@@ -285,6 +287,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # ML runs: a wrapper and record tools, not the daemon (exporter/runs/).
         from exporter.runs.cli import main as runs_main
         return runs_main(argv)
+    if argv[:1] == ["estimate-retraining"]:
+        # Reads run records and fits them: no daemon, no numpy.
+        from exporter.retraining.cli import main as retraining_main
+        return retraining_main(argv[1:])
     parser = build_parser()
     args = vars(parser.parse_args(argv))
     config_file = args.pop("config_file", None) or os.environ.get("CARBON_EXPORTER_CONFIG_FILE")

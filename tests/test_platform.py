@@ -77,7 +77,7 @@ def test_conservation_platform_400w_components_300w(tmp_path):
             for component in ("cpu", "dram", "other"):
                 assert sum(w.joules for w in snap.workloads if w.component == component) == \
                     pytest.approx(sum(e.joules for e in snap.energy if e.component == component))
-            assert {w.kind for w in snap.workloads if w.component == "other"} == {"other"}
+            assert {w.kind for w in snap.workloads if w.component == "other"} <= {"idle", "other"}
         # RAPL domains are not mixed with the meter
         assert {d for d, _, _ in snap.rapl_domains} == {"package", "dram"}
     finally:
@@ -152,3 +152,72 @@ def test_components_far_above_the_meter_are_reported_once(caplog):
     assert len(warnings) == 1
     node = sum(t.joules for t in ledger.tracks.values() if t.component)
     assert node == pytest.approx(300.0 * 79)  # the components, nothing subtracted
+
+
+def test_report_says_the_totals_follow_the_platform_meter(tmp_path):
+    """Real exporter (ACPI power meter 400 W, an AMD GPU at 300 W as the only component),
+    real Prometheus, real `carbon-exporter report`: the data-quality section names the
+    platform meter as the totals' basis and the remainder's share of the energy."""
+    import json
+    import subprocess
+    import sys
+    import time
+
+    from tests.harness import ExporterProcess, PrometheusServer, prometheus_binary, require
+    from tests.hwmon_fixtures import HwmonTree
+
+    if prometheus_binary() is None:
+        require("prometheus is not installed (Debian package prometheus)")
+    tree = HwmonTree(tmp_path / "sys")
+    tree.add_acpi_power_meter(microwatts=400_000_000)
+    tree.add_amdgpu("0000:03:00.0", average_uw=300_000_000)
+    exporter = ExporterProcess(tmp_path, [
+        f"--path.sysfs={tree.sysfs}", f"--path.procfs={tmp_path / 'proc'}",
+        "--sample.interval=200ms", "--carbon.intensity=400", "--no-collector.rapl",
+        "--no-collector.nvml", "--no-collector.cpu-model", "--no-collector.dram-model",
+        "--no-collector.attribution"])
+    prom = None
+    try:
+        exporter.wait_ready()
+        prom = PrometheusServer(tmp_path, [f"127.0.0.1:{exporter.port}"], interval="500ms")
+        started = time.time()
+        time.sleep(8)
+        result = subprocess.run(
+            [sys.executable, "-m", "exporter", "report", f"--prometheus={prom.url}",
+             f"--node=127.0.0.1:{exporter.port}", "--format=json",
+             f"--from={time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(started))}",
+             "--to=now"], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        quality = json.loads(result.stdout)["data_quality"]
+        assert quality["totals_basis"] == "platform_meter"
+        assert quality["platform_remainder_share"] == pytest.approx(0.25, abs=0.05)
+        categories = {row["source"]: row["category"] for row in quality["sources"]}
+        assert categories == {"power_sample": "sampled_power",
+                              "platform_remainder": "platform_remainder"}
+        markdown = subprocess.run(
+            [sys.executable, "-m", "exporter", "report", f"--prometheus={prom.url}",
+             f"--node=127.0.0.1:{exporter.port}", "--format=md", f"--output={tmp_path / 'r.md'}",
+             f"--from={time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(started))}",
+             "--to=now"], capture_output=True, text=True, timeout=120)
+        assert markdown.returncode == 0, markdown.stderr
+        assert "Totals basis: the platform meter" in (tmp_path / "r.md").read_text()
+    finally:
+        if prom is not None:
+            prom.stop()
+        exporter.stop()
+
+
+def test_remainder_is_split_into_its_idle_floor_and_other(tmp_path):
+    """The remainder by the same rule as CPU and DRAM idle: its lowest power is idle, the
+    rest other (no CPU time says which workload spun the fans)."""
+    from exporter.ledger import Counted
+
+    attribution = Attribution(make_config(tmp_path))
+    attribution.account(None, [], 0.0)
+    for t, watts in enumerate([100.0, 100.0, 150.0, 130.0], start=1):
+        split = attribution.account(None, [Counted("other", "power_meter-ACPI000D:00", watts,
+                                                   watts * GPJ)], float(t))
+        assert sum(split.parts["other"].values()) == pytest.approx(watts)
+    by_kind = {s.kind: s.joules for s in attribution.series if s.component == "other"}
+    assert by_kind["idle"] == pytest.approx(400.0)  # 4 samples x the 100 W floor
+    assert by_kind["other"] == pytest.approx(80.0)  # 50 + 30 above it
