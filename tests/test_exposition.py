@@ -23,17 +23,21 @@ VARYING_LABELS = ("version", "python_version", "revision", "builddate")
 
 
 def normalise(text: str) -> str:
-    """Blank the sample values (and the build's own label values); keep the rest verbatim."""
-    out = []
-    for line in text.splitlines():
+    """Blank the sample values (and the build's own label values) and sort each family's
+    samples (their order follows which lane answered first); keep the rest verbatim."""
+    out: list[str] = []
+    samples: list[str] = []
+    for line in [*text.splitlines(), "# END"]:
         if line.startswith("#") or not line.strip():
+            out.extend(sorted(samples))
+            samples = []
             out.append(line)
             continue
         series, _, _value = line.rpartition(" ")
         for label in VARYING_LABELS:
             series = re.sub(rf'(?<=[{{,]){label}="[^"]*"', f'{label}="*"', series)
-        out.append(f"{series} _")
-    return "\n".join(out) + "\n"
+        samples.append(f"{series} _")
+    return "\n".join(out[:-1]) + "\n"
 
 
 def test_fixture_node_exposition_is_the_golden_one_and_promtool_clean(tmp_path):
