@@ -332,6 +332,8 @@ def node_dashboard() -> db.Dashboard:
     s = selector()
     gpu = selector('component="gpu"')
     node_budget = selector('scope="node"')
+    components = selector('source!="platform_remainder"')
+    remainder = selector('source="platform_remainder"')
     d = (
         base_dashboard(
             "Carbon / Node", UID_NODE,
@@ -374,6 +376,17 @@ def node_dashboard() -> db.Dashboard:
         "Power by device", "Live power per top-level device and the source it comes from.",
         WATT, query(f"sum by (component, device, source) (carbon_power_watts{s})",
                     "{{component}} {{device}} ({{source}})")))
+    d = d.with_panel(P.timeseries(
+        "Meter vs components", "Where the server reports its own power (ACPI power meter, "
+        "BMC over Redfish), the meter (carbon_platform_power_watts) against the components "
+        "the exporter measures or models; the node total follows the meter and the gap is "
+        "component=\"other\" (fans, disks, NICs, power-supply losses). Empty without a meter.",
+        WATT,
+        query(f"sum by (device, source) (carbon_platform_power_watts{s})",
+              "meter {{device}} ({{source}})", ref="A"),
+        query(f"sum(carbon_power_watts{components})", "components", ref="B"),
+        query(f"sum(carbon_power_watts{remainder})", "other (meter - components)", ref="C"),
+        min_zero=True))
     d = d.with_panel(P.timeseries(
         "Peak power and budget", "The highest 1 s sample of the last peak window "
         "(carbon_power_peak_watts, summed over devices: an upper bound of the node's peak) "

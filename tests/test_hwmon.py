@@ -188,3 +188,17 @@ def test_one_unreadable_sensor_is_an_error_and_the_rest_read(traversable_tmp):
     assert status["reason"] == ERROR, status
     assert "permission denied for gpu-0000:03:00.0" in status["detail"]
     assert status["readings"] == ["power_meter-ACPI000D:00"]
+
+
+def test_own_lane_only_where_there_is_a_sensor(tmp_path):
+    """A stalling ACPI meter must not hold up RAPL (own lane); a node without sensors does not
+    pay for a lane it does not need."""
+    from exporter.config import resolve
+
+    empty = HwmonSource.from_config(resolve({"path.sysfs": str(tmp_path / "none")}, None, {}))
+    assert empty.lane == "host"
+    tree = HwmonTree(tmp_path / "sys")
+    tree.add_acpi_power_meter(400_000_000)
+    metered = HwmonSource.from_config(resolve({"path.sysfs": tree.sysfs}, None, {}))
+    assert metered.lane == "hwmon"
+    assert metered.read().readings[0].value == pytest.approx(400.0)

@@ -16,6 +16,7 @@ import yaml
 
 from tests.fixtures import ProcfsTree, intel_two_socket
 from tests.harness import ExporterProcess, PrometheusServer, wait_for
+from tests.hwmon_fixtures import HwmonTree
 from tests.workload_fixtures import WorkloadTree, container_cgroup, container_id, pod_uid
 from tests.promql_inventory import (
     all_promql_expressions,
@@ -107,6 +108,8 @@ def _fast_rule_files(tmp_path):
 @pytest.mark.usefixtures("prometheus_required")
 def test_every_shipped_expression_returns_data(tmp_path):
     tree = intel_two_socket(tmp_path / "sys")
+    # an ACPI power meter: the meter-vs-components panel and the platform remainder
+    HwmonTree(tmp_path / "sys").add_acpi_power_meter(microwatts=2_000_000_000)
     procfs = ProcfsTree(tmp_path / "proc")
     # a pod and a Slurm job for the per-namespace, per-pod and per-job rules
     workloads = WorkloadTree(procfs, tmp_path / "sys", write_pid_stats=False)

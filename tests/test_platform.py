@@ -151,3 +151,56 @@ def test_components_far_above_the_meter_are_reported_once(caplog):
     assert len(warnings) == 1
     node = sum(t.joules for t in ledger.tracks.values() if t.component)
     assert node == pytest.approx(300.0 * 79)  # the components, nothing subtracted
+
+
+def test_report_says_the_totals_follow_the_platform_meter(tmp_path):
+    """Real exporter (ACPI power meter 400 W, an AMD GPU at 300 W as the only component),
+    real Prometheus, real `carbon-exporter report`: the data-quality section names the
+    platform meter as the totals' basis and the remainder's share of the energy."""
+    import json
+    import subprocess
+    import sys
+    import time
+
+    from tests.harness import ExporterProcess, PrometheusServer, prometheus_binary, require
+    from tests.hwmon_fixtures import HwmonTree
+
+    if prometheus_binary() is None:
+        require("prometheus is not installed (Debian package prometheus)")
+    tree = HwmonTree(tmp_path / "sys")
+    tree.add_acpi_power_meter(microwatts=400_000_000)
+    tree.add_amdgpu("0000:03:00.0", average_uw=300_000_000)
+    exporter = ExporterProcess(tmp_path, [
+        f"--path.sysfs={tree.sysfs}", f"--path.procfs={tmp_path / 'proc'}",
+        "--sample.interval=200ms", "--carbon.intensity=400", "--no-collector.rapl",
+        "--no-collector.nvml", "--no-collector.cpu-model", "--no-collector.dram-model",
+        "--no-collector.attribution"])
+    prom = None
+    try:
+        exporter.wait_ready()
+        prom = PrometheusServer(tmp_path, [f"127.0.0.1:{exporter.port}"], interval="500ms")
+        started = time.time()
+        time.sleep(8)
+        result = subprocess.run(
+            [sys.executable, "-m", "exporter", "report", f"--prometheus={prom.url}",
+             f"--node=127.0.0.1:{exporter.port}", "--format=json",
+             f"--from={time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(started))}",
+             "--to=now"], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        quality = json.loads(result.stdout)["data_quality"]
+        assert quality["totals_basis"] == "platform_meter"
+        assert quality["platform_remainder_share"] == pytest.approx(0.25, abs=0.05)
+        categories = {row["source"]: row["category"] for row in quality["sources"]}
+        assert categories == {"power_sample": "sampled_power",
+                              "platform_remainder": "platform_remainder"}
+        markdown = subprocess.run(
+            [sys.executable, "-m", "exporter", "report", f"--prometheus={prom.url}",
+             f"--node=127.0.0.1:{exporter.port}", "--format=md", f"--output={tmp_path / 'r.md'}",
+             f"--from={time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(started))}",
+             "--to=now"], capture_output=True, text=True, timeout=120)
+        assert markdown.returncode == 0, markdown.stderr
+        assert "Totals basis: the platform meter" in (tmp_path / "r.md").read_text()
+    finally:
+        if prom is not None:
+            prom.stop()
+        exporter.stop()

@@ -157,8 +157,10 @@ def classify(hwmon: str, hwmon_dir: str) -> tuple[Sensor | None, str]:
 
 class HwmonSource(Source):
     name = "hwmon"
-    # An ACPI meter read runs an ACPI method that may wait on the BMC: its own lane, so a
-    # slow meter never delays RAPL or the models.
+    # An ACPI meter read runs an ACPI method that may wait on the BMC (through IPMI), a GPU
+    # reading its firmware: their own lane, so a slow sensor never delays RAPL or the models.
+    # A node without such sensors (most VMs) reads the empty class on the host lane instead
+    # of paying a thread hand-off per cycle for nothing (decided at start, see from_config).
     lane = "hwmon"
     components = ("gpu",)  # the platform meter is no component: the node total
     provides = frozenset({ENERGY, PLATFORM_READING})
@@ -174,7 +176,11 @@ class HwmonSource(Source):
 
     @classmethod
     def from_config(cls, config: Config) -> HwmonSource:
-        return cls(config.path_sysfs)
+        source = cls(config.path_sysfs)
+        source._discover()
+        if not source.sensors and not source.problems:
+            source.lane = "host"
+        return source
 
     def __init__(self, sysfs: str) -> None:
         self.root = os.path.join(sysfs, "class", "hwmon")
@@ -226,12 +232,18 @@ class HwmonSource(Source):
                         "acpi_power_meter, amdgpu, i915 or xe driver is not loaded)"))
         readings: list[Reading] = []
         denied: list[str] = []
+        asleep: list[str] = []
         problems = list(self.problems)
         for sensor in self.sensors:
             at = time.monotonic()
             try:
                 raw = _read_integer(sensor.path)
             except PermissionError:
+                if sensor.component == "gpu" and os.access(sensor.path, os.R_OK):
+                    # readable file, EPERM from the driver: amdgpu answers so while the GPU
+                    # is runtime-suspended or in reset (it is not woken to be measured)
+                    asleep.append(sensor.device)
+                    continue
                 denied.append(f"{sensor.device} ({sensor.path})")
                 continue
             except FileNotFoundError:
@@ -260,4 +272,7 @@ class HwmonSource(Source):
             problems.append(f"permission denied for {', '.join(denied)}")
         if problems:
             return SourceResult(Status(ERROR, "; ".join(problems)), readings)
+        if asleep:  # not a failure: nothing to measure while the GPU sleeps
+            return SourceResult(Status(OK, f"{self.detail}; asleep: {', '.join(asleep)}"),
+                                readings)
         return SourceResult(Status(OK, self.detail), readings)
