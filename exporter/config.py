@@ -176,6 +176,11 @@ class Config:
     sample_interval: float = _s(
         "sample.interval", "duration", "1s",
         "How often sources are read: a Prometheus duration (500ms, 1s) or seconds (0.5).")
+    sample_model_takeover: float = _s(
+        "sample.model_takeover", "duration", "30s",
+        "How long a counter (RAPL) may be away before its model takes over: a shorter outage "
+        "is bridged by the counter alone when it returns; after it the model counts from the "
+        "counter's last reading, and the counter, when back, from its first new one.")
     # --collector.<name>, one per registered source, are listed here (COLLECTORS_AFTER)
     collectors: frozenset[str] = frozenset()
     rapl_min_interval: float = _s(

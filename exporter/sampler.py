@@ -16,6 +16,7 @@ own declarations (exporter.sources).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import threading
 import time
@@ -27,7 +28,8 @@ from exporter.carbon import Intensity
 from exporter.ledger import PLATFORM, Ledger, Reading, grams_per_joule
 from exporter.peak import PeakTracker, budgets
 from exporter.sources import (
-    ERROR, GPU_INFO, MEASURED, MODEL, OBSERVER, GpuInfo, Source, SourceResult, Status,
+    ERROR, GPU_INFO, MEASURED, MODEL, OBSERVER, SUPERSEDED, Covered, GpuInfo, Source,
+    SourceResult, Status,
 )
 
 if TYPE_CHECKING:
@@ -36,6 +38,9 @@ if TYPE_CHECKING:
     from exporter.carbon.providers.chain import GridState
 
 log = logging.getLogger(__name__)
+
+# --sample.model-takeover default: a counter away for longer is replaced by its model.
+DEFAULT_TAKEOVER = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,28 +116,39 @@ class _Coverage:
 
     Each lane reports after its measured sources and before its models; a lane's models wait
     (until a deadline) for every other lane's report, so a model stands aside for a component
-    measured on any lane. A lane that does not report in time (a stalled read) counts with
-    what its sources covered last time: a counter that stalls is read late, not lost, so the
-    model must not fill its gap (that would count the energy twice).
+    measured on any lane. A component that no read covered this cycle (its counter vanished,
+    or the lane stalled) is *held* for the hand-over time after its last read: a counter that
+    comes back bridges the gap itself, so the model must not fill it (that would count the
+    energy twice). After that the model takes over (see sources.Covered).
     """
 
-    def __init__(self, lanes: set[str], last: dict[str, frozenset[str]],
-                 lock: threading.Condition) -> None:
+    def __init__(self, lanes: set[str], seen: dict[str, float], takeover: float,
+                 lock: threading.Condition, clock: Callable[[], float]) -> None:
         self._lock = lock  # the sampler's: a late lane of an earlier cycle reports under it too
         self._waiting = set(lanes)
-        self._last = last  # measured source -> components its last completed read covered
+        self._seen = seen  # component -> when a measured read last covered it
+        self._fresh: set[str] = set()  # covered by a read of this cycle
+        self._takeover = takeover
+        self._clock = clock
 
     def report(self, lane: str, covered: dict[str, frozenset[str]]) -> None:
         with self._lock:
-            self._last.update(covered)
+            now = self._clock()
+            for components in covered.values():
+                self._fresh.update(components)
+                for component in components:
+                    self._seen[component] = now
             self._waiting.discard(lane)
             self._lock.notify_all()
 
-    def wait(self, deadline: float, clock: Callable[[], float]) -> frozenset[str]:
+    def wait(self, deadline: float) -> Covered:
         with self._lock:
-            self._lock.wait_for(lambda: not self._waiting, timeout=max(0.0, deadline - clock()))
-            # this cycle's reads, and for lanes not heard from, what they covered last time
-            return frozenset(c for components in self._last.values() for c in components)
+            self._lock.wait_for(lambda: not self._waiting,
+                                timeout=max(0.0, deadline - self._clock()))
+            now = self._clock()
+            held = {c for c, at in self._seen.items()
+                    if c not in self._fresh and now - at <= self._takeover}
+            return Covered(self._fresh, held)
 
 
 def _timed_read(source: Source, covered: frozenset[str]) -> tuple[SourceResult, float]:
@@ -145,8 +161,8 @@ def _timed_read(source: Source, covered: frozenset[str]) -> tuple[SourceResult, 
     return result, time.perf_counter() - started
 
 
-def _read_lane(lane: _Lane, coverage: _Coverage, deadline: float,
-               clock: Callable[[], float]) -> list[tuple[SourceResult, float]]:
+def _read_lane(lane: _Lane, coverage: _Coverage,
+               deadline: float) -> list[tuple[SourceResult, float]]:
     """Runs in the lane's thread: each source once, models last, after every measured source
     of every lane (or the deadline)."""
     results = []
@@ -158,7 +174,7 @@ def _read_lane(lane: _Lane, coverage: _Coverage, deadline: float,
             coverage.report(lane.name, covered)
             reported = True
         result, duration = _timed_read(
-            source, coverage.wait(deadline, clock) if source.role == MODEL else frozenset())
+            source, coverage.wait(deadline) if source.role == MODEL else frozenset())
         if source.role == MEASURED:
             covered[source.name] = frozenset(r.component for r in result.readings if r.component)
         results.append((result, duration))
@@ -173,8 +189,9 @@ _ROLE_ORDER = {MEASURED: 0, OBSERVER: 1, MODEL: 2}
 class Sampler:
     def __init__(self, sources: Sequence[Source], interval: float, intensity: Intensity,
                  pue: float, clock: Callable[[], float] = time.monotonic,
-                 peak_window: float = 60.0) -> None:
+                 peak_window: float = 60.0, takeover: float = DEFAULT_TAKEOVER) -> None:
         self.interval = interval
+        self.takeover = takeover  # how long a counter may be away before a model takes over
         self.peaks = PeakTracker(max(peak_window, interval))
         self.power_budget: object = None  # the power.budget_watts setting, set by the daemon
         self.intensity = intensity
@@ -190,7 +207,9 @@ class Sampler:
             lanes.setdefault(source.lane, []).append(source)
         self.lanes = [_Lane(name, ThreadPoolExecutor(1, thread_name_prefix=f"collector-{name}"),
                             [_Worker(s) for s in members]) for name, members in lanes.items()]
-        self._coverage: dict[str, frozenset[str]] = {}  # measured source -> last covered
+        self._seen: dict[str, float] = {}  # component -> when a measured read last covered it
+        # component -> (where a model began counting it, where it stopped; None: counting)
+        self._modelled: dict[str, tuple[float, float | None]] = {}
         self._coverage_lock = threading.Condition()
         self._gpus: dict[str, tuple[GpuInfo, ...]] = {}  # GPU_INFO source -> its GPUs
         self.gpus: tuple[GpuInfo, ...] = ()
@@ -227,12 +246,12 @@ class Sampler:
         observed: SourceResult | None = None
         now = self.clock()
         idle = [lane for lane in self.lanes if lane.pending is None]
-        coverage = _Coverage({lane.name for lane in idle if lane.measures}, self._coverage,
-                             self._coverage_lock)
+        coverage = _Coverage({lane.name for lane in idle if lane.measures}, self._seen,
+                             self.takeover, self._coverage_lock, self.clock)
         deadline = now + self.interval / 2  # models wait at most this long for measured lanes
         for lane in idle:
             lane.pending = loop.run_in_executor(lane.executor, _read_lane, lane, coverage,
-                                                deadline, self.clock)
+                                                deadline)
             lane.pending_since = now
         waiting = [lane.pending for lane in self.lanes if lane.pending is not None]
         if waiting:
@@ -249,13 +268,42 @@ class Sampler:
             results, lane.pending = lane.pending.result(), None
             for worker, (result, duration) in zip(lane.workers, results):
                 self._record(worker, result, duration)
-                readings.extend(result.readings)
+                readings.extend(self._handed_back(worker.source, result))
                 if GPU_INFO in worker.source.provides:
                     self._gpus[worker.source.name] = tuple(result.gpus)
                 if worker.source is self.attribution:
                     observed = result
         self.gpus = tuple(gpu for gpus in self._gpus.values() for gpu in gpus)
         return self._publish(readings, observed)
+
+    def _handed_back(self, source: Source, result: SourceResult) -> list[Reading]:
+        """The readings to count, given what models counted. A model's baseline reading marks
+        where it starts counting a component (at a take-over: the counter's last reading);
+        its last reading when it stands aside again, where it stopped. A counter reading whose
+        previous one is older than that start spans the model's time: while the model counts
+        it is a new baseline; after, only its share after the model's stop counts (a zone
+        back a sample after the others)."""
+        if source.role == MODEL:
+            for reading in result.readings:
+                if not reading.component:
+                    continue
+                if reading.baseline:
+                    self._modelled[reading.component] = (reading.at, None)
+                elif result.status.reason == SUPERSEDED and reading.component in self._modelled:
+                    self._modelled[reading.component] = (
+                        self._modelled[reading.component][0], reading.at)
+            return result.readings
+        if source.role != MEASURED or not self._modelled:
+            return result.readings
+        readings = []
+        for reading in result.readings:
+            span = self._modelled.get(reading.component or "")
+            track = self.ledger.tracks.get(reading.key) if span is not None else None
+            if span is not None and track is not None and track.last_at <= span[0]:
+                reading = (dataclasses.replace(reading, baseline=True) if span[1] is None
+                           else dataclasses.replace(reading, since=span[1]))
+            readings.append(reading)
+        return readings
 
     def _publish(self, readings: list[Reading], observed: SourceResult | None = None) -> Snapshot:
         intensity, pue = self.intensity, self.pue

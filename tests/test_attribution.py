@@ -232,7 +232,8 @@ def test_no_read_in_time_puts_everything_in_idle_and_other(tmp_path):
     split = attribution.account(None, counted_cpu(30.0) + [Counted("other", "x", 5.0, 0.0)], 1.0)
     assert_conserved(split)
     assert split.parts["cpu"] == {IDLE: 10.0, OTHER: pytest.approx(20.0)}
-    assert split.parts["other"] == {OTHER: 5.0}
+    # a platform meter's remainder: its (learned) idle floor is idle, the rest other
+    assert split.parts["other"] == {IDLE: 5.0, OTHER: 0.0}
 
 
 def test_a_failing_read_or_split_loses_no_energy(tmp_path, monkeypatch):

@@ -76,7 +76,7 @@ def test_conservation_platform_400w_components_300w(tmp_path):
             for component in ("cpu", "dram", "other"):
                 assert sum(w.joules for w in snap.workloads if w.component == component) == \
                     pytest.approx(sum(e.joules for e in snap.energy if e.component == component))
-            assert {w.kind for w in snap.workloads if w.component == "other"} == {"other"}
+            assert {w.kind for w in snap.workloads if w.component == "other"} <= {"idle", "other"}
         # RAPL domains are not mixed with the meter
         assert {d for d, _, _ in snap.rapl_domains} == {"package", "dram"}
     finally:
@@ -204,3 +204,19 @@ def test_report_says_the_totals_follow_the_platform_meter(tmp_path):
         if prom is not None:
             prom.stop()
         exporter.stop()
+
+
+def test_remainder_is_split_into_its_idle_floor_and_other(tmp_path):
+    """The remainder by the same rule as CPU and DRAM idle: its lowest power is idle, the
+    rest other (no CPU time says which workload spun the fans)."""
+    from exporter.ledger import Counted
+
+    attribution = Attribution(make_config(tmp_path))
+    attribution.account(None, [], 0.0)
+    for t, watts in enumerate([100.0, 100.0, 150.0, 130.0], start=1):
+        split = attribution.account(None, [Counted("other", "power_meter-ACPI000D:00", watts,
+                                                   watts * GPJ)], float(t))
+        assert sum(split.parts["other"].values()) == pytest.approx(watts)
+    by_kind = {s.kind: s.joules for s in attribution.series if s.component == "other"}
+    assert by_kind["idle"] == pytest.approx(400.0)  # 4 samples x the 100 W floor
+    assert by_kind["other"] == pytest.approx(80.0)  # 50 + 30 above it

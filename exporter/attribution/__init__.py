@@ -97,7 +97,8 @@ class Attribution(Source):
             gpus=GpuProcessReader(nvml, config.path_procfs) if config.collector("nvml") else None)
         self.kube = KubeMetadata(config)
         self.book = Book(1, 1, 1.0)
-        self.floors = {"cpu": IdleFloor(), "dram": IdleFloor()}
+        # "other": a platform meter's remainder (fans, disks, PSU losses), idle part learned
+        self.floors = {"cpu": IdleFloor(), "dram": IdleFloor(), "other": IdleFloor()}
         # per GPU device: the lowest power seen while it ran no process (a GPU in a training
         # cluster may never be idle for an hour, so the CPU's rolling minimum would learn its
         # full-load draw as "idle"; a GPU's idle draw is stable, so it is kept once seen)
@@ -275,6 +276,10 @@ class Attribution(Source):
                 if proc_cpu and per_second > 0:
                     processes[component] = {k: (parent, per_second * s)
                                             for k, (parent, s) in proc_cpu.items()}
+            elif component == "other" and seconds > 0:
+                # no CPU time says who caused it: its idle floor is idle, the rest other
+                idle = min(energy, self.floors["other"].watts(energy / seconds, now) * seconds)
+                parts[component] = {IDLE: idle, OTHER: energy - idle}
             elif component != "gpu":
                 parts[component] = {OTHER: energy}
         if gpu_energy:

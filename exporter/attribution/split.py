@@ -8,6 +8,9 @@ Per sample and component, with E the energy the ledger counted for it:
                  other  = active - sum_w E_w                  (CPU time outside any workload)
   GPU (per device): E_w = E x share_w (NVML, see gpu.py); unmapped processes -> other,
                  no process -> idle
+  other (a platform meter's remainder: fans, disks, NICs, power-supply losses):
+                 idle   = min(E, P_idle x dt)                 (P_idle learned)
+                 other  = E - idle
   anything else: other = E
 
 so idle + other + sum_w E_w = E exactly, every sample (a test checks it).

@@ -32,7 +32,9 @@ import psutil
 
 from exporter import data
 from exporter.ledger import Reading
-from exporter.sources import ERROR, MODEL, OK, SUPERSEDED, Source, SourceResult, Status
+from exporter.sources import (
+    ERROR, MODEL, OK, SUPERSEDED, Source, SourceResult, Status, held,
+)
 
 if TYPE_CHECKING:
     from exporter.config import Config
@@ -285,6 +287,7 @@ class CpuModelSource(Source):
         self.procfs = procfs
         self.joules = 0.0  # the model's own energy counter
         self.last: tuple[float, float, float] | None = None  # (at, busy, total)
+        self.counting = False  # this model counts the CPU (no counter does)
         self.topology: CpuTopology | None = None
         self.range: PowerCurve | None = None
         self.utilisation = 0.0  # over the last interval
@@ -306,9 +309,11 @@ class CpuModelSource(Source):
         return self.range
 
     def read(self, covered: frozenset[str] = frozenset()) -> SourceResult:
-        if "cpu" in covered:
-            self.last = None  # start over if RAPL goes away later
-            return SourceResult(Status(SUPERSEDED, "RAPL package counters measure the CPU"))
+        if "cpu" in held(covered):
+            # RAPL is away but may come back and bridge the gap: keep the baseline where it
+            # was last read, so that a take-over counts from there
+            return SourceResult(Status(SUPERSEDED, "RAPL package counters are away (bridged "
+                                                   "when they return)"))
         try:
             power = self._ensure_range()
             psutil.PROCFS_PATH = self.procfs
@@ -317,11 +322,25 @@ class CpuModelSource(Source):
         except (OSError, ValueError, AttributeError, KeyError, re.error) as exc:
             return SourceResult(Status(ERROR, f"cpu-model: {exc}"))
         previous, self.last = self.last, (at, busy, total)
+        measured = "cpu" in covered
+        if measured and not self.counting:  # RAPL measures: only the baseline moves
+            return SourceResult(Status(SUPERSEDED, "RAPL package counters measure the CPU"))
+        readings = []
         if previous is not None:
+            if not self.counting:  # taking over: count from where RAPL was last read
+                readings.append(self._reading(previous[0], baseline=True))
             spent = total - previous[2]
             busy_share = (busy - previous[1]) / spent if spent > 0 else 0.0
             self.utilisation = min(1.0, max(0.0, busy_share))
             self.joules += power.at(self.utilisation) * max(0.0, at - previous[0])
-        return SourceResult(Status(OK, power.basis, power.method), [Reading(
-            collector=self.name, device="node", source="model", value=self.joules, at=at,
-            counter=True, max_watts=MODEL_MAX_WATTS, component="cpu", baseline=previous is None)])
+        readings.append(self._reading(at, baseline=previous is None))
+        self.counting = not measured  # handing back: this reading was the model's last
+        if measured:
+            return SourceResult(Status(SUPERSEDED, "RAPL package counters measure the CPU"),
+                                readings)
+        return SourceResult(Status(OK, power.basis, power.method), readings)
+
+    def _reading(self, at: float, baseline: bool) -> Reading:
+        return Reading(collector=self.name, device="node", source="model", value=self.joules,
+                       at=at, counter=True, max_watts=MODEL_MAX_WATTS, component="cpu",
+                       baseline=baseline)
