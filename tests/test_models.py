@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 
-import psutil
 import pytest
 
 from exporter.config import resolve
@@ -16,10 +15,6 @@ from exporter.sources.dram_model import DramModelSource
 from tests.fixtures import ProcfsTree
 
 
-@pytest.fixture(autouse=True)
-def restore_psutil_procfs(monkeypatch):
-    """The models point psutil at their procfs; put the real one back for other tests."""
-    monkeypatch.setattr(psutil, "PROCFS_PATH", psutil.PROCFS_PATH)
 
 
 def config(**flags):

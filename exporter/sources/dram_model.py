@@ -20,9 +20,8 @@ import re
 import time
 from typing import TYPE_CHECKING
 
-import psutil
-
 from exporter.ledger import Reading
+from exporter.procfs import mem_total_bytes
 from exporter.sources import (
     ERROR, MODEL, OK, SUPERSEDED, Source, SourceResult, Status, held,
 )
@@ -127,8 +126,7 @@ class DramModelSource(Source):
         at = time.monotonic()
         if self.installed_gib is None or at - self.installed_read_at > MEMTOTAL_REFRESH_SECONDS:
             try:
-                psutil.PROCFS_PATH = self.procfs
-                self.installed_gib = psutil.virtual_memory().total / GIB
+                self.installed_gib = mem_total_bytes(self.procfs) / GIB
                 self.installed_read_at = at
             except (OSError, ValueError, KeyError) as exc:
                 self.installed_gib = None
