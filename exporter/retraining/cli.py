@@ -189,6 +189,9 @@ def main(argv: Sequence[str]) -> int:
     if args["min_runs"] < ABSOLUTE_MIN_RUNS:
         print(f"{prog}: error: --min-runs must be at least {ABSOLUTE_MIN_RUNS}", file=sys.stderr)
         return EXIT_USAGE
+    if not 0.5 <= args["confidence"] < 1.0:
+        print(f"{prog}: error: --confidence must be in [0.5, 1), e.g. 0.9", file=sys.stderr)
+        return EXIT_USAGE
     flags = {k: args[k] for k in ("carbon.zone", "carbon.intensity", "carbon.providers",
                                   "carbon.pue") if args[k] is not None}
     try:
