@@ -237,8 +237,8 @@ class EmbeddedTracker:
             if self.tree.include_root:
                 # the tracker's own threads are overhead (bench/bench_runs.py), not the run's
                 tids = {threading.get_native_id()}
-                for lane in self.sampler.lanes:
-                    tids.add(await asyncio.wrap_future(lane.executor.submit(threading.get_native_id)))
+                tids.update(lane.thread.native_id for lane in self.sampler.lanes
+                            if lane.thread.native_id is not None)
                 self.tree.exclude_tids = tids
             self.chain.start()
             await self.sampler.cycle()  # baselines: the run is measured from here
