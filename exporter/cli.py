@@ -151,7 +151,8 @@ class Daemon:
         self.intensity = static_intensity(config)
         self.security = WebSecurity(config.web_config_file)
         self.sampler = Sampler(build_sources(config), config.sample_interval, self.intensity,
-                               config.carbon_pue, peak_window=config.power_peak_window)
+                               config.carbon_pue, peak_window=config.power_peak_window,
+                               takeover=config.sample_model_takeover)
         self.sampler.power_budget = config.power_budget_watts
         self.sampler.embodied = Embodied(config)
         self.chain = Chain.from_config(config, self._publish_grid)

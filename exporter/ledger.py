@@ -47,6 +47,9 @@ class Reading:
     component: str | None = None
     domain: str | None = None
     baseline: bool = False  # start over from this value: no delta from the previous one
+    # Count only the share of the delta after this time (linear in time): the part before
+    # was counted by a model that stood in for this counter (exporter.sampler).
+    since: float | None = None
 
     @property
     def key(self) -> tuple[str, str, str, str]:
@@ -167,6 +170,9 @@ class Ledger:
             delta = Delta(None, 0.0) if reading.baseline else self._delta(track, reading)
             if delta is None:
                 continue
+            if delta.joules is not None and reading.since is not None and reading.since > track.last_at:
+                share = max(0.0, reading.at - reading.since) / (reading.at - track.last_at)
+                delta = Delta(delta.joules * share, delta.seconds) if share > 0 else Delta(None, 0.0)
             track.present = True
             track.last_value = reading.value
             track.last_at = reading.at

@@ -3,6 +3,7 @@ and the invariants every exported _total relies on (never decreasing, physically
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -320,3 +321,16 @@ def test_power_sample_totals_never_decrease_and_stay_bounded(samples):
         assert t.joules >= previous
         assert t.joules <= 3000.0 * at + 1e-6
         previous = t.joules
+
+
+def test_since_counts_only_the_share_after_a_model_stood_in():
+    """A zone back after a model counted its outage up to t=8: of its 10 s delta only the
+    share after 8 s counts (issue 12: the hand-over leaves no gap and no overlap)."""
+    ledger = Ledger()
+    ledger.update([counter(100.0, 0.0, wrap=None)], 0.0)
+    counted = ledger.update([dataclasses.replace(counter(1100.0, 10.0, wrap=None), since=8.0)], 0.0)
+    assert [c.joules for c in counted] == [pytest.approx(200.0)]
+    late = ledger.update([dataclasses.replace(counter(1200.0, 11.0, wrap=None), since=12.0)], 0.0)
+    assert late == []  # the model counted past this reading: nothing, and a new baseline
+    ledger.update([counter(1250.0, 12.0, wrap=None)], 0.0)
+    assert track(ledger, counter(0, 0, wrap=None)).joules == pytest.approx(250.0)

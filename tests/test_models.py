@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 
-import psutil
 import pytest
 
 from exporter.config import resolve
@@ -16,10 +15,6 @@ from exporter.sources.dram_model import DramModelSource
 from tests.fixtures import ProcfsTree
 
 
-@pytest.fixture(autouse=True)
-def restore_psutil_procfs(monkeypatch):
-    """The models point psutil at their procfs; put the real one back for other tests."""
-    monkeypatch.setattr(psutil, "PROCFS_PATH", psutil.PROCFS_PATH)
 
 
 def config(**flags):
@@ -117,7 +112,15 @@ def test_superseded_when_rapl_covers_the_cpu_and_no_double_count_after(tmp_path)
     ledger.update([second], 0.0)
     expected += 100.0 * (second.at - first.at)
 
-    # RAPL appears: the model stands aside while the jiffies keep moving
+    # RAPL appears: the model hands back with a last reading up to now (issue 12: exact
+    # hand-over), then stands aside while the jiffies keep moving
+    procfs.advance(100, 0)  # u = 1 -> 150 W
+    time.sleep(0.01)
+    handback = source.read(frozenset({"cpu"}))
+    assert handback.status.reason == SUPERSEDED and len(handback.readings) == 1
+    assert handback.readings[0].baseline is False
+    ledger.update(handback.readings, 0.0)
+    expected += 150.0 * (handback.readings[0].at - second.at)
     for _ in range(3):
         procfs.advance(100, 0)
         time.sleep(0.01)
@@ -125,15 +128,21 @@ def test_superseded_when_rapl_covers_the_cpu_and_no_double_count_after(tmp_path)
         assert result.status.reason == SUPERSEDED and result.readings == []
         ledger.update([], 0.0)
 
-    # RAPL gone again: the first reading is a baseline, the time aside is not counted
-    back = source.read()
-    assert back.readings[0].baseline is True
-    ledger.update(back.readings, 0.0)
+    # RAPL gone: the model counts from RAPL's last reading (its last read aside), and the
+    # time aside before that is not counted
     time.sleep(0.01)
     procfs.advance(0, 100)  # u = 0 -> 50 W
-    after = source.read().readings[0]
-    ledger.update([after], 0.0)
-    expected += 50.0 * (after.at - back.readings[0].at)
+    back = source.read()
+    baseline, counted = back.readings
+    assert baseline.baseline is True and counted.baseline is False
+    ledger.update(back.readings, 0.0)
+    expected += 50.0 * (counted.at - baseline.at)
+    time.sleep(0.01)
+    procfs.advance(0, 100)
+    after = source.read().readings
+    assert len(after) == 1
+    ledger.update(after, 0.0)
+    expected += 50.0 * (after[0].at - counted.at)
 
     track = ledger.tracks[("cpu", "", "node", "model")]
     assert track.joules == pytest.approx(expected, rel=1e-12)
@@ -179,16 +188,18 @@ def test_dram_superseded_by_rapl_dram_and_no_double_count(tmp_path):
     time.sleep(0.01)
     b = source.read().readings[0]
     ledger.update([b], 0.0)
-    result = source.read(frozenset({"dram", "cpu"}))
-    assert result.status.reason == SUPERSEDED and result.readings == []
-    time.sleep(0.02)
-    c = source.read().readings[0]
-    assert c.baseline is True
-    ledger.update([c], 0.0)
     time.sleep(0.01)
-    d = source.read().readings[0]
-    ledger.update([d], 0.0)
-    expected = 16.0 * ((b.at - a.at) + (d.at - c.at))
+    handback = source.read(frozenset({"dram", "cpu"}))  # RAPL dram appears: a last reading
+    assert handback.status.reason == SUPERSEDED and len(handback.readings) == 1
+    ledger.update(handback.readings, 0.0)
+    time.sleep(0.02)
+    aside = source.read(frozenset({"dram", "cpu"}))
+    assert aside.status.reason == SUPERSEDED and aside.readings == []
+    time.sleep(0.01)
+    c, d = source.read().readings  # RAPL gone: from its last reading on
+    assert c.baseline is True and d.baseline is False
+    ledger.update([c, d], 0.0)
+    expected = 16.0 * ((handback.readings[0].at - a.at) + (d.at - c.at))
     assert ledger.tracks[("dram", "", "node", "model")].joules == pytest.approx(expected, rel=1e-6)
 
 

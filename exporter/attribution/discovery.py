@@ -27,10 +27,10 @@ from exporter.attribution.cgroups import (
     parse_cgroup_path,
     parse_cpu_seconds,
     parse_pid_stat,
-    parse_proc_stat_busy,
     read_file,
 )
 from exporter.attribution.gpu import GpuProcessReader, GpuShares
+from exporter.procfs import cpu_times
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ class WorkloadReader:
                 return obs
             log.info("attribution: cgroup %s at %s", self.layout.version, self.layout.root)
         try:
-            obs.node_busy = parse_proc_stat_busy(read_file(self.procfs + "/stat"), self.user_hz)
+            obs.node_busy = cpu_times(self.procfs).busy  # one parse per cycle, shared
         except (OSError, ValueError) as exc:
             obs.problems.append(f"{self.procfs}/stat: {exc}")
         try:

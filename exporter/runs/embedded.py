@@ -216,7 +216,7 @@ class EmbeddedTracker:
         sources = build_sources(config, frozenset({MEASURED, MODEL}))
         intensity = static_intensity(config)
         self.sampler = Sampler([*sources, self.attribution], config.sample_interval, intensity,
-                               config.carbon_pue)
+                               config.carbon_pue, takeover=config.sample_model_takeover)
         self.sampler.embodied = Embodied(config)
         self.attribution.sampler = self.sampler
         self.chain = Chain.from_config(config, self._publish_grid)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Iterable
 
 from exporter.ledger import Reading
 
@@ -44,6 +44,28 @@ class Status:
     @property
     def up(self) -> bool:
         return self.reason == OK
+
+
+class Covered(frozenset):
+    """What a model is handed: the components that counters cover. Those in `held` were not
+    read this cycle (the counter vanished or its read is still running) but were within the
+    hand-over time (--sample.model-takeover): the counter bridges the gap itself when it comes
+    back, so the model stays aside *and keeps its baseline where the counter was last read*.
+    Once the counter has been away longer, the component is not covered any more and the
+    model counts from that baseline, so the hand-over leaves no gap and counts nothing twice."""
+
+    held: frozenset[str]
+
+    def __new__(cls, fresh: Iterable[str] = (), held: Iterable[str] = ()) -> Covered:
+        held = frozenset(held)
+        self = super().__new__(cls, frozenset(fresh) | held)
+        self.held = held
+        return self
+
+
+def held(covered: frozenset[str]) -> frozenset[str]:
+    """The held components of `covered` (none for a plain frozenset)."""
+    return getattr(covered, "held", frozenset())
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,7 +2,7 @@
 
     P = curve(u),   u = busy CPU time / all CPU time over the interval
 
-u comes from <procfs>/stat (through psutil). The model keeps its own energy counter and hands
+u comes from <procfs>/stat (exporter.procfs, parsed once per cycle). The model keeps its own energy counter and hands
 the ledger counter readings like any measured source, with source="model".
 
 The curve, first match wins (every figure is cited in exporter/data/README.md):
@@ -24,15 +24,15 @@ from __future__ import annotations
 import logging
 import os
 import re
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import psutil
-
 from exporter import data
+from exporter.procfs import cpu_times
 from exporter.ledger import Reading
-from exporter.sources import ERROR, MODEL, OK, SUPERSEDED, Source, SourceResult, Status
+from exporter.sources import (
+    ERROR, MODEL, OK, SUPERSEDED, Source, SourceResult, Status, held,
+)
 
 if TYPE_CHECKING:
     from exporter.config import Config
@@ -251,14 +251,6 @@ def describe(procfs: str, sysfs: str, config) -> tuple[CpuTopology, Platform, Po
                                            load_cloud_figures())
 
 
-def _busy_and_total(times) -> tuple[float, float]:
-    # guest time is already inside user/nice; steal is time the hypervisor gave to others
-    total = (times.user + times.nice + times.system + times.idle + getattr(times, "iowait", 0.0)
-             + getattr(times, "irq", 0.0) + getattr(times, "softirq", 0.0))
-    idle = times.idle + getattr(times, "iowait", 0.0)
-    return total - idle, total
-
-
 class CpuModelSource(Source):
     name = "cpu-model"
     role = MODEL
@@ -285,6 +277,7 @@ class CpuModelSource(Source):
         self.procfs = procfs
         self.joules = 0.0  # the model's own energy counter
         self.last: tuple[float, float, float] | None = None  # (at, busy, total)
+        self.counting = False  # this model counts the CPU (no counter does)
         self.topology: CpuTopology | None = None
         self.range: PowerCurve | None = None
         self.utilisation = 0.0  # over the last interval
@@ -306,22 +299,37 @@ class CpuModelSource(Source):
         return self.range
 
     def read(self, covered: frozenset[str] = frozenset()) -> SourceResult:
-        if "cpu" in covered:
-            self.last = None  # start over if RAPL goes away later
-            return SourceResult(Status(SUPERSEDED, "RAPL package counters measure the CPU"))
+        if "cpu" in held(covered):
+            # RAPL is away but may come back and bridge the gap: keep the baseline where it
+            # was last read, so that a take-over counts from there
+            return SourceResult(Status(SUPERSEDED, "RAPL package counters are away (bridged "
+                                                   "when they return)"))
         try:
             power = self._ensure_range()
-            psutil.PROCFS_PATH = self.procfs
-            busy, total = _busy_and_total(psutil.cpu_times())
-            at = time.monotonic()  # when the times were obtained
+            times = cpu_times(self.procfs)  # one parse per cycle, shared with attribution
+            at, busy, total = times.at, times.busy, times.total
         except (OSError, ValueError, AttributeError, KeyError, re.error) as exc:
             return SourceResult(Status(ERROR, f"cpu-model: {exc}"))
         previous, self.last = self.last, (at, busy, total)
+        measured = "cpu" in covered
+        if measured and not self.counting:  # RAPL measures: only the baseline moves
+            return SourceResult(Status(SUPERSEDED, "RAPL package counters measure the CPU"))
+        readings = []
         if previous is not None:
+            if not self.counting:  # taking over: count from where RAPL was last read
+                readings.append(self._reading(previous[0], baseline=True))
             spent = total - previous[2]
             busy_share = (busy - previous[1]) / spent if spent > 0 else 0.0
             self.utilisation = min(1.0, max(0.0, busy_share))
             self.joules += power.at(self.utilisation) * max(0.0, at - previous[0])
-        return SourceResult(Status(OK, power.basis, power.method), [Reading(
-            collector=self.name, device="node", source="model", value=self.joules, at=at,
-            counter=True, max_watts=MODEL_MAX_WATTS, component="cpu", baseline=previous is None)])
+        readings.append(self._reading(at, baseline=previous is None))
+        self.counting = not measured  # handing back: this reading was the model's last
+        if measured:
+            return SourceResult(Status(SUPERSEDED, "RAPL package counters measure the CPU"),
+                                readings)
+        return SourceResult(Status(OK, power.basis, power.method), readings)
+
+    def _reading(self, at: float, baseline: bool) -> Reading:
+        return Reading(collector=self.name, device="node", source="model", value=self.joules,
+                       at=at, counter=True, max_watts=MODEL_MAX_WATTS, component="cpu",
+                       baseline=baseline)

@@ -20,10 +20,11 @@ import re
 import time
 from typing import TYPE_CHECKING
 
-import psutil
-
 from exporter.ledger import Reading
-from exporter.sources import ERROR, MODEL, OK, SUPERSEDED, Source, SourceResult, Status
+from exporter.procfs import mem_total_bytes
+from exporter.sources import (
+    ERROR, MODEL, OK, SUPERSEDED, Source, SourceResult, Status, held,
+)
 from exporter.sources.cpu_model import (
     MODEL_MAX_WATTS, WHOLE_SERVER_METHODS, CpuTopology, PowerCurve, describe,
     load_cloud_figures,
@@ -88,6 +89,7 @@ class DramModelSource(Source):
         self.procfs = procfs
         self.joules = 0.0
         self.last_at: float | None = None
+        self.counting = False  # this model counts the memory (no counter does)
         self.installed_gib: float | None = None
         self.installed_read_at = 0.0
         self.basis = ""
@@ -112,14 +114,19 @@ class DramModelSource(Source):
         return self.cpu
 
     def read(self, covered: frozenset[str] = frozenset()) -> SourceResult:
-        if "dram" in covered:
-            self.last_at = None
+        if "dram" in held(covered):
+            # RAPL is away but may come back and bridge the gap: keep the baseline where it
+            # was last read, so that a take-over counts from there
+            return SourceResult(Status(SUPERSEDED, "RAPL dram counters are away (bridged "
+                                                   "when they return)"))
+        measured = "dram" in covered
+        if measured and not self.counting:  # RAPL measures: only the baseline moves
+            self.last_at = time.monotonic()
             return SourceResult(Status(SUPERSEDED, "RAPL dram counters measure the memory"))
         at = time.monotonic()
         if self.installed_gib is None or at - self.installed_read_at > MEMTOTAL_REFRESH_SECONDS:
             try:
-                psutil.PROCFS_PATH = self.procfs
-                self.installed_gib = psutil.virtual_memory().total / GIB
+                self.installed_gib = mem_total_bytes(self.procfs) / GIB
                 self.installed_read_at = at
             except (OSError, ValueError, KeyError) as exc:
                 self.installed_gib = None
@@ -134,10 +141,19 @@ class DramModelSource(Source):
             self.basis = method + how
         at = time.monotonic()  # after a meminfo read, which may have been slow
         previous, self.last_at = self.last_at, at
+        readings = []
         if previous is not None:
+            if not self.counting:  # taking over: count from where RAPL was last read
+                readings.append(self._reading(previous, baseline=True))
             self.joules += watts * (at - previous)
-        return SourceResult(
-            Status(OK, basis, method),
-            [Reading(collector=self.name, device="node", source="model", value=self.joules, at=at,
-                     counter=True, max_watts=MODEL_MAX_WATTS, component="dram",
-                     baseline=previous is None)])
+        readings.append(self._reading(at, baseline=previous is None))
+        self.counting = not measured  # handing back: this reading was the model's last
+        if measured:
+            return SourceResult(Status(SUPERSEDED, "RAPL dram counters measure the memory"),
+                                readings)
+        return SourceResult(Status(OK, basis, method), readings)
+
+    def _reading(self, at: float, baseline: bool) -> Reading:
+        return Reading(collector=self.name, device="node", source="model", value=self.joules,
+                       at=at, counter=True, max_watts=MODEL_MAX_WATTS, component="dram",
+                       baseline=baseline)
