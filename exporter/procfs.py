@@ -12,6 +12,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 USER_HZ = float(os.sysconf("SC_CLK_TCK"))
 
@@ -59,7 +60,7 @@ def parse_cpu_line(data: bytes) -> tuple[float, float]:
     return busy / USER_HZ, (busy + idle + iowait) / USER_HZ
 
 
-def cpu_times(procfs: str) -> CpuTimes:
+def cpu_times(procfs: str, clock: Callable[[], float] = time.monotonic) -> CpuTimes:
     """Node CPU times from <procfs>/stat; shared by every reader within one sample cycle."""
     path = procfs + "/stat"
     cycle = _cycle
@@ -69,7 +70,7 @@ def cpu_times(procfs: str) -> CpuTimes:
         if hit is not None and hit[0] == cycle:
             return hit[1]
     data = read_file(path)
-    at = time.monotonic()  # when the times were obtained (a slow open must not skew them)
+    at = clock()  # when the times were obtained (a slow open must not skew them)
     busy, total = parse_cpu_line(data)
     times = CpuTimes(at, busy, total)
     if cycle:

@@ -263,6 +263,8 @@ class Sampler:
         self.pue = pue
         self.clock = clock
         self.ledger = Ledger(max_power_gap=max(5 * interval, 5.0))
+        for source in sources:
+            source.clock = clock  # readings are stamped on the sampler's clock
         observers = [s for s in sources if s.role == OBSERVER]
         if len(observers) > 1:
             raise ValueError("at most one observer source (attribution)")

@@ -306,7 +306,7 @@ class CpuModelSource(Source):
                                                    "when they return)"))
         try:
             power = self._ensure_range()
-            times = cpu_times(self.procfs)  # one parse per cycle, shared with attribution
+            times = cpu_times(self.procfs, self.clock)  # one parse per cycle, shared with attribution
             at, busy, total = times.at, times.busy, times.total
         except (OSError, ValueError, AttributeError, KeyError, re.error) as exc:
             return SourceResult(Status(ERROR, f"cpu-model: {exc}"))

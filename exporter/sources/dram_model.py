@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 from typing import TYPE_CHECKING
 
 from exporter.ledger import Reading
@@ -121,9 +120,9 @@ class DramModelSource(Source):
                                                    "when they return)"))
         measured = "dram" in covered
         if measured and not self.counting:  # RAPL measures: only the baseline moves
-            self.last_at = time.monotonic()
+            self.last_at = self.clock()
             return SourceResult(Status(SUPERSEDED, "RAPL dram counters measure the memory"))
-        at = time.monotonic()
+        at = self.clock()
         if self.installed_gib is None or at - self.installed_read_at > MEMTOTAL_REFRESH_SECONDS:
             try:
                 self.installed_gib = mem_total_bytes(self.procfs) / GIB
@@ -139,7 +138,7 @@ class DramModelSource(Source):
         if method + how != self.basis:
             log.info("dram-model: %s", basis)
             self.basis = method + how
-        at = time.monotonic()  # after a meminfo read, which may have been slow
+        at = self.clock()  # after a meminfo read, which may have been slow
         previous, self.last_at = self.last_at, at
         readings = []
         if previous is not None:
