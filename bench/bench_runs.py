@@ -6,7 +6,7 @@ Three processes run at once over the same stretch of time, so machine noise fall
 them alike: a bare interpreter that only sleeps (the floor), one tracking itself with
 `exporter.runs.track(mode="embedded")`, and one with CodeCarbon's OfflineEmissionsTracker
 (offline: no network lookups). Each signals when its tracker has started; then the CPU time
-of all their threads (/proc/PID/task/*/schedstat, ns resolution) is taken over the window.
+of each process (utime + stime, ended threads included) is taken over the window.
 CPU per sample = (process CPU - floor CPU) / samples in the window; RSS added = RSS - the
 floor's RSS (imports included: they are part of what the tracker adds).
 
@@ -29,7 +29,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.bench_sampler import cpu_seconds, rss_mb  # noqa: E402
+from bench.bench_sampler import rss_mb  # noqa: E402
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of the whole process from /proc/PID/stat: unlike summing the live
+    threads' schedstat, it keeps the time of threads that ended (CodeCarbon's scheduler
+    starts a new timer thread for every sample)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 FLOOR = "import sys, time\nprint('ready', flush=True)\ntime.sleep(float(sys.argv[1]) + 30)\n"
 EMBEDDED = """
@@ -54,7 +62,7 @@ tracker.stop()
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--seconds", type=float, default=120.0)
     parser.add_argument("--interval", type=float, default=1.0)
     args = parser.parse_args()
     try:
