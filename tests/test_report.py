@@ -440,3 +440,77 @@ def test_progress_bar_only_on_a_terminal():
         bar.close()
     assert "[" + "#" * 30 + "] 4/4" in shown.getvalue()
     assert shown.getvalue().endswith("\r") and hidden.getvalue() == ""
+
+
+def test_report_reads_as_a_new_user_expects(prometheus, tmp_path):
+    """Report polish: the cumulative chart runs from 0 at --from to the totals at --to, on the
+    tables' buckets; one unit per table column (grams while small); the same number printed
+    one way; every bundled dataset with its source and licence; no caption repeating a chart's
+    own title."""
+    doc = json_report(prometheus, "--node", h.NODE_A)
+    series, totals = doc["series"], doc["totals"]
+    assert series["t"][0] == h.START
+    assert series["cumulative_operational_grams"][-1] == pytest.approx(
+        totals["operational_grams"], abs=GRAM)
+    assert series["cumulative_embodied_grams"][-1] == pytest.approx(
+        totals["embodied_grams"], abs=GRAM)
+
+    output = tmp_path / "node.md"
+    code, _, err = report("--prometheus", prometheus.url, "--node", h.NODE_A, *WINDOW,
+                          "--format", "md", "--output", str(output))
+    assert code == 0, err
+    text = output.read_text()
+    for table in text.split("\n\n"):
+        lines = [line for line in table.splitlines() if line.startswith("|")]
+        if len(lines) < 3:
+            continue
+        cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
+        for column in zip(*cells):
+            units = {c.split()[-1] for c in column if c.endswith(("gCO2e", "kgCO2e"))}
+            assert len(units) <= 1, (lines[0], units)  # never 985.0 gCO2e above 1.192 kgCO2e
+    # small totals in grams, the PUE printed the same way in Totals and Methodology
+    assert "| total emissions | 612.8 gCO2e |" in text
+    assert "PUE applied: 1.200" in text and "Observed settings: PUE 1.200;" in text
+    datasets = [line for line in text.splitlines() if line.startswith("- Dataset ")]
+    assert len(datasets) == len(list((ROOT / "exporter" / "data").glob("*.csv")))
+    for line in datasets:
+        source = line.split("Source: ", 1)[1].split(". Licence: ")[0] if "Source: " in line else ""
+        assert source.strip(" .") and "Licence: " in line, line
+
+    page = tmp_path / "node.html"
+    code, _, err = report("--prometheus", prometheus.url, "--node", h.NODE_A, *WINDOW,
+                          "--format", "html", "--output", str(page))
+    assert code == 0, err
+    html = page.read_text()
+    assert html.count("<img") == 3 and "<figcaption" not in html
+
+
+def test_cumulative_chart_spans_the_window_exactly():
+    """The emissions chart starts at 0 on --from and ends on --to even when the window is not
+    a whole number of buckets (the last bucket is cut at --to)."""
+    from matplotlib import pyplot as plt
+
+    from exporter.report import charts
+    document = {
+        "query": {"from": "2024-03-01T00:00:00Z", "to": "2024-03-01T00:50:00Z"},
+        "series": {"bucket_seconds": 1200.0, "t": [1709251200.0, 1709252400.0, 1709253600.0],
+                   "power_watts": {"cpu": [10.0, 10.0, 10.0]},
+                   "cumulative_operational_grams": [1.0, 2.0, 2.5],
+                   "cumulative_embodied_grams": None, "intensity": []}}
+    seen = {}
+    original = plt.Axes.plot
+
+    def spy(self, x, y, *args, **kwargs):
+        seen[kwargs.get("label")] = (list(x), list(y))
+        return original(self, x, y, *args, **kwargs)
+    plt.Axes.plot = spy
+    try:
+        images = charts.render_all(document, "svg")
+    finally:
+        plt.Axes.plot = original
+    assert set(images) == {"power", "emissions"}
+    x, y = seen["operational"]
+    from matplotlib.dates import date2num
+    assert y == [0.0, 1.0, 2.0, 2.5]
+    assert x[0] == pytest.approx(date2num(charts._dt(1709251200.0)))
+    assert x[-1] == pytest.approx(date2num(charts._dt(1709254200.0)))  # --to, not 01:00

@@ -41,7 +41,10 @@ def render_all(document: dict, ext: str) -> dict[str, Image]:
 
     series = document["series"]
     width = series["bucket_seconds"]
-    mids = date2num([_dt(t + width / 2) for t in series["t"]])  # the numbers the date axis uses
+    start, end = _time(document["query"]["from"]), _time(document["query"]["to"])
+    # Buckets as the tables count them: from --from, the last one cut at --to.
+    edges = [min(t + width, end) for t in series["t"]]
+    mids = date2num([_dt((t + e) / 2) for t, e in zip(series["t"], edges)])
     images: dict[str, Image] = {}
 
     def finish(name: str, title: str, figure, axes) -> None:
@@ -69,13 +72,18 @@ def render_all(document: dict, ext: str) -> dict[str, Image]:
         finish("power", "Power by component", figure, axes)
 
     figure, axes = plt.subplots(figsize=(9, 3.2))
-    ends = date2num([_dt(t + width) for t in series["t"]])
-    axes.plot(ends, [g / 1000 for g in series["cumulative_operational_grams"]],
-              label="operational")
-    if series.get("cumulative_embodied_grams"):
-        axes.plot(ends, [g / 1000 for g in series["cumulative_embodied_grams"]],
-                  label="embodied")
-    axes.set_ylabel("kgCO2e")
+    # From 0 at --from to the totals' value at --to; grams until a kilogram is reached.
+    ends = date2num([_dt(start)] + [_dt(e) for e in edges])
+    lines = [("operational", series["cumulative_operational_grams"]),
+             ("embodied", series.get("cumulative_embodied_grams") or [])]
+    largest = max((abs(g) for _, values in lines for g in values), default=0.0)
+    scale, unit = (1000.0, "kgCO2e") if largest >= 1000 else (1.0, "gCO2e")
+    for label, values in lines:
+        if values:
+            axes.plot(ends, [0.0] + [g / scale for g in values], label=label)
+    axes.set_xlim(date2num(_dt(start)), date2num(_dt(end)))
+    axes.set_ylim(bottom=0)
+    axes.set_ylabel(unit)
     finish("emissions", "Cumulative emissions", figure, axes)
 
     if series["intensity"]:
@@ -90,3 +98,7 @@ def render_all(document: dict, ext: str) -> dict[str, Image]:
 
 def _dt(t: float) -> dt.datetime:
     return dt.datetime.fromtimestamp(t, dt.timezone.utc)
+
+
+def _time(rfc3339: str) -> float:
+    return dt.datetime.fromisoformat(rfc3339.replace("Z", "+00:00")).timestamp()

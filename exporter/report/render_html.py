@@ -60,9 +60,9 @@ def render_html(document: dict, images: dict[str, charts.Image]) -> bytes:
                     parts.append(f"<p class=\"meta\">{escape(charts.MISSING)}</p>")
                 continue
             data = base64.b64encode(image.data).decode("ascii")
+            # the chart draws its own title: no caption repeating it
             parts.append(f'<figure><img alt="{escape(image.title)}" '
-                         f'src="data:{image.mime};base64,{data}">'
-                         f"<figcaption>{escape(image.title)}</figcaption></figure>")
+                         f'src="data:{image.mime};base64,{data}"></figure>')
         parts.append("</section>")
     parts += ["</body>", "</html>", ""]
     return "\n".join(parts).encode("utf-8")

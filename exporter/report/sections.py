@@ -23,16 +23,32 @@ class Section:
     items: list[str] = field(default_factory=list)
 
 
-def kwh(value) -> str:
-    if value is None:
-        return NA
-    return f"{value:,.3f} kWh" if abs(value) >= 0.001 else f"{value * 1000:,.3f} Wh"
+def energy_unit(*values) -> str:
+    """One energy unit per column, like gram_unit: Wh below a thousandth of a kWh."""
+    largest = max((abs(v) for v in values if v is not None), default=0.0)
+    return "kWh" if largest >= 0.001 else "Wh"
 
 
-def grams(value) -> str:
+def kwh(value, unit: str | None = None) -> str:
     if value is None:
         return NA
-    if abs(value) >= 1000:
+    unit = unit or energy_unit(value)
+    return f"{value:,.3f} kWh" if unit == "kWh" else f"{value * 1000:,.3f} Wh"
+
+
+def gram_unit(*values) -> str:
+    """One unit for every number of a table column (or a group of related numbers): grams
+    while they are small, kilograms from 1,000 g; so a column never mixes 985.0 gCO2e with
+    1.192 kgCO2e."""
+    largest = max((abs(v) for v in values if v is not None), default=0.0)
+    return "kgCO2e" if largest >= 1000 else "gCO2e"
+
+
+def grams(value, unit: str | None = None) -> str:
+    if value is None:
+        return NA
+    unit = unit or gram_unit(value)
+    if unit == "kgCO2e":
         return f"{value / 1000:,.3f} kgCO2e"
     return f"{value:,.1f} gCO2e"
 
@@ -65,6 +81,7 @@ def build(document: dict) -> list[Section]:
     out: list[Section] = []
 
     pue = totals["pue"]
+    unit = gram_unit(totals["operational_grams"], totals["embodied_grams"], totals["total_grams"])
     pue_text = (f"PUE applied: {ratio(pue['mean'])} (time-weighted mean; min "
                 f"{ratio(pue['min'])}, max {ratio(pue['max'])}), as exported by the exporter "
                 f"and already included in operational emissions." if pue["available"]
@@ -75,26 +92,35 @@ def build(document: dict) -> list[Section]:
         pue_text], tables=[Table(["quantity", "value"], [
             ["IT energy", kwh(totals["energy_kwh"])],
             ["facility energy (IT energy x PUE)", kwh(totals["facility_energy_kwh"])],
-            ["operational emissions", grams(totals["operational_grams"])],
-            ["embodied emissions", grams(totals["embodied_grams"])],
-            ["total emissions", grams(totals["total_grams"])],
+            ["operational emissions", grams(totals["operational_grams"], unit)],
+            ["embodied emissions", grams(totals["embodied_grams"], unit)],
+            ["total emissions", grams(totals["total_grams"], unit)],
         ])], items=list(totals["notes"])))
 
     workload = breakdown["workload"]
+    by_component = gram_unit(*(r["operational_grams"] for r in breakdown["component"]))
+    by_node = gram_unit(*(r[k] for r in breakdown["node"]
+                          for k in ("operational_grams", "embodied_grams")))
     tables = [
         Table(["component", "energy", "operational"],
-              [[r["component"] or "(none)", kwh(r["energy_kwh"]), grams(r["operational_grams"])]
-               for r in breakdown["component"]]),
+              [[r["component"] or "(none)",
+                kwh(r["energy_kwh"], energy_unit(*(x["energy_kwh"] for x in breakdown["component"]))),
+                grams(r["operational_grams"], by_component)] for r in breakdown["component"]]),
         Table(["node", "job", "energy", "operational", "embodied"],
-              [[r["instance"], r["job"], kwh(r["energy_kwh"]), grams(r["operational_grams"]),
-                grams(r["embodied_grams"])] for r in breakdown["node"]]),
+              [[r["instance"], r["job"],
+                kwh(r["energy_kwh"], energy_unit(*(x["energy_kwh"] for x in breakdown["node"]))),
+                grams(r["operational_grams"], by_node), grams(r["embodied_grams"], by_node)]
+               for r in breakdown["node"]]),
     ]
     if workload["available"]:
+        shown = workload["rows"][:25]
+        by_workload = gram_unit(*(r["operational_grams"] for r in shown))
         tables.append(Table(["kind", "workload", "energy", "operational"], [
             [r["kind"], "/".join(filter(None, (r["namespace"], r["pod"], r["container"],
                                                 r["unit"], r["workload_job"]))) or "-",
-             kwh(r["energy_kwh"]), grams(r["operational_grams"])]
-            for r in workload["rows"][:25]]))
+             kwh(r["energy_kwh"], energy_unit(*(x["energy_kwh"] for x in shown))),
+             grams(r["operational_grams"], by_workload)]
+            for r in shown]))
     out.append(Section("Breakdown", ["By component, by node and by workload."
                                      + ("" if workload["available"]
                                         else f" Workload breakdown {workload['note']}.")],
@@ -146,7 +172,9 @@ def build(document: dict) -> list[Section]:
         + ("" if stale["available"] else f" Intensity age {NA}.")],
         tables=[
             Table(["source", "category", "energy", "share"],
-                  [[r["source"], r["category"], kwh(r["energy_kwh"]), pct(r["share"])]
+                  [[r["source"], r["category"],
+                    kwh(r["energy_kwh"], energy_unit(*(x["energy_kwh"] for x in quality["sources"]))),
+                    pct(r["share"])]
                    for r in quality["sources"]]),
             *([Table(["node", "model", "method", "basis"],
                      [[m["instance"], m["collector"], m["method"], m["basis"]]
@@ -171,12 +199,15 @@ def build(document: dict) -> list[Section]:
         items=[f"collector {a['collector']} absent on {a['instance']}"
                for a in quality["absent_collectors"]]))
 
+    what_if_unit = gram_unit(*(r[k] for r in what_if["rows"]
+                               for k in ("operational_grams", "difference_grams")))
     out.append(Section("What if", [
         f"The same facility energy ({kwh(what_if['facility_energy_kwh'])}) under other "
         f"intensities: to plan reruns and retraining."],
         tables=[Table(["scenario", "intensity", "operational", "difference", "note"],
-                      [[r["scenario"], gpk(r["grams_per_kwh"]), grams(r["operational_grams"]),
-                        grams(r["difference_grams"]), r["note"] or r["description"]]
+                      [[r["scenario"], gpk(r["grams_per_kwh"]),
+                        grams(r["operational_grams"], what_if_unit),
+                        grams(r["difference_grams"], what_if_unit), r["note"] or r["description"]]
                        for r in what_if["rows"]])]))
 
     dataset_lines = []
@@ -189,7 +220,7 @@ def build(document: dict) -> list[Section]:
     observed = method["observed"]
     out.append(Section("Methodology", [
         f"Exporter version(s) seen: {', '.join(method['exporter_versions']) or NA}. Observed "
-        f"settings: PUE {', '.join(f'{v:g}' for v in observed['pue']) or NA}; zones "
+        f"settings: PUE {', '.join(ratio(v) for v in observed['pue']) or NA}; zones "
         f"{', '.join(observed['zones']) or NA}; providers "
         f"{', '.join(observed['providers']) or NA}; kinds {', '.join(observed['kinds']) or NA}."],
         items=[*method["formulas"], *dataset_lines],
