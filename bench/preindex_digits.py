@@ -218,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="also write the results to this JSON file")
     parser.add_argument("--mode", choices=("embedded", "auto", "daemon"), default="embedded",
                         help="run accounting mode (default: embedded, sampled in this process)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="retrainings per shift, each with its own shuffling seed (default 3)")
     args = parser.parse_args(argv)
     started = time.monotonic()
     runs_dir = args.runs_dir or tempfile.mkdtemp(prefix="preindex-digits-")
@@ -236,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     clean_acts = base.forward(x_train)
     for kind, levels in SHIFTS.items():
         for n, level in enumerate(levels[1::2] if args.quick else levels):
-            seed = SEED + 100 * n + len(rows)
+            seed = SEED + 1000 * n + len(rows)
             shifted_train = shift(x_train, kind, level, seed)
             shifted_test = shift(x_test, kind, level, seed + 1)
             t0 = time.monotonic()
@@ -244,29 +246,32 @@ def main(argv: list[str] | None = None) -> int:
                              embedding="fc2")
             index_seconds = time.monotonic() - t0
             accuracy_before = base.accuracy(shifted_test, y_test)
-            model = base.copy()
+            for repeat in range(args.repeats):
+                model = base.copy()
 
-            def retrain(model: MLP = model, x: np.ndarray = shifted_train,
-                        x_test: np.ndarray = shifted_test, seed: int = seed) -> dict[str, Any]:
-                e, acc, ok = train_to_target(model, x, y_train, x_test, y_test, seed + 2)
-                return {"epochs": e, "accuracy": acc, "reached": ok}
+                def retrain(model: MLP = model, x: np.ndarray = shifted_train,
+                            x_test: np.ndarray = shifted_test,
+                            seed: int = seed + 7 * repeat) -> dict[str, Any]:
+                    e, acc, ok = train_to_target(model, x, y_train, x_test, y_test, seed + 2)
+                    return {"epochs": e, "accuracy": acc, "reached": ok}
 
-            result, measured = measured_run(
-                runs_dir, f"retrain-{kind}-{level:g}",
-                {"preindex": index.value, "shift": kind, "level": level,
-                 "preindex_distance": index.distance, "preindex_inv_ari": index.inv_ari},
-                args.mode, retrain)
-            row = {"shift": kind, "level": level, "preindex": index.value,
-                   "distance": index.distance, "inv_ari": index.inv_ari,
-                   "index_seconds": index_seconds, "accuracy_before": accuracy_before,
-                   **result, "energy_kwh": measured.energy_kwh, "seconds": measured.seconds,
-                   "record": measured.record}
-            rows.append(row)
-            print(f"{kind:<12}{level:>6g}  PreIndex {index.value:.4f} (distance "
-                  f"{index.distance:.4f}, 1-ARI {index.inv_ari:.4f})  accuracy before "
-                  f"{accuracy_before:.3f}  retrained {result['epochs']:>3} epochs"
-                  f"{'' if result['reached'] else ' (capped)'}  {measured.seconds:6.1f} s  "
-                  f"{measured.energy_kwh * 1000:.4f} Wh", flush=True)
+                result, measured = measured_run(
+                    runs_dir, f"retrain-{kind}-{level:g}-{repeat}",
+                    {"preindex": index.value, "shift": kind, "level": level, "repeat": repeat,
+                     "preindex_distance": index.distance, "preindex_inv_ari": index.inv_ari},
+                    args.mode, retrain)
+                rows.append({"shift": kind, "level": level, "repeat": repeat,
+                             "preindex": index.value, "distance": index.distance,
+                             "inv_ari": index.inv_ari, "index_seconds": index_seconds,
+                             "accuracy_before": accuracy_before, **result,
+                             "energy_kwh": measured.energy_kwh, "seconds": measured.seconds,
+                             "record": measured.record})
+                print(f"{kind:<12}{level:>6g}  PreIndex {index.value:.4f} (distance "
+                      f"{index.distance:.4f}, 1-ARI {index.inv_ari:.4f}, {index_seconds:.2f} s)"
+                      f"  accuracy before {accuracy_before:.3f}  retrained "
+                      f"{result['epochs']:>3} epochs{'' if result['reached'] else ' (capped)'}"
+                      f"  {measured.seconds:5.2f} s  {measured.energy_kwh * 3.6e6:7.2f} J",
+                      flush=True)
 
     summary = summarise(rows)
     elapsed = time.monotonic() - started
@@ -283,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
 def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     table: dict[str, dict[str, float]] = {}
     lines = ["Spearman rank correlation with PreIndex (and its components) over "
-             f"{len(rows)} shifts:",
+             f"{len(rows)} retrainings ({len({(r['shift'], r['level']) for r in rows})} shifts):",
              f"{'':<22}{'energy':>10}{'epochs':>10}{'seconds':>10}"]
     for key, label in (("preindex", "PreIndex"), ("distance", "distance part"),
                        ("inv_ari", "1 - ARI part"), ("accuracy_before", "accuracy before")):
@@ -299,9 +304,40 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
             per_type[kind] = {m: spearman([r["preindex"] for r in part], [r[m] for r in part])
                               for m in ("energy_kwh", "epochs")}
             lines.append(f"  within {kind:<13} energy {per_type[kind]['energy_kwh']:.2f}, "
-                         f"epochs {per_type[kind]['epochs']:.2f} ({len(part)} strengths)")
+                         f"epochs {per_type[kind]['epochs']:.2f} ({len(part)} retrainings)")
     table["per_type"] = per_type  # type: ignore[assignment]
+    holdout = leave_one_type_out(rows)
+    table["leave_one_type_out"] = holdout  # type: ignore[assignment]
+    lines.append("estimate-retraining's fit, leave one shift type out (fit energy on the other "
+                 "three types' runs, predict the held-out type's runs):")
+    for kind, h in holdout.items():
+        lines.append(f"  {kind:<13} {h['inside']:.0%} of {h['runs']} runs inside the 90% "
+                     f"prediction interval, median |error| {h['median_abs_error']:.0%} of the "
+                     f"measured energy, {h['extrapolated']} runs extrapolated")
     return {"table": table, "lines": lines}
+
+
+def leave_one_type_out(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    from exporter.retraining.estimate import RetrainingRun, estimate
+
+    out: dict[str, dict[str, float]] = {}
+    for kind in SHIFTS:
+        train = [RetrainingRun(r["record"], r["preindex"], r["energy_kwh"], r["epochs"])
+                 for r in rows if r["shift"] != kind]
+        held = [r for r in rows if r["shift"] == kind]
+        if len(train) < 5 or not held:
+            continue
+        inside, errors, extrapolated = 0, [], 0
+        for r in held:
+            e = estimate(train, r["preindex"], confidence=0.9)
+            inside += e.energy.low <= r["energy_kwh"] <= e.energy.high
+            extrapolated += bool(e.warnings)
+            if r["energy_kwh"] > 0:
+                errors.append(abs(e.energy.value - r["energy_kwh"]) / r["energy_kwh"])
+        out[kind] = {"runs": len(held), "inside": inside / len(held),
+                     "median_abs_error": float(np.median(errors)) if errors else float("nan"),
+                     "extrapolated": extrapolated}
+    return out
 
 
 if __name__ == "__main__":

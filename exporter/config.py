@@ -14,16 +14,12 @@ import math
 import os
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable
 
-from exporter.confutil import (
-    MAX_GRAMS_PER_KWH, ConfigError, check_schema, parse_duration, read_yaml, shown,
-)
+from exporter.confutil import MAX_GRAMS_PER_KWH, ConfigError, parse_duration, read_yaml, shown
 from exporter.sources import registry
 
 if TYPE_CHECKING:
-    import jsonschema
-
     from exporter.carbon.providers.spec import ProviderSpec
 
 __all__ = ["SETTINGS", "BY_KEY", "Config", "ConfigError", "Setting", "changed_keys",
@@ -65,37 +61,51 @@ class Setting:
             return self.collector in config.collectors
         return getattr(config, self.attr)
 
-    def schema(self) -> dict[str, Any]:
+    def check_type(self, value: Any) -> str | None:
+        """What the value must be, if it is not (one line's end), else None."""
         if self.kind == "bool":
-            return {"type": "boolean"}
+            return None if isinstance(value, bool) else "must be true or false"
+        if value is None and self.kind in ("str", "int", "float", "providers"):
+            return None
         if self.kind == "str":
-            return {"type": ["string", "null"]}
+            return None if isinstance(value, str) else "must be a string"
         if self.kind == "choice":
-            return {"enum": list(self.choices)}
+            return None if value in self.choices else f"must be one of {', '.join(self.choices)}"
         if self.kind == "duration":
-            return {"type": ["number", "string"]}
-        if self.kind == "providers":  # checked in depth by the parse hook
-            return {"type": ["array", "string", "null"]}
+            ok = isinstance(value, (int, float, str)) and not isinstance(value, bool)
+            return None if ok else "must be a number or a string"
+        if self.kind == "providers":
+            return None if isinstance(value, (list, str)) else "must be a list or a string"
         if self.kind == "budget":
-            return _BUDGET_SCHEMA
-        number: dict[str, Any] = {"type": ["integer" if self.kind == "int" else "number", "null"]}
-        if self.minimum is not None:
-            number["minimum"] = self.minimum
-        if self.above is not None:
-            number["exclusiveMinimum"] = self.above
-        if self.maximum is not None:
-            number["maximum"] = self.maximum
-        return number
+            return None if _budget_ok(value) else (
+                "must be watts above 0, or {node: W, gpu: W or {gpu-0: W, ...}}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+                self.kind == "int" and not isinstance(value, int)):
+            return "must be an integer" if self.kind == "int" else "must be a number"
+        if self.minimum is not None and value < self.minimum:
+            return f"must be at least {self.minimum:g}"
+        if self.above is not None and value <= self.above:
+            return f"must be greater than {self.above:g}"
+        if self.maximum is not None and value > self.maximum:
+            return f"must be at most {self.maximum:g}"
+        return None
 
 
-_WATTS: dict[str, Any] = {"type": "number", "exclusiveMinimum": 0}
-# power.budget_watts: a number (the node), or {node: W, gpu: W (each GPU) | {gpu-0: W, ...}}
-_BUDGET_SCHEMA: dict[str, Any] = {"oneOf": [
-    {"type": ["number", "null"], "exclusiveMinimum": 0},
-    {"type": "object", "additionalProperties": False, "properties": {
-        "node": _WATTS,
-        "gpu": {"oneOf": [_WATTS, {"type": "object", "additionalProperties": _WATTS}]}}},
-]}
+def _watts(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+
+
+def _budget_ok(value: Any) -> bool:
+    """power.budget_watts: a number (the node), or {node: W, gpu: W (each GPU) | {gpu-0: W, ...}}."""
+    if value is None or _watts(value):
+        return True
+    if not isinstance(value, dict) or not set(value) <= {"node", "gpu"}:
+        return False
+    if "node" in value and not _watts(value["node"]):
+        return False
+    gpu = value.get("gpu")
+    per_gpu = isinstance(gpu, dict) and all(isinstance(k, str) and _watts(w) for k, w in gpu.items())
+    return "gpu" not in value or _watts(gpu) or per_gpu
 
 
 def _s(key: str, kind: str, default: Any, help: str, **options: Any) -> Any:
@@ -416,28 +426,7 @@ BY_KEY = {s.key: s for s in SETTINGS}
 COLLECTORS = tuple(s.collector for s in SETTINGS if s.collector is not None)
 
 
-def _nested_schema() -> dict[str, Any]:
-    root: dict[str, Any] = {"type": "object", "additionalProperties": False, "properties": {}}
-    for setting in SETTINGS:
-        section, _, name = setting.key.partition(".")
-        group = root["properties"].setdefault(  # an empty section (`carbon:`) is allowed
-            section, {"type": ["object", "null"], "additionalProperties": False, "properties": {}}
-        )
-        group["properties"][name] = setting.schema()
-    return root
-
-
-SCHEMA = _nested_schema()
-_validator: jsonschema.protocols.Validator | None = None
-
-
-def _schema_validator() -> jsonschema.protocols.Validator:
-    global _validator
-    if _validator is None:
-        import jsonschema
-
-        _validator = jsonschema.Draft202012Validator(SCHEMA)
-    return _validator
+SECTIONS = frozenset(s.key.partition(".")[0] for s in SETTINGS)
 
 
 def _field(path: str, origin: str) -> str:
@@ -450,18 +439,28 @@ def _field(path: str, origin: str) -> str:
 
 
 def validate_tree(tree: Any, origin: str) -> dict[str, Any]:
-    """Validate a nested mapping against the schema; return flat {dotted key: value}."""
+    """Validate a nested mapping of settings; return flat {dotted key: value}.
+
+    Checked by hand, not with jsonschema: the daemon then never imports it unless a provider
+    list or a rules file needs it. The words are confutil.describe_schema_error's."""
     if tree is None:
         tree = {}
-
-    def name(parts: Sequence[str]) -> str:
-        return _field(".".join(parts), origin)
-
-    check_schema(_schema_validator(), tree, origin, name)
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{origin}: the file must hold a mapping, not {type(tree).__name__}")
     flat: dict[str, Any] = {}
     for section, values in tree.items():
+        if section not in SECTIONS:
+            raise ConfigError(f"{origin}: unknown key {section}")
+        if values is not None and not isinstance(values, dict):
+            raise ConfigError(f"{_field(str(section), origin)} must be a mapping")
         for key, value in (values or {}).items():
-            flat[f"{section}.{key}"] = value
+            dotted = f"{section}.{key}"
+            if dotted not in BY_KEY:
+                raise ConfigError(f"{origin}: unknown key {dotted}")
+            problem = BY_KEY[dotted].check_type(value)
+            if problem is not None:
+                raise ConfigError(f"{_field(dotted, origin)}: {shown(value)} {problem}")
+            flat[dotted] = value
     for key, value in flat.items():
         _check_value(BY_KEY[key], value, _field(key, origin))
     return flat

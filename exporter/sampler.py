@@ -16,14 +16,16 @@ own declarations (exporter.sources).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import logging
+import queue
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Sequence, cast
 
+from exporter import procfs
 from exporter.carbon import Intensity
 from exporter.ledger import PLATFORM, Ledger, Reading, grams_per_joule
 from exporter.peak import PeakTracker, budgets
@@ -86,31 +88,6 @@ class Snapshot:
     budgets: tuple[tuple[str, str, float], ...] = ()  # (scope, device, watts)
 
 
-@dataclass(slots=True)
-class _Worker:
-    """Bookkeeping of one source: its last status and the time its reads took."""
-
-    source: Source
-    status: Status = field(default_factory=lambda: Status(ERROR, "not read yet"))
-    duration_sum: float = 0.0
-    duration_count: int = 0
-
-
-@dataclass(slots=True)
-class _Lane:
-    """A worker thread and the sources it reads in order: measured and observers, then models."""
-
-    name: str
-    executor: ThreadPoolExecutor
-    workers: list[_Worker]
-    pending: asyncio.Future[list[tuple[SourceResult, float]]] | None = None
-    pending_since: float = 0.0
-
-    @property
-    def measures(self) -> bool:
-        return any(w.source.role != MODEL for w in self.workers)
-
-
 class _Coverage:
     """Which components measured sources covered in one cycle, across lanes.
 
@@ -151,6 +128,93 @@ class _Coverage:
             return Covered(self._fresh, held)
 
 
+@dataclass(slots=True)
+class _Worker:
+    """Bookkeeping of one source: its last status and the time its reads took."""
+
+    source: Source
+    status: Status = field(default_factory=lambda: Status(ERROR, "not read yet"))
+    duration_sum: float = 0.0
+    duration_count: int = 0
+    stuck_since: float | None = None  # a read of it has not returned since then
+
+
+@dataclass(frozen=True, slots=True)
+class _Published:
+    """What a cycle decided that its snapshot shows; the rest is read from the ledger."""
+
+    timestamp: float
+    intensity: Intensity
+    pue: float
+    grams_per_second: float | None
+    embodied_grams_per_second: float | None
+    extra: tuple[CollectorState, ...]
+    newest: float | None  # the newest reading's time: where the peak window ends
+
+
+class _Job:
+    """One cycle's reads of one lane, filled in by the lane's thread as it goes."""
+
+    def __init__(self, workers: list[_Worker], coverage: _Coverage, deadline: float,
+                 started: float) -> None:
+        self.workers = workers
+        self.coverage = coverage
+        self.deadline = deadline
+        self.started = started
+        self.lock = threading.Lock()  # current and abandoned change together
+        self.results: dict[int, tuple[SourceResult, float]] = {}  # index in workers -> result
+        self.recorded: set[int] = set()
+        self.current: int | None = None  # index of the worker being read
+        self.abandoned = False  # the sampler set it aside: start no further read
+        self.done: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+    def abandon(self) -> _Worker | None:
+        """If a read is running: start no further one, and return its worker."""
+        with self.lock:
+            index = self.current
+            if index is None or index in self.results:
+                return None  # between two reads: it finishes on its own
+            self.abandoned = True
+            return self.workers[index]
+
+
+class _LaneThread(threading.Thread):
+    """A daemon thread that runs a lane's jobs. Daemon: a read that never returns (a wedged
+    driver, a FIFO nobody writes) must not keep the process from exiting on SIGTERM."""
+
+    def __init__(self, lane: str, clock: Callable[[], float]) -> None:
+        super().__init__(name=f"collector-{lane}", daemon=True)
+        self.lane = lane
+        self.clock = clock
+        self.jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self.start()
+
+    def run(self) -> None:
+        while (job := self.jobs.get()) is not None:
+            try:
+                _read_lane(self.lane, job, self.clock)
+            finally:
+                job.done.set_result(None)
+            if job.abandoned:
+                return  # a fresh thread has taken the lane over
+
+
+@dataclass(slots=True)
+class _Lane:
+    """A lane: the sources read one after the other in one thread (measured and observers,
+    then models). A source whose read outlives a cycle is set aside (stuck) and the lane
+    goes on in a fresh thread without it, so one stalled read holds up nothing else."""
+
+    name: str
+    workers: list[_Worker]
+    thread: _LaneThread
+    pending: _Job | None = None
+
+    @property
+    def measures(self) -> bool:
+        return any(w.source.role != MODEL for w in self.workers)
+
+
 def _timed_read(source: Source, covered: frozenset[str]) -> tuple[SourceResult, float]:
     started = time.perf_counter()
     try:
@@ -161,26 +225,27 @@ def _timed_read(source: Source, covered: frozenset[str]) -> tuple[SourceResult, 
     return result, time.perf_counter() - started
 
 
-def _read_lane(lane: _Lane, coverage: _Coverage,
-               deadline: float) -> list[tuple[SourceResult, float]]:
+def _read_lane(lane: str, job: _Job, clock: Callable[[], float]) -> None:
     """Runs in the lane's thread: each source once, models last, after every measured source
     of every lane (or the deadline)."""
-    results = []
     covered: dict[str, frozenset[str]] = {}
     reported = False
-    for worker in lane.workers:
+    for index, worker in enumerate(job.workers):
         source = worker.source
         if source.role == MODEL and not reported:
-            coverage.report(lane.name, covered)
+            job.coverage.report(lane, covered)
             reported = True
-        result, duration = _timed_read(
-            source, coverage.wait(deadline) if source.role == MODEL else frozenset())
+        with job.lock:
+            if job.abandoned:
+                break
+            job.current = index
+        result = _timed_read(
+            source, job.coverage.wait(job.deadline) if source.role == MODEL else frozenset())
+        job.results[index] = result
         if source.role == MEASURED:
-            covered[source.name] = frozenset(r.component for r in result.readings if r.component)
-        results.append((result, duration))
+            covered[source.name] = frozenset(r.component for r in result[0].readings if r.component)
     if not reported:
-        coverage.report(lane.name, covered)
-    return results
+        job.coverage.report(lane, covered)
 
 
 _ROLE_ORDER = {MEASURED: 0, OBSERVER: 1, MODEL: 2}
@@ -198,6 +263,8 @@ class Sampler:
         self.pue = pue
         self.clock = clock
         self.ledger = Ledger(max_power_gap=max(5 * interval, 5.0))
+        for source in sources:
+            source.clock = clock  # readings are stamped on the sampler's clock
         observers = [s for s in sources if s.role == OBSERVER]
         if len(observers) > 1:
             raise ValueError("at most one observer source (attribution)")
@@ -205,8 +272,9 @@ class Sampler:
         lanes: dict[str, list[Source]] = {}
         for source in sorted(sources, key=lambda s: _ROLE_ORDER[s.role]):  # stable: keeps order
             lanes.setdefault(source.lane, []).append(source)
-        self.lanes = [_Lane(name, ThreadPoolExecutor(1, thread_name_prefix=f"collector-{name}"),
-                            [_Worker(s) for s in members]) for name, members in lanes.items()]
+        self.lanes = [_Lane(name, [_Worker(s) for s in members], _LaneThread(name, clock))
+                      for name, members in lanes.items()]
+        self._stuck: list[_Job] = []  # jobs set aside with a read still running
         self._seen: dict[str, float] = {}  # component -> when a measured read last covered it
         # component -> (where a model began counting it, where it stopped; None: counting)
         self._modelled: dict[str, tuple[float, float | None]] = {}
@@ -215,9 +283,13 @@ class Sampler:
         self.gpus: tuple[GpuInfo, ...] = ()
         self.grid: GridState | None = None  # set by the provider chain, read at each cycle
         self.embodied: Embodied | None = None  # set by the daemon
-        self.snapshot = Snapshot(timestamp=None, intensity=intensity, pue=pue)
+        # The snapshot of the last cycle is built when first asked for (a scrape), at most once
+        # per cycle; a cycle nobody scrapes builds none. What it shows changes only in
+        # _publish, on the event loop like the scrapes, so building it later reads the same.
+        self._snapshot: Snapshot | None = Snapshot(timestamp=None, intensity=intensity, pue=pue)
+        self._published: _Published | None = None
         # called with each new snapshot, on the event loop; must be cheap (the landing page's
-        # ring of recent samples)
+        # ring of recent samples). A listener makes every cycle build its snapshot.
         self.listeners: list[Callable[[Snapshot], None]] = []
         self.cycles = 0
         self.last_cycle_at: float | None = None
@@ -240,41 +312,72 @@ class Sampler:
             log.log(level, "collector %s: %s%s", worker.source.name, result.status.reason,
                     f" ({result.status.detail})" if result.status.detail else "")
 
-    async def cycle(self) -> Snapshot:
-        loop = asyncio.get_running_loop()
+    async def step(self) -> None:
+        """One sample cycle: read every lane, feed the ledger, publish."""
         readings: list[Reading] = []
-        observed: SourceResult | None = None
         now = self.clock()
+        procfs.begin_cycle()
         idle = [lane for lane in self.lanes if lane.pending is None]
         coverage = _Coverage({lane.name for lane in idle if lane.measures}, self._seen,
                              self.takeover, self._coverage_lock, self.clock)
         deadline = now + self.interval / 2  # models wait at most this long for measured lanes
         for lane in idle:
-            lane.pending = loop.run_in_executor(lane.executor, _read_lane, lane, coverage,
-                                                deadline)
-            lane.pending_since = now
-        waiting = [lane.pending for lane in self.lanes if lane.pending is not None]
+            ready = [w for w in lane.workers if w.stuck_since is None]
+            if ready:
+                lane.pending = _Job(ready, coverage, deadline, now)
+                lane.thread.jobs.put(lane.pending)
+        waiting = [asyncio.wrap_future(job.done) for job in
+                   [lane.pending for lane in self.lanes if lane.pending is not None] + self._stuck]
         if waiting:
             await asyncio.wait(waiting, timeout=self.interval)
+        observed: list[SourceResult] = []
         for lane in self.lanes:
-            if lane.pending is None:
+            job = lane.pending
+            if job is None:
                 continue
-            if not lane.pending.done():
-                stuck = self.clock() - lane.pending_since
-                for worker in lane.workers:
-                    self._record(worker, SourceResult(Status(
-                        ERROR, f"read still running after {stuck:.1f} s")), 0.0)
-                continue
-            results, lane.pending = lane.pending.result(), None
-            for worker, (result, duration) in zip(lane.workers, results):
-                self._record(worker, result, duration)
-                readings.extend(self._handed_back(worker.source, result))
-                if GPU_INFO in worker.source.provides:
-                    self._gpus[worker.source.name] = tuple(result.gpus)
-                if worker.source is self.attribution:
-                    observed = result
+            if not job.done.done():
+                stuck = job.abandon()
+                if stuck is None:
+                    continue  # between two reads (a model waiting for coverage): nearly done
+                # set the stalled source aside; the rest of the lane goes on without it
+                stuck.stuck_since = job.started
+                self._stuck.append(job)
+                lane.thread = _LaneThread(lane.name, self.clock)
+            lane.pending = None
+            self._take(job, readings, observed)
+        for job in list(self._stuck):
+            if job.done.done():  # the stalled read came back: its counters are late, not wrong
+                self._stuck.remove(job)
+                self._take(job, readings, observed)
+                for worker in job.workers:
+                    worker.stuck_since = None
+        for worker in self.workers:
+            if worker.stuck_since is not None:
+                self._record(worker, SourceResult(Status(
+                    ERROR, f"read still running after {self.clock() - worker.stuck_since:.1f} s")),
+                    0.0)
+        procfs.end_cycle()
         self.gpus = tuple(gpu for gpus in self._gpus.values() for gpu in gpus)
-        return self._publish(readings, observed)
+        self._publish(readings, observed[-1] if observed else None)
+
+    async def cycle(self) -> Snapshot:
+        """One cycle, and its snapshot (tests; the daemon's loop builds none unless scraped)."""
+        await self.step()
+        return self.snapshot
+
+    def _take(self, job: _Job, readings: list[Reading], observed: list[SourceResult]) -> None:
+        """Record the results of a job not recorded yet."""
+        for index, (result, duration) in sorted(job.results.items()):
+            if index in job.recorded:
+                continue
+            job.recorded.add(index)
+            worker = job.workers[index]
+            self._record(worker, result, duration)
+            readings.extend(self._handed_back(worker.source, result))
+            if GPU_INFO in worker.source.provides:
+                self._gpus[worker.source.name] = tuple(result.gpus)
+            if worker.source is self.attribution:
+                observed.append(result)
 
     def _handed_back(self, source: Source, result: SourceResult) -> list[Reading]:
         """The readings to count, given what models counted. A model's baseline reading marks
@@ -305,7 +408,7 @@ class Sampler:
             readings.append(reading)
         return readings
 
-    def _publish(self, readings: list[Reading], observed: SourceResult | None = None) -> Snapshot:
+    def _publish(self, readings: list[Reading], observed: SourceResult | None = None) -> None:
         intensity, pue = self.intensity, self.pue
         counted = self.ledger.update(readings, grams_per_joule(intensity.grams_per_kwh, pue))
         extra: tuple[CollectorState, ...] = ()
@@ -322,13 +425,34 @@ class Sampler:
         self.last_cycle_at = now
         self.cycles += 1
         tracks = self.ledger.tracks.values()
-        for t in tracks:
+        for t in tracks:  # every cycle, scraped or not: a peak between scrapes still counts
             if t.component and t.present:
                 self.peaks.observe((t.component, t.device, t.source), t.last_at, t.watts)
         # the peak window ends at the newest reading, on the readings' own (monotonic) clock
         newest = max((t.last_at for t in tracks if t.component), default=None)
-        self.snapshot = Snapshot(
-            timestamp=time.time(),
+        self._published = _Published(time.time(), intensity, pue, rate, embodied_rate, extra,
+                                     newest)
+        self._snapshot = None
+        for listener in self.listeners:
+            try:
+                listener(self.snapshot)
+            except Exception:  # a listener bug must not stop sampling
+                log.exception("snapshot listener failed")
+
+    @property
+    def snapshot(self) -> Snapshot:
+        if self._snapshot is None:
+            self._snapshot = self._build()
+        return self._snapshot
+
+    def _build(self) -> Snapshot:
+        published = self._published
+        assert published is not None  # the initial snapshot stands until the first cycle
+        intensity = published.intensity
+        tracks = self.ledger.tracks.values()
+        newest = published.newest
+        return Snapshot(
+            timestamp=published.timestamp,
             energy=tuple(EnergySeries(t.component, t.device, t.source, t.joules, t.watts, t.grams)
                          for t in tracks if t.component),
             rapl_domains=tuple((t.domain, t.device, t.joules) for t in tracks
@@ -338,26 +462,20 @@ class Sampler:
             gpus=self.gpus,
             intensity=intensity,
             intensity_age=intensity.age(),
-            pue=pue,
-            grams_per_second=rate,
+            pue=published.pue,
+            grams_per_second=published.grams_per_second,
             collectors=tuple(CollectorState(w.source.name, w.status, w.duration_sum, w.duration_count)
-                             for w in self.workers) + extra,
+                             for w in self.workers) + published.extra,
             glitches=tuple((*key, n) for key, n in self.ledger.glitches.items()),
             workloads=self.attribution.series if self.attribution is not None else (),
             gpu_split=self.attribution.gpu_split if self.attribution is not None else (),
             embodied=tuple((c, d, g) for (c, d), g in self.embodied.totals.items())
             if self.embodied is not None else (),
-            embodied_grams_per_second=embodied_rate,
+            embodied_grams_per_second=published.embodied_grams_per_second,
             grid=self.grid,
             peaks=self.peaks.peaks(newest) if newest is not None else (),
             budgets=budgets(self.power_budget, (g.device for g in self.gpus)),
         )
-        for listener in self.listeners:
-            try:
-                listener(self.snapshot)
-            except Exception:  # a listener bug must not stop sampling
-                log.exception("snapshot listener failed")
-        return self.snapshot
 
     async def run(self, stop: asyncio.Event) -> None:
         """Sample until `stop` is set, on a fixed grid so slow cycles do not drift."""
@@ -366,7 +484,7 @@ class Sampler:
         try:
             while not stop.is_set():
                 try:
-                    await self.cycle()
+                    await self.step()
                 except Exception:  # keep sampling: the next cycle may work
                     log.exception("sample cycle failed")
                 next_at += self.interval
@@ -380,8 +498,11 @@ class Sampler:
 
     def close(self) -> None:
         for lane in self.lanes:
-            lane.executor.shutdown(wait=False, cancel_futures=True)
-        for source in self.sources:
+            lane.thread.jobs.put(None)  # ends after its current job; a stalled one is a daemon
+        for worker in self.workers:
+            if worker.stuck_since is not None:
+                continue  # its read never returned: closing could block as well
+            source = worker.source
             try:
                 source.close()
             except Exception:

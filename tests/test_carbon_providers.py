@@ -13,7 +13,8 @@ import pytest
 
 from exporter.carbon import Intensity
 from exporter.carbon.providers import LBS_PER_MWH_TO_G_PER_KWH, ProviderError
-from exporter.carbon.providers.chain import PROVIDERS, Chain
+from exporter.carbon.providers.chain import Chain
+from exporter.carbon.providers.spec import provider_types
 from exporter.carbon.providers.spec import parse_chain
 from exporter.carbon.secrets import REDACTED, RedactingFilter, Secret, redact
 from exporter.carbon.zones import resolve_zone
@@ -63,7 +64,7 @@ def spec_for(api: str, fake: FakeGrid, **extra) -> dict:
 
 def build(items, zone: str = "DE"):
     specs = parse_chain(items, "test")
-    return [PROVIDERS[s.type](s, resolve_zone(zone)) for s in specs]
+    return [provider_types()[s.type](s, resolve_zone(zone)) for s in specs]
 
 
 def fetch(provider):

@@ -34,6 +34,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.fixtures import ProcfsTree, intel_two_socket
 from tests.harness import ExporterProcess, http_get, wait_for
 
+pytestmark = pytest.mark.slow  # soak and load: scripts/test.sh (CI) runs them
+
 SCRAPERS = 50
 LOAD_SECONDS = 30.0
 MEMORY_SCRAPES = 10_000

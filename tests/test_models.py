@@ -3,24 +3,27 @@ standing aside for RAPL without double counting, and DRAM watts per GiB."""
 
 from __future__ import annotations
 
-import time
 
-import psutil
 import pytest
 
 from exporter.config import resolve
 from exporter.ledger import Ledger
-from exporter.sources import OK, SUPERSEDED
+from exporter.sources import OK, SUPERSEDED, Source
 from exporter.sources.cpu_model import IDLE_FRACTION_OF_TDP, CpuModelSource
 from exporter.sources.dram_model import DramModelSource
+from tests.harness import FakeClock
 from tests.fixtures import ProcfsTree
 
 
-@pytest.fixture(autouse=True)
-def restore_psutil_procfs(monkeypatch):
-    """The models point psutil at their procfs; put the real one back for other tests."""
-    monkeypatch.setattr(psutil, "PROCFS_PATH", psutil.PROCFS_PATH)
 
+
+
+CLOCK = FakeClock()  # the sources' clock here: time moves when a test says so
+
+
+@pytest.fixture(autouse=True)
+def _fake_clock(monkeypatch):
+    monkeypatch.setattr(Source, "clock", staticmethod(CLOCK))
 
 def config(**flags):
     """Settings with an empty sysfs (no DMI) unless path.sysfs is given: the test machine's
@@ -33,7 +36,7 @@ def two_reads(source: CpuModelSource, procfs: ProcfsTree, busy: int, idle: int):
     """Read, advance the jiffies, read again: (first, second) readings."""
     first = source.read()
     assert first.status.reason == OK, first.status
-    time.sleep(0.01)
+    CLOCK.advance(0.01)
     procfs.advance(busy, idle)
     second = source.read()
     assert second.status.reason == OK, second.status
@@ -120,7 +123,7 @@ def test_superseded_when_rapl_covers_the_cpu_and_no_double_count_after(tmp_path)
     # RAPL appears: the model hands back with a last reading up to now (issue 12: exact
     # hand-over), then stands aside while the jiffies keep moving
     procfs.advance(100, 0)  # u = 1 -> 150 W
-    time.sleep(0.01)
+    CLOCK.advance(0.01)
     handback = source.read(frozenset({"cpu"}))
     assert handback.status.reason == SUPERSEDED and len(handback.readings) == 1
     assert handback.readings[0].baseline is False
@@ -128,21 +131,21 @@ def test_superseded_when_rapl_covers_the_cpu_and_no_double_count_after(tmp_path)
     expected += 150.0 * (handback.readings[0].at - second.at)
     for _ in range(3):
         procfs.advance(100, 0)
-        time.sleep(0.01)
+        CLOCK.advance(0.01)
         result = source.read(frozenset({"cpu"}))
         assert result.status.reason == SUPERSEDED and result.readings == []
         ledger.update([], 0.0)
 
     # RAPL gone: the model counts from RAPL's last reading (its last read aside), and the
     # time aside before that is not counted
-    time.sleep(0.01)
+    CLOCK.advance(0.01)
     procfs.advance(0, 100)  # u = 0 -> 50 W
     back = source.read()
     baseline, counted = back.readings
     assert baseline.baseline is True and counted.baseline is False
     ledger.update(back.readings, 0.0)
     expected += 50.0 * (counted.at - baseline.at)
-    time.sleep(0.01)
+    CLOCK.advance(0.01)
     procfs.advance(0, 100)
     after = source.read().readings
     assert len(after) == 1
@@ -169,7 +172,7 @@ def test_dram_watts_per_gib_times_memtotal(tmp_path):
     source = DramModelSource(procfs.procfs, config(**{"dram_model.watts_per_gib": 0.5}))
     first = source.read()
     assert first.status.reason == OK and "96.0 GiB" in first.status.detail
-    time.sleep(0.01)
+    CLOCK.advance(0.01)
     second = source.read()
     a, b = first.readings[0], second.readings[0]
     assert a.baseline is True and b.baseline is False
@@ -190,17 +193,17 @@ def test_dram_superseded_by_rapl_dram_and_no_double_count(tmp_path):
     ledger = Ledger()
     a = source.read().readings[0]
     ledger.update([a], 0.0)
-    time.sleep(0.01)
+    CLOCK.advance(0.01)
     b = source.read().readings[0]
     ledger.update([b], 0.0)
-    time.sleep(0.01)
+    CLOCK.advance(0.01)
     handback = source.read(frozenset({"dram", "cpu"}))  # RAPL dram appears: a last reading
     assert handback.status.reason == SUPERSEDED and len(handback.readings) == 1
     ledger.update(handback.readings, 0.0)
-    time.sleep(0.02)
+    CLOCK.advance(0.02)
     aside = source.read(frozenset({"dram", "cpu"}))
     assert aside.status.reason == SUPERSEDED and aside.readings == []
-    time.sleep(0.01)
+    CLOCK.advance(0.01)
     c, d = source.read().readings  # RAPL gone: from its last reading on
     assert c.baseline is True and d.baseline is False
     ledger.update([c, d], 0.0)

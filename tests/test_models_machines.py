@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import time
 
-import psutil
 import pytest
 
 from exporter.config import resolve
@@ -29,9 +28,6 @@ GIB_KIB = 1024 * 1024
 CCF_GB_PER_WATT = 0.392
 
 
-@pytest.fixture(autouse=True)
-def restore_psutil_procfs(monkeypatch):
-    monkeypatch.setattr(psutil, "PROCFS_PATH", psutil.PROCFS_PATH)
 
 
 def machine(tmp_path, platform: str | None, **cpu):

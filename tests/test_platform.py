@@ -53,7 +53,8 @@ def test_conservation_platform_400w_components_300w(tmp_path):
     sampler = Sampler([attribution], 1.0, INTENSITY, 1.0)
     try:
         for t in range(11):
-            snap = sampler._publish(components(100.0 + t, t) + [meter(400.0, 100.0 + t)], None)
+            sampler._publish(components(100.0 + t, t) + [meter(400.0, 100.0 + t)], None)
+            snap = sampler.snapshot
             if t == 0:
                 continue
             node = sum(e.joules for e in snap.energy)

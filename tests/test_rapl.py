@@ -6,16 +6,24 @@ import json
 import os
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 
 from exporter.ledger import Ledger
-from exporter.sources import ABSENT, ERROR, OK, PERMISSION
+from exporter.sources import ABSENT, ERROR, OK, PERMISSION, Source
 from exporter.sources.rapl import RaplSource
+from tests.harness import FakeClock
 from tests.fixtures import PowercapTree, amd_one_socket, intel_two_socket
 
+
+
+CLOCK = FakeClock()  # the sources' clock here: time moves when a test says so
+
+
+@pytest.fixture(autouse=True)
+def _fake_clock(monkeypatch):
+    monkeypatch.setattr(Source, "clock", staticmethod(CLOCK))
 
 def by_zone(result) -> dict[tuple[str, str], object]:
     return {(r.domain, r.device): r for r in result.readings}
@@ -77,7 +85,7 @@ def test_duplicates_through_three_interfaces_count_once_in_the_ledger(tmp_path):
         tree.add_zone(f"{control}:0", "package-0", 0)
     source, ledger = RaplSource(tree.sysfs), Ledger()
     ledger.update(source.read().readings, 0.0)
-    time.sleep(0.01)
+    CLOCK.advance(0.01)
     for control in ("intel-rapl", "intel-rapl-mmio", "intel-rapl-tpmi"):
         tree.advance(f"{control}:0", 10.0)
     counted = ledger.update(source.read().readings, 0.0)
@@ -125,14 +133,14 @@ def test_garbage_then_recovery_keeps_energy(tmp_path):
     tree = amd_one_socket(tmp_path)
     source, ledger = RaplSource(tree.sysfs), Ledger()
     ledger.update(source.read().readings, 0.0)
-    time.sleep(0.01)
+    CLOCK.advance(0.01)
     tree.advance("intel-rapl:0", 5.0)
     ledger.update(source.read().readings, 0.0)
     tree.set_raw("intel-rapl:0", "garbage")
-    time.sleep(0.01)
+    CLOCK.advance(0.01)
     assert source.read().status.reason == ERROR
     tree.advance("intel-rapl:0", 7.0)  # rewrites the value from the fixture's counter
-    time.sleep(0.01)
+    CLOCK.advance(0.01)
     result = source.read()
     assert result.status.reason == OK
     ledger.update(result.readings, 0.0)
@@ -145,13 +153,13 @@ def test_zone_vanishing_mid_run_then_returning(tmp_path):
     source, ledger = RaplSource(tree.sysfs), Ledger()
     ledger.update(source.read().readings, 0.0)
 
-    time.sleep(0.01)
+    CLOCK.advance(0.01)
     tree.advance("intel-rapl:1", 3.0)
     tree.advance("intel-rapl:0", 1.0)
     ledger.update(source.read().readings, 0.0)
 
     tree.remove("intel-rapl:1")
-    time.sleep(0.01)
+    CLOCK.advance(0.01)
     tree.advance("intel-rapl:1", 4.0)  # energy used while the zone is gone
     tree.advance("intel-rapl:0", 2.0)
     result = source.read()
@@ -165,7 +173,7 @@ def test_zone_vanishing_mid_run_then_returning(tmp_path):
     assert package1.joules == pytest.approx(3.0)
 
     tree.restore("intel-rapl:1")
-    time.sleep(0.01)
+    CLOCK.advance(0.01)
     tree.advance("intel-rapl:1", 5.0)
     result = source.read()
     assert result.status.reason == OK, result.status
@@ -185,7 +193,7 @@ def test_wraparound_through_the_ledger(tmp_path):
     ledger.update(source.read().readings, 0.0)
     injected = 0.0
     for step in (15.0, 15.0, 15.0):  # crosses the wrap point on the second step
-        time.sleep(0.02)
+        CLOCK.advance(0.02)
         tree.advance("intel-rapl:0", step)
         tree.advance("intel-rapl:0:0", 2.0)
         injected += step
@@ -203,11 +211,11 @@ def test_counter_going_backwards_is_a_counted_glitch_not_a_decrease(tmp_path):
     tree = amd_one_socket(tmp_path)
     source, ledger = RaplSource(tree.sysfs), Ledger()
     ledger.update(source.read().readings, 0.0)
-    time.sleep(0.01)
+    CLOCK.advance(0.01)
     tree.advance("intel-rapl:0", 2.0)
     ledger.update(source.read().readings, 0.0)
     tree.set_raw("intel-rapl:0", "1000\n")  # far back: as a wrap it would be ~65 kJ
-    time.sleep(0.01)
+    CLOCK.advance(0.01)
     ledger.update(source.read().readings, 0.0)
     package = ledger.tracks[("cpu", "package", "package-0", "rapl")]
     assert package.joules == pytest.approx(2.0)

@@ -5,13 +5,13 @@ names it."""
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import signal
 import threading
 import time
 from pathlib import Path
 
-import psutil
-import pytest
 
 from exporter.carbon import Intensity
 from exporter.config import BY_KEY, resolve
@@ -30,15 +30,15 @@ from exporter.sources import (
 )
 from exporter.sources.cpu_model import CpuModelSource
 from exporter.sources.registry import registered
+import pytest
+
 from tests.fixtures import ProcfsTree
+from tests.harness import ExporterProcess, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 INTENSITY = Intensity(100.0, "", "static")
 
 
-@pytest.fixture(autouse=True)
-def restore_psutil_procfs(monkeypatch):
-    monkeypatch.setattr(psutil, "PROCFS_PATH", psutil.PROCFS_PATH)
 
 
 class CpuMeter(Source):
@@ -174,3 +174,124 @@ def test_enabled_collectors_come_from_flags():
 
 def test_device_names_are_vendor_neutral():
     assert device_name("gpu", 3) == "gpu-3"
+
+
+# --- a read that stalls ----------------------------------------------------------------------------
+
+class Gated(Source):
+    """A measured source whose reads block while `gate` is closed (a wedged driver)."""
+
+    name = "test-gated"
+    components = ("gpu",)
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.joules = 0.0
+
+    def read(self, covered: frozenset[str] = frozenset()) -> SourceResult:
+        self.gate.wait(30)
+        self.joules += 1.0
+        return SourceResult(Status(OK), [Reading(
+            collector=self.name, device="gpu-0", source="test", value=self.joules,
+            at=time.monotonic(), component="gpu")])
+
+
+def test_a_stalled_read_does_not_hold_up_the_rest_of_its_lane(tmp_path):
+    gated = Gated()
+    meter = CpuMeter(lane="host")  # after the gated one, in the same lane
+    sampler = Sampler([gated, meter], interval=0.2, intensity=INTENSITY, pue=1.0)
+    assert [w.source for w in sampler.workers] == [gated, meter]
+
+    async def scenario() -> None:
+        for _ in range(4):
+            await sampler.cycle()
+        assert _status(sampler, "test-gated").reason == "error"
+        assert "still running" in _status(sampler, "test-gated").detail
+        assert _status(sampler, "test-cpu-meter").reason == OK
+        before = meter.joules
+        for _ in range(2):
+            await sampler.cycle()
+        assert meter.joules > before  # still read every cycle, in a fresh thread
+        gated.gate.set()  # the driver comes back: its late reading is counted, then it rejoins
+        for _ in range(3):
+            await sampler.cycle()
+        assert _status(sampler, "test-gated").reason == OK
+        assert [s.joules for s in sampler.snapshot.energy if s.component == "gpu"][0] > 0
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        gated.gate.set()
+        sampler.close()
+
+
+def test_exporter_with_a_stalled_procfs_read_serves_and_stops_on_sigterm(tmp_path):
+    """<procfs>/stat is a FIFO nobody writes: opening it blocks forever (like a wedged
+    driver). The CPU model stalls; the DRAM model, read after it in the same lane, keeps
+    counting; scrapes are served; SIGTERM ends the process at once."""
+    procfs = ProcfsTree(tmp_path / "proc")
+    (procfs.root / "stat").unlink()
+    os.mkfifo(procfs.root / "stat")
+    sysfs = tmp_path / "sys"
+    sysfs.mkdir()
+    exporter = ExporterProcess(tmp_path, [f"--path.procfs={procfs.procfs}", f"--path.sysfs={sysfs}",
+                                          "--sample.interval=0.2", "--no-collector.nvml",
+                                          "--no-collector.attribution"])
+    try:
+        exporter.wait_ready()
+
+        def dram_joules() -> float:
+            text = exporter.metrics()
+            found = re.search(r'^carbon_energy_joules_total\{component="dram",device="node",'
+                              r'source="model"\} (\S+)$', text, re.M)
+            return float(found.group(1)) if found else 0.0
+
+        wait_for(lambda: dram_joules() > 0, 10, "DRAM model energy")
+        first = dram_joules()
+        wait_for(lambda: dram_joules() > first, 10, "DRAM model energy growing")
+        text = exporter.metrics()
+        assert re.search(r'^carbon_exporter_collector_up\{collector="cpu-model"[^}]*\} 0', text, re.M)
+        started = time.monotonic()
+        exporter.signal(signal.SIGTERM)
+        assert exporter.proc.wait(10) == 0, exporter.output()
+        assert time.monotonic() - started < 5, "SIGTERM waited on the stalled read"
+    finally:
+        exporter.stop()
+
+
+# --- cost: one /proc/stat parse per cycle, a snapshot only when asked for --------------------------
+
+def test_proc_stat_is_parsed_once_per_cycle_and_fresh_outside_one(tmp_path):
+    from exporter import procfs as shared
+
+    tree = ProcfsTree(tmp_path / "proc")
+    shared.begin_cycle()
+    try:
+        first = shared.cpu_times(tree.procfs)
+        tree.advance(100, 0)
+        assert shared.cpu_times(tree.procfs) is first  # the CPU model and attribution share it
+    finally:
+        shared.end_cycle()
+    assert shared.cpu_times(tree.procfs).busy == pytest.approx(first.busy + 1.0)
+
+
+def test_snapshot_is_built_only_when_asked_and_once_per_cycle(tmp_path, monkeypatch):
+    meter = CpuMeter(lane="host")
+    sampler = Sampler([meter], interval=0.2, intensity=INTENSITY, pue=1.0)
+    built = []
+    real_build = sampler._build
+    monkeypatch.setattr(sampler, "_build", lambda: built.append(1) or real_build())
+
+    async def scenario() -> None:
+        for _ in range(3):
+            await sampler.step()
+        assert built == []  # nobody scraped: nothing built
+        first = sampler.snapshot
+        assert sampler.snapshot is first and len(built) == 1
+        await sampler.step()
+        assert sampler.snapshot is not first and len(built) == 2
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        sampler.close()

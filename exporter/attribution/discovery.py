@@ -27,10 +27,10 @@ from exporter.attribution.cgroups import (
     parse_cgroup_path,
     parse_cpu_seconds,
     parse_pid_stat,
-    parse_proc_stat_busy,
     read_file,
 )
 from exporter.attribution.gpu import GpuProcessReader, GpuShares
+from exporter.procfs import cpu_times
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,8 @@ class WorkloadReader:
         self.not_pids: set[str] = set()  # /proc entries that are not processes (self, sys, ...)
         self.identities: dict[str, Identity | None] = {}  # cgroup path -> workload
         self.recheck: collections.deque[str] = collections.deque()
+        # pids to read again at the next sample: moved to another cgroup (exporter.runs)
+        self.recheck_now: collections.deque[str] = collections.deque()
 
     def _set(self, pid: str, proc: Process | None) -> None:
         old = self.pids.pop(pid, None)
@@ -122,7 +124,7 @@ class WorkloadReader:
                 return obs
             log.info("attribution: cgroup %s at %s", self.layout.version, self.layout.root)
         try:
-            obs.node_busy = parse_proc_stat_busy(read_file(self.procfs + "/stat"), self.user_hz)
+            obs.node_busy = cpu_times(self.procfs).busy  # one parse per cycle, shared
         except (OSError, ValueError) as exc:
             obs.problems.append(f"{self.procfs}/stat: {exc}")
         try:
@@ -150,6 +152,10 @@ class WorkloadReader:
                 self.not_pids.add(pid)
                 continue
             self._set(pid, self._read_pid(pid, obs))
+        while self.recheck_now:
+            pid = self.recheck_now.popleft()
+            if pid in pids and pid not in new:
+                self._set(pid, self._read_pid(pid, obs))
         if not self.recheck:
             self.recheck.extend(p for p in pids if p not in new)  # those were just read
         for _ in range(min(len(self.recheck), -(-len(pids) // RECHECK_SAMPLES))):

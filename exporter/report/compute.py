@@ -1,28 +1,56 @@
-"""Turn raw Prometheus history into the report document (a dict that follows the JSON schema).
-
-Everything here is arithmetic on stored samples: counter increases between consecutive
-samples (a decrease is a reset, as in Prometheus's increase()), values held from one sample
-to the next for gauges. No extrapolation, so reports over adjacent windows add up.
+"""Turn fetched Prometheus history into the report document (a dict that follows the JSON
+schema): one method per section. The queries are in fetch.py, the series arithmetic in
+series.py, the methodology text in methodology.py.
 """
 
 from __future__ import annotations
 
 import bisect
-import datetime as dt
 import math
 import statistics
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from exporter import __version__
-from exporter.carbon import WORLD, grid_dataset
+from exporter.carbon import grid_dataset
 from exporter.ledger import JOULES_PER_KWH
 from exporter.report import longterm
 from exporter.report import metricnames as names
-from exporter.report.reasons import with_reasons
-from exporter.report.promapi import LabelSet, PromClient, quote, regex_alternatives
+from exporter.report.fetch import History, ReportError, fetch
+from exporter.report.methodology import (
+    FAILURE_REASONS,
+    GAP_FACTOR,
+    LOOKBACK_SECONDS,
+    PROVIDER_OK,
+    bundled_datasets,
+    methodology,
+)
+from exporter.report.promapi import LabelSet, PromClient
+from exporter.report.series import (
+    Gauge,
+    Increase,
+    Points,
+    Target,
+    by_target,
+    models_of,
+    counter_increase,
+    held_intervals,
+    labels_of,
+    labelset_of,
+    nice_bucket,
+    overlap_share,
+    rfc3339,
+    spread,
+    stats,
+    target_of,
+)
+
+__all__ = ["DEFAULT_WHAT_IF_ZONES", "FAILURE_REASONS", "GAP_FACTOR", "LOOKBACK_SECONDS",
+           "PROVIDER_OK", "Gauge", "Increase", "Report", "ReportError", "Request",
+           "bundled_datasets", "counter_increase", "held_intervals", "labelset_of",
+           "methodology", "nice_bucket", "overlap_share", "rfc3339", "spread"]
 
 SCHEMA_VERSION = "1.0"
 
@@ -30,23 +58,9 @@ SCHEMA_VERSION = "1.0"
 SOURCE_CATEGORY = {"rapl": "counter", "nvml": "counter", "hwmon": "counter",
                    "power_sample": "sampled_power", "model": "model", "longterm": "longterm",
                    "platform_remainder": "platform_remainder"}
-# collector_up reasons that mean "tried and failed"; absent/superseded are not failures.
-FAILURE_REASONS = ("error", "permission")
-# carbon_grid_provider_up reasons that are not failures (not_yet: no fetch attempted yet).
-PROVIDER_OK = ("ok", "not_yet")
 WORKLOAD_LABELS = ("namespace", "pod", "container", "unit", "workload_job")
-# A scrape is missing when two samples are further apart than this many typical intervals.
-GAP_FACTOR = 2.0
-# How far before FROM the report looks for the baseline sample of each counter.
-LOOKBACK_SECONDS = 300.0
 DEFAULT_WHAT_IF_ZONES = ("WORLD", "FR", "DE", "US", "GB", "PL", "NO", "IN")
 
-Points = list[tuple[float, float]]
-Target = tuple[str, str]  # (job, instance)
-
-
-class ReportError(RuntimeError):
-    """The report cannot be made; str() is one line."""
 
 
 @dataclass
@@ -65,118 +79,6 @@ class Request:
         return "{" + ", ".join(self.matchers) + "}"
 
 
-def rfc3339(t: float) -> str:
-    moment = dt.datetime.fromtimestamp(t, dt.timezone.utc)
-    text = moment.isoformat(timespec="milliseconds" if t % 1 else "seconds")
-    return text.replace("+00:00", "Z")
-
-
-def _labels(key: LabelSet) -> dict[str, str]:
-    return dict(key)
-
-
-def _target(key: LabelSet) -> Target:
-    labels = _labels(key)
-    return labels.get("job", ""), labels.get("instance", "")
-
-
-# --- counters and gauges ---------------------------------------------------------------------
-
-@dataclass
-class Increase:
-    """Counter deltas of one series: (t_prev, t, delta) between consecutive samples."""
-
-    deltas: list[tuple[float, float, float]] = field(default_factory=list)
-    resets: int = 0
-
-    @property
-    def total(self) -> float:
-        return math.fsum(d for _, _, d in self.deltas)
-
-
-def counter_increase(points: Points, start: float, end: float) -> Increase:
-    """Increase over [start, end] from the last sample at or before `start` (else the first
-    sample) to the last sample at or before `end`; a decrease counts the new value."""
-    times = [t for t, _ in points]
-    base = max(0, bisect.bisect_right(times, start) - 1)
-    result = Increase()
-    prev_t, prev_v = points[base]
-    for t, v in points[base + 1:]:
-        if t > end:
-            break
-        if v >= prev_v:
-            delta = v - prev_v
-        else:
-            delta = v
-            result.resets += 1
-        result.deltas.append((prev_t, t, delta))
-        prev_t, prev_v = t, v
-    return result
-
-
-class Gauge:
-    """A gauge's samples with their times indexed for lookups."""
-
-    def __init__(self, points: Points) -> None:
-        self.points = points
-        self.times = [t for t, _ in points]
-
-    def at(self, t: float) -> float:
-        """The value in force at t: the last sample at or before t, else the first one."""
-        index = bisect.bisect_right(self.times, t) - 1
-        return self.points[max(index, 0)][1]
-
-
-def held_intervals(points: Points, start: float, end: float):
-    """(from, to, value): each sample's value held until the next sample, clipped to the window."""
-    for (t, v), (t_next, _) in zip(points, points[1:]):
-        lo, hi = max(t, start), min(t_next, end)
-        if hi > lo:
-            yield lo, hi, v
-
-
-def spread(buckets: list[float], origin: float, width: float, lo: float, hi: float,
-           amount: float) -> None:
-    """Add `amount`, spent evenly over (lo, hi], to fixed-width buckets starting at origin."""
-    if hi <= lo:
-        index = min(max(int((hi - origin) // width), 0), len(buckets) - 1)
-        buckets[index] += amount
-        return
-    first = int((lo - origin) // width)
-    last = int(math.ceil((hi - origin) / width)) - 1
-    for index in range(max(first, 0), min(last, len(buckets) - 1) + 1):
-        b_lo, b_hi = origin + index * width, origin + (index + 1) * width
-        overlap = min(hi, b_hi) - max(lo, b_lo)
-        if overlap > 0:
-            buckets[index] += amount * overlap / (hi - lo)
-
-
-def overlap_share(lo: float, hi: float, start: float, end: float) -> float:
-    if hi <= lo:
-        return 1.0 if start < hi <= end else 0.0
-    return max(0.0, min(hi, end) - max(lo, start)) / (hi - lo)
-
-
-def _stats(values: list[tuple[float, float]]) -> dict | None:
-    """min/max over values and the duration-weighted mean; values are (value, seconds)."""
-    if not values:
-        return None
-    weight = math.fsum(w for _, w in values)
-    mean = (math.fsum(v * w for v, w in values) / weight if weight > 0
-            else statistics.fmean(v for v, _ in values))
-    return {"min": min(v for v, _ in values), "mean": mean, "max": max(v for v, _ in values)}
-
-
-def _nice_bucket(seconds: float) -> float:
-    raw = seconds / 240
-    for nice in (60, 300, 600, 900, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 86400):
-        if raw <= nice:
-            return float(nice)
-    return 86400.0 * math.ceil(raw / 86400)
-
-
-# --- the report ------------------------------------------------------------------------------
-
 class Report:
     def __init__(self, client: PromClient, request: Request) -> None:
         self.client = client
@@ -185,95 +87,21 @@ class Report:
         self.fetch_from = request.start - LOOKBACK_SECONDS
         self.longterm = False  # the counters were rebuilt from the long-term rules
 
-    def raw(self, selector: str) -> dict[LabelSet, Points]:
-        return self.client.raw_samples(selector, self.fetch_from, self.end)
-
-    def _longterm(self, sel: str) -> tuple[dict, dict, dict | None]:
-        """(energy, operational, embodied) counters rebuilt from the long-term rules."""
-        if self.req.workload:
-            energy, operational = longterm.workload_series(self.raw, sel, self.req.matchers)
-            return ({k: v for k, v in energy.items() if v[-1][0] > self.start},
-                    operational, None)
-        energy, operational, embodied = longterm.node_series(self.raw, sel)
-        return {k: v for k, v in energy.items() if v[-1][0] > self.start}, operational, embodied
-
-    def build(self) -> dict:
-        req = self.req
+    def build(self) -> dict[str, Any]:
         if self.end <= self.start:
             raise ReportError(f"empty window: --from {rfc3339(self.start)} is not before "
                               f"--to {rfc3339(self.end)}")
-        sel = ", ".join(req.matchers)
-        energy_metric = names.WORKLOAD_ENERGY if req.workload else names.ENERGY
-        # Raw-sample selectors below: 10 for a workload, 12 for nodes; then 3 instant queries
-        # and the intensity chart's range query.
-        self.client.start_progress(self.client.expected_calls(
-            self.fetch_from, self.end, 10 if req.workload else 12, 4))
-        try:
-            # A series seen only before FROM (its baseline) used no energy in the window.
-            energy = {k: v for k, v in self.raw(f"{energy_metric}{{{sel}}}").items()
-                      if v[-1][0] > self.start}
-            # A long-term store keeps only the coarse rules: rebuild the counters from them.
-            self.longterm = not energy
-            if self.longterm:
-                energy, lt_operational, lt_embodied = self._longterm(sel)
-            if not energy:
-                raise ReportError(f"selector {req.selector} matches no {energy_metric} series "
-                                  f"between {rfc3339(self.start)} and {rfc3339(self.end)}")
-            targets = sorted({_target(k) for k in energy})
-            tsel = (f'job=~{quote(regex_alternatives(j for j, _ in targets))}, '
-                    f'instance=~{quote(regex_alternatives(i for _, i in targets))}')
-            if self.longterm:
-                operational, embodied = lt_operational, lt_embodied
-                node_energy = (longterm.node_series(self.raw, tsel)[0] if req.workload
-                               else energy)
-            elif req.workload:
-                operational = self.raw(f"{names.WORKLOAD_EMISSIONS}{{{sel}}}")
-                embodied = None
-                node_energy = self.raw(f"{names.ENERGY}{{{tsel}}}")
-            else:
-                operational = self.raw(f'{names.EMISSIONS}{{{sel}, scope="operational"}}')
-                embodied = self.raw(f'{names.EMISSIONS}{{{sel}, scope="embodied"}}')
-                node_energy = energy
-            pue = self.raw(f"{names.PUE}{{{tsel}}}")
-            intensity = self.raw(f"{names.GRID_INTENSITY}{{{tsel}}}")
-            age = self.raw(f"{names.GRID_INTENSITY_AGE}{{{tsel}}}")
-            collector_up = with_reasons(self.raw(f"{names.COLLECTOR_UP}{{{tsel}}}"),
-                                        self.raw(f"{names.COLLECTOR_STATUS}{{{tsel}}}"),
-                                        "collector")
-            provider_up = with_reasons(self.raw(f"{names.PROVIDER_UP}{{{tsel}}}"),
-                                       self.raw(f"{names.PROVIDER_STATUS}{{{tsel}}}"),
-                                       "provider")
-            workloads = (energy, operational) if req.workload else (
-                ({}, {}) if self.longterm else
-                (self.raw(f"{names.WORKLOAD_ENERGY}{{{tsel}}}"),
-                 self.raw(f"{names.WORKLOAD_EMISSIONS}{{{tsel}}}")))
-            forecast = self.client.query(f"{names.FORECAST_MIN}{{{tsel}}}", self.end)
-            build_info = self.client.query(f"max_over_time({names.BUILD_INFO}{{{tsel}}}"
-                                           f"[{int(self.end - self.fetch_from)}s])", self.end)
-            # how each modelled series was obtained, over the window
-            models = self.client.query(f"max_over_time({names.MODEL_INFO}{{{tsel}}}"
-                                       f"[{int(self.end - self.fetch_from)}s])", self.end)
-            bucket = req.bucket_seconds or _nice_bucket(self.end - self.start)
-            step = max(bucket, 1.0)
-            intensity_chart = self.client.query_range(
-                f"{names.GRID_INTENSITY}{{{tsel}}}", self.start, self.end, step)
-        finally:
-            self.client.stop_progress()
+        return self.compute(fetch(self.client, self.req))
 
-        self.targets = targets
-
-        def ours(series: dict[LabelSet, Points]) -> dict[LabelSet, Points]:
-            # The job=~ and instance=~ regexes also match other job/instance pairs.
-            return {k: v for k, v in series.items() if _target(k) in targets}
-
-        pue, intensity, age, collector_up, provider_up, node_energy = (
-            ours(pue), ours(intensity), ours(age), ours(collector_up), ours(provider_up),
-            ours(node_energy))
-        intensity_chart = ours(intensity_chart)
-        workloads = (ours(workloads[0]), ours(workloads[1]))
-        if not req.workload:
-            node_energy = energy
-        self.pue = _by_target(pue)
+    def compute(self, history: History) -> dict[str, Any]:
+        """The document from fetched history: no Prometheus from here on."""
+        req = self.req
+        self.targets = history.targets
+        self.longterm = history.longterm
+        energy, operational, embodied = history.energy, history.operational, history.embodied
+        pue, node_energy = history.pue, history.node_energy
+        bucket = history.bucket
+        self.pue = by_target(pue)
         self._pue_gauges = {target: Gauge(points) for target, points in self.pue.items()}
         self.energy_inc = {k: counter_increase(p, self.start, self.end) for k, p in energy.items()}
         self.op_inc = {k: counter_increase(p, self.start, self.end) for k, p in operational.items()}
@@ -282,7 +110,7 @@ class Report:
         self.node_inc = (self.energy_inc if node_energy is energy else
                          {k: counter_increase(p, self.start, self.end)
                           for k, p in node_energy.items()})
-        self.intensity = intensity
+        self.intensity = history.intensity
         self.bucket = bucket
 
         facility = self._facility_joules()
@@ -299,13 +127,14 @@ class Report:
                       "seconds": self.end - self.start,
                       "targets": [{"job": j, "instance": i} for j, i in self.targets]},
             "totals": totals,
-            "breakdown": self._breakdown(*workloads),
+            "breakdown": self._breakdown(history.workload_energy, history.workload_emissions),
             "intensity": self._intensity(totals, facility),
-            "data_quality": {**self._quality(node_energy, collector_up, provider_up, age),
-                             "models": _models(models, targets)},
-            "what_if": self._what_if(totals, facility, forecast),
-            "methodology": methodology(req, build_info, self._observed_settings()),
-            "series": self._series(intensity_chart),
+            "data_quality": {**self._quality(node_energy, history.collector_up,
+                                             history.provider_up, history.age),
+                             "models": models_of(history.models, self.targets)},
+            "what_if": self._what_if(totals, facility, history.forecast),
+            "methodology": methodology(req, history.build_info, self._observed_settings()),
+            "series": self._series(history.intensity_chart),
         }
         return document
 
@@ -319,7 +148,7 @@ class Report:
         """Energy times the PUE in force at each sample, per target."""
         out: dict[Target, float] = defaultdict(float)
         for key, inc in self.energy_inc.items():
-            target = _target(key)
+            target = target_of(key)
             out[target] += math.fsum(d * self._pue_at(target, t) for _, t, d in inc.deltas)
         return out
 
@@ -348,7 +177,7 @@ class Report:
             "energy_joules": joules,
             "energy_kwh": joules / JOULES_PER_KWH,
             "facility_energy_kwh": facility_joules / JOULES_PER_KWH,
-            "pue": {"available": bool(self.pue), **(_stats(pue_values) or
+            "pue": {"available": bool(self.pue), **(stats(pue_values) or
                                                     {"min": None, "mean": None, "max": None})},
             "operational_grams": op if self.op_inc else None,
             "embodied_grams": emb,
@@ -361,18 +190,18 @@ class Report:
     def _breakdown(self, workload_energy, workload_emissions) -> dict:
         component: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
         for key, inc in self.energy_inc.items():
-            component[_labels(key).get("component", "")][0] += inc.total
+            component[labels_of(key).get("component", "")][0] += inc.total
         for key, inc in self.op_inc.items():
-            component[_labels(key).get("component", "")][1] += inc.total
+            component[labels_of(key).get("component", "")][1] += inc.total
         node: dict[Target, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
         for key, inc in self.energy_inc.items():
-            node[_target(key)][0] += inc.total
+            node[target_of(key)][0] += inc.total
         for key, inc in self.op_inc.items():
-            node[_target(key)][1] += inc.total
+            node[target_of(key)][1] += inc.total
         for key, inc in (self.emb_inc or {}).items():
-            node[_target(key)][2] += inc.total
+            node[target_of(key)][2] += inc.total
         has_op = bool(self.op_inc)
-        embodied_nodes = {_target(k) for k in self.emb_inc or {}}
+        embodied_nodes = {target_of(k) for k in self.emb_inc or {}}
         out: dict[str, Any] = {
             "component": [{"component": c, "energy_kwh": e / JOULES_PER_KWH,
                            "operational_grams": g if has_op else None}
@@ -384,11 +213,11 @@ class Report:
         }
         rows: dict[tuple[str, ...], list[float]] = defaultdict(lambda: [0.0, 0.0])
         for key, points in workload_energy.items():
-            labels = _labels(key)
+            labels = labels_of(key)
             rows[tuple(labels.get(n, "") for n in ("kind", *WORKLOAD_LABELS))][0] += \
                 counter_increase(points, self.start, self.end).total
         for key, points in workload_emissions.items():
-            labels = _labels(key)
+            labels = labels_of(key)
             rows[tuple(labels.get(n, "") for n in ("kind", *WORKLOAD_LABELS))][1] += \
                 counter_increase(points, self.start, self.end).total
         out["workload"] = {
@@ -409,19 +238,19 @@ class Report:
         for key, points in sorted(self.intensity.items()):
             values = [(v, hi - lo) for lo, hi, v in held_intervals(points, self.start, self.end)]
             values += [(v, 0.0) for t, v in points if self.start <= t <= self.end]
-            stats = _stats(values)
-            if stats is None:
+            summary = stats(values)
+            if summary is None:
                 continue
-            labels = _labels(key)
+            labels = labels_of(key)
             pooled += values
             series.append({"instance": labels.get("instance", ""),
                            "grid_zone": labels.get("grid_zone", ""),
                            "provider": labels.get("provider", ""),
                            "kind": labels.get("kind", ""),
-                           "basis": labels.get("basis", "unknown"), **stats})
+                           "basis": labels.get("basis", "unknown"), **summary})
         facility_kwh = totals["facility_energy_kwh"]
         op = totals["operational_grams"]
-        overall = _stats(pooled) or {"min": None, "mean": None, "max": None}
+        overall = stats(pooled) or {"min": None, "mean": None, "max": None}
         return {
             "available": bool(series),
             **overall,
@@ -441,7 +270,7 @@ class Report:
         by_source: dict[str, float] = defaultdict(float)
         resets = 0
         for key, inc in self.node_inc.items():
-            by_source[_labels(key).get("source", "")] += inc.total
+            by_source[labels_of(key).get("source", "")] += inc.total
             resets += inc.resets
         total = math.fsum(by_source.values())
         sources: list[dict[str, Any]] = [{"source": s, "category": SOURCE_CATEGORY.get(s, "unknown"),
@@ -455,7 +284,7 @@ class Report:
         intervals: dict[Target, float] = {}
         times_by_target: dict[Target, set[float]] = defaultdict(set)
         for key, points in node_energy.items():
-            times_by_target[_target(key)].update(t for t, _ in points)
+            times_by_target[target_of(key)].update(t for t, _ in points)
         for target in self.targets:
             times = sorted(times_by_target.get(target, ()))
             diffs = [b - a for a, b in zip(times, times[1:])]
@@ -510,8 +339,8 @@ class Report:
         changes is a new series, so the timelines merge every reason's samples."""
         timelines: dict[tuple[Target, str], list[tuple[float, float, str]]] = defaultdict(list)
         for key, points in up.items():
-            labels = _labels(key)
-            timeline = timelines[(_target(key), labels.get(label, ""))]
+            labels = labels_of(key)
+            timeline = timelines[(target_of(key), labels.get(label, ""))]
             timeline += [(t, v, labels.get("reason", "")) for t, v in points]
         failures, absent = [], []
         for (target, name), timeline in sorted(timelines.items()):
@@ -545,7 +374,7 @@ class Report:
         threshold = self.req.stale_after
         periods = []
         for key, points in sorted(age.items()):
-            labels = _labels(key)
+            labels = labels_of(key)
             run_start = None
             for index, (t, a) in enumerate(points):
                 previous = points[index - 1][0] if index else t
@@ -562,9 +391,9 @@ class Report:
             lo, hi = max(lo, self.start), min(hi, self.end)
             if hi <= lo:
                 continue
-            target = _target(key)
+            target = target_of(key)
             for k, inc in self.energy_inc.items():
-                if _target(k) != target:
+                if target_of(k) != target:
                     continue
                 # Deltas are in time order: only those ending after lo can overlap.
                 first = bisect.bisect_right(inc.deltas, lo, key=lambda delta: delta[1])
@@ -590,14 +419,14 @@ class Report:
         count = max(1, math.ceil((self.end - origin) / 3600))
         weighted, seconds = [0.0] * count, [0.0] * count
         for key, points in self.intensity.items():
-            if _target(key) != target:
+            if target_of(key) != target:
                 continue
             for lo, hi, v in held_intervals(points, self.start, self.end):
                 spread(weighted, origin, 3600, lo, hi, v * (hi - lo))
                 spread(seconds, origin, 3600, lo, hi, hi - lo)
         energy = [0.0] * count
         for key, inc in self.energy_inc.items():
-            if _target(key) == target:
+            if target_of(key) == target:
                 for a, b, d in inc.deltas:
                     spread(energy, origin, 3600, max(a, self.start), b, d)
         means = [w / s if s > 0 else math.nan for w, s in zip(weighted, seconds)]
@@ -643,7 +472,7 @@ class Report:
 
         values: dict[Target, float] = {}
         for result in forecast:
-            target, value = _target(labelset_of(result)), float(result["value"][1])
+            target, value = target_of(labelset_of(result)), float(result["value"][1])
             if not math.isfinite(value):
                 continue
             values[target] = min(value, values.get(target, value))
@@ -677,7 +506,7 @@ class Report:
         return {"facility_energy_kwh": facility_kwh, "rows": rows}
 
     def _series_meta(self) -> list[dict]:
-        return [{"grid_zone": _labels(k).get("grid_zone", "")} for k in self.intensity]
+        return [{"grid_zone": labels_of(k).get("grid_zone", "")} for k in self.intensity]
 
     # -- charts -------------------------------------------------------------------------------
 
@@ -686,7 +515,7 @@ class Report:
         count = max(1, math.ceil((self.end - self.start) / width))
         power: dict[str, list[float]] = {}
         for key, inc in self.energy_inc.items():
-            buckets = power.setdefault(_labels(key).get("component", ""), [0.0] * count)
+            buckets = power.setdefault(labels_of(key).get("component", ""), [0.0] * count)
             for a, b, d in inc.deltas:
                 spread(buckets, self.start, width, max(a, self.start), b, d)
         seconds = [min(width, self.end - (self.start + i * width)) for i in range(count)]
@@ -710,142 +539,17 @@ class Report:
             "cumulative_operational_grams": cumulative(self.op_inc),
             "cumulative_embodied_grams": cumulative(self.emb_inc) if self.emb_inc else None,
             "intensity": [
-                {"label": "/".join(filter(None, (_labels(k).get("instance", ""),
-                                                  _labels(k).get("grid_zone", ""),
-                                                  _labels(k).get("kind", "")))),
+                {"label": "/".join(filter(None, (labels_of(k).get("instance", ""),
+                                                  labels_of(k).get("grid_zone", ""),
+                                                  labels_of(k).get("kind", "")))),
                  "t": [t for t, _ in points], "grams_per_kwh": [v for _, v in points]}
                 for k, points in sorted(intensity_chart.items())],
         }
 
     def _observed_settings(self) -> dict:
         pue = sorted({v for points in self.pue.values() for _, v in points})
-        labels = [_labels(k) for k in self.intensity]
+        labels = [labels_of(k) for k in self.intensity]
         return {"pue": pue,
                 "zones": sorted({ls.get("grid_zone", "") for ls in labels}),
                 "providers": sorted({ls.get("provider", "") for ls in labels}),
                 "kinds": sorted({ls.get("kind", "") for ls in labels})}
-
-
-def labelset_of(result: dict) -> LabelSet:
-    return tuple(sorted(result["metric"].items()))
-
-
-def _models(rows: list[dict], targets: list[Target]) -> list[dict]:
-    """carbon_model_info over the window: which model produced the modelled energy, how."""
-    out = []
-    for row in rows:
-        labels = row["metric"]
-        if (labels.get("job", ""), labels.get("instance", "")) not in targets:
-            continue
-        out.append({"instance": labels.get("instance", ""),
-                    "collector": labels.get("collector", ""),
-                    "method": labels.get("method", ""), "basis": labels.get("basis", "")})
-    return sorted(out, key=lambda m: (m["instance"], m["collector"], m["method"], m["basis"]))
-
-
-def _by_target(series: dict[LabelSet, Points]) -> dict[Target, Points]:
-    out: dict[Target, Points] = defaultdict(list)
-    for key, points in series.items():
-        out[_target(key)].extend(points)
-    return {k: sorted(v) for k, v in out.items()}
-
-
-
-
-# --- methodology -----------------------------------------------------------------------------
-
-def bundled_datasets() -> list[dict]:
-    """Every CSV shipped in exporter/data: its own header comment, size, years and sources,
-    so that a dataset added to the exporter shows up in the methodology by itself."""
-    from exporter import data
-
-    out = []
-    for name in data.names():
-        header, rows = data.header_and_rows(name)
-        years: dict[str, int] = defaultdict(int)
-        for row in rows:
-            if row.get("year"):
-                years[row["year"]] += 1
-        sources = sorted({row["source"] for row in rows if row.get("source")})
-        licence = next((line.split(":", 1)[1].strip() for line in header
-                        if line.lower().startswith("licence")), "see exporter/data/README.md")
-        out.append({
-            "name": header[0].rstrip(".") if header else name,
-            "file": f"exporter/data/{name}",
-            "source": "; ".join(sources[:3]) + (f" (and {len(sources) - 3} more)"
-                                                 if len(sources) > 3 else ""),
-            "basis": "", "licence": licence, "rows": len(rows),
-            "years": dict(sorted(years.items())), "world_grams_per_kwh": None,
-            "header": header,
-        })
-    return out
-
-
-def methodology(req: Request, build_info: list[dict], observed: dict) -> dict:
-    from exporter.config import BY_KEY
-
-    dataset = grid_dataset()
-    datasets = bundled_datasets()
-    for entry in datasets:
-        if entry["file"].endswith("/grid_intensity.csv"):
-            # The dataset the what-if zones and the default intensity come from.
-            entry.update(basis="lifecycle, production-based annual average",
-                         world_grams_per_kwh=dataset[WORLD].grams_per_kwh
-                         if WORLD in dataset else None)
-    settings = []
-    for key in ("carbon.zone", "carbon.intensity", "carbon.pue", "sample.interval",
-                "cpu_model.idle_watts_per_thread", "cpu_model.max_watts_per_thread",
-                "dram_model.watts_per_gib"):
-        setting = BY_KEY.get(key)
-        if setting is not None:
-            settings.append({"key": key, "default": setting.default, "help": setting.help})
-    versions = sorted({r["metric"].get("version", "") for r in build_info} - {""})
-    energy_metric = names.WORKLOAD_ENERGY if req.workload else names.ENERGY
-    emissions = (names.WORKLOAD_EMISSIONS if req.workload
-                 else f'{names.EMISSIONS}{{scope="operational"}}')
-    return {
-        "formulas": [
-            f"Energy [kWh] = sum over the selected {energy_metric} series of the counter's "
-            f"increases between consecutive stored samples / 3,600,000. The baseline is the "
-            f"last sample at or before FROM (looked up to {LOOKBACK_SECONDS:g} s back), else "
-            f"the first sample in the window; a decrease is a counter reset and counts the new "
-            f"value. No extrapolation, so adjacent windows add up.",
-            f"Operational emissions [gCO2e] = increase of {emissions}, integrated by the "
-            f"exporter at every sample as energy [kWh] x grid intensity in force [gCO2e/kWh] x "
-            f"PUE in force; the report does not recompute it from averages.",
-            f"Facility energy [kWh] = sum of each energy increase x the {names.PUE} value in "
-            f"force at that sample (1.0 where the exporter exported none).",
-            f'Embodied emissions [gCO2e] = increase of {names.EMISSIONS}{{scope="embodied"}} '
-            f"(node scope only).",
-            "Intensity min/mean/max: over the stored samples of "
-            f"{names.GRID_INTENSITY} on the selected nodes; mean is time-weighted (each value "
-            "held until the next sample). Effective intensity = operational gCO2e / facility "
-            "kWh, i.e. weighted by when the energy was used.",
-            "Data quality: counter share = energy with source rapl or nvml; sampled power = "
-            "source power_sample (power readings integrated); model = source model; platform "
-            "remainder = source platform_remainder, what a platform meter (ACPI power meter, "
-            "BMC) measured beyond the components. Totals basis: platform_meter when that "
-            "remainder is present (the node totals are the meter's), else components (CPU, "
-            "DRAM, GPU only: fans, disks, NICs and power-supply losses are not in them). A scrape "
-            f"gap is two consecutive samples more than {GAP_FACTOR:g}x the median scrape "
-            f"interval apart, or a start or end of the window that far from the nearest "
-            f"sample. A collector failure is {names.COLLECTOR_UP} = 0 with reason "
-            f"{' or '.join(FAILURE_REASONS)}; an intensity provider failure is "
-            f"{names.PROVIDER_UP} = 0 with a reason other than {' or '.join(PROVIDER_OK)}. "
-            f"Intensity is stale while "
-            f"{names.GRID_INTENSITY_AGE} > {req.stale_after:g} s.",
-            "What-if: facility kWh x alternative intensity. Lowest-intensity hours: per node, "
-            "the mean of the k lowest hourly (UTC) time-weighted intensity means in the "
-            "window, k = the number of hours in which the selection used energy. Forecast "
-            f"minimum: {names.FORECAST_MIN} at TO. Zones: the bundled dataset's annual "
-            "average.",
-        ],
-        "settings": settings,
-        "observed": observed,
-        "datasets": datasets,
-        "exporter_versions": versions,
-        "report_parameters": {"stale_after_seconds": req.stale_after,
-                              "gap_threshold_factor": GAP_FACTOR,
-                              "lookback_seconds": LOOKBACK_SECONDS,
-                              "what_if_zones": list(req.zones)},
-    }

@@ -151,16 +151,17 @@ def as_json(result: Estimate, grid: Grid, notes: list[str]) -> dict[str, Any]:
 def as_text(result: Estimate, grid: Grid, notes: list[str]) -> str:
     pct = f"{result.confidence * 100:g}%"
     e = result.energy
-    lines = [f"Retraining estimate for PreIndex {result.index:g}, fitted on {result.runs} "
-             f"measured runs (indices {e.fit.x_min:g}..{e.fit.x_max:g})"]
+    lines = [f"Retraining estimate for PreIndex {result.index:.4g}, fitted on {result.runs} "
+             f"measured runs (indices {e.fit.x_min:.3g}..{e.fit.x_max:.3g})"]
 
-    def row(label: str, p: Prediction, unit: str, fmt: str) -> str:
+    def row(label: str, p: Prediction, unit: str, fmt: str, extra: str = "") -> str:
         clip = " (lower end clipped at 0)" if p.clipped else ""
-        return (f"  {label:<10}{p.value:{fmt}} {unit}   {pct} prediction interval "
+        return (f"  {label:<10}{p.value:{fmt}} {unit}{extra}   {pct} prediction interval "
                 f"{p.low:{fmt}}..{p.high:{fmt}}{clip}   [line fit on {p.fit.n} runs: "
                 f"R^2 {p.fit.r_squared:.2f}, Spearman {p.fit.spearman:.2f}]")
 
-    lines.append(row("energy", e, "kWh", ".4g"))
+    joules = f" ({e.value * 3.6e6:.4g} J)" if e.value < 0.001 else ""
+    lines.append(row("energy", e, "kWh", ".4g", joules))
     if result.epochs:
         lines.append(row("epochs", result.epochs, "", ".3g"))
     factor = grid.grams_per_kwh * grid.pue
@@ -187,6 +188,9 @@ def main(argv: Sequence[str]) -> int:
     prog = "carbon-exporter estimate-retraining"
     if args["min_runs"] < ABSOLUTE_MIN_RUNS:
         print(f"{prog}: error: --min-runs must be at least {ABSOLUTE_MIN_RUNS}", file=sys.stderr)
+        return EXIT_USAGE
+    if not 0.5 <= args["confidence"] < 1.0:
+        print(f"{prog}: error: --confidence must be in [0.5, 1), e.g. 0.9", file=sys.stderr)
         return EXIT_USAGE
     flags = {k: args[k] for k in ("carbon.zone", "carbon.intensity", "carbon.providers",
                                   "carbon.pue") if args[k] is not None}

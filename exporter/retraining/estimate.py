@@ -177,8 +177,8 @@ def estimate(runs: list[RetrainingRun], index: float, confidence: float = 0.9,
                        f"{PREINDEX_KEY} and measured energy)") from None
     warnings: list[str] = []
     if energy_fit.extrapolates(index):
-        warnings.append(f"index {index:g} is outside the fitted range {energy_fit.x_min:g}.."
-                        f"{energy_fit.x_max:g}: extrapolating, the interval understates the "
+        warnings.append(f"index {index:.4g} is outside the fitted range {energy_fit.x_min:.4g}.."
+                        f"{energy_fit.x_max:.4g}: extrapolating, the interval understates the "
                         f"uncertainty")
     with_epochs = [r for r in runs if r.epochs is not None]
     epochs: Prediction | None = None

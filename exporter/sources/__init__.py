@@ -8,8 +8,9 @@ returned as a Status with a reason, and the other sources keep working.
 from __future__ import annotations
 
 import abc
+import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar, Iterable
+from typing import TYPE_CHECKING, Callable, ClassVar, Iterable
 
 from exporter.ledger import Reading
 
@@ -104,6 +105,9 @@ class Source(abc.ABC):
     # Worker thread ("lane") the sampler reads it in. Sources that call a driver that can
     # hang share that driver's lane, so a wedged driver stalls only them.
     lane: str = "host"
+    # The clock readings are stamped with (monotonic seconds). The sampler gives every source
+    # its own clock, so tests drive time instead of sleeping.
+    clock: Callable[[], float] = staticmethod(time.monotonic)
 
     @classmethod
     def from_config(cls, config: Config) -> Source:

@@ -2,7 +2,7 @@
 
     P = curve(u),   u = busy CPU time / all CPU time over the interval
 
-u comes from <procfs>/stat (through psutil). The model keeps its own energy counter and hands
+u comes from <procfs>/stat (exporter.procfs, parsed once per cycle). The model keeps its own energy counter and hands
 the ledger counter readings like any measured source, with source="model".
 
 The curve, first match wins (every figure is cited in exporter/data/README.md):
@@ -24,13 +24,11 @@ from __future__ import annotations
 import logging
 import os
 import re
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import psutil
-
 from exporter import data
+from exporter.procfs import cpu_times
 from exporter.ledger import Reading
 from exporter.sources import (
     ERROR, MODEL, OK, SUPERSEDED, Source, SourceResult, Status, held,
@@ -253,14 +251,6 @@ def describe(procfs: str, sysfs: str, config) -> tuple[CpuTopology, Platform, Po
                                            load_cloud_figures())
 
 
-def _busy_and_total(times) -> tuple[float, float]:
-    # guest time is already inside user/nice; steal is time the hypervisor gave to others
-    total = (times.user + times.nice + times.system + times.idle + getattr(times, "iowait", 0.0)
-             + getattr(times, "irq", 0.0) + getattr(times, "softirq", 0.0))
-    idle = times.idle + getattr(times, "iowait", 0.0)
-    return total - idle, total
-
-
 class CpuModelSource(Source):
     name = "cpu-model"
     role = MODEL
@@ -316,9 +306,8 @@ class CpuModelSource(Source):
                                                    "when they return)"))
         try:
             power = self._ensure_range()
-            psutil.PROCFS_PATH = self.procfs
-            busy, total = _busy_and_total(psutil.cpu_times())
-            at = time.monotonic()  # when the times were obtained
+            times = cpu_times(self.procfs, self.clock)  # one parse per cycle, shared with attribution
+            at, busy, total = times.at, times.busy, times.total
         except (OSError, ValueError, AttributeError, KeyError, re.error) as exc:
             return SourceResult(Status(ERROR, f"cpu-model: {exc}"))
         previous, self.last = self.last, (at, busy, total)

@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 from typing import TYPE_CHECKING
 
-import psutil
-
 from exporter.ledger import Reading
+from exporter.procfs import mem_total_bytes
 from exporter.sources import (
     ERROR, MODEL, OK, SUPERSEDED, Source, SourceResult, Status, held,
 )
@@ -122,13 +120,12 @@ class DramModelSource(Source):
                                                    "when they return)"))
         measured = "dram" in covered
         if measured and not self.counting:  # RAPL measures: only the baseline moves
-            self.last_at = time.monotonic()
+            self.last_at = self.clock()
             return SourceResult(Status(SUPERSEDED, "RAPL dram counters measure the memory"))
-        at = time.monotonic()
+        at = self.clock()
         if self.installed_gib is None or at - self.installed_read_at > MEMTOTAL_REFRESH_SECONDS:
             try:
-                psutil.PROCFS_PATH = self.procfs
-                self.installed_gib = psutil.virtual_memory().total / GIB
+                self.installed_gib = mem_total_bytes(self.procfs) / GIB
                 self.installed_read_at = at
             except (OSError, ValueError, KeyError) as exc:
                 self.installed_gib = None
@@ -141,7 +138,7 @@ class DramModelSource(Source):
         if method + how != self.basis:
             log.info("dram-model: %s", basis)
             self.basis = method + how
-        at = time.monotonic()  # after a meminfo read, which may have been slow
+        at = self.clock()  # after a meminfo read, which may have been slow
         previous, self.last_at = self.last_at, at
         readings = []
         if previous is not None:

@@ -15,7 +15,6 @@ import errno
 import logging
 import os
 import re
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -121,7 +120,7 @@ class RaplSource(Source):
         self.min_interval = config.rapl_min_interval
 
     def read(self, covered: frozenset[str] = frozenset()) -> SourceResult:
-        now = time.monotonic()
+        now = self.clock()
         if self._last is not None and now - self._last[0] < self.min_interval - _MIN_INTERVAL_SLACK:
             return self._last[1]
         result = self._read()
@@ -195,7 +194,7 @@ class RaplSource(Source):
                 joules = read_microjoules(zone.energy_path)
                 # Stamped when the value is obtained, not before the read: a read that blocked
                 # for seconds must not put seconds of energy into one sample's power.
-                at = time.monotonic()
+                at = self.clock()
             except PermissionError:
                 denied.append(zone.dirname)
                 continue

@@ -30,7 +30,6 @@ from exporter.carbon.zones import resolve_zone
 
 log = logging.getLogger(__name__)
 
-PROVIDERS: dict[str, type[Provider]] = provider_types()
 FORECAST_WINDOW = 24 * 3600.0
 USER_AGENT = f"carbon-exporter/{__version__}"
 
@@ -103,7 +102,9 @@ def _why_not(state: _State) -> str:
 def build_providers(config) -> list[Provider]:
     """Providers for config.carbon_providers; ConfigError for a bad zone or missing secret."""
     zone = resolve_zone(config.carbon_zone)
-    return [PROVIDERS[spec.type](spec, zone) for spec in config.carbon_providers or ()]
+    specs = config.carbon_providers or ()
+    types = provider_types() if specs else {}  # provider modules load only when configured
+    return [types[spec.type](spec, zone) for spec in specs]
 
 
 class Chain:

@@ -1,0 +1,123 @@
+#!/usr/bin/env python3
+"""What a sample cycle's scheduling costs, before any source is read: the alternatives for
+the sampler's shape, each in its own process, all measured over the same seconds.
+
+- asyncio-sleep: a bare asyncio loop waking once per interval (the floor);
+- asyncio+lanes: an asyncio loop that hands one job to each of N lane threads per cycle and
+  awaits them (the exporter's sampler: the event loop wakes for the tick and for each lane);
+- thread+lanes: a sampler thread with its own clock (Event.wait) that hands one job to each
+  lane thread and waits on them; the event loop would not wake at all for sampling;
+- thread-inline: a sampler thread that does the lanes' work itself (no hand-off; gives up
+  isolation of a stalled read, shown only as the lower bound).
+
+    .venv/bin/python bench/bench_handoff.py [--seconds 30] [--interval 1] [--lanes 2]
+
+Prints CPU milliseconds per cycle (all threads, from /proc/PID/task/*/schedstat).
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+PROGRAMS = {
+    "asyncio-sleep": """
+import asyncio
+async def main():
+    while True:
+        await asyncio.sleep(INTERVAL)
+asyncio.run(main())
+""",
+    "asyncio+lanes": """
+import asyncio, concurrent.futures, queue, threading
+def lane(jobs):
+    while True:
+        job = jobs.get()
+        job.set_result(sum(range(50)))
+queues = [queue.SimpleQueue() for _ in range(LANES)]
+for q in queues:
+    threading.Thread(target=lane, args=(q,), daemon=True).start()
+async def main():
+    while True:
+        futures = []
+        for q in queues:
+            f = concurrent.futures.Future()
+            q.put(f)
+            futures.append(asyncio.wrap_future(f))
+        await asyncio.wait(futures, timeout=INTERVAL)
+        await asyncio.sleep(INTERVAL)
+asyncio.run(main())
+""",
+    "thread+lanes": """
+import concurrent.futures, queue, threading
+def lane(jobs):
+    while True:
+        job = jobs.get()
+        job.set_result(sum(range(50)))
+queues = [queue.SimpleQueue() for _ in range(LANES)]
+for q in queues:
+    threading.Thread(target=lane, args=(q,), daemon=True).start()
+stop = threading.Event()
+while not stop.wait(INTERVAL):
+    futures = []
+    for q in queues:
+        f = concurrent.futures.Future()
+        q.put(f)
+        futures.append(f)
+    concurrent.futures.wait(futures, timeout=INTERVAL)
+""",
+    "thread-inline": """
+import threading
+stop = threading.Event()
+while not stop.wait(INTERVAL):
+    for _ in range(LANES):
+        sum(range(50))
+""",
+}
+
+
+def cpu_seconds(pid: int) -> float:
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return total / 1e9
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--interval", type=float, default=1.0)
+    parser.add_argument("--lanes", type=int, default=2)
+    args = parser.parse_args()
+    procs = {name: subprocess.Popen([sys.executable, "-c", code.replace("INTERVAL", repr(args.interval))
+                                     .replace("LANES", str(args.lanes))])
+             for name, code in PROGRAMS.items()}
+    try:
+        time.sleep(2)
+        before = {name: cpu_seconds(p.pid) for name, p in procs.items()}
+        time.sleep(args.seconds)
+        after = {name: cpu_seconds(p.pid) for name, p in procs.items()}
+    finally:
+        for p in procs.values():
+            p.kill()
+            p.wait()
+    cycles = args.seconds / args.interval
+    floor = (after["asyncio-sleep"] - before["asyncio-sleep"]) / cycles * 1000
+    print(f"python {sys.version.split()[0]}, {args.lanes} lanes, {args.interval:g} s interval, "
+          f"{args.seconds:g} s side by side")
+    print("| shape | CPU ms per cycle | x the bare loop |")
+    print("|---|---:|---:|")
+    for name in PROGRAMS:
+        ms = (after[name] - before[name]) / cycles * 1000
+        print(f"| {name} | {ms:.3f} | {ms / floor:.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
