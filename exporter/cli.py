@@ -62,7 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "variable shown, and from the same key in --config.file; flags win. "
                     "`carbon-exporter report --help`: the footprint report from Prometheus "
                     "history. `carbon-exporter estimate-retraining --help`: the cost of "
-                    "retraining for a shift, from its PreIndex and measured runs.",
+                    "retraining for a shift, from its PreIndex and measured runs. "
+                    "`carbon-exporter run|compare|lifecycle --help`: energy and gCO2e per ML "
+                    "run, A/B comparisons, a model's life-cycle footprint.",
     )
     parser.add_argument("--version", action=VersionAction, nargs=0,
                         help="Print the version, revision and build date, and exit.")
@@ -246,6 +248,13 @@ class Daemon:
         metadata = None
         if self.sampler.attribution is not None:
             metadata = asyncio.create_task(self.sampler.attribution.kube.run(self.stop))
+        runs = None
+        if self.config.runs_socket and self.sampler.attribution is not None:
+            from exporter.runs.service import RunService  # daemon mode of `carbon-exporter run`
+            runs = RunService(self.sampler, self.config.runs_socket,
+                              os.path.join(self.config.path_sysfs, "fs", "cgroup"),
+                              self.config.path_procfs)
+            await runs.start()
         await self.stop.wait()
         log.info("shutting down")
         await sampling
@@ -254,6 +263,8 @@ class Daemon:
         await self.chain.stop()
         if metadata is not None:
             await metadata
+        if runs is not None:
+            await runs.stop()
         server.close()
         await runner.cleanup()
         self.sampler.close()

@@ -31,6 +31,7 @@ from exporter.attribution.split import (
 from exporter.attribution.tagging import Tagger, load_rules
 from exporter.confutil import ConfigError
 from exporter.ledger import Counted
+from exporter.runs.scope import run_name
 from exporter.sources import (
     ABSENT, ERROR, OK, OBSERVER, WORKLOADS, Source, SourceResult, Status,
 )
@@ -109,6 +110,8 @@ class Attribution(Source):
         self.series: tuple[WorkloadSeries, ...] = ()
         self.gpu_split: tuple[tuple[str, str], ...] = ()
         self.last_split = SampleSplit()
+        # called with each sample's split before the book folds it (exporter.runs.service)
+        self.listeners: list = []
         self.configure(config, initial=True)
 
     def configure(self, config, initial: bool = False) -> None:
@@ -179,7 +182,9 @@ class Attribution(Source):
         if cached is not None and cached[0] is self.kube.pods and cached[1] == comm_key:
             return cached[2]
         values = self._values(identity)
-        tag = self.tagger.tag(values, comms or ())
+        # a run's scope carries its name (exporter.runs.scope): that is its workload_job
+        tag = run_name(identity.unit) if identity.kind == "unit" else ""
+        tag = tag or self.tagger.tag(values, comms or ())
         if not tag and identity.kind == "job":
             tag = f"slurm-{identity.slurm_job}"
         key = (identity.kind, values["namespace"], values["pod"], values["container"],
@@ -286,6 +291,11 @@ class Attribution(Source):
             parts["gpu"], processes["gpu"] = self._split_gpus(obs, gpu_energy, keys, identities,
                                                               now, seconds)
 
+        for listener in self.listeners:
+            try:
+                listener(parts, ratio, keys, measured, seconds, obs.at if obs else None)
+            except Exception:  # a listener must not cost the split
+                log.exception("attribution: a split listener failed")
         live = set(keys.values())
         self.book.record(parts, ratio, processes, live, now)
         if obs is not None:

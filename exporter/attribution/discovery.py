@@ -78,6 +78,8 @@ class WorkloadReader:
         self.not_pids: set[str] = set()  # /proc entries that are not processes (self, sys, ...)
         self.identities: dict[str, Identity | None] = {}  # cgroup path -> workload
         self.recheck: collections.deque[str] = collections.deque()
+        # pids to read again at the next sample: moved to another cgroup (exporter.runs)
+        self.recheck_now: collections.deque[str] = collections.deque()
 
     def _set(self, pid: str, proc: Process | None) -> None:
         old = self.pids.pop(pid, None)
@@ -150,6 +152,10 @@ class WorkloadReader:
                 self.not_pids.add(pid)
                 continue
             self._set(pid, self._read_pid(pid, obs))
+        while self.recheck_now:
+            pid = self.recheck_now.popleft()
+            if pid in pids and pid not in new:
+                self._set(pid, self._read_pid(pid, obs))
         if not self.recheck:
             self.recheck.extend(p for p in pids if p not in new)  # those were just read
         for _ in range(min(len(self.recheck), -(-len(pids) // RECHECK_SAMPLES))):

@@ -85,6 +85,7 @@ class Run:
         self._lock = threading.Lock()
         self._tracker: Any = None
         self._start = 0.0
+        self.mlflow_run_id: str | None = None  # where the record went (mlflow=True)
 
     # --- what the tracked code calls ----------------------------------------------------------
 
@@ -157,7 +158,10 @@ class Run:
         if self.mlflow:
             from exporter.runs.mlflow_log import log_record
 
-            log_record(self.record)
+            try:
+                self.mlflow_run_id = log_record(self.record, self.mlflow_run_id)
+            except Exception as exc:  # the record is kept (and written); say why MLflow failed
+                raise RuntimeError(f"MLflow: {type(exc).__name__}: {exc}") from exc
         return self.record
 
     def __enter__(self) -> "Run":

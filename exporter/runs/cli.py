@@ -158,6 +158,18 @@ def run_main(argv: Sequence[str]) -> int:
         env = dict(os.environ)
         if units_file:
             env[UNITS_FILE_ENV] = os.path.abspath(units_file)
+        if args.mlflow:
+            try:
+                if not os.environ.get("MLFLOW_RUN_ID"):
+                    from exporter.runs.mlflow_log import start_run
+
+                    # the command's own MLflow logging (mlflow.start_run()) joins this run
+                    env["MLFLOW_RUN_ID"] = start_run(run.name)
+                run.mlflow_run_id = env["MLFLOW_RUN_ID"]
+            except Exception as exc:
+                run.stop("failed", f"MLflow: {exc}")
+                print(f"carbon-exporter run: error: MLflow: {exc}", file=sys.stderr)
+                return EXIT_USAGE
         try:
             child = subprocess.Popen(
                 command, env=env,
@@ -196,9 +208,118 @@ def run_main(argv: Sequence[str]) -> int:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, blocked)
 
 
+def _write_output(text: str, path: str | None) -> None:
+    if path:
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(text)
+    else:
+        sys.stdout.write(text)
+
+
+def _records(paths: list[str], experiment: str | None, tags: list[str],
+             what: str) -> list[dict[str, Any]]:
+    from exporter.runs.record import load_record
+
+    records = [load_record(p) for p in paths]
+    if experiment:
+        from exporter.runs.mlflow_log import records_from_mlflow
+
+        records += records_from_mlflow(experiment, _pairs(tags, what))
+    return records
+
+
+def build_compare_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="carbon-exporter compare", description=(
+        "Energy and gCO2e per unit of two groups of runs (run records, or MLflow runs by "
+        "experiment and tag): the difference in percent with a 95%% confidence interval "
+        "(Welch) and a plain verdict."))
+    parser.add_argument("records", nargs="*", metavar="A.json", help="group A's run records")
+    parser.add_argument("--against", nargs="+", default=[], metavar="B.json",
+                        help="group B's run records: the baseline")
+    parser.add_argument("--mlflow-experiment", metavar="NAME",
+                        help="read records of this MLflow experiment's runs "
+                             "(MLFLOW_TRACKING_URI), selected by --tag / --against-tag")
+    parser.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE",
+                        help="MLflow run tag selecting group A")
+    parser.add_argument("--against-tag", action="append", default=[], metavar="KEY=VALUE",
+                        help="MLflow run tag selecting group B")
+    parser.add_argument("--label-a", default=None, help="name of group A in the output")
+    parser.add_argument("--label-b", default=None, help="name of group B in the output")
+    parser.add_argument("--threshold", type=float, default=2.0, metavar="PERCENT",
+                        help="smallest difference called (default 2)")
+    parser.add_argument("--format", choices=("markdown", "json"), default="markdown")
+    parser.add_argument("--output", metavar="FILE", help="write here instead of stdout")
+    return parser
+
+
+def compare_main(argv: Sequence[str]) -> int:
+    import json
+
+    from exporter.runs.compare import compare, render_markdown
+
+    args = build_compare_parser().parse_args(list(argv))
+    if args.mlflow_experiment and not (args.tag and args.against_tag) and not args.against:
+        print("carbon-exporter compare: error: --mlflow-experiment needs --tag and "
+              "--against-tag", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        a = _records(args.records, args.mlflow_experiment if args.tag else None, args.tag, "--tag")
+        b = _records(args.against, args.mlflow_experiment if args.against_tag else None,
+                     args.against_tag, "--against-tag")
+    except (RecordError, ConfigError, ValueError, RuntimeError) as exc:
+        print(f"carbon-exporter compare: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if not a or not b:
+        print("carbon-exporter compare: error: both groups need runs (A.json ... --against "
+              "B.json ...)", file=sys.stderr)
+        return EXIT_USAGE
+    label_a = args.label_a or ",".join(args.tag) or "A"
+    label_b = args.label_b or ",".join(args.against_tag) or "B"
+    result = compare(a, b, label_a, label_b, args.threshold)
+    text = json.dumps(result, indent=2) + "\n" if args.format == "json" else render_markdown(result)
+    _write_output(text, args.output)
+    return 0
+
+
+def build_lifecycle_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="carbon-exporter lifecycle", description=(
+        "Sum every run of a model by life-cycle phase, operational and embodied, into a "
+        "footprint statement to publish with the model (a model-card section)."))
+    parser.add_argument("records", nargs="*", metavar="RUN.json")
+    parser.add_argument("--model", help="the model (default: the one all records name)")
+    parser.add_argument("--mlflow-experiment", metavar="NAME",
+                        help="also read the records of this MLflow experiment's runs")
+    parser.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE",
+                        help="only MLflow runs with this tag")
+    parser.add_argument("--format", choices=("markdown", "json"), default="markdown")
+    parser.add_argument("--output", metavar="FILE", help="write here instead of stdout")
+    return parser
+
+
+def lifecycle_main(argv: Sequence[str]) -> int:
+    import json
+
+    from exporter.runs.lifecycle import RollupError, render_markdown, rollup
+
+    args = build_lifecycle_parser().parse_args(list(argv))
+    try:
+        records = _records(args.records, args.mlflow_experiment, args.tag, "--tag")
+        doc = rollup(records, args.model)
+    except (RecordError, RollupError, ConfigError, ValueError, RuntimeError) as exc:
+        print(f"carbon-exporter lifecycle: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    text = json.dumps(doc, indent=2) + "\n" if args.format == "json" else render_markdown(doc)
+    _write_output(text, args.output)
+    return 0
+
+
 def main(argv: Sequence[str]) -> int:
     """Entry from exporter.cli: argv[0] is the subcommand."""
     command, rest = argv[0], list(argv[1:])
     if command == "run":
         return run_main(rest)
+    if command == "compare":
+        return compare_main(rest)
+    if command == "lifecycle":
+        return lifecycle_main(rest)
     raise SystemExit(f"unknown subcommand {command}")

@@ -5,6 +5,7 @@ the exporter's own sample-by-sample split.
 
 from __future__ import annotations
 
+import dataclasses
 import urllib.error
 import urllib.request
 
@@ -28,6 +29,13 @@ def daemon_up(url: str, timeout: float = 1.0) -> bool:
         return False
 
 
+def intensity_from_wire(i: dict) -> Intensity:
+    value = Intensity(float(i["grams_per_kwh"]), i["grid_zone"], i["provider"], i["kind"])
+    if i.get("basis") and "basis" in Intensity.__dataclass_fields__:  # a newer Intensity
+        value = dataclasses.replace(value, **{"basis": i["basis"]})
+    return value
+
+
 def account_from_wire(data: dict) -> RunAccount:
     account = RunAccount()
     for component, c in data.get("components", {}).items():
@@ -41,8 +49,7 @@ def account_from_wire(data: dict) -> RunAccount:
     account.seconds = float(data.get("seconds", 0.0))
     account.peak_watts = float(data.get("peak_watts", 0.0))
     account.pue = float(data.get("pue", 1.0))
-    account.intensities = [IntensitySeen(Intensity(float(i["grams_per_kwh"]), i["grid_zone"],
-                                                   i["provider"], i["kind"]), float(i["joules"]))
+    account.intensities = [IntensitySeen(intensity_from_wire(i), float(i["joules"]))
                            for i in data.get("intensities", [])]
     return account
 
@@ -85,8 +92,7 @@ class DaemonTracker:
         self._statuses = [tuple(s) for s in answer.get("collectors", [])]
         i = answer.get("intensity")
         if i:
-            self._intensity = Intensity(float(i["grams_per_kwh"]), i["grid_zone"],
-                                        i["provider"], i["kind"])
+            self._intensity = intensity_from_wire(i)
         return account_from_wire(answer["account"])
 
     def statuses(self) -> list[tuple[str, str, str]]:

@@ -234,6 +234,12 @@ class EmbeddedTracker:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         try:
+            if self.tree.include_root:
+                # the tracker's own threads are overhead (bench/bench_runs.py), not the run's
+                tids = {threading.get_native_id()}
+                tids.update(lane.thread.native_id for lane in self.sampler.lanes
+                            if lane.thread.native_id is not None)
+                self.tree.exclude_tids = tids
             self.chain.start()
             await self.sampler.cycle()  # baselines: the run is measured from here
         except BaseException as exc:

@@ -61,6 +61,8 @@ class ProcessTree:
         self.members: dict[int, Member] = {}
         self.outside: dict[int, int] = {}  # pid -> starttime of processes not in the tree
         self.cpu_seconds = 0.0  # cumulative CPU of the tree since the first read
+        # threads of the root not charged to the run: the tracker's own (embedded mode)
+        self.exclude_tids: set[int] = set()
         self.started = False
         self.problem = ""
 
@@ -69,6 +71,16 @@ class ProcessTree:
             return parse_stat(read_file(f"{self.procfs}/{pid}/stat"), self.user_hz)
         except (OSError, ValueError, IndexError):
             return None
+
+    def _excluded(self) -> float:
+        total = 0.0
+        for tid in self.exclude_tids:
+            try:
+                data = read_file(f"{self.procfs}/{self.root}/task/{tid}/stat")
+                total += parse_stat(data, self.user_hz).own
+            except (OSError, ValueError, IndexError):
+                continue
+        return total
 
     def read(self) -> float:
         """Cumulative CPU seconds of the tree since the first read (the first read is 0)."""
@@ -81,6 +93,8 @@ class ProcessTree:
         current: dict[int, Member] = {}
         root = self._stat(self.root) if self.root in present else None
         if root is not None:
+            if self.include_root and self.exclude_tids:
+                root.own -= self._excluded()
             current[self.root] = root
         # members, then new pids whose parent is a member (ascending pids: parents first)
         for pid, old in self.members.items():

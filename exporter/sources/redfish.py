@@ -269,7 +269,9 @@ class RedfishSource(Source):
 
     @classmethod
     def from_config(cls, config: Config) -> RedfishSource:
-        return cls(config)
+        source = cls(config)
+        source.start()  # the first poll runs while the daemon starts, not at the first sample
+        return source
 
     def __init__(self, config: Config) -> None:
         self.url = config.redfish_url

@@ -1,0 +1,112 @@
+#!/usr/bin/env python3
+"""Embedded mode's overhead on the tracked process, next to CodeCarbon's tracker, at the
+same sampling interval, measured in one run.
+
+Three processes run at once over the same stretch of time, so machine noise falls on all of
+them alike: a bare interpreter that only sleeps (the floor), one tracking itself with
+`exporter.runs.track(mode="embedded")`, and one with CodeCarbon's OfflineEmissionsTracker
+(offline: no network lookups). Each signals when its tracker has started; then the CPU time
+of all their threads (/proc/PID/task/*/schedstat, ns resolution) is taken over the window.
+CPU per sample = (process CPU - floor CPU) / samples in the window; RSS added = RSS - the
+floor's RSS (imports included: they are part of what the tracker adds).
+
+CodeCarbon is not a dependency; install it for this benchmark only:
+    .venv/bin/pip install codecarbon
+    .venv/bin/python bench/bench_runs.py [--seconds 60] [--interval 1]
+
+Target (issue 13): embedded mode at most 1/4 of CodeCarbon's CPU per sample.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.bench_sampler import cpu_seconds, rss_mb  # noqa: E402
+
+FLOOR = "import sys, time\nprint('ready', flush=True)\ntime.sleep(float(sys.argv[1]) + 30)\n"
+EMBEDDED = """
+import sys, time
+from exporter.runs import track
+with track("bench", mode="embedded",
+           settings={"sample.interval": float(sys.argv[2]), "runs.socket": ""}) as run:
+    print("ready", flush=True)
+    time.sleep(float(sys.argv[1]) + 30)
+"""
+CODECARBON = """
+import logging, sys, time
+from codecarbon import OfflineEmissionsTracker
+tracker = OfflineEmissionsTracker(country_iso_code="USA", measure_power_secs=float(sys.argv[2]),
+                                  save_to_file=False, log_level="error")
+tracker.start()
+print("ready", flush=True)
+time.sleep(float(sys.argv[1]) + 30)
+tracker.stop()
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--interval", type=float, default=1.0)
+    args = parser.parse_args()
+    try:
+        import codecarbon  # noqa: F401
+        scripts = {"floor (bare interpreter)": FLOOR, "carbon-exporter embedded": EMBEDDED,
+                   "CodeCarbon OfflineEmissionsTracker": CODECARBON}
+    except ImportError:
+        print("codecarbon is not installed (.venv/bin/pip install codecarbon): "
+              "measuring embedded mode alone", file=sys.stderr)
+        scripts = {"floor (bare interpreter)": FLOOR, "carbon-exporter embedded": EMBEDDED}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CARBON_EXPORTER_")}
+    procs = {name: subprocess.Popen([sys.executable, "-c", code, str(args.seconds),
+                                     str(args.interval)], cwd=ROOT, env=env,
+                                    stdout=subprocess.PIPE, text=True)
+             for name, code in scripts.items()}
+    try:
+        for name, proc in procs.items():
+            if proc.stdout.readline().strip() != "ready":
+                raise SystemExit(f"{name} did not start")
+        time.sleep(3 * args.interval)  # past the first samples and lazy imports
+        pids = {name: proc.pid for name, proc in procs.items()}
+        before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        started = time.monotonic()
+        time.sleep(args.seconds)
+        after = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        window = time.monotonic() - started
+        rss = {name: rss_mb(pid)[0] for name, pid in pids.items()}
+    finally:
+        for proc in procs.values():
+            proc.kill()
+            proc.wait()
+    samples = window / args.interval
+    floor_name = next(iter(procs))
+    floor_cpu = after[floor_name] - before[floor_name]
+    print(f"\n{window:.0f} s window, sampling every {args.interval:g} s "
+          f"({samples:.0f} samples), Python {sys.version.split()[0]}, {os.cpu_count()} CPUs\n")
+    print("| process | CPU per sample | RSS | RSS added |")
+    print("|---|---:|---:|---:|")
+    per_sample = {}
+    for name in procs:
+        cpu = after[name] - before[name]
+        if name == floor_name:
+            print(f"| {name} | {1000 * cpu / samples:.2f} ms (floor) | {rss[name]:.0f} MB | |")
+            continue
+        per_sample[name] = (cpu - floor_cpu) / samples
+        print(f"| {name} | {1000 * per_sample[name]:.2f} ms | {rss[name]:.0f} MB | "
+              f"{rss[name] - rss[floor_name]:.0f} MB |")
+    names = list(per_sample)
+    if len(names) == 2 and per_sample[names[1]] > 0:
+        print(f"\nembedded / CodeCarbon CPU per sample: "
+              f"{per_sample[names[0]] / per_sample[names[1]]:.2f} (target <= 0.25)")
+
+
+if __name__ == "__main__":
+    main()
