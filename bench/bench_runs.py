@@ -10,9 +10,9 @@ of each process (utime + stime, ended threads included) is taken over the window
 CPU per sample = (process CPU - floor CPU) / samples in the window; RSS added = RSS - the
 floor's RSS (imports included: they are part of what the tracker adds).
 
-CodeCarbon is not a dependency; install it for this benchmark only:
-    .venv/bin/pip install codecarbon
-    .venv/bin/python bench/bench_runs.py [--seconds 60] [--interval 1]
+CodeCarbon is not a dependency; it lives in its own environment under bench/:
+    sh bench/setup_codecarbon.sh            # once
+    .venv/bin/python bench/bench_runs.py [--seconds 120] [--interval 1]
 
 Target (issue 13): embedded mode at most 1/4 of CodeCarbon's CPU per sample.
 """
@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.bench_sampler import rss_mb  # noqa: E402
+from bench.bench_sampler import CODECARBON_PYTHON, rss_mb  # noqa: E402
 
 
 def cpu_seconds(pid: int) -> float:
@@ -64,20 +64,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=120.0)
     parser.add_argument("--interval", type=float, default=1.0)
+    parser.add_argument("--codecarbon-python", type=Path, default=CODECARBON_PYTHON,
+                        help="a Python with codecarbon installed (bench/setup_codecarbon.sh)")
     args = parser.parse_args()
-    try:
-        import codecarbon  # noqa: F401
-        scripts = {"floor (bare interpreter)": FLOOR, "carbon-exporter embedded": EMBEDDED,
-                   "CodeCarbon OfflineEmissionsTracker": CODECARBON}
-    except ImportError:
-        print("codecarbon is not installed (.venv/bin/pip install codecarbon): "
-              "measuring embedded mode alone", file=sys.stderr)
-        scripts = {"floor (bare interpreter)": FLOOR, "carbon-exporter embedded": EMBEDDED}
+    scripts = {"floor (bare interpreter)": (sys.executable, FLOOR),
+               "carbon-exporter embedded": (sys.executable, EMBEDDED)}
+    if args.codecarbon_python.exists():
+        scripts["CodeCarbon OfflineEmissionsTracker"] = (str(args.codecarbon_python), CODECARBON)
+    else:
+        print("no CodeCarbon (sh bench/setup_codecarbon.sh): measuring embedded mode alone",
+              file=sys.stderr)
     env = {k: v for k, v in os.environ.items() if not k.startswith("CARBON_EXPORTER_")}
-    procs = {name: subprocess.Popen([sys.executable, "-c", code, str(args.seconds),
+    procs = {name: subprocess.Popen([python, "-c", code, str(args.seconds),
                                      str(args.interval)], cwd=ROOT, env=env,
                                     stdout=subprocess.PIPE, text=True)
-             for name, code in scripts.items()}
+             for name, (python, code) in scripts.items()}
     try:
         for name, proc in procs.items():
             if proc.stdout.readline().strip() != "ready":

@@ -35,7 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.fixtures import ProcfsTree, intel_two_socket
-from tests.harness import ExporterProcess
+from tests.harness import ExporterProcess, free_port
 
 CODECARBON = (
     "import time\n"
@@ -104,6 +104,9 @@ def main() -> int:
     parser.add_argument("--scrapes", type=int, default=1000)
     parser.add_argument("--codecarbon-python", type=Path, default=CODECARBON_PYTHON,
                         help="a Python with codecarbon installed (bench/setup_codecarbon.sh)")
+    parser.add_argument("--baseline-tree", type=Path, default=None,
+                        help="another checkout (e.g. git worktree add /tmp/before <commit>): its "
+                             "exporter on defaults on this machine runs alongside, for before/after")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmpdir:
@@ -130,6 +133,12 @@ def main() -> int:
         ]
         floor = subprocess.Popen([sys.executable, "-c", IDLE_LOOP])
         others = [("floor: bare asyncio loop, 1 wake-up/s", floor)]
+        if args.baseline_tree is not None:
+            others.append((f"before: {args.baseline_tree.name} on defaults on this machine",
+                           subprocess.Popen([sys.executable, "-m", "exporter",
+                                             f"--web.listen-address=127.0.0.1:{free_port()}"],
+                                            cwd=args.baseline_tree, stdout=subprocess.DEVNULL,
+                                            stderr=subprocess.DEVNULL)))
         if args.codecarbon_python.exists():
             others.append(("CodeCarbon 3.3.2 OfflineEmissionsTracker, 1 s",
                            subprocess.Popen([str(args.codecarbon_python), "-c", CODECARBON],
@@ -165,7 +174,7 @@ def main() -> int:
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, cpu_ms, p50, p99, size, rss, hwm in results:
         print(f"| {name} | {cpu_ms:.3f} | {p50} | {p99} | {size} | {rss:.1f} | {hwm:.1f} |")
-    floor_ms = results[len(runs)][1]
+    floor_ms = next(r[1] for r in results if r[0].startswith("floor"))
     by_name = {r[0]: r[1] for r in results}
     codecarbon = next((ms for name, ms in by_name.items() if name.startswith("CodeCarbon")), None)
     for name, cpu_ms, *_ in results[:len(runs)]:
