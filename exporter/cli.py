@@ -161,6 +161,8 @@ class Daemon:
         self.live = SelfMetrics(not config.web_disable_exporter_metrics)
         self.chain.observe = self.live.fetch.observe
         self._swapping = asyncio.Lock()  # two quick SIGHUPs must not start chains out of order
+        self._reloading = asyncio.Lock()
+        self._reloads: set[asyncio.Task[None]] = set()
         self.stop = asyncio.Event()
 
     def _publish_grid(self, state: GridState) -> None:
@@ -175,11 +177,27 @@ class Daemon:
                 new.start()
 
     def reload(self) -> None:
-        """SIGHUP: re-read the config file; keep the running config if the new one is bad."""
-        if self.security.config.path:
-            self.security.reload()  # on its own: a bad config file must not block it
+        """SIGHUP: re-read the config files in the background (see _reload)."""
+        task = asyncio.get_running_loop().create_task(self._reload())
+        self._reloads.add(task)  # a reference, so the task is not collected midway
+        task.add_done_callback(self._reloads.discard)
+
+    async def _reload(self) -> None:
+        """Re-read the config file; keep the running config if the new one is bad. Files are
+        read and parsed off the event loop, one reload at a time, so scrapes go on."""
+        async with self._reloading:
+            if self.security.config.path:
+                await self.security.reload_async()  # on its own: a bad config must not block it
+            try:
+                new = await asyncio.get_running_loop().run_in_executor(
+                    None, resolve, self.flags, self.config.config_file)
+            except ConfigError as exc:
+                log.error("config reload failed, keeping the previous config: %s", exc)
+                return
+            self._apply(new)
+
+    def _apply(self, new: Config) -> None:
         try:
-            new = resolve(self.flags, self.config.config_file)
             intensity = static_intensity(new)
             chain = Chain.from_config(new, self._publish_grid, previous=self.chain)
             Embodied(new)  # validates embodied.server_model before anything is applied

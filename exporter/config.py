@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
-from exporter.confutil import ConfigError, parse_duration, read_yaml
+from exporter.confutil import MAX_GRAMS_PER_KWH, ConfigError, parse_duration, read_yaml, shown
 from exporter.sources import registry
 
 if TYPE_CHECKING:
@@ -34,6 +34,7 @@ class Setting:
     help: str
     minimum: float | None = None  # inclusive
     above: float | None = None  # exclusive lower bound
+    maximum: float | None = None  # inclusive
     choices: tuple[str, ...] = ()
     reloadable: bool = False  # applied on SIGHUP without a restart
     flag_name: str | None = None  # where convention differs from the key (--web.config.file)
@@ -85,6 +86,8 @@ class Setting:
             return f"must be at least {self.minimum:g}"
         if self.above is not None and value <= self.above:
             return f"must be greater than {self.above:g}"
+        if self.maximum is not None and value > self.maximum:
+            return f"must be at most {self.maximum:g}"
         return None
 
 
@@ -118,7 +121,7 @@ def split_listen_address(address: str) -> tuple[str | None, int]:
     """':9875' -> (None, 9875); '127.0.0.1:9875'; '[::1]:9875'."""
     host, sep, port = address.rpartition(":")
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"{address!r} is not [host]:port with a port in 1-65535")
+        raise ValueError(f"{shown(address)} is not [host]:port with a port in 1-65535")
     host = host.strip("[]")
     return (host or None), int(port)
 
@@ -129,12 +132,12 @@ def _check_listen_address(value: Any) -> None:
 
 def _check_url(value: Any) -> None:
     if value is not None and not str(value).startswith(("https://", "http://")):
-        raise ValueError(f"{value!r} is not an http(s) URL")
+        raise ValueError(f"{shown(value)} is not an http(s) URL")
 
 
 def _check_path(value: Any) -> None:
     if not str(value).startswith("/"):
-        raise ValueError(f"{value!r} must start with /")
+        raise ValueError(f"{shown(value)} must start with /")
 
 
 def _parse_providers(value: Any, where: str) -> tuple[ProviderSpec, ...]:
@@ -144,6 +147,10 @@ def _parse_providers(value: Any, where: str) -> tuple[ProviderSpec, ...]:
 
 
 # --- the settings --------------------------------------------------------------------------------
+
+# A PUE above this is no working facility (the worst surveyed are ~2.5): a typo, not a site.
+MAX_PUE = 5.0
+
 
 @dataclass(frozen=True)
 class Config:
@@ -187,7 +194,9 @@ class Config:
         "path.procfs", "str", "/proc", "procfs mount point (CPU times, memory size).")
     sample_interval: float = _s(
         "sample.interval", "duration", "1s",
-        "How often sources are read: a Prometheus duration (500ms, 1s) or seconds (0.5).")
+        "How often sources are read: a Prometheus duration (500ms, 1s, 0.5s) or seconds (0.5); "
+        "10ms to 1m (faster only burns CPU; slower lets a busy RAPL counter wrap unseen).",
+        minimum=0.01, maximum=60)
     sample_model_takeover: float = _s(
         "sample.model_takeover", "duration", "30s",
         "How long a counter (RAPL) may be away before its model takes over: a shorter outage "
@@ -250,8 +259,9 @@ class Config:
     carbon_intensity: float | None = _s(
         "carbon.intensity", "float", None,
         "Static grid intensity in gCO2e/kWh: replaces the dataset value for --carbon.zone "
-        "(and is the fallback after any carbon.providers).",
-        minimum=0, reloadable=True)
+        "(and is the fallback after any carbon.providers); at most 2000, the cap every "
+        "provider's value is held to.",
+        minimum=0, maximum=MAX_GRAMS_PER_KWH, reloadable=True)
     carbon_providers: tuple[ProviderSpec, ...] | None = _s(
         "carbon.providers", "providers", None,
         "Intensity providers in fallback order: a list in the config file (see Carbon "
@@ -260,8 +270,8 @@ class Config:
         parse=_parse_providers)
     carbon_pue: float = _s(
         "carbon.pue", "float", 1.0,
-        "Power usage effectiveness of the facility (>= 1), applied to operational emissions.",
-        minimum=1, reloadable=True)
+        "Power usage effectiveness of the facility (1 to 5), applied to operational emissions.",
+        minimum=1, maximum=MAX_PUE, reloadable=True)
     cpu_model_idle_watts: float | None = _s(
         "cpu_model.idle_watts", "float", None,
         "CPU model: node CPU power at 0% utilisation in watts (default: the cloud's per-vCPU "
@@ -449,7 +459,7 @@ def validate_tree(tree: Any, origin: str) -> dict[str, Any]:
                 raise ConfigError(f"{origin}: unknown key {dotted}")
             problem = BY_KEY[dotted].check_type(value)
             if problem is not None:
-                raise ConfigError(f"{_field(dotted, origin)}: {value!r} {problem}")
+                raise ConfigError(f"{_field(dotted, origin)}: {shown(value)} {problem}")
             flat[dotted] = value
     for key, value in flat.items():
         _check_value(BY_KEY[key], value, _field(key, origin))
@@ -458,16 +468,18 @@ def validate_tree(tree: Any, origin: str) -> dict[str, Any]:
 
 def _check_value(setting: Setting, value: Any, where: str) -> None:
     if setting.kind == "float" and value is not None and not math.isfinite(value):
-        raise ConfigError(f"{where}: {value!r} must be a finite number")
+        raise ConfigError(f"{where}: {shown(value)} must be a finite number")
     if setting.kind == "duration":
         try:
             seconds = parse_duration(value)
         except ValueError as exc:
             raise ConfigError(f"{where}: {exc}") from None
         if setting.minimum is not None and seconds < setting.minimum:
-            raise ConfigError(f"{where}: {value!r} must be at least {setting.minimum:g}s")
+            raise ConfigError(f"{where}: {shown(value)} must be at least {setting.minimum:g}s")
         if setting.minimum is None and seconds <= 0:
-            raise ConfigError(f"{where}: {value!r} must be greater than 0")
+            raise ConfigError(f"{where}: {shown(value)} must be greater than 0")
+        if setting.maximum is not None and seconds > setting.maximum:
+            raise ConfigError(f"{where}: {shown(value)} must be at most {setting.maximum:g}s")
     if setting.check is not None and value is not None:
         try:
             setting.check(value)
@@ -491,17 +503,17 @@ def _coerce_env(setting: Setting, raw: str) -> Any:
             return True
         if lowered in ("0", "false", "no", "off"):
             return False
-        raise ConfigError(f"{origin}: {raw!r} is not a boolean (true/false)")
+        raise ConfigError(f"{origin}: {shown(raw)} is not a boolean (true/false)")
     if setting.kind in ("float", "budget"):
         try:
             return float(raw)
         except ValueError:
-            raise ConfigError(f"{origin}: {raw!r} is not a number") from None
+            raise ConfigError(f"{origin}: {shown(raw)} is not a number") from None
     if setting.kind == "int":
         try:
             return int(raw)
         except ValueError:
-            raise ConfigError(f"{origin}: {raw!r} is not an integer") from None
+            raise ConfigError(f"{origin}: {shown(raw)} is not an integer") from None
     return raw
 
 

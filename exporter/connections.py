@@ -36,7 +36,8 @@ HEADER_TOO_LARGE = (b"HTTP/1.1 431 Request Header Fields Too Large\r\nConnection
 
 
 # asyncio accepts up to `backlog` connections in one go before any of them reaches the guard,
-# so the cap leaves room for a whole burst too.
+# and the idle ones they push out free their descriptors only after the burst: the cap
+# leaves room for two bursts.
 BACKLOG = 64
 # asyncio retries a failed accept() every second; it counts as working again only after
 # this long without a failure, so a run of failures is one log line, not one per retry.
@@ -50,7 +51,7 @@ def connection_cap(wanted: int) -> int:
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
         return wanted
-    room = soft - max(FD_RESERVE, soft // 8) - BACKLOG
+    room = soft - max(FD_RESERVE, soft // 8) - 2 * BACKLOG
     return max(1, min(wanted, room))
 
 

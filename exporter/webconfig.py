@@ -343,18 +343,20 @@ class WebSecurity:
 
     # --- reload --------------------------------------------------------------------------
 
-    def reload(self) -> bool:
-        """Re-read the file; on error keep the configuration in force. True if applied."""
-        try:
-            new = load_web_config(self.config.path)
-            if (new.tls is None) != (self.config.tls is None):
-                raise ConfigError(f"web config file {self.config.path}: turning TLS "
-                                  f"{'on' if new.tls else 'off'} needs a restart")
-            context = build_ssl_context(new) if new.tls else None
-        except ConfigError as exc:
-            log.error("web config reload failed, keeping the previous one: %s", exc)
-            self._stamps = _mtimes(self.config.watched)  # do not retry until it changes again
-            return False
+    def _load(self) -> tuple[WebConfig, ssl.SSLContext | None]:
+        """Read the file and build what it asks for; nothing is applied (runs in a thread)."""
+        new = load_web_config(self.config.path)
+        if (new.tls is None) != (self.config.tls is None):
+            raise ConfigError(f"web config file {self.config.path}: turning TLS "
+                              f"{'on' if new.tls else 'off'} needs a restart")
+        return new, build_ssl_context(new) if new.tls else None
+
+    def _refused(self, exc: ConfigError) -> bool:
+        log.error("web config reload failed, keeping the previous config: %s", exc)
+        self._stamps = _mtimes(self.config.watched)  # do not retry until it changes again
+        return False
+
+    def _apply(self, new: WebConfig, context: ssl.SSLContext | None) -> bool:
         self.config = new
         self._stamps = _mtimes(new.watched)
         if context is not None and self.ssl_context is not None:
@@ -363,14 +365,29 @@ class WebSecurity:
                  "on" if new.tls else "off", len(new.users))
         return True
 
-    def check_changed(self) -> bool:
+    def reload(self) -> bool:
+        """Re-read the file; on error keep the configuration in force. True if applied."""
+        try:
+            return self._apply(*self._load())
+        except ConfigError as exc:
+            return self._refused(exc)
+
+    async def reload_async(self) -> bool:
+        """reload(), with the file read and parsed off the event loop: scrapes go on."""
+        try:
+            loaded = await asyncio.get_running_loop().run_in_executor(None, self._load)
+        except ConfigError as exc:
+            return self._refused(exc)
+        return self._apply(*loaded)
+
+    async def check_changed(self) -> bool:
         if not self.config.path:
             return False
         stamps = _mtimes(self.config.watched)
         if stamps == self._stamps:
             return False
         self._stamps = stamps
-        return self.reload()
+        return await self.reload_async()
 
     async def watch(self, stop: asyncio.Event, every: float = 1.0) -> None:
         while not stop.is_set():
@@ -379,7 +396,7 @@ class WebSecurity:
             except asyncio.TimeoutError:
                 pass
             if not stop.is_set():
-                self.check_changed()
+                await self.check_changed()
 
     # --- request handling ---------------------------------------------------------------
 

@@ -34,7 +34,7 @@ def _file(tmp_path: Path, name: str, text: str) -> str:
 CLI_CASES = [
     # (args or a function of tmp_path giving args, env, words the line must contain)
     (["--carbon.pue=0.5"], {}, ["--carbon.pue", "at least 1"]),
-    (["--sample.interval=0"], {}, ["--sample.interval", "greater than 0"]),
+    (["--sample.interval=0"], {}, ["--sample.interval", "at least 0.01s"]),
     (["--carbon.zone=XX"], {}, ["carbon.zone", "'XX'"]),
     (["--no-such-flag"], {}, ["--no-such-flag"]),
     (lambda tmp: ["--config.file=" + _file(tmp, "unknown.yml", "carbon:\n  pue: 1.2\n  colour: green\n")],
@@ -73,8 +73,9 @@ RESOLVE_CASES = [
     ({}, "carbon:\n  intensity: -5\n", {}, ["carbon.intensity", "at least 0"]),
     ({}, "carbon:\n  pue: 0.9\n", {}, ["carbon.pue", "at least 1"]),
     ({}, "carbon:\n  pue: .nan\n", {}, ["carbon.pue", "finite"]),
-    ({}, "sample:\n  interval: 0\n", {}, ["sample.interval", "greater than 0"]),
-    ({}, "sample:\n  interval: -1\n", {}, ["sample.interval", "greater than 0"]),
+    ({}, "sample:\n  interval: 0\n", {}, ["sample.interval", "at least 0.01s"]),
+    ({}, "sample:\n  interval: -1\n", {}, ["sample.interval", "at least 0.01s"]),
+    ({}, "kubernetes:\n  timeout: 0\n", {}, ["kubernetes.timeout", "greater than 0"]),
     ({}, "sample:\n  interval: 1h2x\n", {}, ["sample.interval", "not a duration"]),
     ({}, "sample:\n  interval: .inf\n", {}, ["sample.interval", "not a duration"]),
     ({}, "log:\n  level: loud\n", {}, ["log.level", "one of debug, info, warn, error"]),
@@ -88,9 +89,10 @@ RESOLVE_CASES = [
     ({}, "cpu_model:\n  idle_watts: 100\n  max_watts: 50\n", {}, ["cpu_model.max_watts"]),
     ({"carbon.pue": 0.99}, None, {}, ["flag --carbon.pue", "at least 1"]),
     ({"carbon.intensity": -0.1}, None, {}, ["flag --carbon.intensity", "at least 0"]),
-    ({"sample.interval": "0s"}, None, {}, ["flag --sample.interval", "greater than 0"]),
+    ({"sample.interval": "0s"}, None, {}, ["flag --sample.interval", "at least 0.01s"]),
     ({"sample.interval": "nan"}, None, {}, ["flag --sample.interval", "not a duration"]),
-    ({"carbon.intensity": float("inf")}, None, {}, ["flag --carbon.intensity", "finite"]),
+    ({"carbon.intensity": float("inf")}, None, {}, ["flag --carbon.intensity", "at most 2000"]),
+    ({"carbon.pue": float("inf")}, None, {}, ["flag --carbon.pue", "at most 5"]),
     ({}, None, {"CARBON_EXPORTER_CARBON_PUE": "0.5"}, ["environment CARBON_EXPORTER_CARBON_PUE"]),
     ({}, None, {"CARBON_EXPORTER_CARBON_PUE": "high"}, ["CARBON_EXPORTER_CARBON_PUE", "not a number"]),
     ({}, None, {"CARBON_EXPORTER_COLLECTOR_RAPL": "perhaps"},
@@ -152,12 +154,13 @@ def test_empty_config_file_is_the_defaults(tmp_path):
 @pytest.mark.parametrize("text, seconds", [
     ("500ms", 0.5), ("1s", 1.0), ("1m30s", 90.0), ("0.5", 0.5), ("2", 2.0), (" 15s ", 15.0),
     ("1h", 3600.0), ("1d", 86400.0), ("1m", 60.0), ("1s500ms", 1.5), (3, 3.0), (0.25, 0.25),
+    ("1.5s", 1.5), ("0.5s", 0.5),
 ])
 def test_parse_duration(text, seconds):
     assert parse_duration(text) == pytest.approx(seconds)
 
 
-@pytest.mark.parametrize("text", ["", "ms", "1x", "s1", "1.5s", "1ms1s", "fast", "nan", "inf",
+@pytest.mark.parametrize("text", ["", "ms", "1x", "s1", ".5s", "1ms1s", "fast", "nan", "inf",
                                   True, float("nan")])
 def test_parse_duration_rejects(text):
     with pytest.raises(ValueError, match="duration"):

@@ -240,7 +240,7 @@ def test_malformed_bcrypt_hash_exits_2_at_start(tmp_path, hashed):
 
 # --- item 3: connections are bounded -------------------------------------------------------
 
-LOW_NOFILE = 256  # the exporter's open-files limit: cap = 256 - 64 - 64 = 128 connections
+LOW_NOFILE = 256  # the exporter's open-files limit: cap = 256 - 64 - 2 x 64 = 64 connections
 
 
 def low_nofile() -> None:
@@ -286,7 +286,8 @@ def test_idle_and_half_sent_connections_under_a_low_open_files_limit(tmp_path):
         lines = log_lines(exporter)[before:]
         print(f"\n400 hostile connections, open-files limit {LOW_NOFILE}: {len(lines)} log lines")
         assert len(lines) <= 10, lines
-        assert "EMFILE" not in exporter.output() and "Too many open files" not in exporter.output()
+        # the sampler never ran out of descriptors (an accept() that did would be one line)
+        assert not [line for line in lines if "collector" in line], lines
     finally:
         for sock in hostile:
             sock.close()

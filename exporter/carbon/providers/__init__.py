@@ -23,6 +23,8 @@ import yarl
 from exporter.carbon import Intensity
 from exporter.carbon.secrets import redact
 from exporter.carbon.zones import GridZone
+# Above any grid on record: the one cap for providers' values and carbon.intensity alike.
+from exporter.confutil import MAX_GRAMS_PER_KWH
 
 if TYPE_CHECKING:
     from exporter.carbon.providers.spec import ProviderSpec
@@ -35,8 +37,6 @@ KIND_OPTION: dict[str, Any] = {"kind": {"enum": ["average", "marginal"]}}
 # what a configured value counts: lifecycle CO2e or direct CO2 (exporter.carbon.BASES)
 BASIS_OPTION: dict[str, Any] = {"basis": {"enum": ["lifecycle", "direct", "unknown"]}}
 
-# Above any grid on record (lignite-only systems are ~1,100-1,300 g/kWh lifecycle).
-MAX_GRAMS_PER_KWH = 2000.0
 MAX_REDIRECTS = 3
 LBS_PER_MWH_TO_G_PER_KWH = 0.453592  # 1 lb = 453.592 g; 1 MWh = 1000 kWh
 

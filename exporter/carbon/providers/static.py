@@ -4,7 +4,9 @@ for the zone's country). They never age and never fail, so they end every chain.
 from __future__ import annotations
 
 from exporter.carbon import LIFECYCLE, UNKNOWN, Intensity, grid_dataset
-from exporter.carbon.providers import BASIS_OPTION, KIND_OPTION, Fetched, Provider
+from exporter.carbon.providers import (
+    BASIS_OPTION, KIND_OPTION, MAX_GRAMS_PER_KWH, Fetched, Provider,
+)
 from exporter.confutil import ConfigError
 
 
@@ -15,7 +17,8 @@ class Static(Provider):
         '`value` (gCO2e/kWh), optional `kind` and `basis` (default `unknown`; `file` takes '
         'them too).'
     )
-    options = {"value": {"type": "number", "minimum": 0, "maximum": 2000}, **KIND_OPTION,
+    options = {"value": {"type": "number", "minimum": 0, "maximum": MAX_GRAMS_PER_KWH},
+               **KIND_OPTION,
                **BASIS_OPTION}
     required = ("value",)
     refresh = 3600.0
