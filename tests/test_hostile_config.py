@@ -121,6 +121,7 @@ class Scraper(threading.Thread):
             self.slowest = max(self.slowest, time.monotonic() - started)
 
 
+@pytest.mark.slow  # load or fault sequence of tens of seconds: scripts/test.sh runs it
 def test_config_bombs_on_sighup_keep_the_previous_config_and_scrapes_go_on(tmp_path):
     config = tmp_path / "bomb.yml"
     config.write_text("carbon:\n  pue: 1.1\n")

@@ -13,6 +13,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter import metrics
@@ -108,6 +109,7 @@ class PowerWatch(threading.Thread):
                 self.max_watts = max(self.max_watts, s.value)
 
 
+@pytest.mark.slow  # load or fault sequence of tens of seconds: scripts/test.sh runs it
 def test_blocked_read_neither_spikes_power_nor_loses_energy(tmp_path):
     """A 250 W package whose energy_uj read blocks 5 s, then 12 s. Before: stamped before the
     read, the 5 s block exported ~2,500 W and the 12 s one was dropped as implausible."""
@@ -190,6 +192,7 @@ def node_and_truth(exporter: ExporterProcess) -> tuple[float, float, dict[str, f
             one(text, "carbon_rapl_domain_joules_total", domain="psys", device="psys"), by_source)
 
 
+@pytest.mark.slow  # load or fault sequence of tens of seconds: scripts/test.sh runs it
 def test_outage_is_counted_once_and_the_hand_over_is_exact(tmp_path):
     """RAPL (2 x 100 W packages, 2 x 10 W DRAM) vanishes for 1.5 s, then for 6 s, with the
     model take-over at 3 s. The models are set to the same 220 W, so the node total must

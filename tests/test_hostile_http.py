@@ -107,6 +107,7 @@ async def _flood(url: str, seconds: float) -> tuple[list[int], list[int], list[f
     return scraper_statuses, attacker_statuses, attacker_latency
 
 
+@pytest.mark.slow  # load or fault sequence of tens of seconds: scripts/test.sh runs it
 def test_auth_flood_leaves_the_scraper_at_least_95_percent(tmp_path):
     # cost 10 (htpasswd's default) and a request limit of 2: before the fix the limit counted
     # attackers' requests, and their uncached bcrypt checks took both cores.
@@ -247,6 +248,7 @@ def low_nofile() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (LOW_NOFILE, LOW_NOFILE))
 
 
+@pytest.mark.slow  # load or fault sequence of tens of seconds: scripts/test.sh runs it
 def test_idle_and_half_sent_connections_under_a_low_open_files_limit(tmp_path):
     exporter = start(tmp_path, "--web.read-header-timeout=2s", "--web.idle-timeout=3s",
                      preexec_fn=low_nofile)
@@ -311,6 +313,7 @@ def test_idle_keep_alive_connection_is_closed_after_the_idle_timeout(tmp_path):
         assert exporter.stop() == 0
 
 
+@pytest.mark.slow  # load or fault sequence of tens of seconds: scripts/test.sh runs it
 def test_large_request_heads_hold_bounded_memory(tmp_path):
     exporter = start(tmp_path)
     socks: list[socket.socket] = []

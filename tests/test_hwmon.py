@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ import pytest
 from exporter.ledger import PLATFORM, Ledger
 from exporter.sources import ABSENT, ERROR, OK, PERMISSION
 from exporter.sources.hwmon import HwmonSource
+from tests.harness import FakeClock
 from tests.hwmon_fixtures import HwmonTree
 
 
@@ -51,14 +51,16 @@ def test_amdgpu_power_prefers_power1_input_and_is_a_gpu_power_sample(tmp_path):
         assert (reading.component, reading.source, reading.counter) == (
             "gpu", "power_sample", False)
     # power samples are integrated by the ledger (trapezoid)
-    ledger = Ledger()
+    ledger, clock = Ledger(), FakeClock()
     source = HwmonSource(tree.sysfs)
+    source.clock = clock
     ledger.update(source.read().readings, 0.0)
-    time.sleep(0.05)
+    clock.advance(1.0)
     tree.write(old, "power1_average", 170_000_000)
     ledger.update(source.read().readings, 0.0)
     track = ledger.tracks[("gpu", "", "gpu-0000:03:00.0", "power_sample")]
-    assert track.watts == pytest.approx(170.0) and track.joules > 0
+    assert track.watts == pytest.approx(170.0)
+    assert track.joules == pytest.approx((150.0 + 170.0) / 2)  # trapezoid over 1 s
     assert new  # two cards, two series
 
 
@@ -68,21 +70,22 @@ def test_intel_card_energy_counter_is_a_counter_with_reset_handling(tmp_path):
     tree = HwmonTree(tmp_path)
     xe = tree.add_xe("0000:03:00.0", card_uj=5_000_000, pkg_uj=4_000_000)
     i915 = tree.add_i915("0000:05:00.0", energy_uj=1_000_000, tiles=2)
-    source, ledger = HwmonSource(tree.sysfs), Ledger()
+    source, ledger, clock = HwmonSource(tree.sysfs), Ledger(), FakeClock()
+    source.clock = clock
     first = source.read()
     assert first.status.reason == OK, first.status
     assert sorted((r.device, r.source, r.counter) for r in first.readings) == [
         ("gpu-0000:03:00.0", "hwmon", True), ("gpu-0000:05:00.0", "hwmon", True)]
     ledger.update(first.readings, 0.0)
-    time.sleep(0.05)
+    clock.advance(1.0)
     tree.write(xe, "energy1_input", 5_000_000 + 3_000_000)  # 3 J
     tree.write(xe, "energy2_input", 9_999_999_999)  # pkg: ignored whatever it does
     tree.write(i915, "energy1_input", 1_000_000 + 2_000_000)  # 2 J
     ledger.update(source.read().readings, 0.0)
-    time.sleep(0.05)
+    clock.advance(1.0)
     tree.write(xe, "energy1_input", 1_000)  # driver reload: the counter starts over
     ledger.update(source.read().readings, 0.0)
-    time.sleep(0.05)
+    clock.advance(1.0)
     tree.write(xe, "energy1_input", 1_000 + 1_000_000)  # 1 J after the reset
     ledger.update(source.read().readings, 0.0)
     xe_track = ledger.tracks[("gpu", "", "gpu-0000:03:00.0", "hwmon")]

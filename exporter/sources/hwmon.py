@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import os
 import re
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -235,7 +234,7 @@ class HwmonSource(Source):
         asleep: list[str] = []
         problems = list(self.problems)
         for sensor in self.sensors:
-            at = time.monotonic()
+            at = self.clock()
             try:
                 raw = _read_integer(sensor.path)
             except PermissionError:

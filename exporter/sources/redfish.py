@@ -24,7 +24,6 @@ import logging
 import math
 import ssl
 import threading
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -70,7 +69,7 @@ class RedfishError(Exception):
 @dataclass(frozen=True, slots=True)
 class Poll:
     watts: float
-    fetched_at: float  # monotonic
+    fetched_at: float  # Source.clock (monotonic)
     where: str  # the resource the value came from, for the status detail
 
 
@@ -317,7 +316,7 @@ class RedfishSource(Source):
                 status = Status(ERROR, f"{self.power.where}: {watts:g} W is implausible")
             else:
                 with self._lock:
-                    self._last = Poll(watts, time.monotonic(), self.power.where)
+                    self._last = Poll(watts, self.clock(), self.power.where)
                 status = Status(OK, f"{self.power.where}, every {self.poll_interval:g}s")
         with self._lock:
             self._status = status
@@ -348,7 +347,7 @@ class RedfishSource(Source):
         if self.power is None:
             return SourceResult(Status(ABSENT, "no redfish.url configured"))
         self.start()
-        now = time.monotonic()
+        now = self.clock()
         with self._lock:
             last, status = self._last, self._status
         if last is None:
