@@ -28,7 +28,7 @@ from aiohttp import web
 
 from exporter import __version__
 from exporter.carbon.secrets import redact
-from exporter.sampler import Snapshot
+from exporter.sampler import Sample, Snapshot
 
 CHART_SECONDS = 600.0  # the chart's window: the last ten minutes
 MAX_POINTS = 1200
@@ -72,19 +72,17 @@ class Landing:
         self._last_totals = (0.0, 0.0, 0.0)
         self._last_stamp = self.started
 
-    def record(self, snap: Snapshot) -> None:
-        """Called once per sample (a Sampler listener): a few additions and one append."""
-        if snap.timestamp is None:
-            return
-        totals = _totals(snap)
-        day = time.localtime(snap.timestamp)[:3]
+    def record(self, sample: Sample) -> None:
+        """Called once per sample (a Sampler listener): one comparison and one append. The
+        sampler passes the sums the page needs (a Sample), so no Snapshot is built for it."""
+        totals = (sample.joules, sample.grams, sample.embodied_grams)
+        day = time.localtime(sample.timestamp)[:3]
         if self.day is not None and day != self.day:
             # the first sample of a new day: what was counted before it belongs to yesterday
             self.day_totals, self.day_start = self._last_totals, self._last_stamp
         self.day = day
-        self._last_totals, self._last_stamp = totals, snap.timestamp
-        watts = tuple(sorted(_power_by_component(snap).items()))
-        self.ring.append(Point(snap.timestamp, watts, snap.grams_per_second))
+        self._last_totals, self._last_stamp = totals, sample.timestamp
+        self.ring.append(Point(sample.timestamp, sample.watts, sample.grams_per_second))
 
     # --- what the page shows ----------------------------------------------------------------
 

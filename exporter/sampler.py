@@ -88,6 +88,20 @@ class Snapshot:
     budgets: tuple[tuple[str, str, float], ...] = ()  # (scope, device, watts)
 
 
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """A cycle's headline numbers, for listeners (the landing page's ring): a few sums over
+    the ledger, so a listener does not make every cycle build a whole Snapshot. The sums are
+    the ones the cycle's Snapshot gives, in the same order (the same floats)."""
+
+    timestamp: float
+    joules: float  # sum of the snapshot's energy series (operational, since start)
+    grams: float  # their operational grams
+    embodied_grams: float  # sum of the snapshot's embodied series
+    watts: tuple[tuple[str, float], ...]  # (component, watts summed over devices), sorted
+    grams_per_second: float | None
+
+
 class _Coverage:
     """Which components measured sources covered in one cycle, across lanes.
 
@@ -288,9 +302,9 @@ class Sampler:
         # _publish, on the event loop like the scrapes, so building it later reads the same.
         self._snapshot: Snapshot | None = Snapshot(timestamp=None, intensity=intensity, pue=pue)
         self._published: _Published | None = None
-        # called with each new snapshot, on the event loop; must be cheap (the landing page's
-        # ring of recent samples). A listener makes every cycle build its snapshot.
-        self.listeners: list[Callable[[Snapshot], None]] = []
+        # called with each cycle's Sample, on the event loop; must be cheap (the landing page's
+        # ring of recent samples). A Sample, not a Snapshot: the snapshot stays lazy.
+        self.listeners: list[Callable[[Sample], None]] = []
         self.cycles = 0
         self.last_cycle_at: float | None = None
 
@@ -433,11 +447,31 @@ class Sampler:
         self._published = _Published(time.time(), intensity, pue, rate, embodied_rate, extra,
                                      newest)
         self._snapshot = None
+        if not self.listeners:
+            return
+        sample = self._sample()
         for listener in self.listeners:
             try:
-                listener(self.snapshot)
+                listener(sample)
             except Exception:  # a listener bug must not stop sampling
                 log.exception("snapshot listener failed")
+
+    def _sample(self) -> Sample:
+        """The listeners' numbers, summed straight from the ledger in the order _build's
+        energy and embodied series have."""
+        published = self._published
+        assert published is not None
+        joules = grams = 0.0
+        watts: dict[str, float] = {}
+        for t in self.ledger.tracks.values():
+            if t.component:
+                joules += t.joules
+                grams += t.grams
+                if t.watts is not None:
+                    watts[t.component] = watts.get(t.component, 0.0) + t.watts
+        embodied = sum(self.embodied.totals.values()) if self.embodied is not None else 0.0
+        return Sample(published.timestamp, joules, grams, embodied,
+                      tuple(sorted(watts.items())), published.grams_per_second)
 
     @property
     def snapshot(self) -> Snapshot:

@@ -33,6 +33,7 @@ def embodied_table() -> tuple[EmbodiedRow, ...]:
                  for r in data.rows("embodied.csv"))
 
 
+@functools.lru_cache(maxsize=64)  # per GPU name: the rates are asked at every sample
 def gpu_row(name: str) -> EmbodiedRow | None:
     return next((r for r in embodied_table()
                  if r.kind == "gpu" and re.search(r.pattern, name, re.IGNORECASE)), None)

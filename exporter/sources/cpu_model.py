@@ -21,6 +21,7 @@ The curve, first match wins (every figure is cited in exporter/data/README.md):
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -152,6 +153,12 @@ class CloudFigures:
 
 
 def load_cloud_figures() -> dict[str, CloudFigures]:
+    return dict(_cloud_figures())  # a copy: the cached one is shared
+
+
+@functools.cache
+def _cloud_figures() -> dict[str, CloudFigures]:
+    # cached: the DRAM model asks at every sample, and the bundled file never changes
     out = {}
     for r in data.rows("cloud_power.csv"):
         memory = r["memory_gb_per_chip"]
