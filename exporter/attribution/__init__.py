@@ -107,7 +107,7 @@ class Attribution(Source):
         self.previous: Observation | None = None
         self.last_at: float | None = None
         self.labels: dict[str, tuple[object, frozenset[str] | None, Key]] = {}
-        self.series: tuple[WorkloadSeries, ...] = ()
+        self._series: tuple[WorkloadSeries, ...] | None = ()
         self.gpu_split: tuple[tuple[str, str], ...] = ()
         self.last_split = SampleSplit()
         # called with each sample's split before the book folds it (exporter.runs.service)
@@ -300,11 +300,18 @@ class Attribution(Source):
         self.book.record(parts, ratio, processes, live, now)
         if obs is not None:
             self.previous = obs
-        self.series = tuple(
-            WorkloadSeries(component, *key, total.joules, total.grams)
-            for (component, key), total in self.book.totals.items())
+        self._series = None  # built when asked for (a scrape), not at every sample
         self.last_split = SampleSplit(measured, parts)
         return self.last_split
+
+    @property
+    def series(self) -> tuple[WorkloadSeries, ...]:
+        """The book's totals as series; the book changes only in _account, which drops them."""
+        if self._series is None:
+            self._series = tuple(
+                WorkloadSeries(component, *key, total.joules, total.grams)
+                for (component, key), total in self.book.totals.items())
+        return self._series
 
     def _process_cpu(self, obs: Observation, previous: Observation, keys: dict[str, Key],
                      identities: dict[str, Identity]) -> dict[Key, tuple[Key, float]]:
