@@ -104,9 +104,10 @@ def main() -> int:
     parser.add_argument("--scrapes", type=int, default=1000)
     parser.add_argument("--codecarbon-python", type=Path, default=CODECARBON_PYTHON,
                         help="a Python with codecarbon installed (bench/setup_codecarbon.sh)")
-    parser.add_argument("--baseline-tree", type=Path, default=None,
+    parser.add_argument("--baseline-tree", type=Path, action="append", default=[],
                         help="another checkout (e.g. git worktree add /tmp/before <commit>): its "
-                             "exporter on defaults on this machine runs alongside, for before/after")
+                             "exporter on defaults on this machine runs alongside, for before/after "
+                             "(repeatable: one row per tree)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmpdir:
@@ -133,11 +134,11 @@ def main() -> int:
         ]
         floor = subprocess.Popen([sys.executable, "-c", IDLE_LOOP])
         others = [("floor: bare asyncio loop, 1 wake-up/s", floor)]
-        if args.baseline_tree is not None:
-            others.append((f"before: {args.baseline_tree.name} on defaults on this machine",
+        for baseline in args.baseline_tree:
+            others.append((f"before: {baseline.name} on defaults on this machine",
                            subprocess.Popen([sys.executable, "-m", "exporter",
                                              f"--web.listen-address=127.0.0.1:{free_port()}"],
-                                            cwd=args.baseline_tree, stdout=subprocess.DEVNULL,
+                                            cwd=baseline, stdout=subprocess.DEVNULL,
                                             stderr=subprocess.DEVNULL)))
         if args.codecarbon_python.exists():
             others.append(("CodeCarbon 3.3.2 OfflineEmissionsTracker, 1 s",
