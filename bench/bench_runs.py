@@ -6,13 +6,13 @@ Three processes run at once over the same stretch of time, so machine noise fall
 them alike: a bare interpreter that only sleeps (the floor), one tracking itself with
 `exporter.runs.track(mode="embedded")`, and one with CodeCarbon's OfflineEmissionsTracker
 (offline: no network lookups). Each signals when its tracker has started; then the CPU time
-of all their threads (/proc/PID/task/*/schedstat, ns resolution) is taken over the window.
+of each process (utime + stime, ended threads included) is taken over the window.
 CPU per sample = (process CPU - floor CPU) / samples in the window; RSS added = RSS - the
 floor's RSS (imports included: they are part of what the tracker adds).
 
-CodeCarbon is not a dependency; install it for this benchmark only:
-    .venv/bin/pip install codecarbon
-    .venv/bin/python bench/bench_runs.py [--seconds 60] [--interval 1]
+CodeCarbon is not a dependency; it lives in its own environment under bench/:
+    sh bench/setup_codecarbon.sh            # once
+    .venv/bin/python bench/bench_runs.py [--seconds 120] [--interval 1]
 
 Target (issue 13): embedded mode at most 1/4 of CodeCarbon's CPU per sample.
 """
@@ -29,7 +29,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.bench_sampler import cpu_seconds, rss_mb  # noqa: E402
+from bench.bench_sampler import CODECARBON_PYTHON, rss_mb  # noqa: E402
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of the whole process from /proc/PID/stat: unlike summing the live
+    threads' schedstat, it keeps the time of threads that ended (CodeCarbon's scheduler
+    starts a new timer thread for every sample)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 FLOOR = "import sys, time\nprint('ready', flush=True)\ntime.sleep(float(sys.argv[1]) + 30)\n"
 EMBEDDED = """
@@ -54,22 +62,23 @@ tracker.stop()
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--seconds", type=float, default=120.0)
     parser.add_argument("--interval", type=float, default=1.0)
+    parser.add_argument("--codecarbon-python", type=Path, default=CODECARBON_PYTHON,
+                        help="a Python with codecarbon installed (bench/setup_codecarbon.sh)")
     args = parser.parse_args()
-    try:
-        import codecarbon  # noqa: F401
-        scripts = {"floor (bare interpreter)": FLOOR, "carbon-exporter embedded": EMBEDDED,
-                   "CodeCarbon OfflineEmissionsTracker": CODECARBON}
-    except ImportError:
-        print("codecarbon is not installed (.venv/bin/pip install codecarbon): "
-              "measuring embedded mode alone", file=sys.stderr)
-        scripts = {"floor (bare interpreter)": FLOOR, "carbon-exporter embedded": EMBEDDED}
+    scripts = {"floor (bare interpreter)": (sys.executable, FLOOR),
+               "carbon-exporter embedded": (sys.executable, EMBEDDED)}
+    if args.codecarbon_python.exists():
+        scripts["CodeCarbon OfflineEmissionsTracker"] = (str(args.codecarbon_python), CODECARBON)
+    else:
+        print("no CodeCarbon (sh bench/setup_codecarbon.sh): measuring embedded mode alone",
+              file=sys.stderr)
     env = {k: v for k, v in os.environ.items() if not k.startswith("CARBON_EXPORTER_")}
-    procs = {name: subprocess.Popen([sys.executable, "-c", code, str(args.seconds),
+    procs = {name: subprocess.Popen([python, "-c", code, str(args.seconds),
                                      str(args.interval)], cwd=ROOT, env=env,
                                     stdout=subprocess.PIPE, text=True)
-             for name, code in scripts.items()}
+             for name, (python, code) in scripts.items()}
     try:
         for name, proc in procs.items():
             if proc.stdout.readline().strip() != "ready":

@@ -19,7 +19,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from exporter.attribution.cgroups import parse_proc_stat_busy, read_file
+from exporter import procfs
 from exporter.attribution.gpu import GpuProcessReader, GpuShares
 from exporter.attribution.split import IdleFloor, split_by_cpu
 from exporter.carbon import static_intensity
@@ -30,7 +30,8 @@ from exporter.runs.account import RunAccount, embodied_share
 from exporter.runs.proctree import ProcessTree
 from exporter.sampler import Sampler
 from exporter.sources import (
-    ERROR, MEASURED, MODEL, OBSERVER, OK, WORKLOADS, Source, SourceResult, Status,
+    ABSENT, ERROR, GPU_INFO, MEASURED, MODEL, OBSERVER, OK, WORKLOADS, Source, SourceResult,
+    Status,
 )
 
 log = logging.getLogger(__name__)
@@ -60,13 +61,15 @@ class TreeAttribution(Source):
     role = OBSERVER
     provides = frozenset({WORKLOADS})
 
-    def __init__(self, config, tree: ProcessTree, account: RunAccount) -> None:
+    def __init__(self, config, tree: ProcessTree, account: RunAccount,
+                 gpus: bool | None = None) -> None:
         self.config = config
         self.tree = tree
         self.account_to = account
         self.procfs = config.path_procfs
-        self.lane = "nvml" if config.collector("nvml") else "host"
-        self.gpu_reader = GpuProcessReader() if config.collector("nvml") else None
+        nvml = config.collector("nvml") if gpus is None else gpus
+        self.lane = "nvml" if nvml else "host"  # NVML calls share the driver's lane
+        self.gpu_reader = GpuProcessReader() if nvml else None
         self.user_hz = tree.user_hz
         self.floors = {"cpu": IdleFloor(config.attribution_cpu_idle_watts),
                        "dram": IdleFloor(config.attribution_dram_idle_watts)}
@@ -82,7 +85,7 @@ class TreeAttribution(Source):
 
     def read(self, covered: frozenset[str] = frozenset()) -> TreeResult:
         try:
-            busy = parse_proc_stat_busy(read_file(self.procfs + "/stat"), self.user_hz)
+            busy = procfs.cpu_times(self.procfs, self.clock).busy  # shared with the CPU model
         except (OSError, ValueError) as exc:
             return TreeResult(Status(ERROR, f"{self.procfs}/stat: {exc}"))
         cpu = self.tree.read()
@@ -212,8 +215,10 @@ class EmbeddedTracker:
         self.interval = config.sample_interval
         self.account = RunAccount()
         self.tree = ProcessTree(root_pid, config.path_procfs, include_root)
-        self.attribution = TreeAttribution(config, self.tree, self.account)
-        sources = build_sources(config, frozenset({MEASURED, MODEL}))
+        sources = [s for s in build_sources(config, frozenset({MEASURED, MODEL}))
+                   if s.role != MEASURED or self._present(s)]
+        gpus = any(GPU_INFO in s.provides for s in sources)
+        self.attribution = TreeAttribution(config, self.tree, self.account, gpus)
         intensity = static_intensity(config)
         self.sampler = Sampler([*sources, self.attribution], config.sample_interval, intensity,
                                config.carbon_pue, takeover=config.sample_model_takeover)
@@ -225,6 +230,19 @@ class EmbeddedTracker:
         self._stop: asyncio.Event | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
+
+    @staticmethod
+    def _present(source: Source) -> bool:
+        """A run lasts minutes to days, not a hardware change: a measured source whose
+        hardware is absent now is left out, and with it its read and lane each sample."""
+        try:
+            status = source.read().status
+        except Exception:  # read() should not raise; if it does, the sampler reports it
+            return True
+        if status.reason == ABSENT:
+            source.close()
+            return False
+        return True
 
     def _publish_grid(self, state: GridState) -> None:
         self.sampler.intensity = state.intensity
