@@ -23,6 +23,17 @@ import sys
 import time
 from pathlib import Path
 
+# The lane threads both "+lanes" shapes hand their jobs to: one queue and thread per lane.
+LANE_THREADS = """
+import concurrent.futures, queue, threading
+def lane(jobs):
+    while True:
+        job = jobs.get()
+        job.set_result(sum(range(50)))
+queues = [queue.SimpleQueue() for _ in range(LANES)]
+for q in queues:
+    threading.Thread(target=lane, args=(q,), daemon=True).start()"""
+
 PROGRAMS = {
     "asyncio-sleep": """
 import asyncio
@@ -31,15 +42,7 @@ async def main():
         await asyncio.sleep(INTERVAL)
 asyncio.run(main())
 """,
-    "asyncio+lanes": """
-import asyncio, concurrent.futures, queue, threading
-def lane(jobs):
-    while True:
-        job = jobs.get()
-        job.set_result(sum(range(50)))
-queues = [queue.SimpleQueue() for _ in range(LANES)]
-for q in queues:
-    threading.Thread(target=lane, args=(q,), daemon=True).start()
+    "asyncio+lanes": "import asyncio" + LANE_THREADS + """
 async def main():
     while True:
         futures = []
@@ -51,15 +54,7 @@ async def main():
         await asyncio.sleep(INTERVAL)
 asyncio.run(main())
 """,
-    "thread+lanes": """
-import concurrent.futures, queue, threading
-def lane(jobs):
-    while True:
-        job = jobs.get()
-        job.set_result(sum(range(50)))
-queues = [queue.SimpleQueue() for _ in range(LANES)]
-for q in queues:
-    threading.Thread(target=lane, args=(q,), daemon=True).start()
+    "thread+lanes": LANE_THREADS + """
 stop = threading.Event()
 while not stop.wait(INTERVAL):
     futures = []

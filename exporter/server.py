@@ -21,6 +21,7 @@ from exporter.webconfig import OPEN_PATHS, WebSecurity
 # No endpoint takes a body; anything bigger than this is refused with 413.
 MAX_REQUEST_BYTES = 16 * 1024
 BODY_READ_TIMEOUT = 10.0  # seconds
+WRITE_TIMEOUT = 10.0  # seconds a counted request may take to hand its answer to the client
 # Renderings kept per snapshot: the plain and OpenMetrics bodies, gzipped or not, and a few
 # `name[]` selections (bigger selections are rendered every time, not kept).
 MAX_CACHED_BODIES = 32
@@ -142,6 +143,11 @@ class RequestLimit:
         self.limit = limit
         self.in_flight = 0
 
+    @staticmethod
+    async def _send(request: web.Request, response: web.StreamResponse) -> None:
+        await response.prepare(request)
+        await response.write_eof()
+
     @web.middleware
     async def middleware(self, request: web.Request, handler) -> web.StreamResponse:
         if not self.limit or request.path in OPEN_PATHS:
@@ -153,8 +159,12 @@ class RequestLimit:
         try:
             await asyncio.sleep(0)
             response = await handler(request)
-            await response.prepare(request)  # aiohttp skips both when it finishes the response
-            await response.write_eof()
+            try:  # aiohttp skips both when it finishes the response
+                await asyncio.wait_for(self._send(request, response), WRITE_TIMEOUT)
+            except asyncio.TimeoutError:
+                # a client that does not read its answer must not hold a place for ever
+                if request.transport is not None:
+                    request.transport.abort()
             return response
         finally:
             self.in_flight -= 1

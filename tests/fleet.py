@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -158,6 +159,13 @@ class Fleet:
     def advance(self, seconds: float) -> None:
         for node in self.nodes:
             node.advance(seconds)
+
+    def run_for(self, seconds: float, step: float = 0.5) -> None:
+        """Advance every node's counters in real time for `seconds`, so rates are not zero."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            self.advance(step)
+            time.sleep(step)
 
     def stop(self) -> list[int]:
         codes = [node.exporter.stop() for node in self.nodes if node.exporter is not None]

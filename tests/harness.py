@@ -139,7 +139,63 @@ def require_tool(binary: str, package: str) -> str:
     return path
 
 
-class PrometheusServer:
+class ServerProcess:
+    """A real server binary on 127.0.0.1 (Prometheus, VictoriaMetrics, Alertmanager): started
+    with its output in a log file, waited on until its readiness endpoint answers 200, and
+    stopped (terminate, then kill) at teardown."""
+
+    url: str
+    log_path: Path
+
+    def _start(self, name: str, argv: list[str], ready_path: str, timeout: float = 30.0) -> None:
+        self._name = name
+        self._ready_url = self.url + ready_path
+        self.log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT)
+        wait_for(self._ready, timeout, f"{name} {ready_path}")
+
+    def _ready(self) -> bool:
+        if self.proc.poll() is not None:  # fail with the log, not after the whole timeout
+            raise RuntimeError(f"{self._name} exited:\n{self.log_path.read_text()}")
+        return http_get(self._ready_url, timeout=1)[0] == 200
+
+    def memory_bytes(self) -> float:
+        """Resident memory of the server process (VmRSS)."""
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return float(line.split()[1]) * 1024
+        return float("nan")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+class PromQLServer(ServerProcess):
+    """A server with the Prometheus HTTP query API (Prometheus itself, VictoriaMetrics)."""
+
+    def api(self, path: str, **params) -> dict:
+        url = f"{self.url}/api/v1/{path}?{urllib.parse.urlencode(params)}"
+        status, _, body = http_get(url, timeout=30)
+        payload = json.loads(body)
+        if status != 200 or payload.get("status") != "success":
+            raise AssertionError(f"{path} {params}: HTTP {status}: {payload}")
+        return payload["data"]
+
+    def query(self, expr: str, at: float | None = None) -> list[dict]:
+        params = {"query": expr}
+        if at is not None:
+            params["time"] = f"{at:.3f}"
+        return self.api("query", **params)["result"]
+
+
+class PrometheusServer(PromQLServer):
     """A real Prometheus scraping `targets` every `interval`, loading `rule_files`.
     data_dir: serve an existing TSDB (e.g. blocks made by promtool) instead of a fresh one;
     retention is then unlimited so that old history is not deleted at start-up.
@@ -167,53 +223,16 @@ class PrometheusServer:
         config.update(extra_config or {})  # e.g. remote_write
         (self.dir / "prometheus.yml").write_text(yaml.safe_dump(config))
         self.log_path = self.dir / "prometheus.log"
-        self.log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen([
+        self._start("prometheus", [
             binary, f"--config.file={self.dir / 'prometheus.yml'}",
             f"--storage.tsdb.path={data_dir or self.dir / 'data'}",
             f"--web.listen-address=127.0.0.1:{self.port}",
             "--web.enable-lifecycle", "--log.level=warn",
             *(["--storage.tsdb.retention.time=100y"] if data_dir else []),
-        ], stdout=self.log, stderr=subprocess.STDOUT)
-        wait_for(self._ready, 30, "prometheus /-/ready")
-
-    def _ready(self) -> bool:
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"prometheus exited:\n{self.log_path.read_text()}")
-        return http_get(self.url + "/-/ready", timeout=1)[0] == 200
-
-    def api(self, path: str, **params) -> dict:
-        url = f"{self.url}/api/v1/{path}?{urllib.parse.urlencode(params)}"
-        status, _, body = http_get(url, timeout=30)
-        payload = json.loads(body)
-        if status != 200 or payload.get("status") != "success":
-            raise AssertionError(f"{path} {params}: HTTP {status}: {payload}")
-        return payload["data"]
-
-    def query(self, expr: str, at: float | None = None) -> list[dict]:
-        params = {"query": expr}
-        if at is not None:
-            params["time"] = f"{at:.3f}"
-        return self.api("query", **params)["result"]
+        ], "/-/ready")
 
     def scalar(self, expr: str, at: float | None = None) -> float:
         result = self.query(expr, at)
         assert len(result) == 1, f"{expr}: expected one series, got {result}"
         return float(result[0]["value"][1])
 
-    def memory_bytes(self) -> float:
-        """Resident memory of the server process (VmRSS)."""
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return float(line.split()[1]) * 1024
-        return float("nan")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()

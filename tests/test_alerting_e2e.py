@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -27,7 +26,7 @@ import yaml
 
 from tests.fixtures import PowercapTree, ProcfsTree
 from tests.harness import (
-    ROOT, ExporterProcess, PrometheusServer, free_port, http_get, require_tool, wait_for,
+    ROOT, ExporterProcess, PrometheusServer, ServerProcess, free_port, require_tool, wait_for,
 )
 from tests.power_load import PowerLoad
 
@@ -67,7 +66,7 @@ class Receiver:
         self.server.shutdown()
 
 
-class Alertmanager:
+class Alertmanager(ServerProcess):
     """Debian's prometheus-alertmanager, one receiver (the webhook), no clustering."""
 
     def __init__(self, tmp: Path, webhook: str) -> None:
@@ -83,23 +82,12 @@ class Alertmanager:
                 {"url": webhook, "send_resolved": False}]}],
         }
         (directory / "alertmanager.yml").write_text(yaml.safe_dump(config))
-        self.log = open(directory / "alertmanager.log", "wb")
-        self.proc = subprocess.Popen([
+        self.log_path = directory / "alertmanager.log"
+        self._start("alertmanager", [
             binary, f"--config.file={directory / 'alertmanager.yml'}",
             f"--storage.path={directory / 'data'}", f"--web.listen-address=127.0.0.1:{self.port}",
             "--cluster.listen-address=", "--log.level=warn",
-        ], stdout=self.log, stderr=subprocess.STDOUT)
-        wait_for(lambda: http_get(self.url + "/-/ready", timeout=1)[0] == 200, 30,
-                 "alertmanager /-/ready")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
+        ], "/-/ready")
 
 
 def _peak(prom: PrometheusServer) -> float:

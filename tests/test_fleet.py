@@ -10,7 +10,6 @@ long-term series of every node."""
 from __future__ import annotations
 
 import re
-import time
 from collections import Counter
 
 import pytest
@@ -19,7 +18,7 @@ from tests.fleet import Fleet
 from tests.harness import PrometheusServer, wait_for
 from tests.promql_inventory import all_promql_expressions
 from tests.store import VictoriaMetrics
-from tests.test_remote_write import fast_rule_files, keep_regex, shipped_remote_write
+from tests.test_remote_write import keep_regex, prometheus_writing_to, shipped_remote_write
 
 SERIES_PER_NODE = 150  # without attribution (and without the exporter's own process metrics)
 SERIES_PER_WORKLOAD = 10
@@ -40,15 +39,8 @@ def test_small_fleet_series_budget_rules_dashboards_and_store(tmp_path):
     prom = None
     try:
         fleet.start()
-        remote_write[0]["url"] = store.write_url
-        remote_write[0].setdefault("queue_config", {})["batch_send_deadline"] = "500ms"
-        prom = PrometheusServer(tmp_path, fleet.targets, interval="1s",
-                                rule_files=fast_rule_files(tmp_path),
-                                extra_config={"remote_write": remote_write})
-        deadline = time.monotonic() + 12
-        while time.monotonic() < deadline:
-            fleet.advance(0.5)
-            time.sleep(0.5)
+        prom = prometheus_writing_to(store, tmp_path, fleet.targets, remote_write)
+        fleet.run_for(12)
         wait_for(lambda: len(prom.query("up == 1")) == 3, 20, "three nodes up")
         wait_for(lambda: prom.query("job:carbon_power_watts:sum"), 20, "the cluster rules")
 

@@ -15,32 +15,13 @@ from exporter.ledger import JOULES_PER_KWH, Ledger
 from exporter.sampler import Sampler
 from exporter.sources import ABSENT, ERROR, OK, PERMISSION
 from exporter.sources.nvml import NvmlSource
+from tests.fake_gpus import clean_fake, gpu, state
 from tests.fakes import pynvml as fake
-
-
-def gpu(index: int, energy_mj: int | None = 1_000_000, **extra) -> dict:
-    return {"name": "NVIDIA H100 80GB HBM3", "uuid": f"GPU-00000000-0000-0000-0000-{index:012d}",
-            "pci": f"00000000:{0x18 + index:02X}:00.0", "energy_mj": energy_mj,
-            "power_mw": 250_000 + index * 1000, "limit_mw": 700_000, "error": None,
-            "mig": False, **extra}
 
 
 @pytest.fixture(autouse=True)
 def fresh_fake(monkeypatch):
-    """The fake is a module: give every test a clean one."""
-    monkeypatch.delenv("FAKE_NVML_STATE", raising=False)
-    fake.set_state({"driver": "550.54.15", "gpus": []})
-    monkeypatch.setattr(fake, "_initialised", 0)
-    monkeypatch.setattr(fake, "_file_mtime", None)
-    fake.reset()
-    yield
-    fake.reset()
-
-
-def state(*gpus: dict, **extra) -> dict:
-    value = {"driver": "550.54.15", "gpus": list(gpus), **extra}
-    fake.set_state(value)
-    return value
+    yield from clean_fake(monkeypatch)
 
 
 def test_energy_counter_is_read_in_joules():

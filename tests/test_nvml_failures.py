@@ -15,31 +15,16 @@ from exporter.attribution import Attribution
 from exporter.ledger import Counted, Ledger
 from exporter.sources import ERROR, OK, PERMISSION
 from exporter.sources.nvml import NvmlSource
+from tests.fake_gpus import clean_fake, gpu, state
 from tests.fakes import pynvml as fake
 from tests.harness import ExporterProcess, wait_for
 from tests.test_attribution import IDLE, build_tree, container_cgroup, make_config, pod_uid
 from tests.test_attribution import container_id
 
 
-def gpu(index: int, energy_mj: int | None = 1_000_000, **extra) -> dict:
-    return {"name": "NVIDIA H100 80GB HBM3", "uuid": f"GPU-00000000-0000-0000-0000-{index:012d}",
-            "pci": f"00000000:{0x18 + index:02X}:00.0", "energy_mj": energy_mj,
-            "power_mw": 250_000, "limit_mw": 700_000, "error": None, "mig": False, **extra}
-
-
 @pytest.fixture(autouse=True)
 def fresh_fake(monkeypatch):
-    monkeypatch.delenv("FAKE_NVML_STATE", raising=False)
-    fake.set_state({"driver": "550.54.15", "gpus": []})
-    fake.reset()
-    yield
-    fake.reset()
-
-
-def state(*gpus: dict, **extra) -> dict:
-    value = {"driver": "550.54.15", "gpus": list(gpus), **extra}
-    fake.set_state(value)
-    return value
+    yield from clean_fake(monkeypatch)
 
 
 # --- the fake is the real module's shape ----------------------------------------------------

@@ -78,6 +78,17 @@ def result_map(result: list[dict]) -> dict[tuple, float]:
             float(r["value"][1]) for r in result}
 
 
+
+def prometheus_writing_to(store: VictoriaMetrics, tmp_path, targets: list[str],
+                          remote_write: list[dict]) -> PrometheusServer:
+    """A real Prometheus scraping `targets` every second with the fast rules, sending the
+    (shipped) remote_write block into `store`."""
+    remote_write[0]["url"] = store.write_url
+    # ship each sample at once instead of batching for 5 s: a short test
+    remote_write[0].setdefault("queue_config", {})["batch_send_deadline"] = "500ms"
+    return PrometheusServer(tmp_path, targets, interval="1s", rule_files=fast_rule_files(tmp_path),
+                            extra_config={"remote_write": remote_write})
+
 @pytest.mark.usefixtures("prometheus_required")
 def test_remote_write_sends_the_long_term_series_and_the_store_answers_alone(tmp_path):
     remote_write = shipped_remote_write()
@@ -96,16 +107,8 @@ def test_remote_write_sends_the_long_term_series_and_the_store_answers_alone(tmp
     prom = None
     try:
         fleet.start()
-        remote_write[0]["url"] = store.write_url
-        # ship each sample at once instead of batching for 5 s: a short test
-        remote_write[0].setdefault("queue_config", {})["batch_send_deadline"] = "500ms"
-        prom = PrometheusServer(tmp_path, fleet.targets, interval="1s",
-                                rule_files=fast_rule_files(tmp_path),
-                                extra_config={"remote_write": remote_write})
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:  # moving counters, so rates are not zero
-            fleet.advance(0.5)
-            time.sleep(0.5)
+        prom = prometheus_writing_to(store, tmp_path, fleet.targets, remote_write)
+        fleet.run_for(15)
         # every long-term series Prometheus recorded has arrived in the store
         recorded = {n for n in long_term if prom.query(n)}
         # rules that wait for an hour of history (`offset 1h`) are empty in a short test

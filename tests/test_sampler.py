@@ -29,7 +29,7 @@ from exporter.sources import (
     device_name,
 )
 from exporter.sources.cpu_model import CpuModelSource
-from exporter.sources.registry import registered
+from exporter.sources.registry import check_declaration, registered
 import pytest
 
 from tests.fixtures import ProcfsTree
@@ -153,6 +153,15 @@ def test_every_registered_source_declares_itself_and_has_a_flag():
         assert setting.flag == f"--collector.{cls.name}"
         if (cls.role == MEASURED and cls.provides != {PLATFORM}) or cls.role == MODEL:
             assert cls.components, cls.name  # a platform meter alone is the node total
+
+
+def test_registration_refuses_a_named_source_without_from_config():
+    """CpuMeter has a name but is built by hand: the registry could not build it."""
+    with pytest.raises(TypeError, match="'test-cpu-meter'.*declares no from_config"):
+        check_declaration(CpuMeter)
+    with pytest.raises(TypeError, match="CpuMeter is not built from settings"):
+        CpuMeter.from_config(resolve({}, None, {}))
+    check_declaration(CpuModelSource)  # a real source passes
 
 
 def test_no_source_is_named_outside_its_own_files():

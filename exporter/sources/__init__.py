@@ -111,8 +111,10 @@ class Source(abc.ABC):
 
     @classmethod
     def from_config(cls, config: Config) -> Source:
-        """The source as the settings configure it (ConfigError for a bad setting)."""
-        raise NotImplementedError(f"{cls.__name__} does not declare from_config()")
+        """The source as the settings configure it (ConfigError for a bad setting). Every
+        registered source overrides this (the registry refuses one that does not); sources
+        built by hand (tests, embedded mode) need not."""
+        raise TypeError(f"{cls.__name__} is not built from settings: it declares no from_config()")
 
     @abc.abstractmethod
     def read(self, covered: frozenset[str] = frozenset()) -> SourceResult:

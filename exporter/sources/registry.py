@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import inspect
 import pkgutil
 from typing import TYPE_CHECKING
 
@@ -36,9 +37,17 @@ def registered() -> tuple[type[Source], ...]:
                     raise RuntimeError(f"two sources are named {value.name!r}: "
                                        f"{held.__module__} and {value.__module__}")
     for cls in found.values():
-        if cls.role not in _ROLE_ORDER:
-            raise RuntimeError(f"source {cls.name!r}: unknown role {cls.role!r}")
+        check_declaration(cls)
     return tuple(sorted(found.values(), key=lambda c: (_ROLE_ORDER[c.role], c.name)))
+
+
+def check_declaration(cls: type[Source]) -> None:
+    """Refuse, when sources are registered, a class the sampler could not order or build."""
+    if cls.role not in _ROLE_ORDER:
+        raise RuntimeError(f"source {cls.name!r}: unknown role {cls.role!r}")
+    if inspect.getattr_static(cls, "from_config") is vars(Source)["from_config"]:
+        raise TypeError(f"source {cls.name!r} ({cls.__module__}.{cls.__qualname__}) declares "
+                        "no from_config(): the registry cannot build it from the settings")
 
 
 def by_name(name: str) -> type[Source]:
