@@ -91,6 +91,21 @@ class Counted:
     grams: float
 
 
+def sum_by_component(counted: list[Counted]) -> tuple[dict[str, float], dict[str, float],
+                                                     dict[str, float]]:
+    """One sample's joules and grams per component, and joules per GPU device: what every
+    split (the node's attribution, a run's) starts from."""
+    joules: dict[str, float] = {}
+    grams: dict[str, float] = {}
+    gpu_joules: dict[str, float] = {}
+    for c in counted:
+        joules[c.component] = joules.get(c.component, 0.0) + c.joules
+        grams[c.component] = grams.get(c.component, 0.0) + c.grams
+        if c.component == "gpu":
+            gpu_joules[c.device] = gpu_joules.get(c.device, 0.0) + c.joules
+    return joules, grams, gpu_joules
+
+
 class Ledger:
     """Per-series counters. Not thread-safe: used from the sampler's task only."""
 

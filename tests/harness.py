@@ -14,6 +14,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -236,3 +237,26 @@ class PrometheusServer(PromQLServer):
         assert len(result) == 1, f"{expr}: expected one series, got {result}"
         return float(result[0]["value"][1])
 
+
+
+def read_as_nobody(read: Callable[[], dict], failed: dict) -> dict:
+    """read() in a forked child that has dropped root to nobody (chmod does not stop root);
+    its dict comes back through a pipe, or `failed` with the exception's repr as detail."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: never returns into pytest
+        try:
+            os.close(read_fd)
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            payload = read()
+        except BaseException as exc:
+            payload = {**failed, "detail": repr(exc)}
+        os.write(write_fd, json.dumps(payload).encode())
+        os._exit(0)
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as pipe:
+        data = pipe.read()
+    os.waitpid(pid, 0)
+    return json.loads(data)

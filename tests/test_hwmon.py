@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -13,7 +12,7 @@ import pytest
 from exporter.ledger import PLATFORM, Ledger
 from exporter.sources import ABSENT, ERROR, OK, PERMISSION
 from exporter.sources.hwmon import HwmonSource
-from tests.harness import FakeClock
+from tests.harness import FakeClock, read_as_nobody
 from tests.hwmon_fixtures import HwmonTree
 
 
@@ -132,26 +131,11 @@ def test_garbage_value_is_an_error_not_a_reading(tmp_path):
 # --- permissions: as RAPL, a forked child without root, since chmod does not stop root -------
 
 def _read_as_nobody(sysfs: str) -> dict:
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child: never returns into pytest
-        try:
-            os.close(read_fd)
-            os.setgroups([])
-            os.setgid(65534)
-            os.setuid(65534)
-            result = HwmonSource(sysfs).read()
-            payload = {"reason": result.status.reason, "detail": result.status.detail,
-                       "readings": [r.device for r in result.readings]}
-        except BaseException as exc:
-            payload = {"reason": "child-failed", "detail": repr(exc), "readings": []}
-        os.write(write_fd, json.dumps(payload).encode())
-        os._exit(0)
-    os.close(write_fd)
-    with os.fdopen(read_fd, "rb") as pipe:
-        data = pipe.read()
-    os.waitpid(pid, 0)
-    return json.loads(data)
+    def read() -> dict:
+        result = HwmonSource(sysfs).read()
+        return {"reason": result.status.reason, "detail": result.status.detail,
+                "readings": [r.device for r in result.readings]}
+    return read_as_nobody(read, {"reason": "child-failed", "readings": []})
 
 
 def _read_unprivileged(sysfs: str) -> dict:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -13,7 +12,7 @@ import pytest
 from exporter.ledger import Ledger
 from exporter.sources import ABSENT, ERROR, OK, PERMISSION, Source
 from exporter.sources.rapl import RaplSource
-from tests.harness import FakeClock
+from tests.harness import FakeClock, read_as_nobody
 from tests.fixtures import PowercapTree, amd_one_socket, intel_two_socket
 
 
@@ -224,26 +223,11 @@ def test_counter_going_backwards_is_a_counted_glitch_not_a_decrease(tmp_path):
 
 def _read_as_nobody(sysfs: str) -> dict:
     """RaplSource.read() in a forked child that has dropped root (chmod does not stop root)."""
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child: never returns into pytest
-        try:
-            os.close(read_fd)
-            os.setgroups([])
-            os.setgid(65534)
-            os.setuid(65534)
-            result = RaplSource(sysfs).read()
-            payload = {"reason": result.status.reason, "detail": result.status.detail,
-                       "readings": len(result.readings)}
-        except BaseException as exc:
-            payload = {"reason": "child-failed", "detail": repr(exc), "readings": 0}
-        os.write(write_fd, json.dumps(payload).encode())
-        os._exit(0)
-    os.close(write_fd)
-    with os.fdopen(read_fd, "rb") as pipe:
-        data = pipe.read()
-    os.waitpid(pid, 0)
-    return json.loads(data)
+    def read() -> dict:
+        result = RaplSource(sysfs).read()
+        return {"reason": result.status.reason, "detail": result.status.detail,
+                "readings": len(result.readings)}
+    return read_as_nobody(read, {"reason": "child-failed", "readings": 0})
 
 
 @pytest.fixture

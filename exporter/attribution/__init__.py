@@ -30,7 +30,7 @@ from exporter.attribution.split import (
 )
 from exporter.attribution.tagging import Tagger, load_rules
 from exporter.confutil import ConfigError
-from exporter.ledger import Counted
+from exporter.ledger import Counted, sum_by_component
 from exporter.runs.scope import run_name
 from exporter.sources import (
     ABSENT, ERROR, OK, OBSERVER, WORKLOADS, Source, SourceResult, Status,
@@ -244,14 +244,7 @@ class Attribution(Source):
     def _account(self, obs: Observation | None, counted: list[Counted], now: float,
                  seconds: float) -> SampleSplit:
 
-        measured: dict[str, float] = {}
-        grams: dict[str, float] = {}
-        gpu_energy: dict[str, float] = {}
-        for c in counted:
-            measured[c.component] = measured.get(c.component, 0.0) + c.joules
-            grams[c.component] = grams.get(c.component, 0.0) + c.grams
-            if c.component == "gpu":
-                gpu_energy[c.device] = gpu_energy.get(c.device, 0.0) + c.joules
+        measured, grams, gpu_energy = sum_by_component(counted)
         ratio = {c: grams[c] / j for c, j in measured.items() if j > 0}
 
         keys: dict[str, Key] = {}

@@ -25,7 +25,7 @@ from exporter.attribution.split import IdleFloor, split_by_cpu
 from exporter.carbon import static_intensity
 from exporter.carbon.embodied import Embodied
 from exporter.carbon.providers.chain import Chain, GridState
-from exporter.ledger import Counted
+from exporter.ledger import Counted, sum_by_component
 from exporter.runs.account import RunAccount, embodied_share
 from exporter.runs.proctree import ProcessTree
 from exporter.sampler import Sampler
@@ -143,14 +143,7 @@ class TreeAttribution(Source):
 
     def _account(self, obs: TreeObservation | None, counted: list[Counted],
                  seconds: float) -> None:
-        measured: dict[str, float] = {}
-        grams: dict[str, float] = {}
-        gpu_energy: dict[str, float] = {}
-        for c in counted:
-            measured[c.component] = measured.get(c.component, 0.0) + c.joules
-            grams[c.component] = grams.get(c.component, 0.0) + c.grams
-            if c.component == "gpu":
-                gpu_energy[c.device] = gpu_energy.get(c.device, 0.0) + c.joules
+        measured, grams, gpu_energy = sum_by_component(counted)
         if not counted or seconds <= 0:
             return
         ratio = {c: grams[c] / j for c, j in measured.items() if j > 0}
