@@ -1,8 +1,12 @@
 """The sampling clock: reads every source on --sample.interval, feeds the ledger and publishes
 an immutable Snapshot that scrapes render. Scrapes never wait on hardware.
 
-Reads run off the event loop in one worker thread per lane (`Source.lane`), each reading its
-sources one after the other. The sources that call NVML (the GPUs, and attribution's GPU
+The sampler is a thread with its own clock: the event loop only serves HTTP and never wakes
+for sampling. A scrape builds the snapshot of the last cycle (at most once per cycle) under
+the sampler's lock, so it never sees a cycle half-published.
+
+Reads run in one worker thread per lane (`Source.lane`), each reading its sources one after
+the other. The sources that call NVML (the GPUs, and attribution's GPU
 process queries) share the "nvml" lane, so a wedged driver stalls only them; the kernel
 pseudo-file readers share the "host" lane. Models go last in their lane and run only after
 every measured source of every lane has read (or a deadline passed), so they stand aside
@@ -16,7 +20,6 @@ own declarations (exporter.sources).
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import dataclasses
 import logging
 import queue
@@ -180,7 +183,7 @@ class _Job:
         self.recorded: set[int] = set()
         self.current: int | None = None  # index of the worker being read
         self.abandoned = False  # the sampler set it aside: start no further read
-        self.done: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self.done = threading.Event()
 
     def abandon(self) -> _Worker | None:
         """If a read is running: start no further one, and return its worker."""
@@ -208,7 +211,7 @@ class _LaneThread(threading.Thread):
             try:
                 _read_lane(self.lane, job, self.clock)
             finally:
-                job.done.set_result(None)
+                job.done.set()
             if job.abandoned:
                 return  # a fresh thread has taken the lane over
 
@@ -299,14 +302,23 @@ class Sampler:
         self.embodied: Embodied | None = None  # set by the daemon
         # The snapshot of the last cycle is built when first asked for (a scrape), at most once
         # per cycle; a cycle nobody scrapes builds none. What it shows changes only in
-        # _publish, on the event loop like the scrapes, so building it later reads the same.
+        # _publish, under self.lock like the snapshot's build, so building it later reads the same.
         self._snapshot: Snapshot | None = Snapshot(timestamp=None, intensity=intensity, pue=pue)
         self._published: _Published | None = None
-        # called with each cycle's Sample, on the event loop; must be cheap (the landing page's
-        # ring of recent samples). A Sample, not a Snapshot: the snapshot stays lazy.
+        # called with each cycle's Sample, in the sampler thread; must be cheap and
+        # thread-safe (the landing page's ring of recent samples). A Sample, not a Snapshot:
+        # the snapshot stays lazy.
         self.listeners: list[Callable[[Sample], None]] = []
         self.cycles = 0
         self.last_cycle_at: float | None = None
+        # held while a cycle publishes and while a scrape builds the snapshot; others that
+        # change what a cycle reads (a reload, the run socket) take it too
+        self.lock = threading.RLock()
+        self._thread: threading.Thread | None = None
+        self._halt = threading.Event()
+        self._final = False
+        self.first_cycle = threading.Event()  # set when the sampler thread's first cycle ended
+        self.failed: Exception | None = None  # what before_first raised
 
     @property
     def workers(self) -> list[_Worker]:
@@ -326,8 +338,9 @@ class Sampler:
             log.log(level, "collector %s: %s%s", worker.source.name, result.status.reason,
                     f" ({result.status.detail})" if result.status.detail else "")
 
-    async def step(self) -> None:
-        """One sample cycle: read every lane, feed the ledger, publish."""
+    def _step(self) -> None:
+        """One sample cycle, in the calling thread (the sampler's): hand each lane its reads,
+        wait for them (at most one interval), feed the ledger, publish."""
         readings: list[Reading] = []
         now = self.clock()
         procfs.begin_cycle()
@@ -340,16 +353,18 @@ class Sampler:
             if ready:
                 lane.pending = _Job(ready, coverage, deadline, now)
                 lane.thread.jobs.put(lane.pending)
-        waiting = [asyncio.wrap_future(job.done) for job in
-                   [lane.pending for lane in self.lanes if lane.pending is not None] + self._stuck]
-        if waiting:
-            await asyncio.wait(waiting, timeout=self.interval)
+        # wait on the real clock: an injected clock does not move while a thread reads
+        until = time.monotonic() + self.interval
+        for lane in self.lanes:  # not the stuck reads: they are taken whenever they are back
+            if lane.pending is not None and not lane.pending.done.wait(
+                    max(0.0, until - time.monotonic())):
+                break  # out of time: the rest are looked at below, done or not
         observed: list[SourceResult] = []
         for lane in self.lanes:
             job = lane.pending
             if job is None:
                 continue
-            if not job.done.done():
+            if not job.done.is_set():
                 stuck = job.abandon()
                 if stuck is None:
                     continue  # between two reads (a model waiting for coverage): nearly done
@@ -360,7 +375,7 @@ class Sampler:
             lane.pending = None
             self._take(job, readings, observed)
         for job in list(self._stuck):
-            if job.done.done():  # the stalled read came back: its counters are late, not wrong
+            if job.done.is_set():  # the stalled read came back: its counters are late, not wrong
                 self._stuck.remove(job)
                 self._take(job, readings, observed)
                 for worker in job.workers:
@@ -371,8 +386,15 @@ class Sampler:
                     ERROR, f"read still running after {self.clock() - worker.stuck_since:.1f} s")),
                     0.0)
         procfs.end_cycle()
-        self.gpus = tuple(gpu for gpus in self._gpus.values() for gpu in gpus)
-        self._publish(readings, observed[-1] if observed else None)
+        with self.lock:
+            self.gpus = tuple(gpu for gpus in self._gpus.values() for gpu in gpus)
+            self._publish(readings, observed[-1] if observed else None)
+        self._notify()
+
+    async def step(self) -> None:
+        """One sample cycle from the event loop (tests, one-shot tools): run in a worker
+        thread, as the sampler's own thread runs it, so the loop stays free meanwhile."""
+        await asyncio.get_running_loop().run_in_executor(None, self._step)
 
     async def cycle(self) -> Snapshot:
         """One cycle, and its snapshot (tests; the daemon's loop builds none unless scraped)."""
@@ -447,10 +469,14 @@ class Sampler:
         self._published = _Published(time.time(), intensity, pue, rate, embodied_rate, extra,
                                      newest)
         self._snapshot = None
+
+    def _notify(self) -> None:
+        """The cycle's Sample to each listener, in the sampler thread, after the lock is let go."""
         if not self.listeners:
             return
-        sample = self._sample()
-        for listener in self.listeners:
+        with self.lock:
+            sample = self._sample()
+        for listener in list(self.listeners):
             try:
                 listener(sample)
             except Exception:  # a listener bug must not stop sampling
@@ -475,9 +501,15 @@ class Sampler:
 
     @property
     def snapshot(self) -> Snapshot:
-        if self._snapshot is None:
-            self._snapshot = self._build()
-        return self._snapshot
+        """The last cycle's snapshot, built on first use (a scrape) under the lock the cycle
+        publishes under: a scrape during a publish waits for it rather than mixing two cycles."""
+        snapshot = self._snapshot
+        if snapshot is None:
+            with self.lock:
+                if self._snapshot is None:
+                    self._snapshot = self._build()
+                snapshot = self._snapshot
+        return snapshot
 
     def _build(self) -> Snapshot:
         published = self._published
@@ -511,26 +543,66 @@ class Sampler:
             budgets=budgets(self.power_budget, (g.device for g in self.gpus)),
         )
 
+    def start(self, before_first: Callable[[], None] | None = None) -> None:
+        """Sample in the sampler's own thread until halt(); the event loop never wakes for it.
+        before_first runs in that thread before its first cycle; `first_cycle` is set after it."""
+        if self._thread is not None:
+            return
+        self._halt.clear()
+        self._final = False
+        # daemon: a cycle waits at most an interval for its reads, but SIGTERM must never wait
+        self._thread = threading.Thread(target=self._loop, args=(before_first,), name="sampler",
+                                        daemon=True)
+        self._thread.start()
+
+    def halt(self, timeout: float | None = None, final: bool = False) -> None:
+        """Stop the sampler thread after its current cycle (at most about an interval); with
+        final, after one more cycle that counts up to now (the end of a run)."""
+        thread, self._thread = self._thread, None
+        self._final = final
+        self._halt.set()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(2 * self.interval + 5.0 if timeout is None else timeout)
+
+    def _loop(self, before_first: Callable[[], None] | None) -> None:
+        """On a fixed grid, so slow cycles do not drift; an overrun skips the missed ticks."""
+        if before_first is not None:
+            try:
+                before_first()
+            except Exception as exc:  # the starter learns it from `failed`
+                self.failed = exc
+                self.first_cycle.set()
+                return
+        next_at = time.monotonic()
+        while True:
+            halted = self._halt.is_set()  # a final cycle must begin after the halt
+            try:
+                self._step()
+            except Exception:  # keep sampling: the next cycle may work
+                log.exception("sample cycle failed")
+            self.first_cycle.set()
+            if self._halt.is_set():
+                if halted or not self._final:
+                    return
+                continue  # halted during this cycle: one more, up to now
+            next_at += self.interval
+            delay = next_at - time.monotonic()
+            if delay < 0:  # overran: skip the missed ticks rather than bunching cycles
+                next_at = time.monotonic()
+                delay = 0
+            if self._halt.wait(delay) and not self._final:
+                return
+
     async def run(self, stop: asyncio.Event) -> None:
-        """Sample until `stop` is set, on a fixed grid so slow cycles do not drift."""
-        stopped = asyncio.ensure_future(stop.wait())  # one waiter for the whole run
-        next_at = self.clock()
+        """Sample in the sampler thread until `stop` is set (the daemon)."""
+        self.start()
         try:
-            while not stop.is_set():
-                try:
-                    await self.step()
-                except Exception:  # keep sampling: the next cycle may work
-                    log.exception("sample cycle failed")
-                next_at += self.interval
-                delay = next_at - time.monotonic()
-                if delay < 0:  # overran: skip the missed ticks rather than bunching cycles
-                    next_at = self.clock()
-                    delay = 0
-                await asyncio.wait([stopped], timeout=delay)
+            await stop.wait()
         finally:
-            stopped.cancel()
+            await asyncio.get_running_loop().run_in_executor(None, self.halt)
 
     def close(self) -> None:
+        self.halt()
         for lane in self.lanes:
             lane.thread.jobs.put(None)  # ends after its current job; a stalled one is a daemon
         for worker in self.workers:
