@@ -246,11 +246,10 @@ class EmbeddedTracker:
         """In the sampler thread, before the baseline: the tracker's own threads are
         overhead (bench/bench_runs.py), not the run's."""
         if self.tree.include_root:
-            tids = {threading.get_native_id()}
-            tids.update(lane.thread.native_id for lane in self.sampler.lanes
-                        if lane.thread.native_id is not None)
-            if self._chain_thread is not None and self._chain_thread.native_id is not None:
-                tids.add(self._chain_thread.native_id)
+            tids = {threading.get_native_id()}  # the sampler thread: it reads every source
+            for thread in (self.sampler.watchdog, self._chain_thread):
+                if thread is not None and thread.native_id is not None:
+                    tids.add(thread.native_id)
             self.tree.exclude_tids = tids
 
     async def _run_chain(self) -> None:
