@@ -88,8 +88,6 @@ class Attribution(Source):
 
     def __init__(self, config: Config, nvml: Any = None) -> None:
         self.config = config
-        # GPU process accounting calls NVML, whose driver can hang: then read in NVML's lane
-        self.lane = "nvml" if config.collector("nvml") else "host"
         self.tagger: Tagger = load_rules(config.attribution_rules_file)
         self.reader = WorkloadReader(
             config.path_procfs, config.path_sysfs,

@@ -68,7 +68,6 @@ class TreeAttribution(Source):
         self.account_to = account
         self.procfs = config.path_procfs
         nvml = config.collector("nvml") if gpus is None else gpus
-        self.lane = "nvml" if nvml else "host"  # NVML calls share the driver's lane
         self.gpu_reader = GpuProcessReader() if nvml else None
         self.user_hz = tree.user_hz
         self.floors = {"cpu": IdleFloor(config.attribution_cpu_idle_watts),
@@ -228,7 +227,7 @@ class EmbeddedTracker:
     @staticmethod
     def _present(source: Source) -> bool:
         """A run lasts minutes to days, not a hardware change: a measured source whose
-        hardware is absent now is left out, and with it its read and lane each sample."""
+        hardware is absent now is left out, and with it its read each sample."""
         try:
             status = source.read().status
         except Exception:  # read() should not raise; if it does, the sampler reports it
