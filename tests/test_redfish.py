@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,7 @@ from exporter.ledger import PLATFORM
 from exporter.sources import ABSENT, ERROR, OK, PERMISSION
 from exporter.sources.redfish import MAX_BACKOFF, RedfishSource
 from tests.certs import CertificateAuthority
-from tests.harness import ExporterProcess, FakeClock, free_port, require, wait_for
+from tests.harness import ExporterProcess, FakeClock, free_port, http_get, require, wait_for
 from tests.hwmon_fixtures import HwmonTree
 
 MOCKUP = Path(__file__).resolve().parent / "redfish" / "mockup"
@@ -282,9 +281,12 @@ def test_exporter_keeps_sampling_with_a_hung_bmc_and_the_total_follows_it_after(
                 if line.startswith("carbon_exporter_last_sample_timestamp_seconds "):
                     return float(line.split()[1])
             return 0.0
-        first = wait_for(sample_time, 10, "a first sample")
-        time.sleep(1.5)  # the hung BMC times out at least once meanwhile
-        assert sample_time() - first > 1.0  # cycles kept coming at 0.2 s
+        wait_for(sample_time, 10, "a first sample")
+        wait_for(lambda: b"no answer within 1s" in http_get(exporter.url + "/")[2], 10,
+                 "the BMC's timeout")
+        # cycles keep coming while the BMC hangs (10 s: a hang guard, not a speed bound)
+        hung_at = sample_time()
+        wait_for(lambda: sample_time() >= hung_at + 1.0, 10, "samples while the BMC hangs")
         body = exporter.metrics()
         assert 'carbon_exporter_collector_up{collector="redfish"' in body
         assert "carbon_platform_power_watts{" not in body  # nothing from the BMC yet
@@ -309,18 +311,22 @@ def test_exporter_keeps_sampling_with_a_hung_bmc_and_the_total_follows_it_after(
         # remainder evens it out: over a window the node's energy is the meter's
         assert 0.0 <= found[other] <= 374.0
 
-        def energies() -> tuple[float, float]:
-            node = meter = 0.0
+        def energies() -> tuple[float, float, float]:
+            """Node and meter energy, and the sample they are from (one scrape)."""
+            node = meter = at = 0.0
             for line in exporter.metrics().splitlines():
                 if line.startswith("carbon_energy_joules_total{"):
                     node += float(line.rsplit(" ", 1)[1])
                 if line.startswith("carbon_platform_energy_joules_total{"):
                     meter += float(line.rsplit(" ", 1)[1])
-            return node, meter
-        node_before, meter_before = energies()
-        time.sleep(4.0)
-        node_after, meter_after = energies()
-        assert meter_after - meter_before == pytest.approx(374.0 * 4.0, rel=0.15)
+                if line.startswith("carbon_exporter_last_sample_timestamp_seconds "):
+                    at = float(line.split()[1])
+            return node, meter, at
+        node_before, meter_before, before = energies()
+        node_after, meter_after, after = wait_for(
+            lambda: (e := energies())[2] >= before + 4.0 and e, 20, "4 s of samples")
+        # over the exporter's own sample times: a slow scrape does not count
+        assert meter_after - meter_before == pytest.approx(374.0 * (after - before), rel=0.1)
         # one late component sample (0.2 s x 300 W) is the most the two may differ by
         assert node_after - node_before == pytest.approx(meter_after - meter_before, abs=120.0)
     finally:
