@@ -8,6 +8,7 @@ from typing import Iterator
 import pytest
 
 from tests.fakes import pynvml as fake
+from tests.harness import FakeClock
 
 DRIVER = "550.54.15"
 
@@ -25,6 +26,16 @@ def state(*gpus: dict, **extra) -> dict:
     value = {"driver": DRIVER, "gpus": list(gpus), **extra}
     fake.set_state(value)
     return value
+
+
+def clocked(monkeypatch: pytest.MonkeyPatch, clock: FakeClock | None = None) -> FakeClock:
+    """The fake on a test clock: a GPU's block_s advances it (a call that "takes" that long)
+    and step_ms counters step on it. Give the same clock to the source under test."""
+    clock = clock or FakeClock()
+    monkeypatch.setattr(fake, "_clock", clock)
+    monkeypatch.setattr(fake, "_sleep", clock.advance)
+    monkeypatch.setattr(fake, "_loaded_at", clock())
+    return clock
 
 
 def clean_fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:

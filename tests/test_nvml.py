@@ -14,14 +14,27 @@ from exporter.carbon import Intensity
 from exporter.ledger import JOULES_PER_KWH, Ledger
 from exporter.sampler import Sampler
 from exporter.sources import ABSENT, ERROR, OK, PERMISSION
-from exporter.sources.nvml import NvmlSource
-from tests.fake_gpus import clean_fake, gpu, state
+from exporter.sources.nvml import REINIT_AFTER_SECONDS, NvmlSource
+from tests.fake_gpus import clean_fake, clocked, gpu, state
 from tests.fakes import pynvml as fake
+from tests.harness import FakeClock
 
 
 @pytest.fixture(autouse=True)
 def fresh_fake(monkeypatch):
     yield from clean_fake(monkeypatch)
+
+
+@pytest.fixture
+def clock(monkeypatch) -> FakeClock:
+    """One test clock for the fake and the source: tests move it instead of sleeping."""
+    return clocked(monkeypatch)
+
+
+def on(clock: FakeClock) -> NvmlSource:
+    source = NvmlSource(nvml=fake)
+    source.clock = clock  # as the sampler does
+    return source
 
 
 def test_energy_counter_is_read_in_joules():
@@ -48,32 +61,32 @@ def test_gpu_info_and_power_limit_in_watts():
     assert info.power_limit_watts == pytest.approx(450.5)
 
 
-def test_no_energy_counter_falls_back_to_power_samples():
+def test_no_energy_counter_falls_back_to_power_samples(clock):
     state(gpu(0, energy_mj=None, power_mw=180_500), gpu(1))
-    source, ledger = NvmlSource(nvml=fake), Ledger()
+    source, ledger = on(clock), Ledger()
     result = source.read()
     old, new = result.readings
     assert old.source == "power_sample" and old.counter is False
     assert old.value == pytest.approx(180.5)  # watts
     assert new.source == "nvml" and new.counter is True
     ledger.update(result.readings, 0.0)
-    time.sleep(0.05)
+    clock.advance(0.5)
     ledger.update(source.read().readings, 0.0)
     track = ledger.tracks[("gpu", "", "gpu-0", "power_sample")]
     assert track.watts == pytest.approx(180.5)
-    elapsed = track.last_at - result.readings[0].at
-    assert track.joules == pytest.approx(180.5 * elapsed)
+    assert track.last_at - result.readings[0].at == pytest.approx(0.5)
+    assert track.joules == pytest.approx(180.5 * 0.5)
 
 
-def test_nvml_error_mid_run_for_one_gpu():
+def test_nvml_error_mid_run_for_one_gpu(clock):
     value = state(gpu(0), gpu(1), gpu(2))
-    source, ledger = NvmlSource(nvml=fake), Ledger()
+    source, ledger = on(clock), Ledger()
     ledger.update(source.read().readings, 0.0)
 
     value["gpus"][1]["error"] = "NVML_ERROR_GPU_IS_LOST"
     for g in value["gpus"]:
         g["energy_mj"] += 10_000
-    time.sleep(0.02)
+    clock.advance(1.0)
     result = source.read()
     assert result.status.reason == ERROR
     assert "gpu-1: GPU is lost (next try in 30 s)" in result.status.detail
@@ -85,8 +98,11 @@ def test_nvml_error_mid_run_for_one_gpu():
     value["gpus"][1]["error"] = None
     for g in value["gpus"]:
         g["energy_mj"] += 20_000
-    time.sleep(0.02)
-    source.gpus[1].retry_at = 0.0  # the back-off has run out
+    clock.advance(29.0)  # back-off not over: gpu-1 is not asked
+    result = source.read()
+    assert [r.device for r in result.readings] == ["gpu-0", "gpu-2"]
+    ledger.update(result.readings, 0.0)
+    clock.advance(1.0)  # 30 s after it was lost: tried again
     result = source.read()
     assert result.status.reason == OK
     ledger.update(result.readings, 0.0)
@@ -94,9 +110,9 @@ def test_nvml_error_mid_run_for_one_gpu():
         assert ledger.tracks[("gpu", "", device, "nvml")].joules == pytest.approx(30.0)
 
 
-def test_all_gpus_failing_reports_error_then_reinitialises(monkeypatch):
+def test_all_gpus_failing_reports_error_then_reinitialises(clock):
     value = state(gpu(0), gpu(1))
-    source, ledger = NvmlSource(nvml=fake), Ledger()
+    source, ledger = on(clock), Ledger()
     ledger.update(source.read().readings, 0.0)
     assert fake.calls["nvmlInit"] == 1
 
@@ -107,15 +123,16 @@ def test_all_gpus_failing_reports_error_then_reinitialises(monkeypatch):
     assert source.initialised is False
     assert fake.calls["nvmlShutdown"] == 1
     # until the re-init time, the source keeps saying why, and does not call nvmlInit
+    for g in value["gpus"]:
+        g["error"] = None
+    clock.advance(REINIT_AFTER_SECONDS - 1)
     again = source.read()
     assert again.status.reason == ERROR, again.status
     assert fake.calls["nvmlInit"] == 1
 
     for g in value["gpus"]:
-        g["error"] = None
         g["energy_mj"] += 40_000
-    monkeypatch.setattr(source, "next_init", 0.0)  # the re-init time has come
-    time.sleep(0.05)  # 40 J in 50 ms is 800 W: inside the 3 kW bound
+    clock.advance(1)  # the re-init time has come
     result = source.read()
     assert result.status.reason == OK
     assert fake.calls["nvmlInit"] == 2
@@ -123,17 +140,17 @@ def test_all_gpus_failing_reports_error_then_reinitialises(monkeypatch):
     assert ledger.tracks[("gpu", "", "gpu-0", "nvml")].joules == pytest.approx(40.0)
 
 
-def test_mig_gpu_is_counted_once():
+def test_mig_gpu_is_counted_once(clock):
     state(gpu(0, mig=True, mig_devices=[{"uuid": "MIG-a"}, {"uuid": "MIG-b"}, {"uuid": "MIG-c"}]),
           gpu(1))
-    source, ledger = NvmlSource(nvml=fake), Ledger()
+    source, ledger = on(clock), Ledger()
     result = source.read()
     assert result.status.reason == OK
     assert [r.device for r in result.readings] == ["gpu-0", "gpu-1"]
     assert [g.device for g in result.gpus] == ["gpu-0", "gpu-1"]
     ledger.update(result.readings, 0.0)
     fake._state["gpus"][0]["energy_mj"] += 50_000
-    time.sleep(0.05)
+    clock.advance(1.0)
     counted = ledger.update(source.read().readings, 0.0)
     assert sum(c.joules for c in counted if c.device == "gpu-0") == pytest.approx(50.0)
 
@@ -180,16 +197,17 @@ def test_close_shuts_nvml_down():
     assert fake._initialised == 0
 
 
-def test_sampler_over_eight_gpus_counts_the_injected_energy():
+def test_sampler_over_eight_gpus_counts_the_injected_energy(clock):
     value = state(*(gpu(i, energy_mj=1_000_000 * (i + 1)) for i in range(8)))
     intensity = Intensity(300.0, "DE", "static")
-    sampler = Sampler([NvmlSource(nvml=fake)], interval=0.5, intensity=intensity, pue=1.2)
+    sampler = Sampler([NvmlSource(nvml=fake)], interval=0.5, intensity=intensity, pue=1.2,
+                      clock=clock)
     injected = [0.0] * 8
 
     async def run() -> None:
         await sampler.cycle()
         for step in range(1, 6):
-            await asyncio.sleep(0.05)  # 5 J per 50 ms is at most 100 W: inside the bound
+            clock.advance(0.5)  # at most 5 J per 0.5 s: inside the power bound
             for i, g in enumerate(value["gpus"]):
                 mj = 617 * step + 311 * i  # known, uneven amounts
                 g["energy_mj"] += mj

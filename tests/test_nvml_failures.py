@@ -7,17 +7,16 @@ from __future__ import annotations
 
 import importlib
 import json
-import time
 
 import pytest
 
 from exporter.attribution import Attribution
 from exporter.ledger import Counted, Ledger
 from exporter.sources import ERROR, OK, PERMISSION
-from exporter.sources.nvml import NvmlSource
-from tests.fake_gpus import clean_fake, gpu, state
+from exporter.sources.nvml import LIMIT_REFRESH_SECONDS, NvmlSource
+from tests.fake_gpus import clean_fake, clocked, gpu, state
 from tests.fakes import pynvml as fake
-from tests.harness import ExporterProcess, wait_for
+from tests.harness import ExporterProcess, FakeClock, wait_for
 from tests.test_attribution import IDLE, build_tree, container_cgroup, make_config, pod_uid
 from tests.test_attribution import container_id
 
@@ -25,6 +24,19 @@ from tests.test_attribution import container_id
 @pytest.fixture(autouse=True)
 def fresh_fake(monkeypatch):
     yield from clean_fake(monkeypatch)
+
+
+@pytest.fixture
+def clock(monkeypatch) -> FakeClock:
+    """One test clock for the fake and the source: a GPU's block_s and back-off windows pass
+    on it, not in wall time."""
+    return clocked(monkeypatch)
+
+
+def on(clock: FakeClock) -> NvmlSource:
+    source = NvmlSource(nvml=fake)
+    source.clock = clock  # as the sampler does
+    return source
 
 
 # --- the fake is the real module's shape ----------------------------------------------------
@@ -78,9 +90,9 @@ def test_dependency_floor_excludes_the_scrambling_struct():
 
 # --- the nvml collector ------------------------------------------------------------------------
 
-def test_one_gpu_of_four_failing_at_enumeration_leaves_three():
+def test_one_gpu_of_four_failing_at_enumeration_leaves_three(clock):
     value = state(gpu(0), gpu(1), gpu(2, handle_error="NVML_ERROR_NO_PERMISSION"), gpu(3))
-    source, ledger = NvmlSource(nvml=fake), Ledger()
+    source, ledger = on(clock), Ledger()
     result = source.read()
     assert [r.device for r in result.readings] == ["gpu-0", "gpu-1", "gpu-3"]
     assert [g.device for g in result.gpus] == ["gpu-0", "gpu-1", "gpu-3"]
@@ -90,14 +102,14 @@ def test_one_gpu_of_four_failing_at_enumeration_leaves_three():
     # not probed again before its back-off runs out
     for g in value["gpus"]:
         g["energy_mj"] += 10_000
-    time.sleep(0.02)
+    clock.advance(29.0)
     ledger.update(source.read().readings, 0.0)
     assert fake.calls_by_gpu[("nvmlDeviceGetHandleByIndex", 2)] == 1
     for device in ("gpu-0", "gpu-1", "gpu-3"):
         assert ledger.tracks[("gpu", "", device, "nvml")].joules == pytest.approx(10.0)
-    # permission granted; the retry comes: gpu-2 joins
+    # permission granted; 30 s after the failure the retry comes: gpu-2 joins
     value["gpus"][2]["handle_error"] = None
-    source.gpus[2].retry_at = 0.0
+    clock.advance(1.0)
     result = source.read()
     assert result.status.reason == OK
     assert [r.device for r in result.readings] == ["gpu-0", "gpu-1", "gpu-2", "gpu-3"]
@@ -113,10 +125,10 @@ def test_every_gpu_failing_at_enumeration_is_reported_and_releases_nvml():
     assert fake._initialised == 0
 
 
-def test_unreadable_power_limit_keeps_the_energy_and_nvml():
+def test_unreadable_power_limit_keeps_the_energy_and_nvml(clock):
     value = state(*(gpu(i, errors={"nvmlDeviceGetEnforcedPowerLimit": "NVML_ERROR_NOT_SUPPORTED"})
                     for i in range(2)))
-    source, ledger = NvmlSource(nvml=fake), Ledger()
+    source, ledger = on(clock), Ledger()
     for _cycle in range(5):
         result = source.read()
         assert result.status.reason == OK, result.status
@@ -125,29 +137,35 @@ def test_unreadable_power_limit_keeps_the_energy_and_nvml():
         ledger.update(result.readings, 0.0)
         for g in value["gpus"]:
             g["energy_mj"] += 5_000
-        time.sleep(0.01)
+        clock.advance(1.0)
     assert fake.calls["nvmlInit"] == 1 and "nvmlShutdown" not in fake.calls
     # read apart and rarely: once per GPU over the five cycles
     assert fake.calls_by_gpu[("nvmlDeviceGetEnforcedPowerLimit", 0)] == 1
     assert ledger.tracks[("gpu", "", "gpu-0", "nvml")].joules == pytest.approx(20.0)
+    # then again once its minute is over
+    clock.advance(LIMIT_REFRESH_SECONDS - 5.0)
+    assert source.read().status.reason == OK
+    assert fake.calls_by_gpu[("nvmlDeviceGetEnforcedPowerLimit", 0)] == 2
 
 
-def test_lost_gpu_is_backed_off_and_the_others_keep_their_cadence():
-    # a lost GPU's calls wait for the driver's timeout before GPU_IS_LOST comes back
+def test_lost_gpu_is_backed_off_and_the_others_keep_their_cadence(clock):
+    # a lost GPU's calls wait for the driver's timeout before GPU_IS_LOST comes back: the
+    # fake's call moves the test clock by block_s, so a read's duration is measured on it
     value = state(gpu(0), gpu(1), gpu(2), gpu(3))
-    source = NvmlSource(nvml=fake)
+    source = on(clock)
     source.read()
     value["gpus"][1].update(error="NVML_ERROR_GPU_IS_LOST", block_s=0.3)
     durations, seen = [], []
     for _ in range(6):
         for g in value["gpus"]:
             g["energy_mj"] += 1_000
-        started = time.monotonic()
+        clock.advance(1.0)
+        started = clock()
         result = source.read()
-        durations.append(time.monotonic() - started)
+        durations.append(clock() - started)
         seen.append([r.device for r in result.readings])
-    assert durations[0] >= 0.3  # the call that found it lost
-    assert max(durations[1:]) < 0.1, durations  # not asked again: no more waits
+    assert durations[0] == pytest.approx(0.3)  # the call that found it lost
+    assert durations[1:] == [0.0] * 5, durations  # not asked again: no more waits
     assert all(devices == ["gpu-0", "gpu-2", "gpu-3"] for devices in seen)
     # counter probe and first read, then the one call that found it lost: no more
     assert fake.calls_by_gpu[("nvmlDeviceGetTotalEnergyConsumption", 1)] == 3
@@ -156,17 +174,19 @@ def test_lost_gpu_is_backed_off_and_the_others_keep_their_cadence():
     assert source.initialised  # the others keep NVML up
 
 
-def test_stepping_energy_counter_gives_the_mean_power():
+def test_stepping_energy_counter_gives_the_mean_power(clock):
     state(gpu(0, energy_mj=0, power_mw=200_000, step_ms=20))
-    source, ledger = NvmlSource(nvml=fake), Ledger()
+    source, ledger = on(clock), Ledger()
     first = source.read().readings
     ledger.update(first, 0.0)
-    time.sleep(0.5)
+    clock.advance(0.51)  # 25 whole steps of 20 ms and part of the next
     last = source.read().readings
     ledger.update(last, 0.0)
     joules = ledger.tracks[("gpu", "", "gpu-0", "nvml")].joules
-    # 200 W, counted in 4 J steps: within one step either side
-    assert joules == pytest.approx(200.0 * (last[0].at - first[0].at), abs=8.0)
+    # 200 W, counted in 4 J steps: within one step of 200 W x 0.51 s
+    assert last[0].at - first[0].at == pytest.approx(0.51)
+    assert joules == pytest.approx(100.0)
+    assert joules == pytest.approx(200.0 * (last[0].at - first[0].at), abs=4.0)
 
 
 def test_one_gpu_failing_in_a_real_exporter(tmp_path):
@@ -286,55 +306,64 @@ def test_attribution_gpu_idle_floor(tmp_path):
     assert split.parts["gpu"][POD] == pytest.approx(40.0)
 
 
-def test_attribution_lost_gpu_is_backed_off(tmp_path):
+def test_attribution_lost_gpu_is_backed_off(tmp_path, clock):
     attribution, _ = attribution_with(tmp_path, [gpu(0, processes="pod", samples=None),
                                                  gpu(1, processes=[], samples=None)])
+    assert attribution.reader.gpus is not None
+    attribution.reader.gpus.session.clock = clock  # back-off on the test clock
     attribution.read()
     fake._state["gpus"][1].update(error="NVML_ERROR_GPU_IS_LOST", block_s=0.2)
+    started = clock()
     attribution.read()
-    started = time.monotonic()
+    assert clock() > started  # the calls that found it lost waited
+    started = clock()
     for _ in range(3):
         result = attribution.read()
-    assert time.monotonic() - started < 0.3
+    assert clock() == started  # not asked again: no call waited
     assert result.observation.gpus["gpu-1"].basis == "unavailable"
     assert result.observation.gpus["gpu-0"].basis == "memory"
 
 
 def test_lost_gpu_in_the_sampler_leaves_the_others_on_cadence():
-    """Through the sampler's nvml lane: after the one cycle that finds gpu-1 lost (its call
-    waits 0.4 s for the driver), every cycle finishes well within the 0.25 s interval and the
-    other GPUs' energy moves each cycle."""
+    """Through the sampler's nvml lane: the one call that finds gpu-1 lost really blocks its
+    lane thread for 0.4 s (longer than the 0.25 s interval); after it no cycle calls gpu-1
+    again, the other GPUs' energy moves every cycle and none of it is lost."""
     import asyncio
 
     from exporter.carbon import Intensity
     from exporter.sampler import Sampler
 
+    clock = FakeClock()  # the readings' clock; the fake's block is real time
     value = state(gpu(0), gpu(1), gpu(2), gpu(3))
     sampler = Sampler([NvmlSource(nvml=fake)], interval=0.25,
-                      intensity=Intensity(300.0, "DE", "static"), pue=1.0)
-    durations: list[float] = []
+                      intensity=Intensity(300.0, "DE", "static"), pue=1.0, clock=clock)
+    lost_calls: list[int] = []
     joules: list[dict[str, float]] = []
 
     async def run() -> None:
         await sampler.cycle()
         value["gpus"][1].update(error="NVML_ERROR_GPU_IS_LOST", block_s=0.4)
-        for _ in range(6):
+        for _ in range(8):
             for g in value["gpus"]:
                 g["energy_mj"] += 5_000
-            await asyncio.sleep(0.05)
-            started = time.monotonic()
+            clock.advance(1.0)
             snap = await sampler.cycle()
-            durations.append(time.monotonic() - started)
+            lost_calls.append(fake.calls_by_gpu[("nvmlDeviceGetTotalEnergyConsumption", 1)])
             joules.append({s.device: s.joules for s in snap.energy})
 
     try:
-        asyncio.run(run())
+        asyncio.run(asyncio.wait_for(run(), 60))  # a hang guard, not a speed bound
     finally:
         sampler.close()
-    assert max(durations[2:]) < 0.25, durations  # no cycle waits on the lost GPU again
-    for before, after in zip(joules[1:], joules[2:]):
+    # probe + first read, then the one call that found it lost: never asked again
+    assert lost_calls[-1] == 3 and lost_calls[0] <= 3, lost_calls
+    # the set-aside read is back within three cycles (0.4 s of a >= 0.75 s wait): from then
+    # on every cycle moves the others' energy, and every injected joule is counted
+    for before, after in zip(joules[3:], joules[4:]):
         for device in ("gpu-0", "gpu-2", "gpu-3"):
             assert after[device] > before[device], (device, before, after)
+    for device in ("gpu-0", "gpu-2", "gpu-3"):
+        assert joules[-1][device] == pytest.approx(8 * 5.0), device
 
 
 def test_attribution_gpu_idle_floor_is_learned_only_while_idle(tmp_path):
@@ -355,3 +384,23 @@ def test_attribution_gpu_idle_floor_is_learned_only_while_idle(tmp_path):
     # a process holding an idle context on gpu-0 is charged 80 - 55 W, not 80 W
     assert split.parts["gpu"][POD] == pytest.approx(25.0 + 700.0)
     assert split.parts["gpu"][IDLE] == pytest.approx(55.0)
+
+
+def test_gpu_reader_keeps_sm_shares_for_ten_seconds_without_a_new_sample(clock):
+    """A cycle without a new utilisation sample (NOT_FOUND) keeps the last SM shares for
+    SM_SHARES_KEEP_SECONDS on the reader's clock, then falls back to memory weights."""
+    from exporter.attribution.gpu import MEMORY, SM_SHARES_KEEP_SECONDS, SM_UTILIZATION
+    from exporter.attribution.gpu import GpuProcessReader
+
+    state(gpu(0, samples=[{"pid": 101, "ts": 10, "sm": 30}, {"pid": 202, "ts": 10, "sm": 10}],
+              processes=[{"pid": 101, "used_mem": 1}, {"pid": 202, "used_mem": 3}]))
+    reader = GpuProcessReader(fake, clock=clock)
+    first = reader.read()["gpu-0"]
+    assert first.basis == SM_UTILIZATION and dict(first.shares) == {101: 0.75, 202: 0.25}
+    clock.advance(SM_SHARES_KEEP_SECONDS)  # no new sample, still within the 10 s
+    kept = reader.read()["gpu-0"]
+    assert kept.basis == SM_UTILIZATION and kept.shares == first.shares
+    clock.advance(0.5)  # past it: the running processes' memory decides
+    after = reader.read()["gpu-0"]
+    assert after.basis == MEMORY and dict(after.shares) == {101: 0.25, 202: 0.75}
+    reader.close()

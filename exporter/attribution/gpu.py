@@ -26,7 +26,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any
+from typing import Any, Callable
 
 from exporter.sources.nvml import Device, NvmlSession, error_code
 
@@ -72,8 +72,10 @@ class ScrambledPids(Exception):
 class GpuProcessReader:
     """Blocking NVML calls; used from the attribution worker thread only."""
 
-    def __init__(self, nvml: ModuleType | None = None, procfs: str = "/proc") -> None:
-        self.session = NvmlSession(nvml, owner="attribution")
+    def __init__(self, nvml: ModuleType | None = None, procfs: str = "/proc",
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        # back-off and the kept SM shares' age on `clock` (tests move it)
+        self.session = NvmlSession(nvml, owner="attribution", clock=clock)
         self.procfs = procfs
         self.last_seen: dict[int, int] = {}  # gpu index -> last sample timestamp (us)
         self.last_sm: dict[int, tuple[float, list[tuple[int | None, float]]]] = {}
@@ -86,7 +88,7 @@ class GpuProcessReader:
             # no GPU here, or the nvml collector says why: attribution itself is not failing
             self.problem = ""
             return {}
-        now = time.monotonic()
+        now = self.session.clock()
         available = {d.index for d in session.available(now)}
         out: dict[str, GpuShares] = {}
         problems: list[str] = []
@@ -106,7 +108,7 @@ class GpuProcessReader:
                     session.restart_later(f"NVML: {exc}")
                     self.problem = f"NVML: {exc}; initialising again"
                     return {}
-                session.failed(device, exc, time.monotonic())
+                session.failed(device, exc, self.session.clock())
                 out[device.device] = GpuShares(device.device, UNAVAILABLE)
                 problems.append(f"{device.device}: {device.problem}")
         self.problem = "; ".join(problems)
@@ -159,7 +161,7 @@ class GpuProcessReader:
                 continue  # not a process: skip rather than mis-attribute
             sm[pid] = sm.get(pid, 0.0) + float(sample.smUtil)
             self.last_seen[index] = max(self.last_seen.get(index, 0), int(sample.timeStamp))
-        now = time.monotonic()
+        now = self.session.clock()
         if sum(sm.values()) > 0:
             shares = _normalise({p: w for p, w in sm.items() if w > 0})
             self.last_sm[index] = (now, shares)

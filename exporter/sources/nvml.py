@@ -29,7 +29,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from exporter.ledger import Reading
 from exporter.sources import (
@@ -104,11 +104,14 @@ class Device:
 class NvmlSession:
     """Lazy import, nvmlInit with back-off, per-GPU enumeration and re-probing, shutdown.
 
-    Blocking: used from one worker thread (the sampler's "nvml" thread)."""
+    Blocking: used from one worker thread (the sampler's "nvml" thread). Back-off, re-init
+    and reading times are on `clock` (monotonic seconds): the owner's, so tests move it."""
 
-    def __init__(self, nvml: ModuleType | None = None, owner: str = "nvml") -> None:
+    def __init__(self, nvml: ModuleType | None = None, owner: str = "nvml",
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._nvml = nvml
         self.owner = owner
+        self.clock = clock
         self.devices: list[Device] = []
         self.initialised = False
         self.status = Status(ABSENT, "NVML not initialised yet")
@@ -140,7 +143,7 @@ class NvmlSession:
         """Initialise NVML and enumerate the GPUs if due; True when some GPU is usable."""
         if self.initialised:
             return True
-        now = time.monotonic()
+        now = self.clock()
         if now < self.next_init:
             return False
         self.next_init = now + REINIT_AFTER_SECONDS
@@ -240,7 +243,7 @@ class NvmlSession:
 
     def restart_later(self, why: str) -> None:
         self.shutdown()
-        self.next_init = time.monotonic() + REINIT_AFTER_SECONDS
+        self.next_init = self.clock() + REINIT_AFTER_SECONDS
         self.status = Status(ERROR, why)
 
     def shutdown(self) -> None:
@@ -279,6 +282,15 @@ class NvmlSource(Source):
 
     def __init__(self, nvml: ModuleType | None = None) -> None:
         self.session = NvmlSession(nvml, owner="nvml")
+
+    # The sampler sets the source's clock; the session's back-off and re-init run on it too.
+    @property
+    def clock(self) -> Callable[[], float]:
+        return self.session.clock
+
+    @clock.setter
+    def clock(self, value: Callable[[], float]) -> None:
+        self.session.clock = value
 
     # kept for callers and tests that look at the session's state
     @property
@@ -329,7 +341,7 @@ class NvmlSource(Source):
         if not session.ensure():
             return SourceResult(session.status)
         nvml = session.nvml
-        now = time.monotonic()
+        now = session.clock()
         readings: list[Reading] = []
         infos: list[GpuInfo] = []
         attempted = session.available(now)
@@ -340,14 +352,14 @@ class NvmlSource(Source):
                     value = nvml.nvmlDeviceGetTotalEnergyConsumption(device.handle) / 1000.0
                 else:
                     value = nvml.nvmlDeviceGetPowerUsage(device.handle) / 1000.0
-                at = time.monotonic()  # when the value was obtained: a slow call shifts no energy
+                at = session.clock()  # when the value was obtained: a slow call shifts no energy
             except Exception as exc:
                 if session.stale(exc):
                     session.restart_later(f"NVML: {exc}; initialising again")
                     log.warning("nvml: %s; initialising NVML again in %.0f s", exc,
                                 REINIT_AFTER_SECONDS)
                     return SourceResult(session.status)
-                session.failed(device, exc, time.monotonic())
+                session.failed(device, exc, session.clock())
                 continue
             device.ok()
             readings.append(Reading(

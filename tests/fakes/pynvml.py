@@ -33,6 +33,9 @@ Per-process state for attribution, in the shapes pynvml returns:
       nvmlDeviceGetProcessUtilization(handle, lastSeenTimeStamp) returns the samples newer than
       lastSeenTimeStamp, raises NOT_FOUND when there is none; "samples": null -> NOT_SUPPORTED
   "mig": true, "mig_slices": 7, "mig_devices": [{"sm": 14, "slices": 1, "processes": [...]}]
+Time: the fake reads `_clock` (time.monotonic) and waits with `_sleep` (time.sleep);
+in-process tests set both to a FakeClock and its advance (tests/fake_gpus.py clocked()), so a
+blocking GPU or a stepping counter moves test time instead of taking wall time.
 "missing_functions" (top level): NVML entry points the "driver" lacks, e.g.
   ["nvmlDeviceGetComputeRunningProcesses_v3"] for a driver before R510.
 """
@@ -45,7 +48,7 @@ import string
 import sys
 import time
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Callable
 
 NVML_SUCCESS = 0
 NVML_ERROR_UNINITIALIZED = 1
@@ -144,7 +147,9 @@ _make_error_classes()
 _state: dict = {"driver": "550.54.15", "gpus": []}
 _file_mtime: int | None = None
 _initialised = 0
-_loaded_at = time.monotonic()
+_clock: Callable[[], float] = time.monotonic
+_sleep: Callable[[float], None] = time.sleep
+_loaded_at = _clock()
 calls: dict[str, int] = {}
 calls_by_gpu: dict[tuple[str, int], int] = {}
 
@@ -152,7 +157,7 @@ calls_by_gpu: dict[tuple[str, int], int] = {}
 def set_state(state: dict) -> None:
     global _state, _loaded_at
     _state = state
-    _loaded_at = time.monotonic()
+    _loaded_at = _clock()
 
 
 def reset() -> None:
@@ -175,7 +180,7 @@ def _load() -> dict:
             with open(path, encoding="utf-8") as handle:
                 _state = json.load(handle)
             _file_mtime = mtime
-            _loaded_at = time.monotonic()
+            _loaded_at = _clock()
     return _state
 
 
@@ -218,7 +223,7 @@ def _gpu(handle: _Handle, call: str) -> dict:
         raise NVMLError(NVML_ERROR_GPU_IS_LOST)
     gpu = gpus[handle.index]
     if gpu.get("block_s"):
-        time.sleep(float(gpu["block_s"]))
+        _sleep(float(gpu["block_s"]))
     if gpu.get("error"):
         _raise(gpu["error"])
     per_call = (gpu.get("errors") or {}).get(call)
@@ -283,7 +288,7 @@ def nvmlDeviceGetTotalEnergyConsumption(handle: _Handle) -> int:
     energy = int(gpu["energy_mj"])
     step = gpu.get("step_ms")
     if step:  # the driver updates the counter in steps, not continuously
-        steps = int((time.monotonic() - _loaded_at) * 1000 // step)
+        steps = int((_clock() - _loaded_at) * 1000 // step)
         energy += steps * int(gpu.get("power_mw", 0) * step // 1000)
     return energy
 
