@@ -13,6 +13,7 @@ import base64
 import threading
 import time
 from datetime import datetime, timezone
+from typing import Callable
 
 from aiohttp import web
 
@@ -35,6 +36,8 @@ class FakeGrid:
         self.mode = {api: "ok" for api in ("em", "wt", "uk", "json")}
         self.value = {"em": 300.0, "wt": 1000.0, "uk": 200.0, "json": 400.0}  # wt in lbs/MWh
         self.data_time: float | None = None  # timestamp in answers; None: now
+        # the API's "now" (unix time): a test gives it the wall clock it gives the chain
+        self.wall: Callable[[], float] = time.time
         self.retry_after = "1"
         self.slow_seconds = 3.0
         self.requests: list[tuple[str, float, str]] = []  # (api, time, path)
@@ -110,7 +113,7 @@ class FakeGrid:
         return self.value[api]
 
     def _stamp(self) -> float:
-        return time.time() if self.data_time is None else self.data_time
+        return self.wall() if self.data_time is None else self.data_time
 
     # --- Electricity Maps --------------------------------------------------------------------
 
@@ -123,7 +126,7 @@ class FakeGrid:
             return early
         self.em_queries.append(dict(request.query))
         body = {"zone": request.query.get("zone"), "carbonIntensity": self._number("em"),
-                "datetime": iso(self._stamp()), "updatedAt": iso(time.time()),
+                "datetime": iso(self._stamp()), "updatedAt": iso(self.wall()),
                 "emissionFactorType": request.query.get("emissionFactorType", "lifecycle"),
                 "isEstimated": False}
         if self.mode["em"] == "missing":
@@ -144,9 +147,9 @@ class FakeGrid:
     async def em_forecast(self, request):
         if request.headers.get("auth-token") != self.token:
             return web.json_response({"error": "bad token"}, status=401)
-        now = time.time() - time.time() % 3600
+        now = self.wall() - self.wall() % 3600
         values = [self.value["em"] + 10 * abs(h - 5) for h in range(24)]  # lowest at +5 h
-        return web.json_response({"zone": request.query.get("zone"), "updatedAt": iso(time.time()),
+        return web.json_response({"zone": request.query.get("zone"), "updatedAt": iso(self.wall()),
                                   "forecast": [{"carbonIntensity": v, "datetime": iso(now + h * 3600)}
                                                for h, v in enumerate(values)]})
 
@@ -210,7 +213,7 @@ class FakeGrid:
         return web.json_response({"data": [self._uk_period(start)]})
 
     async def uk_forecast(self, request):
-        start = time.time() - time.time() % 1800
+        start = self.wall() - self.wall() % 1800
         return web.json_response({"data": [
             self._uk_period(start + n * 1800, value=self.value["uk"] + abs(n - 10)) for n in range(48)]})
 
@@ -225,7 +228,7 @@ class FakeGrid:
                                             "data": [self._uk_period(start, regional=True)]}]})
 
     async def uk_region_forecast(self, request):
-        start = time.time() - time.time() % 1800
+        start = self.wall() - self.wall() % 1800
         region = int(request.match_info["region"])
         return web.json_response({"data": {"regionid": region, "shortname": "London", "data": [
             self._uk_period(start + n * 1800, True, self.value["uk"] + abs(n - 4)) for n in range(48)]}})

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -36,6 +37,74 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+class Timeline:
+    """Injected time for asyncio code (the provider chain): a monotonic and a wall FakeClock
+    and a `sleep` that parks the caller until the test moves time past its deadline, so a
+    test says "an hour passes" instead of sleeping. Real I/O (HTTP on 127.0.0.1) still takes
+    real time: settle() waits for it, under a generous hang guard."""
+
+    def __init__(self, wall: float = 1_780_000_000.0, start: float = 1000.0) -> None:
+        self.clock = FakeClock(start)
+        self.wall = FakeClock(wall)  # a fixed unix time: no hour boundary races a test
+        self.delays: list[tuple[str, float]] = []  # (task name, seconds) per sleep, in order
+        self._parked: dict[asyncio.Task, tuple[float, asyncio.Future]] = {}
+        self._tasks: list[asyncio.Task] = []
+        self._changed: asyncio.Event | None = None
+
+    def _event(self) -> asyncio.Event:
+        if self._changed is None:
+            self._changed = asyncio.Event()
+        return self._changed
+
+    async def sleep(self, delay: float) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.delays.append((task.get_name(), delay))
+        woken = asyncio.get_running_loop().create_future()
+        self._parked[task] = (self.clock() + max(0.0, delay), woken)
+        self._event().set()
+        try:
+            await woken
+        finally:
+            self._parked.pop(task, None)
+
+    def watch(self, tasks: list[asyncio.Task]) -> None:
+        """The tasks that run on this timeline (settle() waits for each to park or end)."""
+        self._tasks = tasks
+        for task in tasks:
+            task.add_done_callback(lambda _task: self._event().set())
+
+    async def settle(self, guard: float = 30.0) -> None:
+        """Until every watched task is parked in sleep() or done: their I/O has finished."""
+        changed = self._event()
+        async with asyncio.timeout(guard):  # a hang guard, not a speed bound
+            while not all(t.done() or t in self._parked for t in self._tasks):
+                changed.clear()
+                await changed.wait()
+
+    async def advance(self, seconds: float) -> None:
+        """Move both clocks by `seconds`, waking each sleeper at its deadline, in order, and
+        letting what it starts finish (settle) before the next."""
+        end = self.clock() + seconds
+        await self.settle()
+        while True:
+            due = [deadline for deadline, _ in self._parked.values() if deadline <= end]
+            if not due:
+                break
+            self._move_to(min(due))
+            for task, (deadline, woken) in list(self._parked.items()):
+                if deadline <= self.clock():
+                    del self._parked[task]  # awake: settle() waits until it parks again
+                    woken.set_result(None)
+            await self.settle()
+        self._move_to(end)
+
+    def _move_to(self, at: float) -> None:
+        step = max(0.0, at - self.clock())
+        self.clock.advance(step)
+        self.wall.advance(step)
 
 
 def free_port() -> int:

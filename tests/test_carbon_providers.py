@@ -1,12 +1,15 @@
 """Every intensity provider against a fake of its API on 127.0.0.1: the documented answer,
 then every way it can misbehave. Then the chain: fallback, cached values ageing, retries,
-Retry-After, and a sampler that keeps its clock while a provider hangs."""
+Retry-After, and a sampler that keeps its clock while a provider hangs.
+
+Time is a Timeline (tests/harness.py): the chain's clocks and timers, and the fake APIs' "now",
+move when a test advances them; only the HTTP exchanges on 127.0.0.1 take real time."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
+import random
 
 import aiohttp
 import pytest
@@ -22,6 +25,7 @@ from exporter.ledger import Reading
 from exporter.sampler import Sampler
 from exporter.sources import OK, Source, SourceResult, Status
 from tests.fake_grid import FakeGrid
+from tests.harness import FakeClock, Timeline
 
 FALLBACK = Intensity(473.05, "WORLD", "dataset")
 
@@ -49,6 +53,14 @@ def reset(fake, monkeypatch):
     monkeypatch.setenv("TEST_JSON_TOKEN", fake.json_token)
 
 
+@pytest.fixture
+def timeline(fake, monkeypatch) -> Timeline:
+    """The test's time; the fake APIs stamp their answers on its wall clock."""
+    line = Timeline()
+    monkeypatch.setattr(fake, "wall", line.wall)
+    return line
+
+
 def spec_for(api: str, fake: FakeGrid, **extra) -> dict:
     base = {"timeout": 0.3, "retries": 0, "refresh": 0.2}
     item = {
@@ -67,9 +79,12 @@ def build(items, zone: str = "DE"):
     return [provider_types()[s.type](s, resolve_zone(zone)) for s in specs]
 
 
-def fetch(provider):
+def fetch(provider, timeline: Timeline | None = None):
+    line = timeline or Timeline()
+
     async def go():
-        chain = Chain([provider], FALLBACK, lambda state: None)
+        chain = Chain([provider], FALLBACK, lambda state: None, clock=line.clock, wall=line.wall,
+                      sleep=line.sleep)
         async with aiohttp.ClientSession() as session:
             chain._session = session
             return await chain._attempt(chain.states[0])
@@ -78,12 +93,12 @@ def fetch(provider):
 
 # --- each provider, documented shape -----------------------------------------------------------
 
-def test_electricitymaps_latest_and_forecast(fake):
-    got = fetch(build([spec_for("em", fake)], zone="aws:us-east-1")[0])
+def test_electricitymaps_latest_and_forecast(fake, timeline):
+    got = fetch(build([spec_for("em", fake)], zone="aws:us-east-1")[0], timeline)
     assert got.intensity.grams_per_kwh == 300.0
     assert got.intensity.grid_zone == "US-MIDA-PJM"  # resolved through cloud_regions.csv
     assert got.intensity.kind == "average" and got.intensity.provider == "electricitymaps"
-    assert got.intensity.age() < 5
+    assert got.intensity.age(timeline.wall()) == 0  # stamped now
     assert len(got.forecast) == 24
     best = min(got.forecast, key=lambda p: p.grams_per_kwh)
     assert best.grams_per_kwh == 300.0 and best.start - got.forecast[0].start == 5 * 3600
@@ -121,12 +136,12 @@ def test_ukgrid_national_and_regional(fake):
     assert min(p.grams_per_kwh for p in regional.forecast) == 200.0
 
 
-def test_http_json_field_path_unit_and_time(fake):
-    fake.data_time = time.time() - 120
-    got = fetch(build([spec_for("json", fake, name="plant", zone="plant-7")])[0])
+def test_http_json_field_path_unit_and_time(fake, timeline):
+    fake.data_time = timeline.wall() - 120
+    got = fetch(build([spec_for("json", fake, name="plant", zone="plant-7")])[0], timeline)
     assert got.intensity.grams_per_kwh == 400.0
     assert got.intensity.grid_zone == "plant-7" and got.intensity.provider == "plant"
-    assert 119 <= got.intensity.age() < 130
+    assert got.intensity.age(timeline.wall()) == 120
 
 
 def test_http_json_converts_a_configured_unit(fake):
@@ -163,27 +178,35 @@ def test_misbehaviour_is_reported_not_used(fake, api, mode):
 
 # --- the chain -----------------------------------------------------------------------------------
 
-def run_chain(providers, seconds: float, during=None, tick: float = 0.05):
-    """Run a chain for `seconds`; `during(chain)` is awaited meanwhile; returns the chain."""
+def run_chain(providers, timeline: Timeline, during=None, tick: float = 10.0):
+    """Start a chain on the timeline and settle: every provider has fetched (and retried) as
+    far as it can without time passing. Then `during(chain)` is awaited; then it stops.
+    Returns the chain and every GridState it published."""
     published = []
 
     async def go():
-        chain = Chain(providers, FALLBACK, published.append, tick=tick)
+        chain = Chain(providers, FALLBACK, published.append, tick=tick, clock=timeline.clock,
+                      wall=timeline.wall, sleep=timeline.sleep)
         chain.start()
+        timeline.watch(chain._tasks)
         try:
+            await timeline.settle()
             if during is not None:
                 await during(chain)
-            else:
-                await asyncio.sleep(seconds)
         finally:
             await chain.stop()
         return chain
     return asyncio.run(go()), published
 
 
-def test_fallback_moves_down_the_chain(fake):
+def delays(timeline: Timeline, provider: str) -> list[float]:
+    """What the provider's task waited for, in order (retry back-offs, refreshes)."""
+    return [seconds for task, seconds in timeline.delays if task == f"provider-{provider}"]
+
+
+def test_fallback_moves_down_the_chain(fake, timeline):
     fake.mode["em"] = "401"
-    chain, published = run_chain(build([spec_for("em", fake), spec_for("uk", fake)]), 0.5)
+    chain, published = run_chain(build([spec_for("em", fake), spec_for("uk", fake)]), timeline)
     last = published[-1]
     assert last.intensity.provider == "ukgrid" and last.intensity.grams_per_kwh == 200.0
     states = {p.name: p for p in last.providers}
@@ -191,58 +214,94 @@ def test_fallback_moves_down_the_chain(fake):
     assert states["ukgrid"].in_force
 
 
-def test_everything_down_falls_back_to_the_dataset(fake):
+def test_everything_down_falls_back_to_the_dataset(fake, timeline):
     fake.mode["em"] = fake.mode["uk"] = "500"
-    _, published = run_chain(build([spec_for("em", fake), spec_for("uk", fake)]), 0.4)
+    _, published = run_chain(build([spec_for("em", fake), spec_for("uk", fake)]), timeline)
     assert published[-1].intensity == FALLBACK
+    assert {p.name: p.reason for p in published[-1].providers} == {
+        "electricitymaps": "http_error", "ukgrid": "http_error"}
 
 
-def test_last_good_value_stays_with_growing_age_then_expires(fake):
-    items = [spec_for("em", fake, max_age=1.5), spec_for("uk", fake)]
+def test_last_good_value_stays_with_growing_age_then_expires(fake, timeline):
+    items = [spec_for("em", fake, max_age=600, refresh=60), spec_for("uk", fake, refresh=60)]
     ages = []
 
     async def during(chain):
-        await asyncio.sleep(0.4)
         assert chain.select().intensity.provider == "electricitymaps"
         fake.mode["em"] = "500"
         for _ in range(3):
-            await asyncio.sleep(0.3)
+            await timeline.advance(120)  # two failed refreshes each
             state = chain.select()
             assert state.intensity.provider == "electricitymaps"  # kept despite the errors
             assert state.intensity.grams_per_kwh == 300.0
-            ages.append(state.intensity.age())
-        await asyncio.sleep(1.2)  # past max_age: the next provider takes over
+            ages.append(state.intensity.age(timeline.wall()))
+        await timeline.advance(239)  # just short of max_age: still in force
+        assert chain.select().intensity.provider == "electricitymaps"
+        await timeline.advance(2)  # past max_age: the next provider takes over
         assert chain.select().intensity.provider == "ukgrid"
         errors = {p.name: p.reason for p in chain.select().providers}
         assert errors["electricitymaps"] == "http_error"
 
-    run_chain(build(items), 0, during)
-    assert ages == sorted(ages) and ages[-1] - ages[0] >= 0.5
+    run_chain(build(items), timeline, during)
+    assert ages == pytest.approx([120, 240, 360])
+    assert fake.count("em") >= 1 + 3 * 2  # it kept asking meanwhile
 
 
-def test_retries_back_off_then_wait_for_the_next_refresh(fake):
+def test_retries_back_off_then_wait_for_the_next_refresh(fake, timeline, monkeypatch):
     fake.mode["uk"] = "500"
     item = spec_for("uk", fake, retries=2, backoff=0.05, refresh=5)
-    run_chain(build([item]), 0.6)
-    stamps = [t for api, t, _ in fake.requests if api == "uk"]
-    assert len(stamps) == 3  # first try + 2 retries, then nothing until the 5 s refresh
-    gaps = [b - a for a, b in zip(stamps, stamps[1:])]
-    assert 0.02 <= gaps[0] <= 0.2 and 0.05 <= gaps[1] <= 0.3  # 0.05 then 0.1, +-50% jitter
+    jitter = []  # the jitter's ranges; each draw is its midpoint, so the delays are exact
+    monkeypatch.setattr(random, "uniform", lambda a, b: jitter.append((a, b)) or (a + b) / 2)
+
+    async def during(chain):
+        await timeline.advance(1)
+        assert fake.count("uk") == 3  # first try + 2 retries, then nothing until the refresh
+        await timeline.advance(4.1)  # the last retry was at 0.15 s: the refresh is due at 5.15
+        assert fake.count("uk") == 3
+        await timeline.advance(0.06)  # the next attempt's first try
+        assert fake.count("uk") == 4
+        await timeline.advance(1)  # and its retries
+        assert fake.count("uk") == 6
+
+    run_chain(build([item]), timeline, during)
+    assert delays(timeline, "ukgrid")[:4] == pytest.approx([0.05, 0.1, 5.0, 0.05])
+    assert jitter[:3] == [(0.9, 1.1), (0.5, 1.5), (0.5, 1.5)]  # refresh +-10%, retries +-50%
 
 
-def test_retry_after_is_honoured(fake):
+def test_retry_after_is_honoured(fake, timeline):
     fake.mode["uk"] = "429"
-    fake.retry_after = "1"
-    item = spec_for("uk", fake, retries=3, backoff=0.01, refresh=0.1)
-    run_chain(build([item]), 1.5)
-    stamps = [t for api, t, _ in fake.requests if api == "uk"]
-    assert 2 <= len(stamps) <= 3, stamps
-    assert all(b - a >= 0.95 for a, b in zip(stamps, stamps[1:]))
+    fake.retry_after = "7"
+    # Retry-After above the refresh: no retry in the attempt, the next refresh waits for it
+    item = spec_for("uk", fake, retries=3, backoff=0.01, refresh=1)
+
+    async def during(chain):
+        await timeline.advance(6.9)
+        assert fake.count("uk") == 1
+        await timeline.advance(0.2)
+        assert fake.count("uk") == 2
+
+    run_chain(build([item]), timeline, during)
+    assert delays(timeline, "ukgrid") == [7.0, 7.0]
 
 
-def test_cache_survives_a_rebuild_with_the_same_spec(fake):
+def test_retry_after_within_the_refresh_delays_the_retry(fake, timeline):
+    fake.mode["uk"] = "429"
+    fake.retry_after = "2"
+    item = spec_for("uk", fake, retries=1, backoff=0.01, refresh=60)
+
+    async def during(chain):
+        await timeline.advance(1.9)
+        assert fake.count("uk") == 1
+        await timeline.advance(0.2)
+        assert fake.count("uk") == 2  # the one retry, at the server's 2 s, not 0.01 s
+
+    run_chain(build([item]), timeline, during)
+    assert delays(timeline, "ukgrid")[0] == 2.0
+
+
+def test_cache_survives_a_rebuild_with_the_same_spec(fake, timeline):
     providers = build([spec_for("em", fake)])
-    chain, _ = run_chain(providers, 0.3)
+    chain, _ = run_chain(providers, timeline)
     assert chain.states[0].fetched is not None
 
     class Config:
@@ -250,13 +309,14 @@ def test_cache_survives_a_rebuild_with_the_same_spec(fake):
         carbon_providers = parse_chain([spec_for("em", fake)], "test")
 
     rebuilt = Chain.from_config(Config, lambda state: None, previous=chain)
+    assert rebuilt.wall is timeline.wall  # the same time: the kept value's age goes on
     assert rebuilt.select().intensity.provider == "electricitymaps"
 
 
-def test_forecast_minimum_over_the_next_24_hours(fake):
-    _, published = run_chain(build([spec_for("em", fake)]), 0.4)
+def test_forecast_minimum_over_the_next_24_hours(fake, timeline):
+    _, published = run_chain(build([spec_for("em", fake)]), timeline)
     low = published[-1].forecast_min
-    hour = time.time() - time.time() % 3600
+    hour = timeline.wall() - timeline.wall() % 3600
     assert low.grams_per_kwh == 300.0 and low.start == pytest.approx(hour + 5 * 3600)
     assert low.provider == "electricitymaps" and low.grid_zone == "DE"
 
@@ -272,28 +332,41 @@ class _Counter(Source):
     def read(self, covered=frozenset()):
         self.joules += 10
         return SourceResult(Status(OK), [Reading("fake", "package-0", "rapl", self.joules,
-                                                  time.monotonic(), component="cpu")])
+                                                  self.clock(), component="cpu")])
 
 
-def test_sampling_never_waits_on_a_hung_provider(fake):
+def test_sampling_never_waits_on_a_hung_provider(fake, timeline, monkeypatch):
+    """While the provider's request hangs (the fake API answers after 30 s, the timeout is
+    60 s), the sampler runs 20 cycles and counts every joule: nothing in a cycle waits on the
+    network. The 15 s limit is a hang guard, not a speed bound."""
     fake.mode["uk"] = "slow"
-    fake.slow_seconds = 1.0
-    item = spec_for("uk", fake, timeout=5, refresh=10)
+    monkeypatch.setattr(fake, "slow_seconds", 30.0)
+    item = spec_for("uk", fake, timeout=60, refresh=600)
+    clock = FakeClock()
 
     async def go():
-        sampler = Sampler([_Counter()], 0.05, FALLBACK, 1.0)
-        chain = Chain(build([item]), FALLBACK, lambda s: setattr(sampler, "intensity", s.intensity))
+        sampler = Sampler([_Counter()], 0.05, FALLBACK, 1.0, clock=clock)
+        chain = Chain(build([item]), FALLBACK,
+                      lambda s: setattr(sampler, "intensity", s.intensity),
+                      clock=timeline.clock, wall=timeline.wall, sleep=timeline.sleep)
         chain.start()
-        stop = asyncio.Event()
-        task = asyncio.create_task(sampler.run(stop))
-        await asyncio.sleep(0.8)  # the provider is still waiting for its answer
-        stop.set()
-        await task
-        await chain.stop()
-        sampler.close()
-        return sampler.cycles
-    cycles = asyncio.run(go())
-    assert cycles >= 12, cycles  # 0.8 s / 0.05 s = 16 with nothing waiting on the network
+        try:
+            async with asyncio.timeout(15):
+                while fake.count("uk") == 0:  # until the request has reached the API
+                    clock.advance(1.0)
+                    await sampler.step()
+                before = sampler.cycles
+                for _ in range(20):
+                    clock.advance(1.0)
+                    await sampler.step()
+            assert sampler.cycles - before == 20
+            assert chain.states[0].reason == "not_yet"  # the answer is still outstanding
+            (series,) = sampler.snapshot.energy
+            assert series.joules == pytest.approx(10.0 * (sampler.cycles - 1))
+        finally:
+            await chain.stop()
+            sampler.close()
+    asyncio.run(go())
 
 
 # --- secrets -------------------------------------------------------------------------------------
@@ -343,7 +416,7 @@ def test_each_provider_states_its_basis(fake):
     assert fetch(build([{"type": "static", "value": 100}])[0]).intensity.basis == "unknown"
 
 
-def test_watttime_free_plan_reads_the_index_and_says_the_forecast_is_unavailable(fake):
+def test_watttime_free_plan_reads_the_index_and_says_the_forecast_is_unavailable(fake, timeline):
     fake.wt_plan = "free"
     provider = build([spec_for("wt", fake, region="PJM_DC")])[0]
     got = fetch(provider)
@@ -354,7 +427,7 @@ def test_watttime_free_plan_reads_the_index_and_says_the_forecast_is_unavailable
     fetch(provider)  # the next refresh does not ask for the forecast again
     assert sum(1 for api, _, path in fake.requests if path.endswith("/v3/forecast")) == forecasts
     # through the chain: up and ok (not auth), its index exported, the fallback in force
-    _, published = run_chain([build([spec_for("wt", fake, region="PJM_DC")])[0]], 0.4)
+    _, published = run_chain([build([spec_for("wt", fake, region="PJM_DC")])[0]], timeline)
     last = published[-1]
     (state,) = last.providers
     assert state.up and state.reason == "ok" and "HTTP 403" in state.detail

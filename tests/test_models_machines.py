@@ -12,8 +12,6 @@ derived here from the cited figures (exporter/data/README.md), at 0, 10, 50 and 
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from exporter.config import resolve
@@ -21,6 +19,7 @@ from exporter.sources import OK
 from exporter.sources.cpu_model import CpuModelSource
 from exporter.sources.dram_model import DramModelSource
 from tests.fixtures import ProcfsTree, dmi_tree
+from tests.harness import FakeClock
 
 TEADS = {0.0: 0.12, 0.1: 0.32, 0.5: 0.75, 1.0: 1.02}
 LOADS = (0.0, 0.1, 0.5, 1.0)
@@ -42,9 +41,11 @@ def machine(tmp_path, platform: str | None, **cpu):
 
 def watts_at(source: CpuModelSource, procfs: ProcfsTree, load: float) -> float:
     """Mean power the model counted over one interval at `load` (jiffies in /proc/stat)."""
+    if not isinstance(source.clock, FakeClock):
+        source.clock = FakeClock()  # as the sampler gives it one
     first = source.read()
     assert first.status.reason == OK, first.status
-    time.sleep(0.005)
+    source.clock.advance(1.0)
     busy = round(1000 * load)
     procfs.advance(busy, 1000 - busy)
     second = source.read()

@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,7 @@ from exporter.ledger import PLATFORM
 from exporter.sources import ABSENT, ERROR, OK, PERMISSION
 from exporter.sources.redfish import MAX_BACKOFF, RedfishSource
 from tests.certs import CertificateAuthority
-from tests.harness import ExporterProcess, free_port, require, wait_for
+from tests.harness import ExporterProcess, FakeClock, free_port, http_get, require, wait_for
 from tests.hwmon_fixtures import HwmonTree
 
 MOCKUP = Path(__file__).resolve().parent / "redfish" / "mockup"
@@ -232,18 +231,21 @@ def test_slow_bmc_does_not_block_a_read_and_failing_bmc_backs_off(bmc):
     server = bmc()
     source = RedfishSource(config(server.url, redfish__poll_interval="300ms",
                                   redfish__timeout="1s"))
+    clock = FakeClock()
+    source.clock = clock  # as the sampler does: the value's age is on it
     try:
         source.start()
         wait_for(lambda: source.read().readings, 10, "the first poll")
         server.pause()  # accepts connections, never answers
-        time.sleep(0.2)
-        started = time.perf_counter()
-        for _ in range(20):
-            result = source.read()
-        assert (time.perf_counter() - started) / 20 < 0.01  # the sampler's side never waits
+        # the sampler's side never waits: a read that asked the hung BMC itself would come
+        # back only after the 1 s timeout, and say so
+        results = [source.read() for _ in range(20)]
+        assert all(r.readings and "no answer" not in r.status.detail for r in results), \
+            results[-1].status
         # after max_age (3 polls) the old value is no longer used
-        wait_for(lambda: not source.read().readings, 10, "the stale value to be dropped")
+        clock.advance(source.max_age + 0.1)
         stale = source.read()
+        assert not stale.readings
         assert stale.status.reason == ERROR
         assert "old, not used" in stale.status.detail
         wait_for(lambda: "no answer within 1s" in source.read().status.detail, 10, "a timeout")
@@ -251,7 +253,8 @@ def test_slow_bmc_does_not_block_a_read_and_failing_bmc_backs_off(bmc):
         server.resume()
         server.stop()  # now gone altogether
         wait_for(lambda: "cannot reach" in source.read().status.detail, 15, "connection refused")
-        assert result.readings or result.status.reason == ERROR
+        gone = source.read()  # the old value stays out of use
+        assert not gone.readings and "cannot reach" in gone.status.detail
     finally:
         source.close()
 
@@ -278,9 +281,12 @@ def test_exporter_keeps_sampling_with_a_hung_bmc_and_the_total_follows_it_after(
                 if line.startswith("carbon_exporter_last_sample_timestamp_seconds "):
                     return float(line.split()[1])
             return 0.0
-        first = wait_for(sample_time, 10, "a first sample")
-        time.sleep(1.5)  # the hung BMC times out at least once meanwhile
-        assert sample_time() - first > 1.0  # cycles kept coming at 0.2 s
+        wait_for(sample_time, 10, "a first sample")
+        wait_for(lambda: b"no answer within 1s" in http_get(exporter.url + "/")[2], 10,
+                 "the BMC's timeout")
+        # cycles keep coming while the BMC hangs (10 s: a hang guard, not a speed bound)
+        hung_at = sample_time()
+        wait_for(lambda: sample_time() >= hung_at + 1.0, 10, "samples while the BMC hangs")
         body = exporter.metrics()
         assert 'carbon_exporter_collector_up{collector="redfish"' in body
         assert "carbon_platform_power_watts{" not in body  # nothing from the BMC yet
@@ -305,18 +311,22 @@ def test_exporter_keeps_sampling_with_a_hung_bmc_and_the_total_follows_it_after(
         # remainder evens it out: over a window the node's energy is the meter's
         assert 0.0 <= found[other] <= 374.0
 
-        def energies() -> tuple[float, float]:
-            node = meter = 0.0
+        def energies() -> tuple[float, float, float]:
+            """Node and meter energy, and the sample they are from (one scrape)."""
+            node = meter = at = 0.0
             for line in exporter.metrics().splitlines():
                 if line.startswith("carbon_energy_joules_total{"):
                     node += float(line.rsplit(" ", 1)[1])
                 if line.startswith("carbon_platform_energy_joules_total{"):
                     meter += float(line.rsplit(" ", 1)[1])
-            return node, meter
-        node_before, meter_before = energies()
-        time.sleep(4.0)
-        node_after, meter_after = energies()
-        assert meter_after - meter_before == pytest.approx(374.0 * 4.0, rel=0.15)
+                if line.startswith("carbon_exporter_last_sample_timestamp_seconds "):
+                    at = float(line.split()[1])
+            return node, meter, at
+        node_before, meter_before, before = energies()
+        node_after, meter_after, after = wait_for(
+            lambda: (e := energies())[2] >= before + 4.0 and e, 20, "4 s of samples")
+        # over the exporter's own sample times: a slow scrape does not count
+        assert meter_after - meter_before == pytest.approx(374.0 * (after - before), rel=0.1)
         # one late component sample (0.2 s x 300 W) is the most the two may differ by
         assert node_after - node_before == pytest.approx(meter_after - meter_before, abs=120.0)
     finally:

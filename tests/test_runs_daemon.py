@@ -26,7 +26,7 @@ from exporter.runs.scope import run_name, scope_name
 from exporter.runs.service import RunService
 from exporter.sampler import Sampler
 from tests.fixtures import ProcfsTree
-from tests.harness import ROOT, ExporterProcess, PrometheusServer, require, wait_for
+from tests.harness import ROOT, ExporterProcess, FakeClock, PrometheusServer, require, wait_for
 from tests.test_runs_embedded import BUSY, threads
 from tests.workload_fixtures import WorkloadTree
 
@@ -180,7 +180,8 @@ def test_v2_layout_run_scope_and_split_by_fixture(tmp_path):
                       "collector.rapl": False, "cpu_model.idle_watts": IDLE_W,
                       "cpu_model.max_watts": MAX_W, "attribution.cpu_idle_watts": IDLE_W},
                      None, environ={})
-    sampler = Sampler(build_sources(config), INTERVAL, static_intensity(config), 1.0)
+    clock = FakeClock()  # the sampler's: cycles an interval apart without waiting for it
+    sampler = Sampler(build_sources(config), INTERVAL, static_intensity(config), 1.0, clock=clock)
     assert isinstance(sampler.attribution, Attribution)
     socket_path = str(tmp_path / "runs.sock")
     service = RunService(sampler, socket_path, str(tmp_path / "sys" / "fs" / "cgroup"),
@@ -206,13 +207,13 @@ def test_v2_layout_run_scope_and_split_by_fixture(tmp_path):
         (tmp_path / "proc" / str(os.getpid()) / "cgroup").write_text(f"0::{path}\n")
         for _ in range(4):
             tree.advance({path: 2.0, "/system.slice/other.service": 1.0}, idle_seconds=5.0)
-            await asyncio.sleep(INTERVAL)
+            clock.advance(INTERVAL)
             await sampler.cycle()
         ending = asyncio.create_task(asyncio.to_thread(
             request, socket_path, {"op": "end", "run_id": answer["run_id"]}, 30.0))
         while not ending.done():  # the run's process is done: only the other one works
             tree.advance({"/system.slice/other.service": 1.0}, idle_seconds=5.0)
-            await asyncio.sleep(INTERVAL)
+            clock.advance(INTERVAL)
             await sampler.cycle()
         return path, await ending
 

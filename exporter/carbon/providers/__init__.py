@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 import logging
-from typing import TYPE_CHECKING, Any, Awaitable, ClassVar
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, ClassVar
 
 import aiohttp
 import yarl
@@ -157,6 +157,10 @@ class Provider(abc.ABC):
     summary: ClassVar[str] = ""  # what it reads (units), for the README's provider table
     kind = "average"
     live = True  # False for static/dataset: never aged, never fetched over the network
+    # The chain sets both to its own: monotonic seconds for the provider's timers (token
+    # lifetime, back-off), unix time for "now" against data timestamps.
+    clock: Callable[[], float] = staticmethod(time.monotonic)
+    wall: Callable[[], float] = staticmethod(time.time)
 
     def __init__(self, spec: ProviderSpec, zone: GridZone) -> None:
         self.spec = spec
@@ -199,7 +203,7 @@ class Provider(abc.ABC):
                                        allow_redirects=False) as response:
                     body = await response.read()
                     status = response.status
-                    retry_after = _retry_after(response.headers.get("Retry-After"))
+                    retry_after = _retry_after(response.headers.get("Retry-After"), self.wall())
                     location = response.headers.get("Location")
             except aiohttp.ClientError as exc:
                 raise ProviderError(UNREACHABLE, f"{type(exc).__name__}: {exc}") from None
@@ -235,8 +239,8 @@ def decode(status: int, body: bytes, retry_after: float | None, url: str) -> Any
         raise ProviderError(INVALID, f"malformed JSON from {path}: {exc}") from None
 
 
-def _retry_after(header: str | None) -> float | None:
-    """Retry-After in seconds (delta-seconds or an HTTP date)."""
+def _retry_after(header: str | None, now: float) -> float | None:
+    """Retry-After in seconds (delta-seconds, or an HTTP date against `now`, unix time)."""
     if not header:
         return None
     header = header.strip()
@@ -247,4 +251,4 @@ def _retry_after(header: str | None) -> float | None:
         when = parsedate_to_datetime(header)
     except (TypeError, ValueError):
         return None
-    return max(0.0, when.timestamp() - datetime.now(timezone.utc).timestamp())
+    return max(0.0, when.timestamp() - now)

@@ -4,6 +4,10 @@ last good value cached. The value in force is the first provider's, in configure
 whose cached value is younger than its max_age; after the list, the fallback (static
 --carbon.intensity or the bundled dataset), which never fails.
 
+Time comes in three injected parts (tests move them instead of sleeping): `clock`
+(monotonic: request durations, the providers' own timers), `wall` (unix time: values' ages,
+forecast windows) and `sleep` (the refresh, retry and tick timers).
+
 The chain only ever *publishes* a GridState (a plain assignment the sampler reads at its
 next cycle): sampling never waits on the network.
 """
@@ -15,7 +19,7 @@ import logging
 import random
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Awaitable, Callable
 
 import aiohttp
 
@@ -109,7 +113,13 @@ def build_providers(config) -> list[Provider]:
 
 class Chain:
     def __init__(self, providers: list[Provider], fallback: Intensity,
-                 publish: Callable[[GridState], None], tick: float = 1.0) -> None:
+                 publish: Callable[[GridState], None], tick: float = 1.0, *,
+                 clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+        self.clock, self.wall, self.sleep = clock, wall, sleep
+        for provider in providers:
+            provider.clock, provider.wall = clock, wall
         self.states = [_State(p) for p in providers]
         self.fallback = fallback
         self.publish = publish
@@ -126,6 +136,9 @@ class Chain:
                     previous: "Chain | None" = None) -> "Chain":
         chain = cls(build_providers(config), static_intensity(config), publish, tick)
         if previous is not None:
+            chain.clock, chain.wall, chain.sleep = previous.clock, previous.wall, previous.sleep
+            for state in chain.states:
+                state.provider.clock, state.provider.wall = previous.clock, previous.wall
             chain.observe = previous.observe  # keep cached values of providers that did not change
             old = {(s.provider.spec, s.provider.zone): s for s in previous.states}
             for state in chain.states:
@@ -138,7 +151,7 @@ class Chain:
     # --- selection ---------------------------------------------------------------------------
 
     def select(self, now: float | None = None) -> GridState:
-        now = time.time() if now is None else now
+        now = self.wall() if now is None else now
         chosen = next((s for s in self.states if s.fresh(now)), None)
         intensity = chosen.fetched.intensity if chosen and chosen.fetched and \
             chosen.fetched.intensity else self.fallback
@@ -196,7 +209,7 @@ class Chain:
         while True:
             state.attempts += 1
             assert self._session is not None  # start() opens it before any fetch
-            started, outcome = time.monotonic(), "error"  # "error": a provider bug raised
+            started, outcome = self.clock(), "error"  # "error": a provider bug raised
             try:
                 async with asyncio.timeout(spec.timeout):
                     fetched = await provider.fetch(self._session)
@@ -215,7 +228,7 @@ class Chain:
                 raise
             finally:
                 if self.observe is not None and outcome:
-                    self.observe(provider.name, outcome, time.monotonic() - started)
+                    self.observe(provider.name, outcome, self.clock() - started)
             if not error.retryable or attempt == spec.retries:
                 raise error
             delay = min(spec.refresh, spec.backoff * 2 ** attempt) * random.uniform(0.5, 1.5)
@@ -225,7 +238,7 @@ class Chain:
                 delay = max(delay, error.retry_after)
             log.debug("provider %s: %s (%s); retry %d in %.2f s", provider.name, error.reason,
                       error.detail, attempt + 1, delay)
-            await asyncio.sleep(delay)
+            await self.sleep(delay)
             attempt += 1
 
     async def _run(self, state: _State) -> None:
@@ -253,7 +266,8 @@ class Chain:
                 if exc.retry_after is not None:
                     delay = max(delay, exc.retry_after)
                 if previous != exc.reason:
-                    kept = (f"keeping its last value from {state.fetched.intensity.age():.0f} s ago"
+                    kept = (f"keeping its last value from "
+                            f"{state.fetched.intensity.age(self.wall()):.0f} s ago"
                             if state.fetched and state.fetched.intensity else "no value yet")
                     log.warning("provider %s: %s (%s); %s; next try in %g s", provider.name,
                                 exc.reason, exc.detail, kept, delay)
@@ -263,12 +277,12 @@ class Chain:
                 state.reason, state.detail = "error", redact(f"{type(exc).__name__}: {exc}")
                 log.exception("provider %s failed", provider.name)
             self._publish()
-            await asyncio.sleep(delay)
+            await self.sleep(delay)
 
     async def _ticker(self) -> None:
         """Re-select every tick: values age, forecasts slide, even when nothing is fetched."""
         while True:
-            await asyncio.sleep(self.tick)
+            await self.sleep(self.tick)
             self._publish()
 
     def start(self) -> None:

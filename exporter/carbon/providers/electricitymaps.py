@@ -12,7 +12,6 @@ token is never sent to another one.
 from __future__ import annotations
 
 import logging
-import time
 
 from exporter.carbon import DIRECT, LIFECYCLE, Intensity
 from exporter.carbon.providers import (
@@ -82,7 +81,7 @@ class ElectricityMaps(Provider):
         zone = latest.get("zone") if isinstance(latest.get("zone"), str) else self.zone_id
         basis = latest.get("emissionFactorType")
         basis = basis if basis in (LIFECYCLE, DIRECT) else self.basis
-        return Fetched(Intensity(grams, zone, self.name, "average", min(stamp, time.time()),
+        return Fetched(Intensity(grams, zone, self.name, "average", min(stamp, self.wall()),
                                  basis), forecast)
 
 

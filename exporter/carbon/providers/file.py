@@ -17,7 +17,6 @@ import csv
 import io
 import json
 import os
-import time
 
 from exporter.carbon import UNKNOWN, Intensity
 from exporter.carbon.providers import (
@@ -77,7 +76,7 @@ class FileProvider(Provider):
 
     async def fetch(self, session) -> Fetched:
         await asyncio.to_thread(self._load)
-        now = time.time()
+        now = self.wall()
         if self._profile is not None:
             hour_start = now - now % HOUR
             hour = int(hour_start // HOUR) % 24

@@ -9,7 +9,6 @@ unix seconds) and its age counts from there; otherwise from the fetch. An option
 
 from __future__ import annotations
 
-import time
 
 from exporter.carbon import UNKNOWN, Intensity
 from exporter.carbon.providers import (
@@ -66,7 +65,7 @@ class HttpJson(Provider):
         unit = dig(answer, self.unit_field, "answer") if self.unit_field else self.unit
         grams = check_grams(dig(answer, self.field, "answer"), self.field,
                             unit_factor(unit, self.unit_field or "unit"))
-        now = time.time()
+        now = self.wall()
         stamp = parse_time(dig(answer, self.time_field, "answer"), self.time_field) \
             if self.time_field else now
         return Fetched(Intensity(grams, self.zone_label, self.name, self.kind, min(stamp, now),

@@ -12,7 +12,6 @@ The `index` word (very low .. very high) is not used: the number is.
 from __future__ import annotations
 
 import logging
-import time
 from datetime import datetime, timezone
 
 from exporter.carbon import DIRECT, Intensity
@@ -65,10 +64,10 @@ class UkGrid(Provider):
             forecast = await self.forecast_or_keep(self._forecast(session))
         # direct CO2 from generation (the API's methodology), not lifecycle
         return Fetched(Intensity(grams, self.zone_label, self.name, "average",
-                                 min(stamp, time.time()), DIRECT), forecast)
+                                 min(stamp, self.wall()), DIRECT), forecast)
 
     async def _forecast(self, session) -> tuple[ForecastPoint, ...]:
-        start = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%MZ")
+        start = datetime.fromtimestamp(self.wall(), timezone.utc).strftime("%Y-%m-%dT%H:%MZ")
         if self.region is None:
             answer = await self.get_json(session, f"{self.base}/intensity/{start}/fw24h")
             items = dig(answer, "data", "forecast")

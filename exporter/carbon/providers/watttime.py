@@ -20,7 +20,6 @@ only every FORECAST_RECHECK_SECONDS (a plan can be upgraded). A 401 is bad crede
 from __future__ import annotations
 
 import base64
-import time
 
 from exporter.carbon import DIRECT, Intensity
 from exporter.carbon.providers import (
@@ -89,7 +88,7 @@ class WattTime(Provider):
         return f"{self.base} region {self.region}"
 
     async def _login(self, session) -> str:
-        if self._token and time.monotonic() < self._token_until:
+        if self._token and self.clock() < self._token_until:
             return self._token
         basic = base64.b64encode(
             f"{self.username.reveal()}:{self.password.reveal()}".encode()).decode()
@@ -99,7 +98,7 @@ class WattTime(Provider):
         if not isinstance(token, str) or not token:
             raise ProviderError(INVALID, "login answer has no token")
         Secret(token, short_lived=True)  # registers it for redaction
-        self._token, self._token_until = token, time.monotonic() + TOKEN_LIFETIME
+        self._token, self._token_until = token, self.clock() + TOKEN_LIFETIME
         return token
 
     async def _get(self, session, path: str) -> dict:
@@ -119,13 +118,13 @@ class WattTime(Provider):
 
     async def fetch(self, session) -> Fetched:
         answer = None
-        if time.monotonic() >= self._forecast_denied_until:
+        if self.clock() >= self._forecast_denied_until:
             try:
                 answer = await self._get(session, "/v3/forecast")
             except ProviderError as exc:
                 if exc.status != 403:
                     raise
-                self._forecast_denied_until = time.monotonic() + FORECAST_RECHECK_SECONDS
+                self._forecast_denied_until = self.clock() + FORECAST_RECHECK_SECONDS
         if answer is None:
             return await self._index_only(session)
         factor = unit_factor(dig(answer, "meta.units", "forecast"), "meta.units")
@@ -137,7 +136,7 @@ class WattTime(Provider):
                         for p in items)
         period = answer.get("meta", {}).get("data_point_period_seconds", 300)
         period = period if isinstance(period, (int, float)) and period > 0 else 300
-        now = time.time()
+        now = self.wall()
         current = [p for p in points if p[0] <= now] or points[:1]
         stamp, grams = current[-1]
         forecast = tuple(ForecastPoint(start, start + period, g) for start, g in points) \
@@ -164,4 +163,4 @@ class WattTime(Provider):
         index = await self._index(session)
         if index is None:
             raise ProviderError(NO_DATA, note)
-        return Fetched(None, (), index, zone=self.region, note=note)
+        return Fetched(None, (), index, zone=self.region, note=note, at=self.wall())
