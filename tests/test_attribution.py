@@ -231,14 +231,24 @@ def test_procfs_listing_runs_when_processes_were_forked_or_every_n_samples(tmp_p
     obs = reader.read()
     assert obs.listed and "/system.slice/b.service" in obs.usage
     assert {str(p) for p in pids} <= reader.pids.keys()
-    # ended without a fork (a.service keeps running): remembered until a full listing
+    # ended without a fork (a.service keeps running): remembered until the next full
+    # listing, FULL_LISTING_SAMPLES after the first (past their second look)
+    for _ in range(SECOND_LOOK_SAMPLES):
+        reader.read()
     tree.exit(pids)
-    for _ in range(FULL_LISTING_SAMPLES - 1):
+    while reader.samples < FULL_LISTING_SAMPLES:
         obs = reader.read()
-        assert not obs.listed
+        assert not obs.listed and "/system.slice/b.service" in obs.usage
     obs = reader.read()
     assert obs.listed and "/system.slice/b.service" not in obs.usage
     assert not {str(p) for p in pids} & reader.pids.keys()
+    # a fork and an exit between two samples: the listing sees both (against the last one)
+    [gone] = tree.add("/system.slice/c.service", processes=1)
+    reader.read()
+    [born] = tree.add("/system.slice/c.service", processes=1)
+    tree.exit([gone])
+    obs = reader.read()
+    assert obs.listed and str(born) in reader.pids and str(gone) not in reader.pids
 
 
 def test_forks_count_is_parsed_from_a_large_proc_stat(tmp_path):

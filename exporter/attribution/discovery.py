@@ -39,6 +39,8 @@ import re
 import resource
 import time
 from dataclasses import dataclass, field
+from itertools import repeat
+from operator import truediv
 
 from exporter.attribution.cgroups import (
     V2,
@@ -138,7 +140,8 @@ class WorkloadReader:
         self.recheck_due = 0.0  # pids of the rotation owed (a fraction carries over)
         self.samples = 0
         self.forks = -1  # /proc/stat's forks count at the last listing
-        self.listed_at = 0  # the sample of the last listing
+        self.listing: set[str] = set()  # the names in the last listing of <procfs>
+        self.full_at = 0  # the sample of the last full listing (0: none yet)
         # the workloads: replaced (never changed in place) when the cgroups in use change
         self.workloads: dict[str, Identity] = {}
         self.nested: dict[str, tuple[str, ...]] = {}
@@ -215,9 +218,10 @@ class WorkloadReader:
         except (OSError, ValueError) as exc:
             obs.problems.append(f"{self.procfs}/stat: {exc}")
         # forks are read before the listing: a process made after it moves the count on
-        if forks < 0 or forks != self.forks or self.samples - self.listed_at >= FULL_LISTING_SAMPLES:
-            self._list(obs, first=self.listed_at == 0)
-            self.forks, self.listed_at = forks, self.samples
+        full = not self.full_at or self.samples - self.full_at >= FULL_LISTING_SAMPLES
+        if full or forks < 0 or forks != self.forks:
+            if self._list(obs, full):
+                self.forks = forks
         self._recheck(obs)
         if self.per_process:
             for pid, proc in list(self.pids.items()):
@@ -239,25 +243,41 @@ class WorkloadReader:
             self._map_gpu_pids(obs)
         return obs
 
-    def _list(self, obs: Observation, first: bool) -> None:
+    def _list(self, obs: Observation, full: bool) -> bool:
+        """List <procfs>: against the previous listing (only the names that came or went are
+        looked at), or in full (every name against the known pids: processes whose read
+        failed are tried again)."""
         try:
             current = set(os.listdir(self.procfs))
         except OSError as exc:
             obs.problems.append(f"{self.procfs}: {exc.strerror}")
-            return  # keep what is known rather than forget every process
+            return False  # keep what is known rather than forget every process
         obs.listed = True
-        current -= self.not_pids
         pids = self.pids
-        for pid in pids.keys() - current:
-            self._set(pid, None)
+        first = not self.full_at
+        if full:
+            self.full_at = self.samples
+            went = pids.keys() - current
+            came = current - pids.keys() - self.not_pids
+        else:
+            changed = current ^ self.listing
+            went = changed - current
+            came = changed & current
+        self.listing = current
+        for pid in went:
+            if pid in pids:
+                self._set(pid, None)
         due = self.samples + SECOND_LOOK_SAMPLES
-        for pid in current - pids.keys():
+        for pid in came:
+            if pid in pids or pid in self.not_pids:
+                continue
             if not pid.isdigit():
                 self.not_pids.add(pid)
                 continue
             self._set(pid, self._read_pid(pid, obs))
             if not first and pid in pids:
                 self.second_look.append((due, pid))
+        return True
 
     def _recheck(self, obs: Observation) -> None:
         pids = self.pids
@@ -357,10 +377,9 @@ class WorkloadReader:
         counters = self.counters
         usage = obs.usage
         values: list[bytes] = []
-        if -1 not in counters.values():  # all held: one pread each, then one parse of all
-            try:
-                pread = os.pread
-                chunks = [pread(fd, _COUNTER_BYTES, 0) for fd in counters.values()]
+        if self.held == len(counters):  # all held: one pread each, then one parse of all
+            try:  # map() over builtins: no Python-level step per counter
+                chunks = list(map(os.pread, counters.values(), repeat(_COUNTER_BYTES), repeat(0)))
                 obs.counter_reads += len(chunks)
                 # a kernel counter file holds its value once: one match per file, in order
                 values = (_V2_VALUE if v2 else _V1_VALUE).findall(b"".join(chunks))
@@ -368,7 +387,7 @@ class WorkloadReader:
                 pass
         divisor = 1e6 if v2 else 1e9
         if len(values) == len(counters):
-            usage.update(zip(counters, [int(value) / divisor for value in values]))
+            usage.update(zip(counters, map(truediv, map(int, values), repeat(divisor))))
             failed = []
         else:
             failed = self._read_one_by_one(obs, v2, divisor)
