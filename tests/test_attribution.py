@@ -207,6 +207,38 @@ def test_cpu_split_is_conserved_every_sample_over_hundreds_of_processes(tmp_path
     assert kinds >= {"container", "unit", "job", "idle", "other"}
 
 
+def test_cpu_split_without_nesting_gives_each_workload_its_share(tmp_path):
+    """The usual case (no workload inside another, the same workloads read in full each
+    sample) pairs the counters as lists: each workload still gets exactly its share."""
+    tree = build_tree(tmp_path, "v2", write_pid_stats=False)
+    leaves = [f"/system.slice/s{n}.service" for n in range(12)] + [
+        container_cgroup(n) for n in range(1, 9)]
+    for leaf in leaves:
+        tree.add(leaf, processes=2)
+    attribution = Attribution(make_config(tmp_path, attribution__cpu_idle_watts=10.0))
+    attribution.account(attribution.read(), [], 0.0)
+    rng = random.Random(3)
+    expected: dict[str, float] = {}
+    for sample in range(1, 6):
+        given = {leaf: rng.choice([0, 0.1, 0.25, 0.5]) for leaf in leaves}
+        tree.advance(given, outside_seconds=0.3)
+        result = attribution.read()
+        assert result.observation.order is not None
+        split = attribution.account(result, counted_cpu(110.0), float(sample))
+        assert_conserved(split)
+        denominator = max(sum(round(v * 100) for v in given.values()) / 100 + 0.3,
+                          sum(given.values()))
+        for leaf, seconds in given.items():
+            expected[leaf] = expected.get(leaf, 0.0) + 100.0 * seconds / denominator
+    series = totals(attribution)
+    for n in range(12):
+        leaf = f"/system.slice/s{n}.service"
+        assert series.get(("unit", "", "", "", f"s{n}.service", ""), 0.0) == \
+            pytest.approx(expected[leaf])
+    pod3 = ("container", "", pod_uid(3), container_id(3)[:12], "", "")
+    assert series.get(pod3, 0.0) == pytest.approx(expected[container_cgroup(3)])
+
+
 def test_reads_each_cgroup_file_at_most_once_per_sample(tmp_path):
     tree = build_tree(tmp_path, "v2", write_pid_stats=False)
     populate(tree)

@@ -1,12 +1,14 @@
-"""One blocking read per sample of everything the split needs, in the attribution worker.
+"""One blocking read per sample of everything the split needs, in the sampler's thread.
 
 Cost model (bench/bench_attribution.py measures it), per sample:
   - <procfs>/stat once (shared with the CPU model: one parse per cycle). Its "processes"
     line counts forks since boot (proc(5)); while it has not moved since the last listing no
     process can have appeared, so listdir(<procfs>), the only step that grows with the number
-    of processes, is skipped. It runs when the count moved, and at least every
-    FULL_LISTING_SAMPLES samples to forget processes that ended (an ended process only keeps
-    its cgroup "in use" a little longer: its counter stops moving);
+    of processes, is skipped. It runs when the count moved (then only the names that came or
+    went since the previous listing are looked at), and in full every FULL_LISTING_SAMPLES
+    samples, which also forgets processes that ended without a fork after them (an ended
+    process only keeps its cgroup "in use" a little longer: its counter stops moving). A pid
+    reused between two listings keeps its old cgroup until the rotation below reads it;
   - <procfs>/<pid>/cgroup for pids not seen before, once more SECOND_LOOK_SAMPLES samples
     later (container runtimes fork, then move the child into the container's cgroup), for
     pids in recheck_now (exporter.runs moves a pid and says so), and for a rotating
@@ -17,7 +19,7 @@ Cost model (bench/bench_attribution.py measures it), per sample:
     pread() at offset 0 on a descriptor kept open while the workload lives (up to a cap of
     descriptors, beyond which a counter is opened, read and closed each sample).
 So no cgroup file is read more than once per sample, and in steady state the cost grows
-with the number of workloads, not with the number of processes.
+with the number of workloads (and the rotation's 1/RECHECK_SAMPLES of the processes).
 
 Why a held descriptor sees fresh values: cgroup files are kernfs seq_files, and procfs
 files seq_files too. seq_open() notes that "seq_files support lseek() and pread()", and
@@ -96,6 +98,10 @@ class Observation:
     counter_reads: int = 0  # cgroup counter files read in this sample
     pid_reads: int = 0  # procfs per-pid files read in this sample
     listed: bool = False  # listdir(<procfs>) ran in this sample
+    # usage again as a list in the reader's order of workloads, when every counter was read;
+    # the same tuple object while that order stays, so deltas can pair lists instead of keys
+    order: tuple[str, ...] | None = None
+    seconds: list[float] = field(default_factory=list)
 
 
 def fd_budget(raise_limit: bool = False) -> int:
@@ -149,6 +155,7 @@ class WorkloadReader:
         self.comms: dict[str, set[str]] = {}
         self.comms_changed = True
         self.counters: dict[str, int] = {}  # workload cgroup -> held counter fd, -1: none held
+        self.order: tuple[str, ...] | None = None  # the counters' keys while they stay
         self.held = 0
         # None: derived from RLIMIT_NOFILE, raised once when more workloads than that appear
         self.max_held = fd_budget() if max_held_fds is None else max_held_fds
@@ -319,6 +326,7 @@ class WorkloadReader:
             self._close(root)
         for root in roots.keys() - self.counters.keys():
             self.counters[root] = self._open(root)
+        self.order = None
         self.workloads = roots
         nested: dict[str, tuple[str, ...]] = {}
         for root in roots:
@@ -366,6 +374,7 @@ class WorkloadReader:
 
     def _close(self, root: str) -> None:
         fd = self.counters.pop(root, -1)
+        self.order = None
         if fd >= 0:
             os.close(fd)
             self.held -= 1
@@ -387,7 +396,11 @@ class WorkloadReader:
                 pass
         divisor = 1e6 if v2 else 1e9
         if len(values) == len(counters):
-            usage.update(zip(counters, map(truediv, map(int, values), repeat(divisor))))
+            seconds = list(map(truediv, map(int, values), repeat(divisor)))
+            usage.update(zip(counters, seconds))
+            if self.order is None:
+                self.order = tuple(counters)
+            obs.order, obs.seconds = self.order, seconds
             failed = []
         else:
             failed = self._read_one_by_one(obs, v2, divisor)
