@@ -213,10 +213,11 @@ class Daemon:
         self.intensity = intensity
         old, self.chain = self.chain, chain
         asyncio.get_running_loop().create_task(self._swap_chain(old, chain))
-        if self.sampler.embodied is not None:
-            self.sampler.embodied.configure(new)
-        self.sampler.pue = new.carbon_pue
-        self.sampler.power_budget = new.power_budget_watts
+        with self.sampler.lock:  # between two cycles' publishing, never in the middle of one
+            if self.sampler.embodied is not None:
+                self.sampler.embodied.configure(new)
+            self.sampler.pue = new.carbon_pue
+            self.sampler.power_budget = new.power_budget_watts
         for source in self.sampler.sources:
             source.configure(new)
         logging.getLogger().setLevel(_LEVELS[new.log_level])

@@ -73,7 +73,8 @@ class Landing:
         self._last_stamp = self.started
 
     def record(self, sample: Sample) -> None:
-        """Called once per sample (a Sampler listener): one comparison and one append. The
+        """Called once per sample in the sampler thread (a Sampler listener): one comparison
+        and one append. The
         sampler passes the sums the page needs (a Sample), so no Snapshot is built for it."""
         totals = (sample.joules, sample.grams, sample.embodied_grams)
         day = time.localtime(sample.timestamp)[:3]
@@ -140,7 +141,8 @@ class Landing:
                            f"{p.value.kind}, {getattr(p.value, 'basis', '')}".strip(", "),
                            "in_force": p.in_force}
                           for p in (grid.providers if grid is not None else ())],
-            "chart": [[p.timestamp, dict(p.watts), p.grams_per_second] for p in self.ring],
+            # list(): one C-level copy, atomic against the sampler thread's append
+            "chart": [[p.timestamp, dict(p.watts), p.grams_per_second] for p in list(self.ring)],
         }
 
     def fragment(self, snap: Snapshot) -> str:

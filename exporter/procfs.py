@@ -27,6 +27,9 @@ class CpuTimes:
     at: float  # monotonic time of the read
     busy: float  # CPU seconds, all CPUs: user, nice, system, irq, softirq (guest is in user)
     total: float  # busy + idle + iowait (steal is time the hypervisor gave to others)
+    # the "processes" line: forks since boot (proc(5)); unchanged since an earlier read means
+    # no process was created in between (attribution then skips listing <procfs>). -1: absent
+    forks: int = -1
 
 
 def begin_cycle() -> None:
@@ -49,6 +52,31 @@ def read_file(path: str, size: int = 8192) -> bytes:
         os.close(fd)
 
 
+def read_all(path: str, size: int = 65536) -> bytes:
+    """The whole file: /proc/stat's "processes" line comes after one line per CPU and the
+    interrupt counts, tens of KiB on a large machine (the kernel builds it in one go)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        chunks = [os.read(fd, size)]
+        while chunks[-1]:  # a read may return less than asked before the end
+            chunks.append(os.read(fd, size))
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def parse_forks(data: bytes) -> int:
+    """The forks-since-boot counter from /proc/stat's "processes" line; -1 when absent."""
+    at = data.find(b"\nprocesses ")
+    if at < 0:
+        return -1
+    end = data.find(b"\n", at + 11)
+    try:
+        return int(data[at + 11:end if end >= 0 else len(data)])
+    except ValueError:
+        return -1
+
+
 def parse_cpu_line(data: bytes) -> tuple[float, float]:
     """(busy, total) CPU seconds from /proc/stat's first line."""
     fields = data.split(b"\n", 1)[0].split()
@@ -69,10 +97,10 @@ def cpu_times(procfs: str, clock: Callable[[], float] = time.monotonic) -> CpuTi
             hit = _cache.get(path)
         if hit is not None and hit[0] == cycle:
             return hit[1]
-    data = read_file(path)
+    data = read_all(path)
     at = clock()  # when the times were obtained (a slow open must not skew them)
     busy, total = parse_cpu_line(data)
-    times = CpuTimes(at, busy, total)
+    times = CpuTimes(at, busy, total, parse_forks(data))
     if cycle:
         with _lock:
             _cache[path] = (cycle, times)

@@ -1,25 +1,26 @@
 """The sampling clock: reads every source on --sample.interval, feeds the ledger and publishes
 an immutable Snapshot that scrapes render. Scrapes never wait on hardware.
 
-Reads run off the event loop in one worker thread per lane (`Source.lane`), each reading its
-sources one after the other. The sources that call NVML (the GPUs, and attribution's GPU
-process queries) share the "nvml" lane, so a wedged driver stalls only them; the kernel
-pseudo-file readers share the "host" lane. Models go last in their lane and run only after
-every measured source of every lane has read (or a deadline passed), so they stand aside
-for a component measured anywhere. One thread hand-off per lane and cycle, instead of one
-per source, keeps a cycle cheap. A read still running after one interval is reported as an
-error; its result, when it comes, is used at the next cycle (counters make late readings
-harmless). Nothing here names a source: roles, lanes and what a source provides are its
-own declarations (exporter.sources).
+The sampler is a thread with its own clock: the event loop only serves HTTP and never wakes
+for sampling. A scrape builds the snapshot of the last cycle (at most once per cycle) under
+the sampler's lock, so it never sees a cycle half-published.
+
+A cycle reads every source in the sampler thread, one after the other: measured sources,
+then the observer (attribution), then models, so a model stands aside for a component any
+measured source covered. No thread hand-off per cycle: one thread wakes per interval (this
+one; the watchdog's look once per interval is the other wake-up). A read that can stall (a
+wedged driver, an ACPI meter, a FIFO nobody writes) must not hold up the rest: the watchdog
+finds a read running for longer than an interval, sets that source aside and starts a fresh
+sampler thread that goes on without it; the stalled read's result, when it comes, is
+counted at the next cycle (counters make late readings harmless). Nothing here names a
+source: roles and what a source provides are its own declarations (exporter.sources).
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import dataclasses
 import logging
-import queue
 import threading
 import time
 from dataclasses import dataclass, field
@@ -102,46 +103,6 @@ class Sample:
     grams_per_second: float | None
 
 
-class _Coverage:
-    """Which components measured sources covered in one cycle, across lanes.
-
-    Each lane reports after its measured sources and before its models; a lane's models wait
-    (until a deadline) for every other lane's report, so a model stands aside for a component
-    measured on any lane. A component that no read covered this cycle (its counter vanished,
-    or the lane stalled) is *held* for the hand-over time after its last read: a counter that
-    comes back bridges the gap itself, so the model must not fill it (that would count the
-    energy twice). After that the model takes over (see sources.Covered).
-    """
-
-    def __init__(self, lanes: set[str], seen: dict[str, float], takeover: float,
-                 lock: threading.Condition, clock: Callable[[], float]) -> None:
-        self._lock = lock  # the sampler's: a late lane of an earlier cycle reports under it too
-        self._waiting = set(lanes)
-        self._seen = seen  # component -> when a measured read last covered it
-        self._fresh: set[str] = set()  # covered by a read of this cycle
-        self._takeover = takeover
-        self._clock = clock
-
-    def report(self, lane: str, covered: dict[str, frozenset[str]]) -> None:
-        with self._lock:
-            now = self._clock()
-            for components in covered.values():
-                self._fresh.update(components)
-                for component in components:
-                    self._seen[component] = now
-            self._waiting.discard(lane)
-            self._lock.notify_all()
-
-    def wait(self, deadline: float) -> Covered:
-        with self._lock:
-            self._lock.wait_for(lambda: not self._waiting,
-                                timeout=max(0.0, deadline - self._clock()))
-            now = self._clock()
-            held = {c for c, at in self._seen.items()
-                    if c not in self._fresh and now - at <= self._takeover}
-            return Covered(self._fresh, held)
-
-
 @dataclass(slots=True)
 class _Worker:
     """Bookkeeping of one source: its last status and the time its reads took."""
@@ -166,69 +127,6 @@ class _Published:
     newest: float | None  # the newest reading's time: where the peak window ends
 
 
-class _Job:
-    """One cycle's reads of one lane, filled in by the lane's thread as it goes."""
-
-    def __init__(self, workers: list[_Worker], coverage: _Coverage, deadline: float,
-                 started: float) -> None:
-        self.workers = workers
-        self.coverage = coverage
-        self.deadline = deadline
-        self.started = started
-        self.lock = threading.Lock()  # current and abandoned change together
-        self.results: dict[int, tuple[SourceResult, float]] = {}  # index in workers -> result
-        self.recorded: set[int] = set()
-        self.current: int | None = None  # index of the worker being read
-        self.abandoned = False  # the sampler set it aside: start no further read
-        self.done: concurrent.futures.Future[None] = concurrent.futures.Future()
-
-    def abandon(self) -> _Worker | None:
-        """If a read is running: start no further one, and return its worker."""
-        with self.lock:
-            index = self.current
-            if index is None or index in self.results:
-                return None  # between two reads: it finishes on its own
-            self.abandoned = True
-            return self.workers[index]
-
-
-class _LaneThread(threading.Thread):
-    """A daemon thread that runs a lane's jobs. Daemon: a read that never returns (a wedged
-    driver, a FIFO nobody writes) must not keep the process from exiting on SIGTERM."""
-
-    def __init__(self, lane: str, clock: Callable[[], float]) -> None:
-        super().__init__(name=f"collector-{lane}", daemon=True)
-        self.lane = lane
-        self.clock = clock
-        self.jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self.start()
-
-    def run(self) -> None:
-        while (job := self.jobs.get()) is not None:
-            try:
-                _read_lane(self.lane, job, self.clock)
-            finally:
-                job.done.set_result(None)
-            if job.abandoned:
-                return  # a fresh thread has taken the lane over
-
-
-@dataclass(slots=True)
-class _Lane:
-    """A lane: the sources read one after the other in one thread (measured and observers,
-    then models). A source whose read outlives a cycle is set aside (stuck) and the lane
-    goes on in a fresh thread without it, so one stalled read holds up nothing else."""
-
-    name: str
-    workers: list[_Worker]
-    thread: _LaneThread
-    pending: _Job | None = None
-
-    @property
-    def measures(self) -> bool:
-        return any(w.source.role != MODEL for w in self.workers)
-
-
 def _timed_read(source: Source, covered: frozenset[str]) -> tuple[SourceResult, float]:
     started = time.perf_counter()
     try:
@@ -239,30 +137,26 @@ def _timed_read(source: Source, covered: frozenset[str]) -> tuple[SourceResult, 
     return result, time.perf_counter() - started
 
 
-def _read_lane(lane: str, job: _Job, clock: Callable[[], float]) -> None:
-    """Runs in the lane's thread: each source once, models last, after every measured source
-    of every lane (or the deadline)."""
-    covered: dict[str, frozenset[str]] = {}
-    reported = False
-    for index, worker in enumerate(job.workers):
-        source = worker.source
-        if source.role == MODEL and not reported:
-            job.coverage.report(lane, covered)
-            reported = True
-        with job.lock:
-            if job.abandoned:
-                break
-            job.current = index
-        result = _timed_read(
-            source, job.coverage.wait(job.deadline) if source.role == MODEL else frozenset())
-        job.results[index] = result
-        if source.role == MEASURED:
-            covered[source.name] = frozenset(r.component for r in result[0].readings if r.component)
-    if not reported:
-        job.coverage.report(lane, covered)
+class _Reader:
+    """One sampler thread's claim to the sources. The watchdog abandons it when a read of it
+    outlives an interval: the stalled source is set aside and a fresh thread samples on; the
+    stalled read, when it returns, is handed to the next cycle (counters make it harmless)."""
+
+    def __init__(self) -> None:
+        self.abandoned = False
+        self.current: tuple[_Worker, float] | None = None  # (worker, monotonic start of its read)
 
 
 _ROLE_ORDER = {MEASURED: 0, OBSERVER: 1, MODEL: 2}
+
+
+def _settle(future: asyncio.Future[bool], outcome: bool | BaseException) -> None:
+    if future.done():
+        return
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
 
 
 class Sampler:
@@ -283,34 +177,39 @@ class Sampler:
         if len(observers) > 1:
             raise ValueError("at most one observer source (attribution)")
         self.attribution = cast("Attribution | None", observers[0] if observers else None)
-        lanes: dict[str, list[Source]] = {}
-        for source in sorted(sources, key=lambda s: _ROLE_ORDER[s.role]):  # stable: keeps order
-            lanes.setdefault(source.lane, []).append(source)
-        self.lanes = [_Lane(name, [_Worker(s) for s in members], _LaneThread(name, clock))
-                      for name, members in lanes.items()]
-        self._stuck: list[_Job] = []  # jobs set aside with a read still running
+        # measured sources, then the observer, then models: a model reads after every
+        # measured source, so it stands aside for a component measured by any of them
+        self.workers = [_Worker(s) for s in sorted(sources, key=lambda s: _ROLE_ORDER[s.role])]
+        self._guard = threading.Lock()  # a reader's current read, abandonment and late results
+        self._reader = _Reader()
+        self._late: list[tuple[_Worker, SourceResult, float]] = []  # stalled reads, returned
         self._seen: dict[str, float] = {}  # component -> when a measured read last covered it
         # component -> (where a model began counting it, where it stopped; None: counting)
         self._modelled: dict[str, tuple[float, float | None]] = {}
-        self._coverage_lock = threading.Condition()
         self._gpus: dict[str, tuple[GpuInfo, ...]] = {}  # GPU_INFO source -> its GPUs
         self.gpus: tuple[GpuInfo, ...] = ()
         self.grid: GridState | None = None  # set by the provider chain, read at each cycle
         self.embodied: Embodied | None = None  # set by the daemon
         # The snapshot of the last cycle is built when first asked for (a scrape), at most once
         # per cycle; a cycle nobody scrapes builds none. What it shows changes only in
-        # _publish, on the event loop like the scrapes, so building it later reads the same.
+        # _publish, under self.lock like the snapshot's build, so building it later reads the same.
         self._snapshot: Snapshot | None = Snapshot(timestamp=None, intensity=intensity, pue=pue)
         self._published: _Published | None = None
-        # called with each cycle's Sample, on the event loop; must be cheap (the landing page's
-        # ring of recent samples). A Sample, not a Snapshot: the snapshot stays lazy.
+        # called with each cycle's Sample, in the sampler thread; must be cheap and
+        # thread-safe (the landing page's ring of recent samples). A Sample, not a Snapshot:
+        # the snapshot stays lazy.
         self.listeners: list[Callable[[Sample], None]] = []
         self.cycles = 0
         self.last_cycle_at: float | None = None
-
-    @property
-    def workers(self) -> list[_Worker]:
-        return [w for lane in self.lanes for w in lane.workers]
+        # held while a cycle publishes and while a scrape builds the snapshot; others that
+        # change what a cycle reads (a reload, the run socket) take it too
+        self.lock = threading.RLock()
+        self._thread: threading.Thread | None = None
+        self._watchdog: threading.Thread | None = None
+        self._halt = threading.Event()
+        self._final = False
+        self.first_cycle = threading.Event()  # set when the sampler thread's first cycle ended
+        self.failed: Exception | None = None  # what before_first raised
 
     @property
     def sources(self) -> list[Source]:
@@ -326,72 +225,135 @@ class Sampler:
             log.log(level, "collector %s: %s%s", worker.source.name, result.status.reason,
                     f" ({result.status.detail})" if result.status.detail else "")
 
-    async def step(self) -> None:
-        """One sample cycle: read every lane, feed the ledger, publish."""
+    def _read(self, reader: _Reader, worker: _Worker,
+              covered: frozenset[str]) -> tuple[SourceResult, float] | None:
+        """One source's read in a sampler thread; None once the watchdog abandoned the thread."""
+        with self._guard:
+            if reader.abandoned:
+                return None
+            reader.current = (worker, time.monotonic())
+        result = _timed_read(worker.source, covered)
+        with self._guard:
+            reader.current = None
+            if reader.abandoned:  # this read was set aside as stalled: the next cycle takes it
+                self._late.append((worker, *result))
+                return None
+        return result
+
+    def _step(self, reader: _Reader | None = None) -> bool:
+        """One sample cycle in the calling thread (the sampler's): every source once, in
+        order, feed the ledger, publish. False when the watchdog abandoned this thread."""
+        reader = reader or self._reader
         readings: list[Reading] = []
-        now = self.clock()
+        observed: SourceResult | None = None
         procfs.begin_cycle()
-        idle = [lane for lane in self.lanes if lane.pending is None]
-        coverage = _Coverage({lane.name for lane in idle if lane.measures}, self._seen,
-                             self.takeover, self._coverage_lock, self.clock)
-        deadline = now + self.interval / 2  # models wait at most this long for measured lanes
-        for lane in idle:
-            ready = [w for w in lane.workers if w.stuck_since is None]
-            if ready:
-                lane.pending = _Job(ready, coverage, deadline, now)
-                lane.thread.jobs.put(lane.pending)
-        waiting = [asyncio.wrap_future(job.done) for job in
-                   [lane.pending for lane in self.lanes if lane.pending is not None] + self._stuck]
-        if waiting:
-            await asyncio.wait(waiting, timeout=self.interval)
-        observed: list[SourceResult] = []
-        for lane in self.lanes:
-            job = lane.pending
-            if job is None:
-                continue
-            if not job.done.done():
-                stuck = job.abandon()
-                if stuck is None:
-                    continue  # between two reads (a model waiting for coverage): nearly done
-                # set the stalled source aside; the rest of the lane goes on without it
-                stuck.stuck_since = job.started
-                self._stuck.append(job)
-                lane.thread = _LaneThread(lane.name, self.clock)
-            lane.pending = None
-            self._take(job, readings, observed)
-        for job in list(self._stuck):
-            if job.done.done():  # the stalled read came back: its counters are late, not wrong
-                self._stuck.remove(job)
-                self._take(job, readings, observed)
-                for worker in job.workers:
-                    worker.stuck_since = None
-        for worker in self.workers:
-            if worker.stuck_since is not None:
-                self._record(worker, SourceResult(Status(
-                    ERROR, f"read still running after {self.clock() - worker.stuck_since:.1f} s")),
-                    0.0)
-        procfs.end_cycle()
-        self.gpus = tuple(gpu for gpus in self._gpus.values() for gpu in gpus)
-        self._publish(readings, observed[-1] if observed else None)
+        try:
+            with self._guard:
+                late, self._late = self._late, []
+            for worker, result, duration in late:  # stalled reads that came back
+                worker.stuck_since = None
+                observed = self._take(worker, result, duration, readings) or observed
+            fresh: set[str] = set()
+            covered: Covered | None = None
+            for worker in self.workers:
+                source = worker.source
+                if worker.stuck_since is not None:
+                    self._record(worker, SourceResult(Status(
+                        ERROR, f"read still running after {self.clock() - worker.stuck_since:.1f} s")),
+                        0.0)
+                    continue
+                if source.role == MODEL and covered is None:
+                    covered = self._covered(fresh)
+                taken = self._read(reader, worker,
+                                   covered if source.role == MODEL and covered is not None
+                                   else frozenset())
+                if taken is None:
+                    return False
+                result, duration = taken
+                if source.role == MEASURED:
+                    fresh.update(r.component for r in result.readings if r.component)
+                observed = self._take(worker, result, duration, readings) or observed
+            if covered is None:
+                self._covered(fresh)  # remember when each component was last measured
+        finally:
+            procfs.end_cycle()
+        with self.lock:
+            with self._guard:
+                if reader.abandoned:
+                    return False
+            self.gpus = tuple(gpu for gpus in self._gpus.values() for gpu in gpus)
+            self._publish(readings, observed)
+        self._notify()
+        return True
+
+    def _covered(self, fresh: set[str]) -> Covered:
+        """What the models are handed: components measured this cycle, and those measured
+        within the hand-over time (held: their counter bridges the gap when it comes back)."""
+        now = self.clock()
+        for component in fresh:
+            self._seen[component] = now
+        held = {c for c, at in self._seen.items()
+                if c not in fresh and now - at <= self.takeover}
+        return Covered(fresh, held)
+
+    def watch(self) -> None:
+        """The watchdog's check: a read running for longer than an interval is set aside,
+        and a fresh sampler thread goes on without it (its lane-mates, the models, the
+        publishing are not held up). Called by the watchdog thread, or by step()."""
+        with self._guard:
+            current = self._reader.current
+            if current is None or time.monotonic() - current[1] < self.interval:
+                return
+            worker, started = current
+            self._reader.abandoned = True
+            self._reader = _Reader()
+            worker.stuck_since = self.clock() - (time.monotonic() - started)
+        log.warning("collector %s: read still running after %.1f s; set aside, sampling goes on",
+                    worker.source.name, time.monotonic() - started)
+        if self._thread is not None and not self._halt.is_set():
+            self._spawn()
+
+    async def step(self) -> None:
+        """One sample cycle from the event loop (tests, one-shot tools), in a thread of its
+        own as in the daemon, so the loop stays free; a read that outlives an interval is set
+        aside as the watchdog would, and the cycle is taken again without it."""
+        loop = asyncio.get_running_loop()
+        while True:
+            reader = self._reader
+            done: asyncio.Future[bool] = loop.create_future()
+
+            def cycle(reader: _Reader = reader, done: asyncio.Future[bool] = done) -> None:
+                try:
+                    outcome: bool | BaseException = self._step(reader)
+                except BaseException as exc:  # raised by step(), as a cycle on the loop would
+                    outcome = exc
+                loop.call_soon_threadsafe(_settle, done, outcome)
+
+            threading.Thread(target=cycle, name="sampler-step", daemon=True).start()
+            while not done.done():
+                try:
+                    await asyncio.wait_for(asyncio.shield(done), timeout=self.interval / 4)
+                except TimeoutError:
+                    self.watch()
+                    if reader.abandoned:
+                        break
+            if not reader.abandoned:
+                done.result()  # a cycle's exception
+                return
 
     async def cycle(self) -> Snapshot:
         """One cycle, and its snapshot (tests; the daemon's loop builds none unless scraped)."""
         await self.step()
         return self.snapshot
 
-    def _take(self, job: _Job, readings: list[Reading], observed: list[SourceResult]) -> None:
-        """Record the results of a job not recorded yet."""
-        for index, (result, duration) in sorted(job.results.items()):
-            if index in job.recorded:
-                continue
-            job.recorded.add(index)
-            worker = job.workers[index]
-            self._record(worker, result, duration)
-            readings.extend(self._handed_back(worker.source, result))
-            if GPU_INFO in worker.source.provides:
-                self._gpus[worker.source.name] = tuple(result.gpus)
-            if worker.source is self.attribution:
-                observed.append(result)
+    def _take(self, worker: _Worker, result: SourceResult, duration: float,
+              readings: list[Reading]) -> SourceResult | None:
+        """Record one result; the observer's result is returned (the split needs it)."""
+        self._record(worker, result, duration)
+        readings.extend(self._handed_back(worker.source, result))
+        if GPU_INFO in worker.source.provides:
+            self._gpus[worker.source.name] = tuple(result.gpus)
+        return result if worker.source is self.attribution else None
 
     def _handed_back(self, source: Source, result: SourceResult) -> list[Reading]:
         """The readings to count, given what models counted. A model's baseline reading marks
@@ -447,10 +409,14 @@ class Sampler:
         self._published = _Published(time.time(), intensity, pue, rate, embodied_rate, extra,
                                      newest)
         self._snapshot = None
+
+    def _notify(self) -> None:
+        """The cycle's Sample to each listener, in the sampler thread, after the lock is let go."""
         if not self.listeners:
             return
-        sample = self._sample()
-        for listener in self.listeners:
+        with self.lock:
+            sample = self._sample()
+        for listener in list(self.listeners):
             try:
                 listener(sample)
             except Exception:  # a listener bug must not stop sampling
@@ -475,9 +441,15 @@ class Sampler:
 
     @property
     def snapshot(self) -> Snapshot:
-        if self._snapshot is None:
-            self._snapshot = self._build()
-        return self._snapshot
+        """The last cycle's snapshot, built on first use (a scrape) under the lock the cycle
+        publishes under: a scrape during a publish waits for it rather than mixing two cycles."""
+        snapshot = self._snapshot
+        if snapshot is None:
+            with self.lock:
+                if self._snapshot is None:
+                    self._snapshot = self._build()
+                snapshot = self._snapshot
+        return snapshot
 
     def _build(self) -> Snapshot:
         published = self._published
@@ -511,28 +483,84 @@ class Sampler:
             budgets=budgets(self.power_budget, (g.device for g in self.gpus)),
         )
 
+    def start(self, before_first: Callable[[], None] | None = None) -> None:
+        """Sample in the sampler's own thread until halt(); the event loop never wakes for it.
+        A watchdog thread looks once per interval for a read that outlived an interval.
+        before_first runs in the sampler thread before its first cycle; `first_cycle` is set
+        after that cycle."""
+        if self._thread is not None:
+            return
+        self._halt.clear()
+        self._final = False
+        self._watchdog = threading.Thread(target=self._watch_loop, name="sampler-watchdog",
+                                          daemon=True)
+        self._watchdog.start()
+        self._spawn(before_first)
+
+    @property
+    def watchdog(self) -> threading.Thread | None:
+        return self._watchdog
+
+    def _spawn(self, before_first: Callable[[], None] | None = None) -> None:
+        # daemon: a read that never returns must not keep the process from exiting on SIGTERM
+        self._thread = threading.Thread(target=self._loop, args=(self._reader, before_first),
+                                        name="sampler", daemon=True)
+        self._thread.start()
+
+    def _watch_loop(self) -> None:
+        while not self._halt.wait(self.interval):
+            self.watch()
+
+    def halt(self, timeout: float | None = None, final: bool = False) -> None:
+        """Stop the sampler thread after its current cycle (at most about an interval); with
+        final, after one more cycle that counts up to now (the end of a run)."""
+        self._final = final
+        self._halt.set()
+        for thread in (self._thread, self._watchdog):
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(2 * self.interval + 5.0 if timeout is None else timeout)
+        self._thread = self._watchdog = None
+
+    def _loop(self, reader: _Reader, before_first: Callable[[], None] | None) -> None:
+        """On a fixed grid, so slow cycles do not drift; an overrun skips the missed ticks."""
+        if before_first is not None:
+            try:
+                before_first()
+            except Exception as exc:  # the starter learns it from `failed`
+                self.failed = exc
+                self.first_cycle.set()
+                return
+        next_at = time.monotonic()
+        while True:
+            halted = self._halt.is_set()  # a final cycle must begin after the halt
+            try:
+                if not self._step(reader):
+                    return  # set aside by the watchdog: a fresh thread samples on
+            except Exception:  # keep sampling: the next cycle may work
+                log.exception("sample cycle failed")
+            self.first_cycle.set()
+            if self._halt.is_set():
+                if halted or not self._final:
+                    return
+                continue  # halted during this cycle: one more, up to now
+            next_at += self.interval
+            delay = next_at - time.monotonic()
+            if delay < 0:  # overran: skip the missed ticks rather than bunching cycles
+                next_at = time.monotonic()
+                delay = 0
+            if self._halt.wait(delay) and not self._final:
+                return
+
     async def run(self, stop: asyncio.Event) -> None:
-        """Sample until `stop` is set, on a fixed grid so slow cycles do not drift."""
-        stopped = asyncio.ensure_future(stop.wait())  # one waiter for the whole run
-        next_at = self.clock()
+        """Sample in the sampler thread until `stop` is set (the daemon)."""
+        self.start()
         try:
-            while not stop.is_set():
-                try:
-                    await self.step()
-                except Exception:  # keep sampling: the next cycle may work
-                    log.exception("sample cycle failed")
-                next_at += self.interval
-                delay = next_at - time.monotonic()
-                if delay < 0:  # overran: skip the missed ticks rather than bunching cycles
-                    next_at = self.clock()
-                    delay = 0
-                await asyncio.wait([stopped], timeout=delay)
+            await stop.wait()
         finally:
-            stopped.cancel()
+            await asyncio.get_running_loop().run_in_executor(None, self.halt)
 
     def close(self) -> None:
-        for lane in self.lanes:
-            lane.thread.jobs.put(None)  # ends after its current job; a stalled one is a daemon
+        self.halt()
         for worker in self.workers:
             if worker.stuck_since is not None:
                 continue  # its read never returned: closing could block as well

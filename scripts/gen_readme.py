@@ -41,13 +41,13 @@ def metrics_table() -> str:
 
 
 def collectors_table() -> str:
-    rows = ["| collector | role | default | lane | provides | source label | what it reads |",
-            "|---|---|---|---|---|---|---|"]
+    rows = ["| collector | role | default | provides | source label | what it reads |",
+            "|---|---|---|---|---|---|"]
     for cls in registered():
         labels = " or ".join(f"`{label}`" for label in cls.source_labels)
         provides = ", ".join(sorted(cls.provides))
         default = "on" if cls.default_enabled else "off"
-        rows.append(f"| `{cls.name}` | {cls.role} | {default} | {cls.lane} | {provides} | "
+        rows.append(f"| `{cls.name}` | {cls.role} | {default} | {provides} | "
                     f"{labels} | {cls.summary} |")
     return "\n".join(rows)
 

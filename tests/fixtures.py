@@ -189,6 +189,7 @@ class ProcfsTree:
     idle: int = 90_000
     kind: str = "intel_spr"
     hypervisor: bool = False
+    forks: int = 1  # /proc/stat "processes": forks since boot; fork() moves it, as the kernel does
 
     def __post_init__(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -222,13 +223,18 @@ class ProcfsTree:
         per = "".join(f"cpu{n} {self.busy // self.threads} 0 0 {self.idle // self.threads} 0 0 0 0 0 0\n"
                       for n in range(self.threads))
         tmp = self.root / "stat.tmp"
-        tmp.write_text(cpu + per + "intr 0\nctxt 0\nbtime 1700000000\nprocesses 1\n"
+        tmp.write_text(cpu + per + f"intr 0\nctxt 0\nbtime 1700000000\nprocesses {self.forks}\n"
                        "procs_running 1\nprocs_blocked 0\n")
         os.replace(tmp, self.root / "stat")
 
     def advance(self, busy_jiffies: int, idle_jiffies: int) -> None:
         self.busy += busy_jiffies
         self.idle += idle_jiffies
+        self.write_stat()
+
+    def fork(self, processes: int = 1) -> None:
+        """Count new processes in the "processes" line (the caller creates their <pid> dirs)."""
+        self.forks += processes
         self.write_stat()
 
 

@@ -4,17 +4,28 @@ GPU split with the fake NVML, through fixture procfs + cgroup trees (v1 and v2).
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import resource
 from pathlib import Path
 
 import pytest
 
 from exporter.attribution import Attribution
 from exporter.attribution.cgroups import parse_cgroup_path, parse_pid_stat
+from exporter.attribution import discovery
+from exporter.attribution.discovery import (
+    FULL_LISTING_SAMPLES,
+    RECHECK_SAMPLES,
+    SECOND_LOOK_SAMPLES,
+    WorkloadReader,
+    fd_budget,
+)
 from exporter.attribution.split import IDLE, OTHER, split_by_cpu
 from exporter.attribution.tagging import load_rules
 from exporter.config import ConfigError, resolve
 from exporter.ledger import Counted
+from exporter.procfs import cpu_times
 from exporter.sampler import Sampler, _timed_read
 from exporter.sources.nvml import NvmlSource
 from exporter.sources.rapl import RaplSource
@@ -204,9 +215,141 @@ def test_reads_each_cgroup_file_at_most_once_per_sample(tmp_path):
     second = attribution.read().observation
     workloads = len(second.usage)
     assert first.counter_reads == second.counter_reads == workloads
-    # steady state: only the rotating recheck reads per-pid files, not every process
-    assert second.pid_reads <= len(tree.processes) // 60 + 1
-    assert first.pid_reads == len(tree.processes)
+    assert first.pid_reads == len(tree.processes) and first.listed
+    # steady state: no fork, so no listing of <procfs>; only the slow rotation reads pid files
+    assert not second.listed
+    assert second.pid_reads <= -(-len(tree.processes) // RECHECK_SAMPLES)
+
+
+def test_procfs_listing_runs_when_processes_were_forked_or_every_n_samples(tmp_path):
+    tree = build_tree(tmp_path, "v2", write_pid_stats=False)
+    tree.add("/system.slice/a.service", processes=3)
+    reader = Attribution(make_config(tmp_path)).reader
+    assert reader.read().listed
+    assert not reader.read().listed
+    pids = tree.add("/system.slice/b.service", processes=2)  # forks: /proc/stat moves on
+    obs = reader.read()
+    assert obs.listed and "/system.slice/b.service" in obs.usage
+    assert {str(p) for p in pids} <= reader.pids.keys()
+    # ended without a fork (a.service keeps running): remembered until a full listing
+    tree.exit(pids)
+    for _ in range(FULL_LISTING_SAMPLES - 1):
+        obs = reader.read()
+        assert not obs.listed
+    obs = reader.read()
+    assert obs.listed and "/system.slice/b.service" not in obs.usage
+    assert not {str(p) for p in pids} & reader.pids.keys()
+
+
+def test_forks_count_is_parsed_from_a_large_proc_stat(tmp_path):
+    procfs = ProcfsTree(tmp_path / "proc", threads=256)
+    procfs.fork(12345)
+    stat = (tmp_path / "proc" / "stat").read_text()
+    # a big machine's interrupt line pushes "processes" well past one read's worth
+    (tmp_path / "proc" / "stat").write_text(stat.replace("intr 0", "intr " + " 0" * 40000))
+    assert len((tmp_path / "proc" / "stat").read_bytes()) > 65536
+    times = cpu_times(str(tmp_path / "proc"))
+    assert times.forks == 12346
+    assert times.busy == pytest.approx(procfs.busy / 100)
+
+
+def test_a_removed_cgroup_does_not_keep_stale_usage(tmp_path):
+    """Counters are read through descriptors held open. A removed cgroup's descriptor reads
+    nothing (ENODEV on the kernel): the workload goes at once, even without a listing, and a
+    unit restarted under the same cgroup path is read afresh, not from the old descriptor."""
+    tree = build_tree(tmp_path, "v2", write_pid_stats=False)
+    tree.add("/system.slice/keep.service", processes=2)
+    tree.add("/system.slice/train.service", processes=2)
+    reader = Attribution(make_config(tmp_path)).reader
+    tree.advance({"/system.slice/train.service": 7.0, "/system.slice/keep.service": 1.0})
+    assert reader.read().usage["/system.slice/train.service"] == pytest.approx(7.0)
+    held = set(os.listdir("/proc/self/fd"))
+    tree.remove("/system.slice/train.service")  # its processes exit: no fork
+    obs = reader.read()
+    assert not obs.listed
+    assert "/system.slice/train.service" not in obs.usage
+    assert "/system.slice/train.service" not in obs.identities
+    assert len(set(os.listdir("/proc/self/fd")) - held) == 0  # its descriptor was closed
+    assert len(held - set(os.listdir("/proc/self/fd"))) == 1
+    # restarted: same cgroup path, a new counter starting from zero
+    tree.add("/system.slice/train.service", processes=1)
+    tree.advance({"/system.slice/train.service": 0.5})
+    obs = reader.read()
+    assert obs.usage["/system.slice/train.service"] == pytest.approx(0.5)
+    tree.advance({"/system.slice/train.service": 0.25})
+    assert reader.read().usage["/system.slice/train.service"] == pytest.approx(0.75)
+    assert reader.read().usage["/system.slice/keep.service"] == pytest.approx(1.0)
+
+
+def test_a_restart_between_two_samples_is_not_read_from_the_old_counter(tmp_path):
+    """The unit stops and starts again between two samples (its processes are replaced, the
+    cgroup never looks unused to the reader): the held descriptor is on the removed file."""
+    tree = build_tree(tmp_path, "v2", write_pid_stats=False)
+    tree.add("/system.slice/train.service", processes=2)
+    reader = Attribution(make_config(tmp_path)).reader
+    tree.advance({"/system.slice/train.service": 9.0})
+    assert reader.read().usage["/system.slice/train.service"] == pytest.approx(9.0)
+    tree.remove("/system.slice/train.service")
+    tree.add("/system.slice/train.service", processes=2)
+    tree.advance({"/system.slice/train.service": 2.0})
+    obs = reader.read()
+    assert obs.usage["/system.slice/train.service"] == pytest.approx(2.0)
+
+
+def test_a_new_process_moved_after_its_fork_is_seen_in_its_new_cgroup(tmp_path):
+    """Container runtimes fork in their own cgroup, then move the child into the container's:
+    a new pid's cgroup is read once more a few samples after it was first seen."""
+    tree = build_tree(tmp_path, "v2", write_pid_stats=False)
+    tree.add("/system.slice/containerd.service", processes=1, comm="containerd")
+    reader = Attribution(make_config(tmp_path)).reader
+    reader.read()
+    [pid] = tree.add("/system.slice/containerd.service", processes=1, comm="runc")
+    assert reader.pids.get(str(pid)) is None
+    reader.read()
+    assert reader.pids[str(pid)].cgroup == "/system.slice/containerd.service"
+    target = container_cgroup(3)
+    tree.add(target, processes=1)  # the container's cgroup (and its first process)
+    (tmp_path / "proc" / str(pid) / "cgroup").write_text(f"0::{target}\n")  # the move
+    for _ in range(SECOND_LOOK_SAMPLES):
+        reader.read()
+    assert reader.pids[str(pid)].cgroup == target
+
+
+def test_the_rotation_notices_an_old_process_moved_without_notice(tmp_path, monkeypatch):
+    monkeypatch.setattr(discovery, "RECHECK_SAMPLES", 4)
+    tree = build_tree(tmp_path, "v2", write_pid_stats=False)
+    pids = tree.add("/system.slice/a.service", processes=3)
+    tree.add("/system.slice/b.service", processes=1)
+    reader = Attribution(make_config(tmp_path)).reader
+    for _ in range(SECOND_LOOK_SAMPLES + 1):
+        reader.read()
+    (tmp_path / "proc" / str(pids[0]) / "cgroup").write_text("0::/system.slice/b.service\n")
+    for _ in range(4):  # each known pid once per RECHECK_SAMPLES samples
+        obs = reader.read()
+        assert not obs.listed
+    assert reader.pids[str(pids[0])].cgroup == "/system.slice/b.service"
+
+
+def test_counter_descriptors_are_capped_and_closed(tmp_path):
+    tree = build_tree(tmp_path, "v2", write_pid_stats=False)
+    leaves = [f"/system.slice/s{n}.service" for n in range(6)]
+    for leaf in leaves:
+        tree.add(leaf)
+    before = set(os.listdir("/proc/self/fd"))
+    reader = WorkloadReader(str(tmp_path / "proc"), str(tmp_path / "sys"), max_held_fds=2)
+    reader.read()
+    assert len(set(os.listdir("/proc/self/fd")) - before) == 2
+    for sample in range(1, 4):  # beyond the cap: opened, read and closed each sample
+        tree.advance({leaf: 0.1 * (n + 1) for n, leaf in enumerate(leaves)})
+        obs = reader.read()
+        assert obs.counter_reads == len(leaves)
+        assert obs.usage == {leaf: pytest.approx(0.1 * (n + 1) * sample)
+                             for n, leaf in enumerate(leaves)}
+    reader.close()
+    assert set(os.listdir("/proc/self/fd")) == before
+    # derived from RLIMIT_NOFILE: half of the soft limit at most, never all of it
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert 0 < fd_budget() <= soft // 2
 
 
 def test_learned_idle_floor_is_the_lowest_power_seen(tmp_path):

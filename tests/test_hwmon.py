@@ -177,15 +177,66 @@ def test_one_unreadable_sensor_is_an_error_and_the_rest_read(traversable_tmp):
     assert status["readings"] == ["power_meter-ACPI000D:00"]
 
 
-def test_own_lane_only_where_there_is_a_sensor(tmp_path):
-    """A stalling ACPI meter must not hold up RAPL (own lane); a node without sensors does not
-    pay for a lane it does not need."""
-    from exporter.config import resolve
+def test_a_stalling_acpi_meter_does_not_hold_up_rapl(tmp_path):
+    """An ACPI meter read waits on firmware (the BMC through IPMI): here its power file is a
+    FIFO nobody writes, so opening it blocks. The sampler's watchdog sets hwmon aside; RAPL,
+    read after it in the same cycle, keeps counting, and the meter's late reading is taken
+    once it returns."""
+    import asyncio
+    import threading
 
-    empty = HwmonSource.from_config(resolve({"path.sysfs": str(tmp_path / "none")}, None, {}))
-    assert empty.lane == "host"
+    from exporter.carbon import Intensity
+    from exporter.sampler import Sampler
+    from exporter.sources.rapl import RaplSource
+    from tests.fixtures import intel_two_socket
+
     tree = HwmonTree(tmp_path / "sys")
-    tree.add_acpi_power_meter(400_000_000)
-    metered = HwmonSource.from_config(resolve({"path.sysfs": tree.sysfs}, None, {}))
-    assert metered.lane == "hwmon"
-    assert metered.read().readings[0].value == pytest.approx(400.0)
+    hwmon = tree.add_acpi_power_meter(400_000_000)
+    rapl_tree = intel_two_socket(tmp_path / "sys")
+    meter = HwmonSource(tree.sysfs)
+    meter.read()  # discovered while the file is still a plain file
+    power = tree.path(hwmon, "power1_average")
+    power.unlink()
+    os.mkfifo(power)
+    sampler = Sampler([meter, RaplSource(rapl_tree.sysfs)], interval=0.2,
+                      intensity=Intensity(100.0, "", "static"), pue=1.0)
+
+    def status(name: str):
+        return next(w.status for w in sampler.workers if w.source.name == name)
+
+    def rapl_joules() -> float:
+        return sum(s.joules for s in sampler.snapshot.energy if s.source == "rapl")
+
+    async def scenario() -> None:
+        for _ in range(3):
+            rapl_tree.advance("intel-rapl:0", 1.0)
+            await sampler.cycle()
+        assert status("hwmon").reason == ERROR
+        assert "still running" in status("hwmon").detail
+        assert status("rapl").reason == OK
+        before = rapl_joules()
+        rapl_tree.advance("intel-rapl:0", 1.0)
+        await sampler.cycle()
+        assert rapl_joules() > before  # not held up by the stalled meter
+        # the firmware answers: the blocked open returns and reads the value
+        writer = threading.Thread(target=lambda: power.write_text("410000000\n"))
+        writer.start()
+        writer.join(5)
+        power.unlink()  # and the file reads at once from now on
+        power.write_text("410000000\n")
+        for _ in range(50):  # the blocked read returns in its own (set aside) thread
+            await sampler.cycle()
+            if status("hwmon").reason == OK:
+                break
+        assert status("hwmon").reason == OK
+        assert sampler.snapshot.platform, "the meter's reading is back"
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        try:  # release a read still blocked on the FIFO
+            fd = os.open(power, os.O_WRONLY | os.O_NONBLOCK)
+            os.close(fd)
+        except OSError:
+            pass
+        sampler.close()

@@ -1,6 +1,6 @@
-"""The sampler and the source registration seam: lanes, models after every measured source
-across lanes (no double count), a stalled lane, and that nothing outside a source's own file
-names it."""
+"""The sampler and the source registration seam: models after every measured source (no
+double count), a stalled read set aside by the watchdog, and that nothing outside a source's
+own file names it."""
 
 from __future__ import annotations
 
@@ -42,22 +42,23 @@ INTENSITY = Intensity(100.0, "", "static")
 
 
 class CpuMeter(Source):
-    """A measured CPU energy counter on its own lane (like a BMC or an hwmon meter): 100 W."""
+    """A measured CPU energy counter (like a BMC or an hwmon meter): 100 W."""
 
     name = "test-cpu-meter"
     components = ("cpu",)
 
-    def __init__(self, lane: str, delay: float = 0.0) -> None:
-        self.lane = lane
+    def __init__(self, delay: float = 0.0) -> None:
         self.delay = delay
         self.joules = 0.0
         self.gate: threading.Event | None = None  # set: reads block until it is set
+        self.returned = threading.Event()  # set when a read returns
 
     def read(self, covered: frozenset[str] = frozenset()) -> SourceResult:
         if self.gate is not None:
             self.gate.wait(10)
-        time.sleep(self.delay)  # a slower lane than the model's: the model must still wait
+        time.sleep(self.delay)  # a slow meter: the model must still wait for it
         self.joules += 100.0 * 0.05
+        self.returned.set()
         return SourceResult(Status(OK), [Reading(
             collector=self.name, device="package-0", source="meter", value=self.joules,
             at=time.monotonic(), component="cpu")])
@@ -74,15 +75,16 @@ def _status(sampler: Sampler, name: str) -> Status:
     return next(w.status for w in sampler.workers if w.source.name == name)
 
 
-def test_model_stands_aside_for_a_cpu_source_on_another_lane(tmp_path):
-    """The double count of issue 17: a measured CPU source on a lane other than the model's
-    left cpu-model at ok, and CPU energy was exported twice (source=meter and source=model)."""
+def test_model_stands_aside_for_a_cpu_source_listed_after_it(tmp_path):
+    """The double count of issue 17: a measured CPU source read apart from the model (then:
+    on another lane) left cpu-model at ok, and CPU energy was exported twice (source=meter
+    and source=model). Listed after the model and slow, it is still read first."""
     procfs = ProcfsTree(tmp_path / "proc")
     config = resolve({"path.procfs": procfs.procfs}, None, {})
-    meter = CpuMeter(lane="meter", delay=0.05)
+    meter = CpuMeter(delay=0.05)
     model = CpuModelSource.from_config(config)
-    assert meter.lane != model.lane
     sampler = Sampler([model, meter], interval=0.5, intensity=INTENSITY, pue=1.0)
+    assert [w.source for w in sampler.workers] == [meter, model]
     try:
         _cycles(sampler, 3)
         assert _status(sampler, "cpu-model").reason == SUPERSEDED
@@ -93,11 +95,11 @@ def test_model_stands_aside_for_a_cpu_source_on_another_lane(tmp_path):
         sampler.close()
 
 
-def test_a_stalled_measured_lane_keeps_the_model_aside(tmp_path):
+def test_a_stalled_measured_source_keeps_the_model_aside(tmp_path):
     """A counter that stalls is read late, not lost: the model must not fill its gap."""
     procfs = ProcfsTree(tmp_path / "proc")
     config = resolve({"path.procfs": procfs.procfs}, None, {})
-    meter = CpuMeter(lane="meter")
+    meter = CpuMeter()
     sampler = Sampler([meter, CpuModelSource.from_config(config)], interval=0.2,
                       intensity=INTENSITY, pue=1.0)
     async def scenario() -> None:
@@ -110,7 +112,10 @@ def test_a_stalled_measured_lane_keeps_the_model_aside(tmp_path):
         assert _status(sampler, "cpu-model").reason == SUPERSEDED
         assert not [s for s in sampler.snapshot.energy if s.source == "model"]
         gate, meter.gate = meter.gate, None
+        meter.returned.clear()
         gate.set()
+        # the stalled read returns in its own (set aside) thread: the next cycle counts it
+        assert await asyncio.to_thread(meter.returned.wait, 10)
         for _ in range(2):
             await sampler.cycle()
         assert _status(sampler, "test-cpu-meter").reason == OK
@@ -124,7 +129,7 @@ def test_a_stalled_measured_lane_keeps_the_model_aside(tmp_path):
         sampler.close()
 
 
-def test_model_runs_where_no_lane_measures_its_component(tmp_path):
+def test_model_runs_where_no_source_measures_its_component(tmp_path):
     procfs = ProcfsTree(tmp_path / "proc")
     config = resolve({"path.procfs": procfs.procfs}, None, {})
     sampler = Sampler([CpuModelSource.from_config(config)], interval=0.2, intensity=INTENSITY,
@@ -195,19 +200,21 @@ class Gated(Source):
 
     def __init__(self) -> None:
         self.gate = threading.Event()
+        self.returned = threading.Event()  # set when a read returns
         self.joules = 0.0
 
     def read(self, covered: frozenset[str] = frozenset()) -> SourceResult:
         self.gate.wait(30)
         self.joules += 1.0
+        self.returned.set()
         return SourceResult(Status(OK), [Reading(
             collector=self.name, device="gpu-0", source="test", value=self.joules,
             at=time.monotonic(), component="gpu")])
 
 
-def test_a_stalled_read_does_not_hold_up_the_rest_of_its_lane(tmp_path):
+def test_a_stalled_read_does_not_hold_up_the_sources_after_it(tmp_path):
     gated = Gated()
-    meter = CpuMeter(lane="host")  # after the gated one, in the same lane
+    meter = CpuMeter()  # read after the gated one
     sampler = Sampler([gated, meter], interval=0.2, intensity=INTENSITY, pue=1.0)
     assert [w.source for w in sampler.workers] == [gated, meter]
 
@@ -222,6 +229,7 @@ def test_a_stalled_read_does_not_hold_up_the_rest_of_its_lane(tmp_path):
             await sampler.cycle()
         assert meter.joules > before  # still read every cycle, in a fresh thread
         gated.gate.set()  # the driver comes back: its late reading is counted, then it rejoins
+        assert await asyncio.to_thread(gated.returned.wait, 10)
         for _ in range(3):
             await sampler.cycle()
         assert _status(sampler, "test-gated").reason == OK
@@ -236,7 +244,7 @@ def test_a_stalled_read_does_not_hold_up_the_rest_of_its_lane(tmp_path):
 
 def test_exporter_with_a_stalled_procfs_read_serves_and_stops_on_sigterm(tmp_path):
     """<procfs>/stat is a FIFO nobody writes: opening it blocks forever (like a wedged
-    driver). The CPU model stalls; the DRAM model, read after it in the same lane, keeps
+    driver). The CPU model stalls; the DRAM model, read after it, keeps
     counting; scrapes are served; SIGTERM ends the process at once."""
     procfs = ProcfsTree(tmp_path / "proc")
     (procfs.root / "stat").unlink()
@@ -285,7 +293,7 @@ def test_proc_stat_is_parsed_once_per_cycle_and_fresh_outside_one(tmp_path):
 
 
 def test_snapshot_is_built_only_when_asked_and_once_per_cycle(tmp_path, monkeypatch):
-    meter = CpuMeter(lane="host")
+    meter = CpuMeter()
     sampler = Sampler([meter], interval=0.2, intensity=INTENSITY, pue=1.0)
     built = []
     real_build = sampler._build

@@ -9,7 +9,10 @@
   <sysfs>/fs/cgroup       v2: cgroup.controllers, <path>/cpu.stat with usage_usec
                           v1: cpu,cpuacct/<path>/cpuacct.usage (ns), cpuacct -> cpu,cpuacct
 Counters are hierarchical like the kernel's: CPU time given to a cgroup counts in every
-ancestor too.
+ancestor too. Like the kernel's, a counter file keeps its inode while it counts (it is
+rewritten in place, so a reader holding it open sees each new value), and a removed cgroup's
+files read nothing through a descriptor held on them (the kernel fails such a read with
+ENODEV). Adding processes moves /proc/stat's "processes" (forks) line on.
 """
 
 from __future__ import annotations
@@ -95,9 +98,17 @@ class WorkloadTree:
             name = "cpu.stat"
         else:
             text, name = f"{ns}\n", "cpuacct.usage"
-        tmp = directory / (name + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, directory / name)
+        data = text.encode()
+        path = directory / name
+        try:
+            fd = os.open(path, os.O_WRONLY)  # in place: the inode stays, as the kernel's does
+        except FileNotFoundError:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+        try:  # counters only grow: writing first, then cutting, never shows an empty file
+            os.pwrite(fd, data, 0)
+            os.ftruncate(fd, len(data))
+        finally:
+            os.close(fd)
 
     def _ancestors(self, cgroup: str) -> list[str]:
         parts = [p for p in cgroup.split("/") if p]
@@ -112,9 +123,11 @@ class WorkloadTree:
 
     def _write_stat(self, proc: FakeProcess) -> None:
         path = self.procfs.root / str(proc.pid) / "stat"
-        path.write_text(f"{proc.pid} ({proc.comm}) S 1 {proc.pid} {proc.pid} 0 -1 4194560 100 0 "
+        tmp = path.with_name("stat.tmp")  # atomic: a reader never sees half a stat line
+        tmp.write_text(f"{proc.pid} ({proc.comm}) S 1 {proc.pid} {proc.pid} 0 -1 4194560 100 0 "
                         f"0 0 {proc.ticks} 0 0 0 20 0 1 0 100 1000000 100 "
                         "18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 0 0 0 0 0 0\n")
+        os.replace(tmp, path)
 
     # --- changes --------------------------------------------------------------------------
 
@@ -135,7 +148,18 @@ class WorkloadTree:
             self.processes[pid] = proc
             self.members.setdefault(cgroup, []).append(proc)
             pids.append(pid)
+        self.procfs.fork(processes)
         return pids
+
+    def exit(self, pids: list[int]) -> None:
+        """Processes exit; their cgroups stay (no fork: /proc/stat's forks line stays)."""
+        for pid in pids:
+            proc = self.processes.pop(pid)
+            self.members[proc.cgroup].remove(proc)
+            directory = self.procfs.root / str(pid)
+            for name in ("cgroup", "stat"):
+                (directory / name).unlink()
+            directory.rmdir()
 
     def remove(self, cgroup: str) -> None:
         """The workload ended: its processes exit and the cgroup is removed."""
@@ -148,6 +172,8 @@ class WorkloadTree:
             del self.processes[pid]
         directory = self._dir(cgroup)
         for child in directory.iterdir():
+            with open(child, "r+b") as handle:  # a descriptor held on it reads nothing now
+                handle.truncate(0)
             child.unlink()
         directory.rmdir()
         del self.usage_ns[cgroup]

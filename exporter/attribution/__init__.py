@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+_NO_NAMES: dict[str, set[str]] = {}  # one object, so that "no names" compares as unchanged
 CPU_SHARED = ("cpu", "dram")  # components split by CPU time (see README: DRAM by CPU share)
 
 
@@ -88,8 +89,6 @@ class Attribution(Source):
 
     def __init__(self, config: Config, nvml: Any = None) -> None:
         self.config = config
-        # GPU process accounting calls NVML, whose driver can hang: then read in NVML's lane
-        self.lane = "nvml" if config.collector("nvml") else "host"
         self.tagger: Tagger = load_rules(config.attribution_rules_file)
         self.reader = WorkloadReader(
             config.path_procfs, config.path_sysfs,
@@ -107,6 +106,7 @@ class Attribution(Source):
         self.previous: Observation | None = None
         self.last_at: float | None = None
         self.labels: dict[str, tuple[object, frozenset[str] | None, Key]] = {}
+        self._keys_cache: tuple[Any, ...] | None = None
         self._series: tuple[WorkloadSeries, ...] | None = ()
         self.gpu_split: tuple[tuple[str, str], ...] = ()
         self.last_split = SampleSplit()
@@ -202,24 +202,36 @@ class Attribution(Source):
         return ("process", str(values["namespace"]), str(values["pod"]),
                 str(values["container"]), str(values["unit"]), tag)
 
-    def _cpu_deltas(self, obs: Observation, keys: dict[str, Key]) -> dict[Key, float]:
+    def _cpu_deltas(self, obs: Observation, keys: dict[str, Key],
+                    unique: bool) -> dict[Key, float]:
         """CPU seconds per workload since the previous read, with nested workloads (a Slurm
-        job inside slurmstepd's scope, containers inside a pod) taken out of their parent."""
+        job inside slurmstepd's scope, containers inside a pod) taken out of their parent.
+        unique: no two workload cgroups share a key (then no sums are needed)."""
         before = self.previous.usage if self.previous else {}
-        raw = {root: max(0.0, seconds - before[root])
-               for root, seconds in obs.usage.items() if root in before}
-        own = dict(raw)
-        for root, seconds in raw.items():
-            parent = root.rsplit("/", 1)[0]
-            while parent:
-                if parent in own:
-                    own[parent] -= seconds
-                    break
-                parent = parent.rsplit("/", 1)[0]
+        get = before.get
+        if unique and not obs.nested:  # the usual case, in one pass
+            return {keys[root]: delta for root, seconds in obs.usage.items()
+                    if (old := get(root)) is not None and (delta := seconds - old) > 0}
+        raw = {root: seconds - old for root, seconds in obs.usage.items()
+               if (old := get(root)) is not None}
+        own = raw
+        if obs.nested:
+            own = dict(raw)
+            for root, enclosing in obs.nested.items():
+                seconds = raw.get(root)
+                if seconds is None or seconds <= 0:
+                    continue
+                for parent in enclosing:  # the nearest one read in both samples
+                    if parent in raw:
+                        own[parent] -= seconds
+                        break
+        if unique:
+            return {keys[root]: seconds for root, seconds in own.items() if seconds > 0}
         out: dict[Key, float] = {}
         for root, seconds in own.items():
-            key = keys[root]
-            out[key] = out.get(key, 0.0) + max(0.0, seconds)
+            if seconds > 0:
+                key = keys[root]
+                out[key] = out.get(key, 0.0) + seconds
         return out
 
     def account(self, result: SourceResult | None, counted: list[Counted],
@@ -247,18 +259,14 @@ class Attribution(Source):
         measured, grams, gpu_energy = sum_by_component(counted)
         ratio = {c: grams[c] / j for c, j in measured.items() if j > 0}
 
-        keys: dict[str, Key] = {}
         identities = obs.identities if obs else {}
-        if len(self.labels) > 2 * len(identities) + 100:  # workloads come and go: forget old ones
-            self.labels = {r: v for r, v in self.labels.items() if r in identities}
-        for root, identity in identities.items():
-            keys[root] = self._key(identity, obs.comms.get(root) if obs else None)
+        keys, live, unique = self._keys(obs, identities)
         previous = self.previous
         workload_cpu: dict[Key, float] = {}
         busy = None
         proc_cpu: dict[Key, tuple[Key, float]] = {}
         if obs is not None and previous is not None:  # deltas need two observations
-            workload_cpu = self._cpu_deltas(obs, keys)
+            workload_cpu = self._cpu_deltas(obs, keys, unique)
             if obs.node_busy is not None and previous.node_busy is not None:
                 busy = max(0.0, obs.node_busy - previous.node_busy)
             if obs.processes:
@@ -281,15 +289,18 @@ class Attribution(Source):
             elif component != "gpu":
                 parts[component] = {OTHER: energy}
         if gpu_energy:
+            shared = len(keys)
+            keys = dict(keys)  # the GPU split may add keys: the cached ones stay as they are
             parts["gpu"], processes["gpu"] = self._split_gpus(obs, gpu_energy, keys, identities,
                                                               now, seconds)
+            if len(keys) != shared:
+                live = frozenset(keys.values())
 
         for listener in self.listeners:
             try:
                 listener(parts, ratio, keys, measured, seconds, obs.at if obs else None)
             except Exception:  # a listener must not cost the split
                 log.exception("attribution: a split listener failed")
-        live = set(keys.values())
         self.book.record(parts, ratio, processes, live, now)
         if obs is not None:
             self.previous = obs
@@ -297,13 +308,33 @@ class Attribution(Source):
         self.last_split = SampleSplit(measured, parts)
         return self.last_split
 
+    def _keys(self, obs: Observation | None, identities: dict[str, Identity]
+              ) -> tuple[dict[str, Key], frozenset[Key], bool]:
+        """Label keys per workload cgroup, the set of them, and whether no two cgroups share
+        one; computed again only when the workloads, their names, pod metadata or the rules
+        changed (the reader hands over the same dicts while they stay the same)."""
+        comms = obs.comms if obs and obs.comms else _NO_NAMES
+        cached = self._keys_cache
+        if (cached is not None and cached[0] is identities and cached[1] is comms
+                and cached[2] is self.kube.pods and cached[3] is self.labels):
+            return cached[4], cached[5], cached[6]
+        if len(self.labels) > 2 * len(identities) + 100:  # workloads come and go: forget old ones
+            self.labels = {r: v for r, v in self.labels.items() if r in identities}
+        keys = {root: self._key(identity, comms.get(root))
+                for root, identity in identities.items()}
+        live = frozenset(keys.values())
+        self._keys_cache = (identities, comms, self.kube.pods, self.labels, keys, live,
+                            len(live) == len(keys))
+        return keys, live, len(live) == len(keys)
+
     @property
     def series(self) -> tuple[WorkloadSeries, ...]:
         """The book's totals as series; the book changes only in _account, which drops them."""
         if self._series is None:
             self._series = tuple(
                 WorkloadSeries(component, *key, total.joules, total.grams)
-                for (component, key), total in self.book.totals.items())
+                for component, by_key in self.book.by_component.items()
+                for key, total in by_key.items())
         return self._series
 
     def _process_cpu(self, obs: Observation, previous: Observation, keys: dict[str, Key],

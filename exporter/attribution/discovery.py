@@ -1,14 +1,33 @@
 """One blocking read per sample of everything the split needs, in the attribution worker.
 
-Cost model (bench/bench_attribution.py measures it):
-  - listdir(<procfs>) once;
-  - <procfs>/<pid>/cgroup only for pids not seen before, plus a rotating 1/RECHECK_SAMPLES of
-    the known ones (a process moved to another cgroup is noticed within RECHECK_SAMPLES);
+Cost model (bench/bench_attribution.py measures it), per sample:
+  - <procfs>/stat once (shared with the CPU model: one parse per cycle). Its "processes"
+    line counts forks since boot (proc(5)); while it has not moved since the last listing no
+    process can have appeared, so listdir(<procfs>), the only step that grows with the number
+    of processes, is skipped. It runs when the count moved, and at least every
+    FULL_LISTING_SAMPLES samples to forget processes that ended (an ended process only keeps
+    its cgroup "in use" a little longer: its counter stops moving);
+  - <procfs>/<pid>/cgroup for pids not seen before, once more SECOND_LOOK_SAMPLES samples
+    later (container runtimes fork, then move the child into the container's cgroup), for
+    pids in recheck_now (exporter.runs moves a pid and says so), and for a rotating
+    1/RECHECK_SAMPLES of the known pids (any other move is noticed within RECHECK_SAMPLES);
   - <procfs>/<pid>/stat: for new pids when process names are needed (tagging rules on
     process names), for every pid only when per-process series are enabled;
-  - one CPU counter file per workload cgroup, and <procfs>/stat once.
-So no cgroup file is read more than once per sample, and the steady-state cost grows with
-the number of workloads, not with the number of processes.
+  - one CPU counter per workload cgroup (cpu.stat on v2, cpuacct.usage on v1), read with
+    pread() at offset 0 on a descriptor kept open while the workload lives (up to a cap of
+    descriptors, beyond which a counter is opened, read and closed each sample).
+So no cgroup file is read more than once per sample, and in steady state the cost grows
+with the number of workloads, not with the number of processes.
+
+Why a held descriptor sees fresh values: cgroup files are kernfs seq_files, and procfs
+files seq_files too. seq_open() notes that "seq_files support lseek() and pread()", and
+seq_read_iter() regenerates the content when a read starts at offset 0 ("if request is to
+read from zero offset, reset iterator to first record"; sysfs has refilled on a read from
+offset 0 since "sysfs: refill attribute buffer when reading from offset 0", 2008). After the
+cgroup is removed, kernfs_seq_start() fails such a read with ENODEV (kernfs_get_active()
+fails on a removed node), so a failed or empty read closes the descriptor and reopens the
+path once: a cgroup recreated under the same name (a restarted unit) is read afresh, a gone
+one has its processes read again (they ended, or moved before the rmdir).
 """
 
 from __future__ import annotations
@@ -16,10 +35,13 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import re
+import resource
 import time
 from dataclasses import dataclass, field
 
 from exporter.attribution.cgroups import (
+    V2,
     Identity,
     Layout,
     cgroup_of,
@@ -34,7 +56,13 @@ from exporter.procfs import cpu_times
 
 log = logging.getLogger(__name__)
 
-RECHECK_SAMPLES = 60
+RECHECK_SAMPLES = 600  # every known pid's cgroup is read again once per this many samples
+SECOND_LOOK_SAMPLES = 2  # a new pid's cgroup is read once more this many samples later
+FULL_LISTING_SAMPLES = 60  # listdir(<procfs>) at least this often, forks or not
+MAX_HELD_FDS = 65536  # counter descriptors kept open at most (and at most half of RLIMIT_NOFILE)
+_COUNTER_BYTES = 32  # "usage_usec <20 digits>\n" (v2) or "<20 digits>\n" (v1) fits
+_V2_VALUE = re.compile(rb"usage_usec (\d+)\n")  # cpu.stat's first line
+_V1_VALUE = re.compile(rb"(\d+)\n")  # cpuacct.usage
 
 
 @dataclass(slots=True)
@@ -46,12 +74,17 @@ class Process:
 
 @dataclass(slots=True)
 class Observation:
-    """What one read saw. CPU values are cumulative seconds; the split takes deltas."""
+    """What one read saw. CPU values are cumulative seconds; the split takes deltas.
+
+    identities (and comms) are the reader's own dicts while the workloads (and their
+    processes' names) stay the same: a reader of an Observation must not change them."""
 
     at: float
     node_busy: float | None = None
     usage: dict[str, float] = field(default_factory=dict)  # workload cgroup -> CPU seconds
     identities: dict[str, Identity] = field(default_factory=dict)
+    # workload cgroup -> the workload cgroups enclosing it, nearest first (only those with any)
+    nested: dict[str, tuple[str, ...]] = field(default_factory=dict)
     comms: dict[str, set[str]] = field(default_factory=dict)  # workload cgroup -> names
     processes: dict[int, tuple[str, str, float]] = field(default_factory=dict)  # pid -> (root, comm, s)
     gpus: dict[str, GpuShares] = field(default_factory=dict)
@@ -60,11 +93,32 @@ class Observation:
     problems: list[str] = field(default_factory=list)
     counter_reads: int = 0  # cgroup counter files read in this sample
     pid_reads: int = 0  # procfs per-pid files read in this sample
+    listed: bool = False  # listdir(<procfs>) ran in this sample
+
+
+def fd_budget(raise_limit: bool = False) -> int:
+    """How many counter descriptors attribution may hold: half the soft RLIMIT_NOFILE (the
+    other half stays for HTTP connections and the sources), at most MAX_HELD_FDS. raise_limit:
+    first raise the soft limit towards the hard one (as Go's runtime does at start)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return MAX_HELD_FDS
+    want = 2 * MAX_HELD_FDS
+    if raise_limit and soft < want and (hard == resource.RLIM_INFINITY or hard > soft):
+        raised = want if hard == resource.RLIM_INFINITY else min(hard, want)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+            log.info("attribution: open-file limit raised from %d to %d", soft, raised)
+            soft = raised
+        except (ValueError, OSError) as exc:
+            log.info("attribution: cannot raise the open-file limit: %s", exc)
+    return max(0, min(MAX_HELD_FDS, soft // 2))
 
 
 class WorkloadReader:
     def __init__(self, procfs: str, sysfs: str, *, per_process: bool = False,
-                 want_comm: bool = False, gpus: GpuProcessReader | None = None) -> None:
+                 want_comm: bool = False, gpus: GpuProcessReader | None = None,
+                 max_held_fds: int | None = None) -> None:
         self.procfs = procfs
         self.cgroup_root = os.path.join(sysfs, "fs", "cgroup")
         self.per_process = per_process
@@ -80,15 +134,45 @@ class WorkloadReader:
         self.recheck: collections.deque[str] = collections.deque()
         # pids to read again at the next sample: moved to another cgroup (exporter.runs)
         self.recheck_now: collections.deque[str] = collections.deque()
+        self.second_look: collections.deque[tuple[int, str]] = collections.deque()
+        self.recheck_due = 0.0  # pids of the rotation owed (a fraction carries over)
+        self.samples = 0
+        self.forks = -1  # /proc/stat's forks count at the last listing
+        self.listed_at = 0  # the sample of the last listing
+        # the workloads: replaced (never changed in place) when the cgroups in use change
+        self.workloads: dict[str, Identity] = {}
+        self.nested: dict[str, tuple[str, ...]] = {}
+        self.paths_changed = True
+        self.comms: dict[str, set[str]] = {}
+        self.comms_changed = True
+        self.counters: dict[str, int] = {}  # workload cgroup -> held counter fd, -1: none held
+        self.held = 0
+        # None: derived from RLIMIT_NOFILE, raised once when more workloads than that appear
+        self.max_held = fd_budget() if max_held_fds is None else max_held_fds
+        self.may_raise_limit = max_held_fds is None
+
+    # --- processes ---------------------------------------------------------------------------
 
     def _set(self, pid: str, proc: Process | None) -> None:
-        old = self.pids.pop(pid, None)
+        old = self.pids.get(pid)
+        if old is not None and proc is not None and old.cgroup == proc.cgroup:
+            self.pids[pid] = proc  # re-read, not moved
+            if old.comm != proc.comm:
+                self.comms_changed = True
+            return
+        self.comms_changed = True
         if old is not None:
-            self.paths[old.cgroup] -= 1
-            if not self.paths[old.cgroup]:
+            del self.pids[pid]
+            left = self.paths[old.cgroup] - 1
+            if left:
+                self.paths[old.cgroup] = left
+            else:
                 del self.paths[old.cgroup]
+                self.paths_changed = True
         if proc is not None:
             self.pids[pid] = proc
+            if proc.cgroup not in self.paths:
+                self.paths_changed = True
             self.paths[proc.cgroup] += 1
 
     def _read_pid(self, pid: str, obs: Observation) -> Process | None:
@@ -123,18 +207,31 @@ class WorkloadReader:
                 obs.problems.append(f"no cgroup hierarchy with CPU accounting under {self.cgroup_root}")
                 return obs
             log.info("attribution: cgroup %s at %s", self.layout.version, self.layout.root)
+        self.samples += 1
+        forks = -1
         try:
-            obs.node_busy = cpu_times(self.procfs).busy  # one parse per cycle, shared
+            times = cpu_times(self.procfs)  # one parse per cycle, shared
+            obs.node_busy, forks = times.busy, times.forks
         except (OSError, ValueError) as exc:
             obs.problems.append(f"{self.procfs}/stat: {exc}")
-        try:
-            current = set(os.listdir(self.procfs))
-        except OSError as exc:
-            obs.problems.append(f"{self.procfs}: {exc.strerror}")
-            current = set()
-        current -= self.not_pids
-        self._track_pids(current, obs)
-        self._read_workloads(obs)
+        # forks are read before the listing: a process made after it moves the count on
+        if forks < 0 or forks != self.forks or self.samples - self.listed_at >= FULL_LISTING_SAMPLES:
+            self._list(obs, first=self.listed_at == 0)
+            self.forks, self.listed_at = forks, self.samples
+        self._recheck(obs)
+        if self.per_process:
+            for pid, proc in list(self.pids.items()):
+                try:
+                    proc.comm, proc.cpu_seconds = parse_pid_stat(
+                        read_file(f"{self.procfs}/{pid}/stat"), self.user_hz)
+                    obs.pid_reads += 1
+                except (OSError, ValueError, IndexError):
+                    self._set(pid, None)
+        if self.paths_changed:
+            self._refresh_workloads()
+        if self.want_comm:
+            self._names(obs)
+        self._read_counters(obs)
         if self.gpus is not None:
             obs.gpus = self.gpus.read()
             if self.gpus.problem:
@@ -142,65 +239,217 @@ class WorkloadReader:
             self._map_gpu_pids(obs)
         return obs
 
-    def _track_pids(self, current: set[str], obs: Observation) -> None:
+    def _list(self, obs: Observation, first: bool) -> None:
+        try:
+            current = set(os.listdir(self.procfs))
+        except OSError as exc:
+            obs.problems.append(f"{self.procfs}: {exc.strerror}")
+            return  # keep what is known rather than forget every process
+        obs.listed = True
+        current -= self.not_pids
         pids = self.pids
         for pid in pids.keys() - current:
             self._set(pid, None)
-        new = current - pids.keys()
-        for pid in new:
+        due = self.samples + SECOND_LOOK_SAMPLES
+        for pid in current - pids.keys():
             if not pid.isdigit():
                 self.not_pids.add(pid)
                 continue
             self._set(pid, self._read_pid(pid, obs))
+            if not first and pid in pids:
+                self.second_look.append((due, pid))
+
+    def _recheck(self, obs: Observation) -> None:
+        pids = self.pids
         while self.recheck_now:
             pid = self.recheck_now.popleft()
-            if pid in pids and pid not in new:
-                self._set(pid, self._read_pid(pid, obs))
-        if not self.recheck:
-            self.recheck.extend(p for p in pids if p not in new)  # those were just read
-        for _ in range(min(len(self.recheck), -(-len(pids) // RECHECK_SAMPLES))):
-            pid = self.recheck.popleft()
             if pid in pids:
                 self._set(pid, self._read_pid(pid, obs))
-        if self.per_process:
-            for pid, proc in list(pids.items()):
-                try:
-                    proc.comm, proc.cpu_seconds = parse_pid_stat(
-                        read_file(f"{self.procfs}/{pid}/stat"), self.user_hz)
-                    obs.pid_reads += 1
-                except (OSError, ValueError, IndexError):
-                    self._set(pid, None)
+        second_look = self.second_look
+        while second_look and second_look[0][0] <= self.samples:
+            pid = second_look.popleft()[1]
+            if pid in pids:
+                self._set(pid, self._read_pid(pid, obs))
+        recheck = self.recheck
+        self.recheck_due += len(pids) / RECHECK_SAMPLES  # whole set once per RECHECK_SAMPLES
+        count = min(len(recheck), int(self.recheck_due))
+        self.recheck_due -= count
+        for _ in range(count):
+            pid = recheck.popleft()
+            if pid in pids:
+                self._set(pid, self._read_pid(pid, obs))
+        if not recheck:  # the next round starts at the next sample
+            recheck.extend(pids)
 
-    def _read_workloads(self, obs: Observation) -> None:
-        layout = self.layout
-        assert layout is not None  # read() detects the layout first
-        roots: dict[str, Identity] = {}
+    # --- workloads ---------------------------------------------------------------------------
+
+    def _refresh_workloads(self) -> None:
+        """The workloads of the cgroups in use; runs only when that set of cgroups changed."""
+        self.paths_changed = False
         used: dict[str, Identity | None] = {}
+        roots: dict[str, Identity] = {}
         for path in self.paths:  # distinct cgroups: the loop grows with workloads, not pids
             identity = used[path] = self._identity(path)
             if identity is not None:
                 roots[identity.root] = identity
         self.identities = used  # forget paths no process uses any more
-        if self.want_comm:  # opt-in: these walk every process
+        if roots == self.workloads:
+            return
+        for root in self.workloads.keys() - roots.keys():
+            self._close(root)
+        for root in roots.keys() - self.counters.keys():
+            self.counters[root] = self._open(root)
+        self.workloads = roots
+        nested: dict[str, tuple[str, ...]] = {}
+        for root in roots:
+            chain = []
+            parent = root.rsplit("/", 1)[0]
+            while parent:
+                if parent in roots:
+                    chain.append(parent)
+                parent = parent.rsplit("/", 1)[0]
+            if chain:
+                nested[root] = tuple(chain)
+        self.nested = nested
+
+    def _names(self, obs: Observation) -> None:
+        """Process names per workload (opt-in: this walks every process, when one changed)."""
+        if self.comms_changed or self.per_process:
+            self.comms_changed = False
+            comms: dict[str, set[str]] = {}
+            used = self.identities
             for pid, proc in self.pids.items():
-                identity = used[proc.cgroup]
+                identity = used.get(proc.cgroup)
                 if identity is None:
                     continue
                 if proc.comm:
-                    obs.comms.setdefault(identity.root, set()).add(proc.comm)
+                    comms.setdefault(identity.root, set()).add(proc.comm)
                 if self.per_process and proc.cpu_seconds is not None:
                     obs.processes[int(pid)] = (identity.root, proc.comm, proc.cpu_seconds)
-        for root, identity in roots.items():
+            if comms != self.comms:
+                self.comms = comms
+        obs.comms = self.comms
+
+    def _open(self, root: str) -> int:
+        if self.held >= self.max_held and self.may_raise_limit:
+            self.may_raise_limit = False
+            self.max_held = fd_budget(raise_limit=True)
+        if self.held >= self.max_held:
+            return -1
+        assert self.layout is not None
+        try:
+            fd = os.open(self.layout.counter_path(root), os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return -1  # read (and reported) like an unheld counter
+        self.held += 1
+        return fd
+
+    def _close(self, root: str) -> None:
+        fd = self.counters.pop(root, -1)
+        if fd >= 0:
+            os.close(fd)
+            self.held -= 1
+
+    def _read_counters(self, obs: Observation) -> None:
+        layout = self.layout
+        assert layout is not None  # read() detects the layout first
+        v2 = layout.version == V2
+        counters = self.counters
+        usage = obs.usage
+        values: list[bytes] = []
+        if -1 not in counters.values():  # all held: one pread each, then one parse of all
             try:
-                data = read_file(layout.counter_path(root))
-                obs.counter_reads += 1
-                obs.usage[root] = parse_cpu_seconds(data, layout)
-            except FileNotFoundError:
-                continue  # removed since its processes were listed
-            except (OSError, ValueError) as exc:
-                obs.problems.append(f"{layout.counter_path(root)}: {exc}")
-                continue
-            obs.identities[root] = identity
+                pread = os.pread
+                chunks = [pread(fd, _COUNTER_BYTES, 0) for fd in counters.values()]
+                obs.counter_reads += len(chunks)
+                # a kernel counter file holds its value once: one match per file, in order
+                values = (_V2_VALUE if v2 else _V1_VALUE).findall(b"".join(chunks))
+            except OSError:  # a removed cgroup (ENODEV): read them one by one below
+                pass
+        divisor = 1e6 if v2 else 1e9
+        if len(values) == len(counters):
+            usage.update(zip(counters, [int(value) / divisor for value in values]))
+            failed = []
+        else:
+            failed = self._read_one_by_one(obs, v2, divisor)
+        gone = [root for root in failed if not self._reread(root, obs)]
+        if gone:
+            self._forget(gone, obs)
+        if len(usage) == len(self.workloads):
+            obs.identities, obs.nested = self.workloads, self.nested
+        else:
+            obs.identities = {r: i for r, i in self.workloads.items() if r in usage}
+            obs.nested = {r: c for r, c in self.nested.items() if r in usage}
+
+    def _read_one_by_one(self, obs: Observation, v2: bool, divisor: float) -> list[str]:
+        """Counters read and parsed each on its own; returns those that failed."""
+        assert self.layout is not None
+        pattern = _V2_VALUE if v2 else _V1_VALUE
+        usage = obs.usage
+        failed = []
+        obs.counter_reads += len(self.counters)
+        for root, fd in self.counters.items():
+            try:
+                if fd >= 0:
+                    data = os.pread(fd, _COUNTER_BYTES, 0)
+                else:
+                    data = read_file(self.layout.counter_path(root))[:_COUNTER_BYTES]
+            except OSError:
+                data = b""
+            match = pattern.match(data)
+            if match:
+                usage[root] = int(match.group(1)) / divisor
+            else:
+                failed.append(root)
+        return failed
+
+    def _reread(self, root: str, obs: Observation) -> bool:
+        """A counter whose read failed or came back empty or unexpected: reopen its path once
+        (a removed cgroup fails reads on a held fd). False when the cgroup is gone."""
+        assert self.layout is not None
+        self._close(root)
+        self.counters[root] = -1
+        path = self.layout.counter_path(root)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            obs.problems.append(f"{path}: {exc.strerror or exc}")
+            return True
+        keep = False
+        try:
+            data = os.read(fd, 4096)
+            obs.counter_reads += 1
+            if not data:  # never from the kernel; a fixture's cgroup being removed
+                return False
+            obs.usage[root] = parse_cpu_seconds(data, self.layout)
+            keep = self.held < self.max_held and data.startswith(
+                b"usage_usec " if self.layout.version == V2 else b"")
+        except (OSError, ValueError) as exc:
+            obs.problems.append(f"{path}: {exc}")
+        finally:
+            if keep:
+                self.counters[root] = fd
+                self.held += 1
+            else:
+                os.close(fd)
+        return True
+
+    def _forget(self, gone: list[str], obs: Observation) -> None:
+        """Cgroups removed: their processes ended or moved before the removal; read them again
+        (this walks every process, only when a workload's cgroup went away)."""
+        roots = set(gone)
+        for pid, proc in list(self.pids.items()):
+            identity = self.identities.get(proc.cgroup)
+            if identity is not None and identity.root in roots:
+                self._set(pid, self._read_pid(pid, obs))
+        for root in gone:
+            self._close(root)
+        if self.paths_changed:
+            self._refresh_workloads()
+        else:  # their processes were all re-read into other cgroups: nothing to refresh
+            self.workloads = {r: i for r, i in self.workloads.items() if r not in roots}
 
     def _map_gpu_pids(self, obs: Observation) -> None:
         for gpu in obs.gpus.values():
@@ -213,8 +462,12 @@ class WorkloadReader:
                 if proc is not None:
                     obs.gpu_comms[pid] = proc.comm
                 if identity is not None and identity.root not in obs.identities:
+                    if obs.identities is self.workloads:
+                        obs.identities = dict(obs.identities)  # the reader's own: copy first
                     obs.identities[identity.root] = identity
 
     def close(self) -> None:
+        for root in list(self.counters):
+            self._close(root)
         if self.gpus is not None:
             self.gpus.close()

@@ -95,6 +95,7 @@ class KubeMetadata:
         self.status = Status(ABSENT, "kubernetes metadata disabled")
         self.refreshed_at: float | None = None
         self._wake: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the refreshes run on it
         self._unknown: set[str] = set()
         self.last_attempt = 0.0
         self.min_refresh = MIN_REFRESH_SECONDS
@@ -127,9 +128,19 @@ class KubeMetadata:
         return f"{self.url}/pods"
 
     def want(self, uid: str) -> None:
-        """Called by the split (on the loop) for a pod UID it cannot name."""
+        """Called by the split (in the sampler thread) for a pod UID it cannot name: handed to
+        the event loop, which owns the refreshes and the set of unknown UIDs."""
         if not self.enabled or uid in self._unknown:
             return
+        if self._loop is None:
+            self._want(uid)
+            return
+        try:
+            self._loop.call_soon_threadsafe(self._want, uid)
+        except RuntimeError:
+            pass  # the loop has ended: no more refreshes
+
+    def _want(self, uid: str) -> None:
         self._unknown.add(uid)
         if self._wake is not None:
             self._wake.set()
@@ -202,6 +213,7 @@ class KubeMetadata:
         if not self.enabled:
             return
         self._wake = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
         async with aiohttp.ClientSession() as session:
             while not stop.is_set():
                 try:

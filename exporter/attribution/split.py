@@ -19,7 +19,7 @@ so idle + other + sum_w E_w = E exactly, every sample (a test checks it).
 from __future__ import annotations
 
 import collections
-import heapq
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 # (kind, namespace, pod, container, unit, workload_job): the workload metrics' labels after
@@ -28,6 +28,7 @@ Key = tuple[str, str, str, str, str, str]
 IDLE: Key = ("idle", "", "", "", "", "")
 OTHER: Key = ("other", "", "", "", "", "")
 SPECIAL = (IDLE, OTHER)
+SPECIAL_SET = frozenset(SPECIAL)
 
 
 class IdleFloor:
@@ -71,9 +72,8 @@ def split_by_cpu(energy: float, idle: float, node_busy: float | None,
     denominator = max(node_busy or 0.0, used)
     per_cpu_second = active / denominator if denominator > 0 and active > 0 else 0.0
     if per_cpu_second > 0:
-        for key, seconds in workload_cpu.items():
-            if seconds > 0:
-                parts[key] = parts.get(key, 0.0) + per_cpu_second * seconds
+        parts.update({key: per_cpu_second * seconds
+                      for key, seconds in workload_cpu.items() if seconds > 0})
     parts[OTHER] = energy - sum(parts.values())  # the remainder: conservation by construction
     if parts[OTHER] < 0:  # rounding only; fold it into the largest part
         largest = max((k for k in parts if k != OTHER), key=parts.__getitem__)
@@ -110,6 +110,10 @@ class Book:
     A series that has not been credited for `grace` seconds (its workload ended, or it fell
     out of the top N) is dropped, sooner if more than max_workloads + max_processes series
     would be exported; Prometheus keeps what it already scraped.
+
+    Per sample the work is a few passes over the workloads that had energy, each a dict
+    operation or two per workload and component (the ranking only sorts when a holder of a
+    series may have to give it up).
     """
 
     DECAY = 0.9
@@ -119,24 +123,41 @@ class Book:
         self.max_workloads = max_workloads
         self.max_processes = max_processes
         self.grace = grace
-        self.totals: dict[tuple[str, Key], Total] = {}
+        self.by_component: dict[str, dict[Key, Total]] = {}  # component -> key -> counters
         self.credited: dict[Key, float] = {}
         self.scores: dict[Key, float] = {}
         self.admitted: set[Key] = set()
 
-    def _admit(self, joules_by_key: dict[Key, float], limit: int) -> set[Key]:
-        scores = {k: self.scores.get(k, 0.0) * self.DECAY + j for k, j in joules_by_key.items()}
-        self.scores.update(scores)
+    @property
+    def totals(self) -> dict[tuple[str, Key], Total]:
+        """(component, key) -> its counters (a copy, for readers)."""
+        return {(component, key): total
+                for component, by_key in self.by_component.items()
+                for key, total in by_key.items()}
+
+    def _admit(self, joules_by_key: dict[Key, float], limit: int
+               ) -> tuple[set[Key], dict[Key, float]]:
+        """The keys that hold a series, and the updated scores."""
+        old = self.scores.get
+        decay = self.DECAY
+        scores = {k: old(k, 0.0) * decay + j for k, j in joules_by_key.items()}
         if len(scores) <= limit:
-            return set(scores)
+            return set(scores), scores
         # holders of a series keep it against a newcomer less than INCUMBENCY times bigger,
         # so near-equal workloads do not take turns (each turn is a series until the grace)
         held = self.admitted
-        return set(heapq.nlargest(limit, scores, key=lambda k: scores[k] * (
-            self.INCUMBENCY if k in held else 1.0)))
+        holding = {k: v for k, v in scores.items() if k in held}
+        if len(holding) == limit:  # the usual case: do the holders all still rank?
+            floor = min(holding.values()) * self.INCUMBENCY
+            if max((v for k, v in scores.items() if k not in holding), default=0.0) <= floor:
+                return set(holding), scores
+        incumbency = self.INCUMBENCY
+        ranked = {k: v * incumbency if k in held else v for k, v in scores.items()}
+        # what heapq.nlargest(limit, ...) returns, with the sort and its key in C
+        return set(sorted(ranked, key=ranked.__getitem__, reverse=True)[:limit]), scores
 
     def record(self, parts: dict[str, dict[Key, float]], grams_per_joule: dict[str, float],
-               processes: dict[str, dict[Key, tuple[Key, float]]], live: set[Key],
+               processes: dict[str, dict[Key, tuple[Key, float]]], live: AbstractSet[Key],
                now: float) -> None:
         """Credit one sample. parts: component -> key -> joules (summing to the measured
         energy); processes: component -> process key -> (its workload's key, joules)."""
@@ -144,7 +165,10 @@ class Book:
         for by_proc in processes.values():
             for key, (_parent, joules) in by_proc.items():
                 proc_joules[key] = proc_joules.get(key, 0.0) + joules
-        admitted_procs = self._admit(proc_joules, self.max_processes) if proc_joules else set()
+        admitted_procs: set[Key] = set()
+        proc_scores: dict[Key, float] = {}
+        if proc_joules:
+            admitted_procs, proc_scores = self._admit(proc_joules, self.max_processes)
         for component, by_proc in processes.items():
             component_parts = parts[component]
             for key, (parent, joules) in by_proc.items():
@@ -156,41 +180,73 @@ class Book:
                 component_parts[parent] -= taken
                 component_parts[key] = component_parts.get(key, 0.0) + taken
 
-        workload_joules: dict[Key, float] = {k: 0.0 for k in live if k not in SPECIAL}
+        # this sample's energy per live workload: the first component by copy, others summed
+        workload_joules: dict[Key, float] = dict.fromkeys(live, 0.0)
+        first = True
         for component_parts in parts.values():
+            if first:
+                workload_joules.update(component_parts)
+                first = False
+                continue
+            get = workload_joules.get
             for key, joules in component_parts.items():
-                if key not in SPECIAL and key not in admitted_procs:
-                    workload_joules[key] = workload_joules.get(key, 0.0) + joules
-        admitted = self._admit(workload_joules, self.max_workloads)
+                workload_joules[key] = get(key, 0.0) + joules
+        for key in SPECIAL:
+            workload_joules.pop(key, None)
+        for key in admitted_procs:
+            workload_joules.pop(key, None)
+        admitted, scores = self._admit(workload_joules, self.max_workloads)
         admitted |= admitted_procs
         self.admitted = admitted
+        # only live keys keep a score: one that comes back ranks from zero
+        self.scores = {**proc_scores, **scores} if proc_scores else scores
+
+        allowed = admitted | SPECIAL_SET
+        credited = self.credited
         for component, component_parts in parts.items():
             ratio = grams_per_joule.get(component, 0.0)
+            totals = self.by_component.setdefault(component, {})
+            total_of = totals.get
+            rest = 0.0
+            rest_seen = False
             for key, joules in component_parts.items():
-                if key not in SPECIAL and key not in admitted:
-                    key = OTHER
-                total = self.totals.get((component, key))
+                if key in allowed:
+                    total = total_of(key)
+                    if total is None:
+                        total = totals[key] = Total()
+                    total.joules += joules
+                    total.grams += joules * ratio
+                else:
+                    rest += joules
+                    rest_seen = True
+            if rest_seen:
+                total = total_of(OTHER)
                 if total is None:
-                    total = self.totals[(component, key)] = Total()
-                total.joules += joules
-                total.grams += joules * ratio
-                self.credited[key] = now
-        for key in admitted:
-            self.credited[key] = now
-        for key in [k for k in self.scores if k not in workload_joules and k not in proc_joules]:
-            del self.scores[key]  # not live: it ranks from zero if it comes back
-        expired = {k for k, at in self.credited.items() if now - at > self.grace and k not in SPECIAL}
+                    total = totals[OTHER] = Total()
+                total.joules += rest
+                total.grams += rest * ratio
+                credited[OTHER] = now
+            for key in SPECIAL:
+                if key in component_parts:
+                    credited[key] = now
+        credited.update(dict.fromkeys(admitted, now))
+
+        grace = self.grace
+        expired: set[Key] = set()
+        if credited and now - min(credited.values()) > grace:
+            expired = {k for k, at in credited.items() if now - at > grace and k not in SPECIAL_SET}
         # hard bound: when holders change faster than the grace period, the longest-unused
         # series go first, so never more than max_workloads + max_processes are exported
-        over = len(self.credited) - len(expired) - sum(k in self.credited for k in SPECIAL) \
+        over = len(credited) - len(expired) - sum(k in credited for k in SPECIAL) \
             - (self.max_workloads + self.max_processes)
         if over > 0:
-            spare = sorted((k for k in self.credited
-                            if k not in admitted and k not in expired and k not in SPECIAL),
-                           key=self.credited.__getitem__)
+            spare = sorted((k for k in credited
+                            if k not in admitted and k not in expired and k not in SPECIAL_SET),
+                           key=credited.__getitem__)
             expired.update(spare[:over])
         if expired:
             for key in expired:
-                del self.credited[key]
-            for series in [s for s in self.totals if s[1] in expired]:
-                del self.totals[series]
+                del credited[key]
+            for totals in self.by_component.values():
+                for key in expired:
+                    totals.pop(key, None)

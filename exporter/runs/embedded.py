@@ -68,7 +68,6 @@ class TreeAttribution(Source):
         self.account_to = account
         self.procfs = config.path_procfs
         nvml = config.collector("nvml") if gpus is None else gpus
-        self.lane = "nvml" if nvml else "host"  # NVML calls share the driver's lane
         self.gpu_reader = GpuProcessReader() if nvml else None
         self.user_hz = tree.user_hz
         self.floors = {"cpu": IdleFloor(config.attribution_cpu_idle_watts),
@@ -195,7 +194,9 @@ class TreeAttribution(Source):
 
 
 class EmbeddedTracker:
-    """Runs the sampler in a thread with its own event loop until stop()."""
+    """Runs the sampler in its own thread of the tracked process until stop(). The event
+    loop is started only for live intensity providers (their fetches are asynchronous);
+    with the static figure (the default) there is none, and a sample wakes one thread."""
 
     mode = "embedded"
     method = ("embedded: the run's process tree; cpu and dram by its share of the node's busy "
@@ -218,16 +219,15 @@ class EmbeddedTracker:
         self.sampler.embodied = Embodied(config)
         self.attribution.sampler = self.sampler
         self.chain = Chain.from_config(config, self._publish_grid)
-        self._thread: threading.Thread | None = None
+        self._chain_thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
+        self._chain_stop: asyncio.Event | None = None
+        self._chain_ready = threading.Event()
 
     @staticmethod
     def _present(source: Source) -> bool:
         """A run lasts minutes to days, not a hardware change: a measured source whose
-        hardware is absent now is left out, and with it its read and lane each sample."""
+        hardware is absent now is left out, and with it its read each sample."""
         try:
             status = source.read().status
         except Exception:  # read() should not raise; if it does, the sampler reports it
@@ -241,66 +241,57 @@ class EmbeddedTracker:
         self.sampler.intensity = state.intensity
         self.sampler.grid = state
 
-    async def _main(self) -> None:
+    def _exclude_own_threads(self) -> None:
+        """In the sampler thread, before the baseline: the tracker's own threads are
+        overhead (bench/bench_runs.py), not the run's."""
+        if self.tree.include_root:
+            tids = {threading.get_native_id()}  # the sampler thread: it reads every source
+            for thread in (self.sampler.watchdog, self._chain_thread):
+                if thread is not None and thread.native_id is not None:
+                    tids.add(thread.native_id)
+            self.tree.exclude_tids = tids
+
+    async def _run_chain(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
+        self._chain_stop = asyncio.Event()
+        self.chain.start()
+        self._chain_ready.set()
         try:
-            if self.tree.include_root:
-                # the tracker's own threads are overhead (bench/bench_runs.py), not the run's
-                tids = {threading.get_native_id()}
-                tids.update(lane.thread.native_id for lane in self.sampler.lanes
-                            if lane.thread.native_id is not None)
-                self.tree.exclude_tids = tids
-            self.chain.start()
-            await self.sampler.cycle()  # baselines: the run is measured from here
-        except BaseException as exc:
-            self._error = exc
-            raise
-        finally:
-            self._ready.set()
-        interval = self.sampler.interval
-        next_at = time.monotonic() + interval
-        try:
-            while not self._stop.is_set():
-                delay = max(0.0, next_at - time.monotonic())
-                try:
-                    await asyncio.wait_for(self._stop.wait(), timeout=delay)
-                except TimeoutError:
-                    pass
-                try:
-                    await self.sampler.cycle()  # after a stop: the final sample, up to now
-                except Exception:
-                    log.exception("sample cycle failed")
-                next_at += interval
-                if next_at < time.monotonic():
-                    next_at = time.monotonic() + interval
+            await self._chain_stop.wait()
         finally:
             await self.chain.stop()
-            self.sampler.close()
 
-    def _run_thread(self) -> None:
+    def _chain_main(self) -> None:
         try:
-            asyncio.run(self._main())
-        except BaseException as exc:  # reported by start() or stop()
-            self._error = self._error or exc
-            self._ready.set()
+            asyncio.run(self._run_chain())
+        except BaseException:  # the static figure stays in force
+            log.exception("intensity providers stopped")
+        finally:
+            self._chain_ready.set()
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run_thread, name="carbon-run-sampler",
-                                        daemon=True)
-        self._thread.start()
-        self._ready.wait()
-        if self._error is not None:
-            raise RuntimeError(f"embedded sampler failed to start: {self._error}")
+        if self.chain.states:  # live providers: their own loop, in their own thread
+            self._chain_thread = threading.Thread(target=self._chain_main,
+                                                  name="carbon-run-providers", daemon=True)
+            self._chain_thread.start()
+            self._chain_ready.wait(timeout=10.0)
+        else:
+            self.chain.start()  # publishes the static figure; nothing to fetch
+        self.sampler.start(before_first=self._exclude_own_threads)
+        self.sampler.first_cycle.wait()  # the baseline: the run is measured from here
+        if self.sampler.failed is not None:
+            raise RuntimeError(f"embedded sampler failed to start: {self.sampler.failed}")
 
     def stop(self) -> RunAccount:
         """Take the final sample and stop; the account up to now."""
-        if self._thread is not None and self._loop is not None and self._stop is not None:
+        self.sampler.halt(timeout=max(10.0, 3 * self.sampler.interval), final=True)
+        self.sampler.close()
+        if self._chain_thread is not None and self._loop is not None and self._chain_stop is not None:
             try:
-                self._loop.call_soon_threadsafe(self._stop.set)
+                self._loop.call_soon_threadsafe(self._chain_stop.set)
             except RuntimeError:
                 pass  # the loop already ended
-            self._thread.join(timeout=max(10.0, 3 * self.sampler.interval))
+            self._chain_thread.join(timeout=10.0)
         return self.account.snapshot()
 
     def statuses(self) -> list[tuple[str, str, str]]:

@@ -15,8 +15,6 @@ from importlib import resources
 from collections.abc import Sequence
 from typing import Any
 
-import jsonschema
-
 from exporter import __version__
 from exporter.ledger import JOULES_PER_KWH
 from exporter.runs.account import RunAccount
@@ -143,6 +141,8 @@ def validate(record: Any, origin: str = "run record") -> dict[str, Any]:
     if isinstance(record, dict) and str(record.get("schema_version", "")).split(".")[0] not in ("1",):
         raise RecordError(f"{origin}: schema_version {record.get('schema_version')!r} is not "
                           f"1.x (this carbon-exporter reads 1.x)")
+    import jsonschema  # only where a record is checked: the daemon imports this module too
+
     validator = jsonschema.Draft202012Validator(schema())
     error = jsonschema.exceptions.best_match(validator.iter_errors(record))
     if error is not None:

@@ -67,6 +67,7 @@ class RunService:
         self.cleanup: dict[str, float] = {}  # cgroup dirs to remove once empty -> since
         self.waiters: list[tuple[float, asyncio.Future]] = []
         self.server: asyncio.AbstractServer | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.attribution = sampler.attribution
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -99,6 +100,7 @@ class RunService:
         except OSError as exc:
             log.info("run socket off: cannot listen on %s: %s", self.path, exc.strerror or exc)
             return False
+        self.loop = asyncio.get_running_loop()
         self.attribution.listeners.append(self.on_split)
         log.info("runs: listening on %s (cgroup %s)", self.path,
                  getattr(self._layout(), "version", "none"))
@@ -112,9 +114,9 @@ class RunService:
                 os.unlink(self.path)
             except OSError:
                 pass
-        for _, future in self.waiters:
-            if not future.done():
-                future.set_result(None)
+        with self.sampler.lock:
+            waiters, self.waiters = self.waiters, []
+        _wake([future for _, future in waiters])
         if self.on_split in self.attribution.listeners:
             self.attribution.listeners.remove(self.on_split)
 
@@ -183,7 +185,8 @@ class RunService:
         recheck = getattr(self.attribution.reader, "recheck_now", None)
         if recheck is not None:
             recheck.append(str(pid))  # the reader learns the move at its next sample
-        self.runs[run_id] = ActiveRun(run_id, name, uid, pid, path, original, time.time())
+        with self.sampler.lock:  # the sampler thread walks the runs at each sample
+            self.runs[run_id] = ActiveRun(run_id, name, uid, pid, path, original, time.time())
         log.info("run %s started: %s (pid %d, uid %d) in %s", run_id[:8], name, pid, uid, path)
         return {"ok": True, "run_id": run_id, "cgroup": path, "workload_job": name}
 
@@ -193,14 +196,16 @@ class RunService:
             return {"ok": False, "error": "no such run of this user"}
         # the answer waits for a sample whose reads started after this request
         future: asyncio.Future = asyncio.get_running_loop().create_future()
-        self.waiters.append((time.monotonic(), future))
+        with self.sampler.lock:
+            self.waiters.append((time.monotonic(), future))
         try:
             await asyncio.wait_for(asyncio.shield(future),
                                    timeout=3 * self.sampler.interval + 10.0)
         except TimeoutError:
             log.warning("run %s: no sample after its end within the timeout", run_id[:8])
-        run.ended = True
-        del self.runs[run_id]
+        with self.sampler.lock:
+            run.ended = True
+            self.runs.pop(run_id, None)
         if layout is not None and pid == run.pid and run.original is not None:
             try:  # back where it was: the process may go on after the run (a notebook)
                 with open(layout.root + run.original.rstrip("/") + "/cgroup.procs", "w",
@@ -208,9 +213,10 @@ class RunService:
                     handle.write(str(pid))
             except OSError:
                 pass
-        if layout is not None:
-            self.cleanup[layout.root + run.cgroup] = time.monotonic()
-        account = run.account.snapshot()
+        with self.sampler.lock:
+            if layout is not None:
+                self.cleanup[layout.root + run.cgroup] = time.monotonic()
+            account = run.account.snapshot()
         intensity = self.sampler.intensity
         return {"ok": True, "account": account_to_wire(account),
                 "collectors": [(w.source.name, w.status.reason, w.status.detail)
@@ -220,7 +226,7 @@ class RunService:
                               "kind": intensity.kind,
                               "basis": getattr(intensity, "basis", "")}}
 
-    # --- every sample (event loop, from Attribution._account) ---------------------------------
+    # --- every sample (the sampler thread, under sampler.lock, from Attribution._account) ---
 
     def on_split(self, parts: dict[str, dict], ratio: dict[str, float], keys: dict[str, Any],
                  measured: dict[str, float], seconds: float, observed_at: float | None) -> None:
@@ -254,12 +260,14 @@ class RunService:
             log.info("run %s (%s) abandoned: its cgroup stayed empty", run_id[:8], run.name)
             if layout is not None:
                 self.cleanup[layout.root + run.cgroup] = now
-        if observed_at is not None:
-            ready = [(t, f) for t, f in self.waiters if t <= observed_at]
+        if observed_at is not None and self.waiters:
+            ready = [f for t, f in self.waiters if t <= observed_at]
             self.waiters = [(t, f) for t, f in self.waiters if t > observed_at]
-            for _, future in ready:
-                if not future.done():
-                    future.set_result(None)
+            if ready and self.loop is not None:
+                try:  # the futures belong to the event loop; this runs in the sampler thread
+                    self.loop.call_soon_threadsafe(_wake, ready)
+                except RuntimeError:
+                    pass  # the loop has ended
         for directory, since in list(self.cleanup.items()):
             try:
                 os.rmdir(directory)  # fails while a process is left in it: try again later
@@ -269,6 +277,12 @@ class RunService:
             except OSError:
                 if now - since > 24 * 3600:
                     del self.cleanup[directory]
+
+
+def _wake(futures: list[asyncio.Future]) -> None:
+    for future in futures:
+        if not future.done():
+            future.set_result(None)
 
 
 def account_to_wire(account: RunAccount) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """Power sources, one module each, in the style of node_exporter's collector/ directory.
 
-A source's read() is blocking (file reads, NVML calls) and runs in its lane's worker thread,
-so one hung source cannot stall the sources of other lanes. It never raises: whatever goes wrong is
-returned as a Status with a reason, and the other sources keep working.
+A source's read() is blocking (file reads, NVML calls) and runs in the sampler's thread; one
+that hangs is set aside by the sampler's watchdog, so it cannot stall the others. It never
+raises: whatever goes wrong is returned as a Status with a reason, and the other sources keep
+working.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ ERROR = "error"
 SUPERSEDED = "superseded"  # a model not used because a measured counter covers it
 
 # Roles: measured sources read counters or meters; models estimate a component and stand
-# aside where a measured source covers it (they run after every measured source, across
-# lanes); observers (attribution) read usage and split what the ledger counted.
+# aside where a measured source covers it (they run after every measured source);
+# observers (attribution) read usage and split what the ledger counted.
 MEASURED, MODEL, OBSERVER = "measured", "model", "observer"
 # What a source's result carries besides its status.
 ENERGY = "energy"  # readings the ledger counts
@@ -91,7 +92,7 @@ class Source(abc.ABC):
 
     A source is one file in exporter/sources/ (found there by exporter.sources.registry):
     a subclass that declares what it is below and implements from_config() and read().
-    Flags (--collector.<name>), the sampler's order and lanes, the README's collector table
+    Flags (--collector.<name>), the sampler's order, the README's collector table
     and the landing page all derive from these declarations; nothing else names a source.
     """
 
@@ -102,9 +103,6 @@ class Source(abc.ABC):
     default_enabled: ClassVar[bool] = True
     source_labels: ClassVar[tuple[str, ...]] = ()  # values of the `source` label it exports
     summary: ClassVar[str] = ""  # what it reads, for the README's collector table
-    # Worker thread ("lane") the sampler reads it in. Sources that call a driver that can
-    # hang share that driver's lane, so a wedged driver stalls only them.
-    lane: str = "host"
     # The clock readings are stamped with (monotonic seconds). The sampler gives every source
     # its own clock, so tests drive time instead of sleeping.
     clock: Callable[[], float] = staticmethod(time.monotonic)
@@ -119,7 +117,7 @@ class Source(abc.ABC):
     @abc.abstractmethod
     def read(self, covered: frozenset[str] = frozenset()) -> SourceResult:
         """Read once; never raise. `covered`: components measured by counters in this cycle,
-        on any lane (a model of a covered component stands aside)."""
+        by any measured source (a model of a covered component stands aside)."""
 
     def configure(self, config: Config) -> None:  # noqa: B027 - optional hook, default no-op
         """SIGHUP: apply reloadable settings (default: nothing to apply)."""

@@ -157,10 +157,7 @@ def classify(hwmon: str, hwmon_dir: str) -> tuple[Sensor | None, str]:
 class HwmonSource(Source):
     name = "hwmon"
     # An ACPI meter read runs an ACPI method that may wait on the BMC (through IPMI), a GPU
-    # reading its firmware: their own lane, so a slow sensor never delays RAPL or the models.
-    # A node without such sensors (most VMs) reads the empty class on the host lane instead
-    # of paying a thread hand-off per cycle for nothing (decided at start, see from_config).
-    lane = "hwmon"
+    # reading its firmware: one that hangs is set aside by the sampler's watchdog.
     components = ("gpu",)  # the platform meter is no component: the node total
     provides = frozenset({ENERGY, PLATFORM_READING})
     source_labels = ("hwmon", "power_sample")
@@ -175,11 +172,7 @@ class HwmonSource(Source):
 
     @classmethod
     def from_config(cls, config: Config) -> HwmonSource:
-        source = cls(config.path_sysfs)
-        source._discover()
-        if not source.sensors and not source.problems:
-            source.lane = "host"
-        return source
+        return cls(config.path_sysfs)
 
     def __init__(self, sysfs: str) -> None:
         self.root = os.path.join(sysfs, "class", "hwmon")

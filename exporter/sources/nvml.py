@@ -258,7 +258,6 @@ class NvmlSession:
 
 class NvmlSource(Source):
     name = "nvml"
-    lane = "nvml"  # a wedged driver must not stall the other sources
     components = ("gpu",)
     provides = frozenset({ENERGY, GPU_INFO})
     source_labels = ("nvml", "power_sample")

@@ -257,7 +257,7 @@ class ChassisPower:
 class RedfishSource(Source):
     name = "redfish"
     # read() only hands over the poller thread's last value; the network is never touched
-    # in a sample, so the default lane is fine
+    # in a sample
     components = ()  # the chassis reading is no component: the node total
     provides = frozenset({PLATFORM_READING})
     source_labels = ("redfish",)

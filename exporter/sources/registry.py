@@ -1,6 +1,6 @@
 """The source registration seam: every module in exporter/sources/ is imported once and every
 Source subclass it holds with a `name` is a collector. Adding a source is one file there
-(plus its tests): its flag, lane, order in the sample cycle and README row follow from the
+(plus its tests): its flag, order in the sample cycle and README row follow from the
 class's declarations (see Source in __init__.py).
 """
 
