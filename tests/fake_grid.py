@@ -45,6 +45,7 @@ class FakeGrid:
         # region CAISO_NORTH (403 elsewhere), /v3/signal-index everywhere
         self.wt_plan = "pro"
         self.em_queries: list[dict[str, str]] = []
+        self.wt_logins = 0  # successful WattTime logins
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._loop = asyncio.new_event_loop()
@@ -159,6 +160,7 @@ class FakeGrid:
         expected = "Basic " + base64.b64encode(f"{self.username}:{self.password}".encode()).decode()
         if request.headers.get("Authorization") != expected:
             return web.json_response({"error": "bad login"}, status=401)
+        self.wt_logins += 1
         return web.json_response({"token": self.wt_token})
 
     def _wt_auth(self, request):

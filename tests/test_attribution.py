@@ -207,6 +207,38 @@ def test_cpu_split_is_conserved_every_sample_over_hundreds_of_processes(tmp_path
     assert kinds >= {"container", "unit", "job", "idle", "other"}
 
 
+def test_cpu_split_without_nesting_gives_each_workload_its_share(tmp_path):
+    """The usual case (no workload inside another, the same workloads read in full each
+    sample) pairs the counters as lists: each workload still gets exactly its share."""
+    tree = build_tree(tmp_path, "v2", write_pid_stats=False)
+    leaves = [f"/system.slice/s{n}.service" for n in range(12)] + [
+        container_cgroup(n) for n in range(1, 9)]
+    for leaf in leaves:
+        tree.add(leaf, processes=2)
+    attribution = Attribution(make_config(tmp_path, attribution__cpu_idle_watts=10.0))
+    attribution.account(attribution.read(), [], 0.0)
+    rng = random.Random(3)
+    expected: dict[str, float] = {}
+    for sample in range(1, 6):
+        given = {leaf: rng.choice([0, 0.1, 0.25, 0.5]) for leaf in leaves}
+        tree.advance(given, outside_seconds=0.3)
+        result = attribution.read()
+        assert result.observation.order is not None
+        split = attribution.account(result, counted_cpu(110.0), float(sample))
+        assert_conserved(split)
+        denominator = max(sum(round(v * 100) for v in given.values()) / 100 + 0.3,
+                          sum(given.values()))
+        for leaf, seconds in given.items():
+            expected[leaf] = expected.get(leaf, 0.0) + 100.0 * seconds / denominator
+    series = totals(attribution)
+    for n in range(12):
+        leaf = f"/system.slice/s{n}.service"
+        assert series.get(("unit", "", "", "", f"s{n}.service", ""), 0.0) == \
+            pytest.approx(expected[leaf])
+    pod3 = ("container", "", pod_uid(3), container_id(3)[:12], "", "")
+    assert series.get(pod3, 0.0) == pytest.approx(expected[container_cgroup(3)])
+
+
 def test_reads_each_cgroup_file_at_most_once_per_sample(tmp_path):
     tree = build_tree(tmp_path, "v2", write_pid_stats=False)
     populate(tree)
@@ -231,14 +263,24 @@ def test_procfs_listing_runs_when_processes_were_forked_or_every_n_samples(tmp_p
     obs = reader.read()
     assert obs.listed and "/system.slice/b.service" in obs.usage
     assert {str(p) for p in pids} <= reader.pids.keys()
-    # ended without a fork (a.service keeps running): remembered until a full listing
+    # ended without a fork (a.service keeps running): remembered until the next full
+    # listing, FULL_LISTING_SAMPLES after the first (past their second look)
+    for _ in range(SECOND_LOOK_SAMPLES):
+        reader.read()
     tree.exit(pids)
-    for _ in range(FULL_LISTING_SAMPLES - 1):
+    while reader.samples < FULL_LISTING_SAMPLES:
         obs = reader.read()
-        assert not obs.listed
+        assert not obs.listed and "/system.slice/b.service" in obs.usage
     obs = reader.read()
     assert obs.listed and "/system.slice/b.service" not in obs.usage
     assert not {str(p) for p in pids} & reader.pids.keys()
+    # a fork and an exit between two samples: the listing sees both (against the last one)
+    [gone] = tree.add("/system.slice/c.service", processes=1)
+    reader.read()
+    [born] = tree.add("/system.slice/c.service", processes=1)
+    tree.exit([gone])
+    obs = reader.read()
+    assert obs.listed and str(born) in reader.pids and str(gone) not in reader.pids
 
 
 def test_forks_count_is_parsed_from_a_large_proc_stat(tmp_path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from email.utils import formatdate
 
 import aiohttp
 import pytest
@@ -19,6 +20,7 @@ from exporter.carbon.providers import LBS_PER_MWH_TO_G_PER_KWH, ProviderError
 from exporter.carbon.providers.chain import Chain
 from exporter.carbon.providers.spec import provider_types
 from exporter.carbon.providers.spec import parse_chain
+from exporter.carbon.providers.watttime import FORECAST_RECHECK_SECONDS, TOKEN_LIFETIME
 from exporter.carbon.secrets import REDACTED, RedactingFilter, Secret, redact
 from exporter.carbon.zones import resolve_zone
 from exporter.ledger import Reading
@@ -47,6 +49,7 @@ def reset(fake, monkeypatch):
     fake.requests.clear()
     fake.wt_plan = "pro"
     fake.em_queries.clear()
+    fake.wt_logins = 0
     monkeypatch.setenv("TEST_EM_TOKEN", fake.token)
     monkeypatch.setenv("TEST_WT_USER", fake.username)
     monkeypatch.setenv("TEST_WT_PASSWORD", fake.password)
@@ -118,6 +121,18 @@ def test_watttime_relogs_in_when_the_token_is_refused(fake):
     fetch(provider)
     provider._token = "expired-token"  # as if WattTime had expired it early
     assert fetch(provider).intensity.grams_per_kwh == pytest.approx(453.592)
+
+
+def test_watttime_token_is_kept_for_its_lifetime_then_renewed(fake, timeline):
+    provider = build([spec_for("wt", fake)])[0]
+    fetch(provider, timeline)
+    assert fake.wt_logins == 1
+    timeline.clock.advance(TOKEN_LIFETIME - 1)
+    fetch(provider, timeline)
+    assert fake.wt_logins == 1  # the token is reused
+    timeline.clock.advance(1)
+    fetch(provider, timeline)
+    assert fake.wt_logins == 2  # a minute before WattTime's 30 min run out: a new one
 
 
 def test_watttime_bad_credentials_is_auth(fake, monkeypatch):
@@ -268,9 +283,11 @@ def test_retries_back_off_then_wait_for_the_next_refresh(fake, timeline, monkeyp
     assert jitter[:3] == [(0.9, 1.1), (0.5, 1.5), (0.5, 1.5)]  # refresh +-10%, retries +-50%
 
 
-def test_retry_after_is_honoured(fake, timeline):
+@pytest.mark.parametrize("form", ["seconds", "http-date"])
+def test_retry_after_is_honoured(fake, timeline, form):
     fake.mode["uk"] = "429"
-    fake.retry_after = "7"
+    # seconds, or an HTTP date 7 s after the API's (and the chain's) now
+    fake.retry_after = "7" if form == "seconds" else formatdate(timeline.wall() + 7, usegmt=True)
     # Retry-After above the refresh: no retry in the attempt, the next refresh waits for it
     item = spec_for("uk", fake, retries=3, backoff=0.01, refresh=1)
 
@@ -278,10 +295,11 @@ def test_retry_after_is_honoured(fake, timeline):
         await timeline.advance(6.9)
         assert fake.count("uk") == 1
         await timeline.advance(0.2)
-        assert fake.count("uk") == 2
+        # the date has passed: the next 429s ask for no wait, so the 3 retries follow at once
+        assert fake.count("uk") == (2 if form == "seconds" else 1 + 1 + 3)
 
     run_chain(build([item]), timeline, during)
-    assert delays(timeline, "ukgrid") == [7.0, 7.0]
+    assert delays(timeline, "ukgrid")[0] == pytest.approx(7.0)
 
 
 def test_retry_after_within_the_refresh_delays_the_retry(fake, timeline):
@@ -419,13 +437,17 @@ def test_each_provider_states_its_basis(fake):
 def test_watttime_free_plan_reads_the_index_and_says_the_forecast_is_unavailable(fake, timeline):
     fake.wt_plan = "free"
     provider = build([spec_for("wt", fake, region="PJM_DC")])[0]
-    got = fetch(provider)
+    got = fetch(provider, timeline)
     assert got.intensity is None and got.forecast == ()
     assert got.index == pytest.approx(0.73) and got.zone == "PJM_DC"
     assert "not in this WattTime plan (HTTP 403)" in got.note
     forecasts = sum(1 for api, _, path in fake.requests if path.endswith("/v3/forecast"))
-    fetch(provider)  # the next refresh does not ask for the forecast again
+    fetch(provider, timeline)  # the next refresh does not ask for the forecast again
     assert sum(1 for api, _, path in fake.requests if path.endswith("/v3/forecast")) == forecasts
+    timeline.clock.advance(FORECAST_RECHECK_SECONDS)  # after six hours it asks again
+    fetch(provider, timeline)
+    assert sum(1 for api, _, path in fake.requests if path.endswith("/v3/forecast")) \
+        == forecasts + 1
     # through the chain: up and ok (not auth), its index exported, the fallback in force
     _, published = run_chain([build([spec_for("wt", fake, region="PJM_DC")])[0]], timeline)
     last = published[-1]

@@ -161,16 +161,42 @@ def test_mig_gpu_is_counted_once(clock):
     ("NVML_ERROR_NO_PERMISSION", PERMISSION),
     ("NVML_ERROR_UNKNOWN", ERROR),
 ])
-def test_init_errors(error, reason):
-    state(gpu(0), init_error=error)
-    source = NvmlSource(nvml=fake)
+def test_init_errors(error, reason, clock):
+    value = state(gpu(0), init_error=error)
+    source = on(clock)
     result = source.read()
     assert result.status.reason == reason
     assert result.readings == [] and result.gpus == []
     assert source.initialised is False
     # the next cycles do not hammer nvmlInit
+    clock.advance(REINIT_AFTER_SECONDS - 1)
     assert source.read().status.reason == reason
     assert fake.calls["nvmlInit"] == 1
+    # once the back-off is over it tries again, and a fixed driver is picked up
+    value["init_error"] = None
+    clock.advance(1)
+    assert source.read().status.reason == OK
+    assert fake.calls["nvmlInit"] == 2
+
+
+def test_a_failing_gpu_backs_off_doubling_up_to_five_minutes(clock):
+    value = state(gpu(0), gpu(1, handle_error="NVML_ERROR_NO_PERMISSION"))
+    source = on(clock)
+    source.read()
+    waits = []
+    for _ in range(7):
+        tries = fake.calls_by_gpu[("nvmlDeviceGetHandleByIndex", 1)]
+        waited = 0
+        while fake.calls_by_gpu[("nvmlDeviceGetHandleByIndex", 1)] == tries:
+            clock.advance(10)
+            waited += 10
+            source.read()  # gpu-0 is read every cycle meanwhile
+        waits.append(waited)
+    assert waits == [30, 60, 120, 240, 300, 300, 300]
+    value["gpus"][1]["handle_error"] = None  # permission granted: back after the next try
+    clock.advance(300)
+    assert [r.device for r in source.read().readings] == ["gpu-0", "gpu-1"]
+    assert fake.calls_by_gpu[("nvmlDeviceGetTotalEnergyConsumption", 0)] > 100
 
 
 def test_no_gpu_is_absent_and_releases_nvml():

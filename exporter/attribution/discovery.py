@@ -1,12 +1,14 @@
-"""One blocking read per sample of everything the split needs, in the attribution worker.
+"""One blocking read per sample of everything the split needs, in the sampler's thread.
 
 Cost model (bench/bench_attribution.py measures it), per sample:
   - <procfs>/stat once (shared with the CPU model: one parse per cycle). Its "processes"
     line counts forks since boot (proc(5)); while it has not moved since the last listing no
     process can have appeared, so listdir(<procfs>), the only step that grows with the number
-    of processes, is skipped. It runs when the count moved, and at least every
-    FULL_LISTING_SAMPLES samples to forget processes that ended (an ended process only keeps
-    its cgroup "in use" a little longer: its counter stops moving);
+    of processes, is skipped. It runs when the count moved (then only the names that came or
+    went since the previous listing are looked at), and in full every FULL_LISTING_SAMPLES
+    samples, which also forgets processes that ended without a fork after them (an ended
+    process only keeps its cgroup "in use" a little longer: its counter stops moving). A pid
+    reused between two listings keeps its old cgroup until the rotation below reads it;
   - <procfs>/<pid>/cgroup for pids not seen before, once more SECOND_LOOK_SAMPLES samples
     later (container runtimes fork, then move the child into the container's cgroup), for
     pids in recheck_now (exporter.runs moves a pid and says so), and for a rotating
@@ -17,7 +19,7 @@ Cost model (bench/bench_attribution.py measures it), per sample:
     pread() at offset 0 on a descriptor kept open while the workload lives (up to a cap of
     descriptors, beyond which a counter is opened, read and closed each sample).
 So no cgroup file is read more than once per sample, and in steady state the cost grows
-with the number of workloads, not with the number of processes.
+with the number of workloads (and the rotation's 1/RECHECK_SAMPLES of the processes).
 
 Why a held descriptor sees fresh values: cgroup files are kernfs seq_files, and procfs
 files seq_files too. seq_open() notes that "seq_files support lseek() and pread()", and
@@ -39,6 +41,8 @@ import re
 import resource
 import time
 from dataclasses import dataclass, field
+from itertools import repeat
+from operator import truediv
 
 from exporter.attribution.cgroups import (
     V2,
@@ -94,6 +98,10 @@ class Observation:
     counter_reads: int = 0  # cgroup counter files read in this sample
     pid_reads: int = 0  # procfs per-pid files read in this sample
     listed: bool = False  # listdir(<procfs>) ran in this sample
+    # usage again as a list in the reader's order of workloads, when every counter was read;
+    # the same tuple object while that order stays, so deltas can pair lists instead of keys
+    order: tuple[str, ...] | None = None
+    seconds: list[float] = field(default_factory=list)
 
 
 def fd_budget(raise_limit: bool = False) -> int:
@@ -138,7 +146,8 @@ class WorkloadReader:
         self.recheck_due = 0.0  # pids of the rotation owed (a fraction carries over)
         self.samples = 0
         self.forks = -1  # /proc/stat's forks count at the last listing
-        self.listed_at = 0  # the sample of the last listing
+        self.listing: set[str] = set()  # the names in the last listing of <procfs>
+        self.full_at = 0  # the sample of the last full listing (0: none yet)
         # the workloads: replaced (never changed in place) when the cgroups in use change
         self.workloads: dict[str, Identity] = {}
         self.nested: dict[str, tuple[str, ...]] = {}
@@ -146,6 +155,7 @@ class WorkloadReader:
         self.comms: dict[str, set[str]] = {}
         self.comms_changed = True
         self.counters: dict[str, int] = {}  # workload cgroup -> held counter fd, -1: none held
+        self.order: tuple[str, ...] | None = None  # the counters' keys while they stay
         self.held = 0
         # None: derived from RLIMIT_NOFILE, raised once when more workloads than that appear
         self.max_held = fd_budget() if max_held_fds is None else max_held_fds
@@ -215,9 +225,10 @@ class WorkloadReader:
         except (OSError, ValueError) as exc:
             obs.problems.append(f"{self.procfs}/stat: {exc}")
         # forks are read before the listing: a process made after it moves the count on
-        if forks < 0 or forks != self.forks or self.samples - self.listed_at >= FULL_LISTING_SAMPLES:
-            self._list(obs, first=self.listed_at == 0)
-            self.forks, self.listed_at = forks, self.samples
+        full = not self.full_at or self.samples - self.full_at >= FULL_LISTING_SAMPLES
+        if full or forks < 0 or forks != self.forks:
+            if self._list(obs, full):
+                self.forks = forks
         self._recheck(obs)
         if self.per_process:
             for pid, proc in list(self.pids.items()):
@@ -239,25 +250,41 @@ class WorkloadReader:
             self._map_gpu_pids(obs)
         return obs
 
-    def _list(self, obs: Observation, first: bool) -> None:
+    def _list(self, obs: Observation, full: bool) -> bool:
+        """List <procfs>: against the previous listing (only the names that came or went are
+        looked at), or in full (every name against the known pids: processes whose read
+        failed are tried again)."""
         try:
             current = set(os.listdir(self.procfs))
         except OSError as exc:
             obs.problems.append(f"{self.procfs}: {exc.strerror}")
-            return  # keep what is known rather than forget every process
+            return False  # keep what is known rather than forget every process
         obs.listed = True
-        current -= self.not_pids
         pids = self.pids
-        for pid in pids.keys() - current:
-            self._set(pid, None)
+        first = not self.full_at
+        if full:
+            self.full_at = self.samples
+            went = pids.keys() - current
+            came = current - pids.keys() - self.not_pids
+        else:
+            changed = current ^ self.listing
+            went = changed - current
+            came = changed & current
+        self.listing = current
+        for pid in went:
+            if pid in pids:
+                self._set(pid, None)
         due = self.samples + SECOND_LOOK_SAMPLES
-        for pid in current - pids.keys():
+        for pid in came:
+            if pid in pids or pid in self.not_pids:
+                continue
             if not pid.isdigit():
                 self.not_pids.add(pid)
                 continue
             self._set(pid, self._read_pid(pid, obs))
             if not first and pid in pids:
                 self.second_look.append((due, pid))
+        return True
 
     def _recheck(self, obs: Observation) -> None:
         pids = self.pids
@@ -299,6 +326,7 @@ class WorkloadReader:
             self._close(root)
         for root in roots.keys() - self.counters.keys():
             self.counters[root] = self._open(root)
+        self.order = None
         self.workloads = roots
         nested: dict[str, tuple[str, ...]] = {}
         for root in roots:
@@ -346,6 +374,7 @@ class WorkloadReader:
 
     def _close(self, root: str) -> None:
         fd = self.counters.pop(root, -1)
+        self.order = None
         if fd >= 0:
             os.close(fd)
             self.held -= 1
@@ -357,10 +386,9 @@ class WorkloadReader:
         counters = self.counters
         usage = obs.usage
         values: list[bytes] = []
-        if -1 not in counters.values():  # all held: one pread each, then one parse of all
-            try:
-                pread = os.pread
-                chunks = [pread(fd, _COUNTER_BYTES, 0) for fd in counters.values()]
+        if self.held == len(counters):  # all held: one pread each, then one parse of all
+            try:  # map() over builtins: no Python-level step per counter
+                chunks = list(map(os.pread, counters.values(), repeat(_COUNTER_BYTES), repeat(0)))
                 obs.counter_reads += len(chunks)
                 # a kernel counter file holds its value once: one match per file, in order
                 values = (_V2_VALUE if v2 else _V1_VALUE).findall(b"".join(chunks))
@@ -368,7 +396,11 @@ class WorkloadReader:
                 pass
         divisor = 1e6 if v2 else 1e9
         if len(values) == len(counters):
-            usage.update(zip(counters, [int(value) / divisor for value in values]))
+            seconds = list(map(truediv, map(int, values), repeat(divisor)))
+            usage.update(zip(counters, seconds))
+            if self.order is None:
+                self.order = tuple(counters)
+            obs.order, obs.seconds = self.order, seconds
             failed = []
         else:
             failed = self._read_one_by_one(obs, v2, divisor)

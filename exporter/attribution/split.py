@@ -146,15 +146,15 @@ class Book:
         # holders of a series keep it against a newcomer less than INCUMBENCY times bigger,
         # so near-equal workloads do not take turns (each turn is a series until the grace)
         held = self.admitted
-        holding = {k: v for k, v in scores.items() if k in held}
-        if len(holding) == limit:  # the usual case: do the holders all still rank?
-            floor = min(holding.values()) * self.INCUMBENCY
-            if max((v for k, v in scores.items() if k not in holding), default=0.0) <= floor:
-                return set(holding), scores
         incumbency = self.INCUMBENCY
-        ranked = {k: v * incumbency if k in held else v for k, v in scores.items()}
-        # what heapq.nlargest(limit, ...) returns, with the sort and its key in C
-        return set(sorted(ranked, key=ranked.__getitem__, reverse=True)[:limit]), scores
+        ranked = [v * incumbency if k in held else v for k, v in scores.items()]
+        # the top `limit`: the limit-th largest value (a sort of floats), then those above it
+        cut = sorted(ranked, reverse=True)[limit - 1]
+        top = {k for k, v in zip(scores, ranked) if v >= cut}
+        if len(top) > limit:  # ties at the cut: heapq.nlargest's choice (a stable sort)
+            by_key = dict(zip(scores, ranked))
+            top = set(sorted(by_key, key=by_key.__getitem__, reverse=True)[:limit])
+        return top, scores
 
     def record(self, parts: dict[str, dict[Key, float]], grams_per_joule: dict[str, float],
                processes: dict[str, dict[Key, tuple[Key, float]]], live: AbstractSet[Key],

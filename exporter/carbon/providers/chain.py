@@ -134,18 +134,18 @@ class Chain:
     @classmethod
     def from_config(cls, config, publish: Callable[[GridState], None], tick: float = 1.0,
                     previous: "Chain | None" = None) -> "Chain":
-        chain = cls(build_providers(config), static_intensity(config), publish, tick)
-        if previous is not None:
-            chain.clock, chain.wall, chain.sleep = previous.clock, previous.wall, previous.sleep
-            for state in chain.states:
-                state.provider.clock, state.provider.wall = previous.clock, previous.wall
-            chain.observe = previous.observe  # keep cached values of providers that did not change
-            old = {(s.provider.spec, s.provider.zone): s for s in previous.states}
-            for state in chain.states:
-                kept = old.get((state.provider.spec, state.provider.zone))
-                if kept is not None:
-                    state.fetched, state.forecast = kept.fetched, kept.forecast
-                    state.reason, state.detail = kept.reason, kept.detail
+        if previous is None:
+            return cls(build_providers(config), static_intensity(config), publish, tick)
+        # a reload: the same time as before, so kept values go on ageing on it
+        chain = cls(build_providers(config), static_intensity(config), publish, tick,
+                    clock=previous.clock, wall=previous.wall, sleep=previous.sleep)
+        chain.observe = previous.observe  # keep cached values of providers that did not change
+        old = {(s.provider.spec, s.provider.zone): s for s in previous.states}
+        for state in chain.states:
+            kept = old.get((state.provider.spec, state.provider.zone))
+            if kept is not None:
+                state.fetched, state.forecast = kept.fetched, kept.forecast
+                state.reason, state.detail = kept.reason, kept.detail
         return chain
 
     # --- selection ---------------------------------------------------------------------------
