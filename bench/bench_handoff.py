@@ -7,8 +7,13 @@ the sampler's shape, each in its own process, all measured over the same seconds
   awaits them (the exporter's sampler: the event loop wakes for the tick and for each lane);
 - thread+lanes: a sampler thread with its own clock (Event.wait) that hands one job to each
   lane thread and waits on them; the event loop would not wake at all for sampling;
-- thread-inline: a sampler thread that does the lanes' work itself (no hand-off; gives up
-  isolation of a stalled read, shown only as the lower bound).
+- thread-inline: a sampler thread that does the lanes' work itself (no hand-off, no
+  watchdog: the lower bound);
+- thread-inline+watchdog-thread: the same, plus a watchdog thread that wakes every interval
+  to look for a stalled read (embedded mode's shape, there every 5 s);
+- thread-inline+itimer: the same, the watchdog being the process's interval timer, armed
+  and disarmed around each cycle, its SIGALRM handled by an idle event loop (the daemon's
+  shape since round 3: no wake-up unless a read stalls).
 
     .venv/bin/python bench/bench_handoff.py [--seconds 30] [--interval 1] [--lanes 2]
 
@@ -70,6 +75,39 @@ stop = threading.Event()
 while not stop.wait(INTERVAL):
     for _ in range(LANES):
         sum(range(50))
+""",
+    # the exporter's shape since round 3: inline reads, and a watchdog for a stalled one
+    "thread-inline+watchdog-thread": """
+import threading, time
+stop = threading.Event()
+current = [None]
+def watchdog():
+    while not stop.wait(INTERVAL):
+        started = current[0]
+        if started is not None and time.monotonic() - started > INTERVAL:
+            pass  # (the sampler would set the read aside here)
+threading.Thread(target=watchdog, daemon=True).start()
+while not stop.wait(INTERVAL):
+    for _ in range(LANES):
+        current[0] = time.monotonic()
+        sum(range(50))
+        current[0] = None
+""",
+    "thread-inline+itimer": """
+import asyncio, signal, threading
+def sampler():
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+    stop = threading.Event()
+    while not stop.wait(INTERVAL):
+        signal.setitimer(signal.ITIMER_REAL, INTERVAL)
+        for _ in range(LANES):
+            sum(range(50))
+        signal.setitimer(signal.ITIMER_REAL, 0)
+async def main():
+    asyncio.get_running_loop().add_signal_handler(signal.SIGALRM, lambda: None)
+    threading.Thread(target=sampler, daemon=True).start()
+    await asyncio.Event().wait()  # the event loop serving HTTP: it never wakes here
+asyncio.run(main())
 """,
 }
 

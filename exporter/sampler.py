@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ from exporter.carbon import Intensity
 from exporter.ledger import PLATFORM, Ledger, Reading, grams_per_joule
 from exporter.peak import PeakTracker, budgets
 from exporter.sources import (
-    ERROR, GPU_INFO, MEASURED, MODEL, OBSERVER, SUPERSEDED, Covered, GpuInfo, Source,
+    ABSENT, ERROR, GPU_INFO, MEASURED, MODEL, OBSERVER, SUPERSEDED, Covered, GpuInfo, Source,
     SourceResult, Status,
 )
 
@@ -44,6 +45,10 @@ log = logging.getLogger(__name__)
 
 # --sample.model-takeover default: a counter away for longer is replaced by its model.
 DEFAULT_TAKEOVER = 30.0
+# A source whose hardware is absent (no RAPL zone in a VM, no NVIDIA driver, no Redfish URL)
+# is asked again after this long, not at every cycle: hardware or a driver that appears
+# after start is picked up within it.
+ABSENT_RECHECK = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +117,7 @@ class _Worker:
     duration_sum: float = 0.0
     duration_count: int = 0
     stuck_since: float | None = None  # a read of it has not returned since then
+    absent_until: float = float("-inf")  # absent hardware: not read again before then
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,8 +168,12 @@ def _settle(future: asyncio.Future[bool], outcome: bool | BaseException) -> None
 class Sampler:
     def __init__(self, sources: Sequence[Source], interval: float, intensity: Intensity,
                  pue: float, clock: Callable[[], float] = time.monotonic,
-                 peak_window: float = 60.0, takeover: float = DEFAULT_TAKEOVER) -> None:
+                 peak_window: float = 60.0, takeover: float = DEFAULT_TAKEOVER,
+                 watch_every: float | None = None) -> None:
         self.interval = interval
+        # how often the watchdog looks for a stalled read (default: every interval); a stall
+        # is set aside within interval + watch_every
+        self.watch_every = interval if watch_every is None else max(interval, watch_every)
         self.takeover = takeover  # how long a counter may be away before a model takes over
         self.peaks = PeakTracker(max(peak_window, interval))
         self.power_budget: object = None  # the power.budget_watts setting, set by the daemon
@@ -206,6 +216,7 @@ class Sampler:
         self.lock = threading.RLock()
         self._thread: threading.Thread | None = None
         self._watchdog: threading.Thread | None = None
+        self._alarm = False  # the watchdog is SIGALRM on the event loop (start(alarm=True))
         self._halt = threading.Event()
         self._final = False
         self.first_cycle = threading.Event()  # set when the sampler thread's first cycle ended
@@ -247,6 +258,8 @@ class Sampler:
         readings: list[Reading] = []
         observed: SourceResult | None = None
         procfs.begin_cycle()
+        if self._alarm:  # the kernel's interval timer is the watchdog: see start()
+            signal.setitimer(signal.ITIMER_REAL, self.interval)
         try:
             with self._guard:
                 late, self._late = self._late, []
@@ -255,8 +268,11 @@ class Sampler:
                 observed = self._take(worker, result, duration, readings) or observed
             fresh: set[str] = set()
             covered: Covered | None = None
+            now = self.clock()
             for worker in self.workers:
                 source = worker.source
+                if worker.absent_until > now:
+                    continue  # keeps its `absent` status until it is asked again
                 if worker.stuck_since is not None:
                     self._record(worker, SourceResult(Status(
                         ERROR, f"read still running after {self.clock() - worker.stuck_since:.1f} s")),
@@ -270,6 +286,8 @@ class Sampler:
                 if taken is None:
                     return False
                 result, duration = taken
+                if result.status.reason == ABSENT:
+                    worker.absent_until = now + ABSENT_RECHECK
                 if source.role == MEASURED:
                     fresh.update(r.component for r in result.readings if r.component)
                 observed = self._take(worker, result, duration, readings) or observed
@@ -277,6 +295,8 @@ class Sampler:
                 self._covered(fresh)  # remember when each component was last measured
         finally:
             procfs.end_cycle()
+            if self._alarm and not reader.abandoned:
+                signal.setitimer(signal.ITIMER_REAL, 0)  # every read is back: disarmed
         with self.lock:
             with self._guard:
                 if reader.abandoned:
@@ -298,7 +318,7 @@ class Sampler:
 
     def watch(self) -> None:
         """The watchdog's check: a read running for longer than an interval is set aside,
-        and a fresh sampler thread goes on without it (its lane-mates, the models, the
+        and a fresh sampler thread goes on without it (the sources after it, the models, the
         publishing are not held up). Called by the watchdog thread, or by step()."""
         with self._guard:
             current = self._reader.current
@@ -312,6 +332,17 @@ class Sampler:
                     worker.source.name, time.monotonic() - started)
         if self._thread is not None and not self._halt.is_set():
             self._spawn()
+
+    def on_alarm(self) -> None:
+        """SIGALRM, on the event loop (start(alarm=True)): a cycle has run for an interval.
+        A read running that long is set aside; one that began later is given the rest of
+        its interval."""
+        self.watch()
+        with self._guard:
+            current = self._reader.current
+        if current is not None and self._alarm:
+            signal.setitimer(signal.ITIMER_REAL,
+                             max(0.01, self.interval - (time.monotonic() - current[1])))
 
     async def step(self) -> None:
         """One sample cycle from the event loop (tests, one-shot tools), in a thread of its
@@ -483,18 +514,25 @@ class Sampler:
             budgets=budgets(self.power_budget, (g.device for g in self.gpus)),
         )
 
-    def start(self, before_first: Callable[[], None] | None = None) -> None:
+    def start(self, before_first: Callable[[], None] | None = None, alarm: bool = False) -> None:
         """Sample in the sampler's own thread until halt(); the event loop never wakes for it.
-        A watchdog thread looks once per interval for a read that outlived an interval.
+
+        The watchdog: with alarm (the daemon, whose event loop handles SIGALRM with
+        on_alarm), each cycle arms the process's interval timer for one interval and
+        disarms it when its reads are back, two system calls and no wake-up at all unless
+        a read stalls. Otherwise (embedded in someone else's process, whose signals are not
+        ours) a watchdog thread looks every `watch_every` seconds.
         before_first runs in the sampler thread before its first cycle; `first_cycle` is set
         after that cycle."""
         if self._thread is not None:
             return
         self._halt.clear()
         self._final = False
-        self._watchdog = threading.Thread(target=self._watch_loop, name="sampler-watchdog",
-                                          daemon=True)
-        self._watchdog.start()
+        self._alarm = alarm
+        if not alarm:
+            self._watchdog = threading.Thread(target=self._watch_loop, name="sampler-watchdog",
+                                              daemon=True)
+            self._watchdog.start()
         self._spawn(before_first)
 
     @property
@@ -508,7 +546,7 @@ class Sampler:
         self._thread.start()
 
     def _watch_loop(self) -> None:
-        while not self._halt.wait(self.interval):
+        while not self._halt.wait(self.watch_every):
             self.watch()
 
     def halt(self, timeout: float | None = None, final: bool = False) -> None:
@@ -520,9 +558,15 @@ class Sampler:
             if thread is not None and thread is not threading.current_thread():
                 thread.join(2 * self.interval + 5.0 if timeout is None else timeout)
         self._thread = self._watchdog = None
+        if self._alarm:
+            self._alarm = False
+            signal.setitimer(signal.ITIMER_REAL, 0)
 
     def _loop(self, reader: _Reader, before_first: Callable[[], None] | None) -> None:
         """On a fixed grid, so slow cycles do not drift; an overrun skips the missed ticks."""
+        if self._alarm:  # SIGALRM goes to the main thread, whose event loop handles it; a
+            # signal here would interrupt a read (a driver call) for nothing
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
         if before_first is not None:
             try:
                 before_first()
@@ -552,12 +596,21 @@ class Sampler:
                 return
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Sample in the sampler thread until `stop` is set (the daemon)."""
-        self.start()
+        """Sample in the sampler thread until `stop` is set (the daemon). In the main thread,
+        the event loop takes SIGALRM for the watchdog (see start())."""
+        loop = asyncio.get_running_loop()
+        try:
+            loop.add_signal_handler(signal.SIGALRM, self.on_alarm)
+            alarm = True
+        except (RuntimeError, ValueError):  # not the main thread: a watchdog thread instead
+            alarm = False
+        self.start(alarm=alarm)
         try:
             await stop.wait()
         finally:
-            await asyncio.get_running_loop().run_in_executor(None, self.halt)
+            await loop.run_in_executor(None, self.halt)
+            if alarm:
+                loop.remove_signal_handler(signal.SIGALRM)
 
     def close(self) -> None:
         self.halt()

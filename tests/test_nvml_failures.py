@@ -315,13 +315,38 @@ def test_attribution_lost_gpu_is_backed_off(tmp_path, clock):
     fake._state["gpus"][1].update(error="NVML_ERROR_GPU_IS_LOST", block_s=0.2)
     started = clock()
     attribution.read()
-    assert clock() > started  # the calls that found it lost waited
+    # one call found it lost and waited for the driver; no second call waited again
+    assert clock() - started == pytest.approx(0.2)
     started = clock()
     for _ in range(3):
         result = attribution.read()
     assert clock() == started  # not asked again: no call waited
     assert result.observation.gpus["gpu-1"].basis == "unavailable"
     assert result.observation.gpus["gpu-0"].basis == "memory"
+
+
+def test_attribution_asks_mig_mode_once_a_minute(tmp_path, clock):
+    """MIG mode changes only with a GPU reset: asked once per MIG_RECHECK_SECONDS, not at
+    every sample; a GPU switched to MIG is split by its instances from the next look."""
+    from exporter.attribution.gpu import MIG_RECHECK_SECONDS
+
+    tree = build_tree(tmp_path, "v2")
+    pid = tree.add(container_cgroup(1), processes=1)[0]
+    fake.set_state({"driver": "550.54.15", "gpus": [gpu(0, mig=False, samples=None, processes=[
+        {"pid": pid, "used_mem": 1 << 30}])]})
+    attribution = Attribution(make_config(tmp_path, collector__nvml=True), nvml=fake)
+    assert attribution.reader.gpus is not None
+    attribution.reader.gpus.session.clock = clock
+    for _ in range(5):
+        attribution.read()
+        clock.advance(1.0)
+    assert fake.calls_by_gpu[("nvmlDeviceGetMigMode", 0)] == 1
+    fake._state["gpus"][0].update(mig=True, mig_slices=7, mig_devices=[
+        {"sm": 14, "slices": 1, "processes": [{"pid": pid, "used_mem": 1 << 30}]}])
+    assert attribution.read().observation.gpus["gpu-0"].basis == "memory"  # not asked yet
+    clock.advance(MIG_RECHECK_SECONDS)
+    assert attribution.read().observation.gpus["gpu-0"].basis == "mig"
+    assert fake.calls_by_gpu[("nvmlDeviceGetMigMode", 0)] == 2
 
 
 def test_lost_gpu_in_the_sampler_leaves_the_others_on_cadence():

@@ -33,7 +33,7 @@ from exporter.sources.registry import check_declaration, registered
 import pytest
 
 from tests.fixtures import ProcfsTree
-from tests.harness import ExporterProcess, wait_for
+from tests.harness import ExporterProcess, FakeClock, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 INTENSITY = Intensity(100.0, "", "static")
@@ -307,6 +307,47 @@ def test_snapshot_is_built_only_when_asked_and_once_per_cycle(tmp_path, monkeypa
         assert sampler.snapshot is first and len(built) == 1
         await sampler.step()
         assert sampler.snapshot is not first and len(built) == 2
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        sampler.close()
+
+
+def test_absent_hardware_is_asked_again_after_the_recheck_time(tmp_path):
+    """No RAPL zone at start (a VM, or intel_rapl_msr not loaded yet): the RAPL source is not
+    read at every cycle, keeps its `absent` status, and zones that appear later (modprobe)
+    are counted from the next look, ABSENT_RECHECK seconds on."""
+    from exporter.sampler import ABSENT_RECHECK
+    from exporter.sources import ABSENT
+    from exporter.sources.rapl import RaplSource
+    from tests.fixtures import intel_two_socket
+
+    sysfs = tmp_path / "sys"
+    (sysfs / "class" / "powercap").mkdir(parents=True)
+    rapl = RaplSource(str(sysfs))
+    reads = []
+    real_read = rapl.read
+    rapl.read = lambda covered=frozenset(): reads.append(1) or real_read(covered)  # type: ignore[method-assign]
+    clock = FakeClock()
+    sampler = Sampler([rapl], interval=1.0, intensity=INTENSITY, pue=1.0, clock=clock)
+
+    async def scenario() -> None:
+        await sampler.cycle()
+        assert _status(sampler, "rapl").reason == ABSENT and len(reads) == 1
+        tree = intel_two_socket(sysfs)  # the module is loaded
+        for _ in range(3):
+            clock.advance(1.0)
+            tree.advance("intel-rapl:0", 5.0)
+            await sampler.cycle()
+        assert len(reads) == 1 and _status(sampler, "rapl").reason == ABSENT
+        clock.advance(ABSENT_RECHECK)
+        await sampler.cycle()  # asked again: the zones are found (their first reading)
+        clock.advance(1.0)
+        tree.advance("intel-rapl:0", 5.0)
+        await sampler.cycle()
+        assert len(reads) == 3 and _status(sampler, "rapl").reason == OK
+        assert any(s.source == "rapl" and s.joules > 0 for s in sampler.snapshot.energy)
 
     try:
         asyncio.run(scenario())

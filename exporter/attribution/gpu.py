@@ -38,6 +38,7 @@ MIG = "mig"
 IDLE = "idle"
 UNAVAILABLE = "unavailable"
 SM_SHARES_KEEP_SECONDS = 10.0
+MIG_RECHECK_SECONDS = 60.0  # how long a GPU's MIG mode is taken as known
 PID_MAX_LIMIT = 4 * 1024 * 1024  # the kernel's upper bound for pid_max on 64-bit
 
 
@@ -80,6 +81,9 @@ class GpuProcessReader:
         self.last_seen: dict[int, int] = {}  # gpu index -> last sample timestamp (us)
         self.last_sm: dict[int, tuple[float, list[tuple[int | None, float]]]] = {}
         self.use_v2 = False  # the driver lacks ..._v3 (before R510)
+        # gpu index -> (when asked, MIG enabled): MIG mode changes only with a GPU reset (an
+        # admin's nvidia-smi -mig), so it is asked again each MIG_RECHECK_SECONDS, not per sample
+        self.mig: dict[int, tuple[float, bool]] = {}
         self.problem = ""
 
     def read(self) -> dict[str, GpuShares]:
@@ -114,13 +118,21 @@ class GpuProcessReader:
         self.problem = "; ".join(problems)
         return out
 
-    def _mig_enabled(self, handle: Any) -> bool:
+    def _mig_enabled(self, device: Device) -> bool:
+        now = self.session.clock()
+        known = self.mig.get(device.index)
+        if known is not None and now - known[0] < MIG_RECHECK_SECONDS:
+            return known[1]
         nvml = self.session.nvml
         try:
-            current, _pending = nvml.nvmlDeviceGetMigMode(handle)
-        except nvml.NVMLError:
-            return False  # not a MIG-capable GPU
-        return current == getattr(nvml, "NVML_DEVICE_MIG_ENABLE", 1)
+            current, _pending = nvml.nvmlDeviceGetMigMode(device.handle)
+            enabled = current == getattr(nvml, "NVML_DEVICE_MIG_ENABLE", 1)
+        except nvml.NVMLError as exc:
+            if not error_code(nvml, exc, "NVML_ERROR_NOT_SUPPORTED"):
+                raise  # a lost or failing GPU: handled (and backed off) once, by read()
+            enabled = False  # not a MIG-capable GPU
+        self.mig[device.index] = (now, enabled)
+        return enabled
 
     def _running(self, handle: Any) -> list[Any]:
         """Compute processes, through _v3 where the driver has it, else _v2."""
@@ -145,14 +157,17 @@ class GpuProcessReader:
     def _read_gpu(self, device: Device) -> GpuShares:
         nvml = self.session.nvml
         handle, index, name = device.handle, device.index, device.device
-        if self._mig_enabled(handle):
+        if self._mig_enabled(device):
             return self._read_mig(handle, name)
         sm: dict[int, float] = {}
         fresh = True
         try:
             samples = nvml.nvmlDeviceGetProcessUtilization(handle, self.last_seen.get(index, 0))
         except nvml.NVMLError as exc:
-            # NOT_FOUND: no sample since last_seen; NOT_SUPPORTED: none at all
+            # NOT_FOUND: no sample since last_seen; NOT_SUPPORTED: none at all; anything else
+            # (a lost GPU) is read()'s to handle, once, not to be asked again for the list
+            if not error_code(nvml, exc, "NVML_ERROR_NOT_FOUND", "NVML_ERROR_NOT_SUPPORTED"):
+                raise
             samples = []
             fresh = not error_code(nvml, exc, "NVML_ERROR_NOT_FOUND")
         for sample in samples:

@@ -37,6 +37,7 @@ from exporter.sources import (
 log = logging.getLogger(__name__)
 
 RUN = ("job", "", "", "", "", "run")  # the run's key in split_by_cpu's parts
+WATCH_EVERY = 5.0  # seconds between the embedded watchdog's looks for a stalled read
 
 
 @dataclass(slots=True)
@@ -84,10 +85,11 @@ class TreeAttribution(Source):
 
     def read(self, covered: frozenset[str] = frozenset()) -> TreeResult:
         try:
-            busy = procfs.cpu_times(self.procfs, self.clock).busy  # shared with the CPU model
+            times = procfs.cpu_times(self.procfs, self.clock)  # shared with the CPU model
         except (OSError, ValueError) as exc:
             return TreeResult(Status(ERROR, f"{self.procfs}/stat: {exc}"))
-        cpu = self.tree.read()
+        busy = times.busy
+        cpu = self.tree.read(times.forks)
         gpus = self.gpu_reader.read() if self.gpu_reader is not None else {}
         obs = TreeObservation(time.monotonic(), busy, cpu, gpus,
                               frozenset(self.tree.members) | {self.tree.root})
@@ -214,8 +216,11 @@ class EmbeddedTracker:
         gpus = any(GPU_INFO in s.provides for s in sources)
         self.attribution = TreeAttribution(config, self.tree, self.account, gpus)
         intensity = static_intensity(config)
+        # the watchdog wakes the tracked process too: it looks every 5 s at the most often (a
+        # hung NVML call in a run is set aside within seconds; every wake-up is the run's cost)
         self.sampler = Sampler([*sources, self.attribution], config.sample_interval, intensity,
-                               config.carbon_pue, takeover=config.sample_model_takeover)
+                               config.carbon_pue, takeover=config.sample_model_takeover,
+                               watch_every=WATCH_EVERY)
         self.sampler.embodied = Embodied(config)
         self.attribution.sampler = self.sampler
         self.chain = Chain.from_config(config, self._publish_grid)

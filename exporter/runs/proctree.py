@@ -1,7 +1,10 @@
 """CPU time of a process tree, from procfs, for embedded mode.
 
-The tree is a root pid and every process descended from it. Per sample: listdir(<procfs>),
-<pid>/stat of each new pid (to learn its parent) and of each member (its CPU times). A
+The tree is a root pid and every process descended from it. Per sample: <pid>/stat of each
+member (its CPU times); and, when /proc/stat's fork count moved since the last listing (or
+every FULL_LISTING_READS reads), listdir(<procfs>) and <pid>/stat of each new pid (to learn
+its parent). While the fork count stands still no process can have joined the tree, so a
+quiet sample costs one small read per member, not one step per process on the node. A
 member's CPU is utime+stime plus cutime+cstime, the times of children it has waited for, so
 a child that lives and ends between two samples is still counted once its parent reaps it.
 When a known member ends, its last CPU total is taken back out of its parent's cutime jump,
@@ -18,6 +21,7 @@ from dataclasses import dataclass
 from exporter.attribution.cgroups import read_file
 
 PR_SET_CHILD_SUBREAPER = 36
+FULL_LISTING_READS = 60  # list <procfs> at least this often, forks or not (forget ended pids)
 
 
 @dataclass(slots=True)
@@ -65,6 +69,9 @@ class ProcessTree:
         self.exclude_tids: set[int] = set()
         self.started = False
         self.problem = ""
+        self.forks = -1  # /proc/stat's fork count at the last listing
+        self.reads = 0
+        self.listed_at = 0  # the read of the last listing
 
     def _stat(self, pid: int) -> Member | None:
         try:
@@ -82,28 +89,35 @@ class ProcessTree:
                 continue
         return total
 
-    def read(self) -> float:
-        """Cumulative CPU seconds of the tree since the first read (the first read is 0)."""
-        try:
-            names = os.listdir(self.procfs)
-        except OSError as exc:
-            self.problem = f"{self.procfs}: {exc.strerror}"
-            return self.cpu_seconds
-        present = {int(n) for n in names if n.isdigit()}
+    def read(self, forks: int = -1) -> float:
+        """Cumulative CPU seconds of the tree since the first read (the first read is 0).
+        forks: /proc/stat's fork count (exporter.procfs.CpuTimes.forks) read before this
+        call, -1 if unknown; while it stands still, the listing of <procfs> is skipped."""
+        self.reads += 1
+        present: set[int] | None = None
+        if (forks < 0 or forks != self.forks or not self.started
+                or self.reads - self.listed_at >= FULL_LISTING_READS):
+            try:
+                names = os.listdir(self.procfs)
+            except OSError as exc:
+                self.problem = f"{self.procfs}: {exc.strerror}"
+                return self.cpu_seconds
+            present = {int(n) for n in names if n.isdigit()}
+            self.forks, self.listed_at = forks, self.reads
         current: dict[int, Member] = {}
-        root = self._stat(self.root) if self.root in present else None
+        root = self._stat(self.root) if present is None or self.root in present else None
         if root is not None:
             if self.include_root and self.exclude_tids:
                 root.own -= self._excluded()
             current[self.root] = root
         # members, then new pids whose parent is a member (ascending pids: parents first)
         for pid, old in self.members.items():
-            if pid in current or pid not in present:
+            if pid in current or (present is not None and pid not in present):
                 continue
-            now = self._stat(pid)
+            now = self._stat(pid)  # None: it ended (a quiet sample finds out this way)
             if now is not None and now.start == old.start:
                 current[pid] = now
-        for pid in sorted(present - current.keys()):
+        for pid in sorted(present - current.keys()) if present is not None else ():
             known_start = self.outside.get(pid)
             if known_start is not None:
                 continue  # seen before outside the tree; a reused pid is rare and short
@@ -114,7 +128,7 @@ class ProcessTree:
                 current[pid] = now
             else:
                 self.outside[pid] = now.start
-        for pid in [p for p in self.outside if p not in present]:
+        for pid in [p for p in self.outside if present is not None and p not in present]:
             del self.outside[pid]
         delta = 0.0
         if self.started:

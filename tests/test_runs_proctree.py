@@ -1,0 +1,75 @@
+"""The embedded run's process tree against a procfs in the kernel's layout: children that
+join through fork(), a quiet sample (no fork since the last listing: <procfs> is not listed),
+and a child that ends and is reaped (its CPU is not counted twice)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from exporter.procfs import cpu_times
+from exporter.runs.proctree import ProcessTree
+from tests.fixtures import ProcfsTree
+
+HZ = os.sysconf("SC_CLK_TCK")
+
+
+def write_pid(procfs: ProcfsTree, pid: int, ppid: int, utime: int, cutime: int = 0,
+              start: int = 1000, comm: str = "python3") -> None:
+    """<procfs>/<pid>/stat as the kernel writes it (proc(5)): fields 4 (ppid), 14-17 (utime,
+    stime, cutime, cstime, in clock ticks) and 22 (starttime) are the ones read."""
+    fields = ["S", str(ppid), str(pid), str(pid), "0", "-1", "4194560", "100", "0", "0", "0",
+              str(utime), "0", str(cutime), "0", "20", "0", "1", "0", str(start), "1000000",
+              "100"] + ["0"] * 30
+    directory = Path(procfs.procfs) / str(pid)
+    directory.mkdir(exist_ok=True)
+    (directory / "stat").write_text(f"{pid} ({comm}) {' '.join(fields)}\n")
+
+
+def read(tree: ProcessTree, procfs: ProcfsTree) -> float:
+    return tree.read(cpu_times(procfs.procfs).forks)  # as embedded mode passes the count
+
+
+def test_tree_follows_forks_and_skips_the_listing_while_none_happen(tmp_path, monkeypatch):
+    procfs = ProcfsTree(tmp_path / "proc")
+    write_pid(procfs, 1, 0, 0)
+    write_pid(procfs, 100, 1, 100)  # the tracked process
+    write_pid(procfs, 200, 1, 500)  # another process on the node
+    tree = ProcessTree(100, procfs.procfs, include_root=True)
+    listings = []
+    real_listdir = os.listdir
+    monkeypatch.setattr(os, "listdir", lambda path: listings.append(path) or real_listdir(path))
+
+    assert read(tree, procfs) == 0.0  # the baseline
+    write_pid(procfs, 100, 1, 100 + HZ)  # one CPU second of the tracked process
+    write_pid(procfs, 200, 1, 500 + 5 * HZ)  # not the tree's
+    assert read(tree, procfs) == pytest.approx(1.0)
+    assert len(listings) == 1  # no fork since the baseline's listing: not listed again
+
+    procfs.fork()  # the tracked process forks a worker, which works for 2 s
+    write_pid(procfs, 300, 100, 2 * HZ, start=2000)
+    assert read(tree, procfs) == pytest.approx(3.0)
+    assert len(listings) == 2 and 300 in tree.members
+
+    # the worker ends and is reaped: its 2.5 s land in the parent's cutime, no fork
+    shutil.rmtree(Path(procfs.procfs) / "300")
+    write_pid(procfs, 100, 1, 100 + HZ, cutime=int(2.5 * HZ))
+    assert read(tree, procfs) == pytest.approx(3.5)  # only the 0.5 s not seen before
+    assert 300 not in tree.members and len(listings) == 2
+
+
+def test_a_reused_pid_outside_the_tree_is_not_counted(tmp_path):
+    procfs = ProcfsTree(tmp_path / "proc")
+    write_pid(procfs, 100, 1, 0)
+    procfs.fork()
+    write_pid(procfs, 300, 100, 0, start=2000)
+    tree = ProcessTree(100, procfs.procfs, include_root=True)
+    read(tree, procfs)
+    # pid 300 ends; an unrelated process gets the pid (a fork) and runs for 4 s
+    shutil.rmtree(Path(procfs.procfs) / "300")
+    procfs.fork()
+    write_pid(procfs, 300, 1, 4 * HZ, start=9000)
+    assert read(tree, procfs) == 0.0
