@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from exporter.procfs import cpu_times
-from exporter.runs.proctree import ProcessTree
+from exporter.attribution.cgroups import read_file
+from exporter.runs.proctree import ProcessTree, parse_stat
 from tests.fixtures import ProcfsTree
 
 HZ = os.sysconf("SC_CLK_TCK")
@@ -73,3 +76,43 @@ def test_a_reused_pid_outside_the_tree_is_not_counted(tmp_path):
     procfs.fork()
     write_pid(procfs, 300, 1, 4 * HZ, start=9000)
     assert read(tree, procfs) == 0.0
+
+
+def _burn(seconds: float) -> None:
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
+
+
+def test_this_process_as_root_is_read_without_files_and_its_tracker_threads_excluded():
+    """The Python API tracks its own process: getrusage(2) gives the same totals as
+    /proc/self/stat (utime + stime), to the microsecond, without a file read; the tracker's
+    own threads are taken out through their CPU clocks, other threads stay the run's."""
+    tree = ProcessTree(os.getpid(), "/proc", include_root=True)
+    release = threading.Event()
+
+    def tracker_work() -> None:  # like the sampler thread: busy, alive for the whole run
+        _burn(0.3)
+        release.wait(30)
+
+    tracker = threading.Thread(target=tracker_work)
+    worker = threading.Thread(target=_burn, args=(0.2,))
+    tracker.start()
+    tree.exclude_threads([tracker.ident])
+    tree.read()
+    stat_before = parse_stat(read_file(f"/proc/{os.getpid()}/stat"), HZ)
+    _burn(0.3)  # the run's own work, in the main thread
+    worker.start()
+    worker.join()
+    while tracker.is_alive() and time.clock_gettime(
+            time.pthread_getcpuclockid(tracker.ident)) < 0.3:
+        time.sleep(0.01)
+    try:
+        run = tree.read()
+        stat_after = parse_stat(read_file(f"/proc/{os.getpid()}/stat"), HZ)
+    finally:
+        release.set()
+        tracker.join()
+    assert run == pytest.approx(0.5, abs=0.05)  # main 0.3 + worker 0.2, not the tracker's 0.3
+    whole = stat_after.own - stat_before.own  # the process as /proc sees it: all three
+    assert whole == pytest.approx(0.8, abs=0.06)

@@ -250,11 +250,11 @@ class EmbeddedTracker:
         """In the sampler thread, before the baseline: the tracker's own threads are
         overhead (bench/bench_runs.py), not the run's."""
         if self.tree.include_root:
-            tids = {threading.get_native_id()}  # the sampler thread: it reads every source
+            idents = [threading.get_ident()]  # the sampler thread: it reads every source
             for thread in (self.sampler.watchdog, self._chain_thread):
-                if thread is not None and thread.native_id is not None:
-                    tids.add(thread.native_id)
-            self.tree.exclude_tids = tids
+                if thread is not None and thread.ident is not None:
+                    idents.append(thread.ident)
+            self.tree.exclude_threads(idents)
 
     async def _run_chain(self) -> None:
         self._loop = asyncio.get_running_loop()

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import ctypes
 import os
+import resource
+import time
 from dataclasses import dataclass
 
 from exporter.attribution.cgroups import read_file
@@ -65,8 +67,13 @@ class ProcessTree:
         self.members: dict[int, Member] = {}
         self.outside: dict[int, int] = {}  # pid -> starttime of processes not in the tree
         self.cpu_seconds = 0.0  # cumulative CPU of the tree since the first read
-        # threads of the root not charged to the run: the tracker's own (embedded mode)
-        self.exclude_tids: set[int] = set()
+        # CPU clocks (time.pthread_getcpuclockid) of the root's threads not charged to the
+        # run: the tracker's own (embedded mode), alive for the whole run; clock -> its last
+        # value (an ended thread's time stays in the process's total, so its last value stays
+        # subtracted; what it used after the last read before it ended is charged)
+        self.exclude_clocks: dict[int, float] = {}
+        self.root_start: int | None = None  # the root's starttime, when it is this process
+        self.root_ppid = 0
         self.started = False
         self.problem = ""
         self.forks = -1  # /proc/stat's fork count at the last listing
@@ -79,15 +86,39 @@ class ProcessTree:
         except (OSError, ValueError, IndexError):
             return None
 
+    def exclude_threads(self, idents: list[int]) -> None:
+        """Threads of this process (threading idents) whose CPU is not the run's."""
+        for ident in idents:
+            try:
+                self.exclude_clocks[time.pthread_getcpuclockid(ident)] = 0.0
+            except OSError:
+                continue  # it ended already
+
     def _excluded(self) -> float:
         total = 0.0
-        for tid in self.exclude_tids:
+        for clock, last in self.exclude_clocks.items():
             try:
-                data = read_file(f"{self.procfs}/{self.root}/task/{tid}/stat")
-                total += parse_stat(data, self.user_hz).own
-            except (OSError, ValueError, IndexError):
-                continue
+                last = self.exclude_clocks[clock] = time.clock_gettime(clock)
+            except OSError:
+                pass  # ended: its time is in the process's total, keep subtracting it
+            total += last
         return total
+
+    def _own(self) -> Member | None:
+        """The root when it is this process (the Python API): its CPU and its reaped
+        children's from getrusage(2), without a file read, to the microsecond; the same
+        totals as utime+stime and cutime+cstime in /proc/self/stat."""
+        if self.root_start is None:
+            stat = self._stat(self.root)
+            if stat is None:
+                return None
+            self.root_start, self.root_ppid = stat.start, stat.ppid
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
+        own = usage.ru_utime + usage.ru_stime
+        if self.include_root and self.exclude_clocks:
+            own -= self._excluded()
+        return Member(self.root_ppid, self.root_start, own, reaped.ru_utime + reaped.ru_stime)
 
     def read(self, forks: int = -1) -> float:
         """Cumulative CPU seconds of the tree since the first read (the first read is 0).
@@ -105,10 +136,11 @@ class ProcessTree:
             present = {int(n) for n in names if n.isdigit()}
             self.forks, self.listed_at = forks, self.reads
         current: dict[int, Member] = {}
-        root = self._stat(self.root) if present is None or self.root in present else None
+        if self.root == os.getpid():
+            root = self._own()
+        else:
+            root = self._stat(self.root) if present is None or self.root in present else None
         if root is not None:
-            if self.include_root and self.exclude_tids:
-                root.own -= self._excluded()
             current[self.root] = root
         # members, then new pids whose parent is a member (ascending pids: parents first)
         for pid, old in self.members.items():
