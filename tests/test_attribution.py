@@ -7,12 +7,13 @@ import asyncio
 import os
 import random
 import resource
+import time
 from pathlib import Path
 
 import pytest
 
 from exporter.attribution import Attribution
-from exporter.attribution.cgroups import parse_cgroup_path, parse_pid_stat
+from exporter.attribution.cgroups import detect_layout, parse_cgroup_path, parse_pid_stat
 from exporter.attribution import discovery
 from exporter.attribution.discovery import (
     FULL_LISTING_SAMPLES,
@@ -705,3 +706,55 @@ def _intensity():
     from exporter.carbon import Intensity
 
     return Intensity(400.0, "DE", "static")
+
+
+def test_held_counters_on_the_running_kernel():
+    """The kernel's side of held descriptors, where this machine lets a test make a cgroup:
+    a pread() at offset 0 on a held counter sees the CPU time used since, and after the
+    cgroup is removed the read fails (ENODEV), so the workload goes and its fd is closed."""
+    import subprocess
+    import sys
+
+    layout = detect_layout("/sys/fs/cgroup")
+    if layout is None:
+        pytest.skip("no cgroup hierarchy with CPU accounting here")
+    base = layout.root + "/carbon-exporter-test.slice"
+    unit = base + "/held-fd-test.service"
+    try:
+        os.makedirs(unit)
+    except OSError as exc:
+        pytest.skip(f"cannot make a cgroup here: {exc.strerror}")
+    child = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        try:
+            with open(unit + "/cgroup.procs", "w") as handle:
+                handle.write(str(child.pid))
+        except OSError as exc:
+            pytest.skip(f"cannot move a process into a cgroup here: {exc.strerror}")
+        reader = WorkloadReader("/proc", "/sys")
+        root = "/carbon-exporter-test.slice/held-fd-test.service"
+        first = reader.read()
+        assert root in first.usage and reader.counters[root] >= 0  # read through a held fd
+        deadline = time.monotonic() + 10.0
+        while True:  # the busy child's CPU time shows through the same descriptor
+            obs = reader.read()
+            if obs.usage[root] > first.usage[root] + 0.05 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert obs.usage[root] > first.usage[root] + 0.05
+        held = reader.held
+        child.kill()
+        child.wait(10)
+        os.rmdir(unit)
+        obs = reader.read()
+        assert root not in obs.usage and root not in reader.counters
+        assert reader.held == held - 1
+        reader.close()
+    finally:
+        child.kill()
+        child.wait(10)
+        for path in (unit, base):
+            try:
+                os.rmdir(path)
+            except OSError:
+                pass
