@@ -16,6 +16,7 @@ from exporter.attribution.cgroups import parse_cgroup_path, parse_pid_stat
 from exporter.attribution import discovery
 from exporter.attribution.discovery import (
     FULL_LISTING_SAMPLES,
+    MAX_HELD_FDS,
     RECHECK_SAMPLES,
     SECOND_LOOK_SAMPLES,
     WorkloadReader,
@@ -389,9 +390,13 @@ def test_counter_descriptors_are_capped_and_closed(tmp_path):
                              for n, leaf in enumerate(leaves)}
     reader.close()
     assert set(os.listdir("/proc/self/fd")) == before
-    # derived from RLIMIT_NOFILE: half of the soft limit at most, never all of it
+    # derived from RLIMIT_NOFILE: what HTTP connections and the rest may need stays free
     soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    assert 0 < fd_budget() <= soft // 2
+    assert fd_budget(reserve=1536) == max(0, min(MAX_HELD_FDS, soft - 1536))
+    assert fd_budget(reserve=soft) == 0
+    attribution = Attribution(make_config(tmp_path, web__max_connections=soft - 600))
+    assert attribution.reader.max_held == (88 if soft >= 688 else 0)
+    attribution.close()
 
 
 def test_learned_idle_floor_is_the_lowest_power_seen(tmp_path):

@@ -95,7 +95,9 @@ class Attribution(Source):
             config.path_procfs, config.path_sysfs,
             per_process=config.attribution_processes,
             want_comm=self.tagger.wants_process_names,
-            gpus=GpuProcessReader(nvml, config.path_procfs) if config.collector("nvml") else None)
+            gpus=GpuProcessReader(nvml, config.path_procfs) if config.collector("nvml") else None,
+            # counters held open never take the descriptors HTTP clients may need
+            fd_reserve=int(config.web_max_connections) + 512)
         self.kube = KubeMetadata(config)
         self.book = Book(1, 1, 1.0)
         # "other": a platform meter's remainder (fans, disks, PSU losses), idle part learned

@@ -63,7 +63,10 @@ log = logging.getLogger(__name__)
 RECHECK_SAMPLES = 600  # every known pid's cgroup is read again once per this many samples
 SECOND_LOOK_SAMPLES = 2  # a new pid's cgroup is read once more this many samples later
 FULL_LISTING_SAMPLES = 60  # listdir(<procfs>) at least this often, forks or not
-MAX_HELD_FDS = 65536  # counter descriptors kept open at most (and at most half of RLIMIT_NOFILE)
+MAX_HELD_FDS = 65536  # counter descriptors kept open at most
+# descriptors left to the rest of the process: web.max_connections (the default 1,024), their
+# accept backlog, sources, logs and sockets; Attribution passes its configured figure
+FD_RESERVE = 1024 + 512
 _COUNTER_BYTES = 32  # "usage_usec <20 digits>\n" (v2) or "<20 digits>\n" (v1) fits
 _V2_VALUE = re.compile(rb"usage_usec (\d+)\n")  # cpu.stat's first line
 _V1_VALUE = re.compile(rb"(\d+)\n")  # cpuacct.usage
@@ -104,14 +107,15 @@ class Observation:
     seconds: list[float] = field(default_factory=list)
 
 
-def fd_budget(raise_limit: bool = False) -> int:
-    """How many counter descriptors attribution may hold: half the soft RLIMIT_NOFILE (the
-    other half stays for HTTP connections and the sources), at most MAX_HELD_FDS. raise_limit:
-    first raise the soft limit towards the hard one (as Go's runtime does at start)."""
+def fd_budget(raise_limit: bool = False, reserve: int = FD_RESERVE) -> int:
+    """How many counter descriptors attribution may hold: the soft RLIMIT_NOFILE less
+    `reserve` (what the HTTP server may hold at most, and the rest of the process), at most
+    MAX_HELD_FDS. raise_limit: first raise the soft limit towards the hard one (as Go's
+    runtime does at start)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
         return MAX_HELD_FDS
-    want = 2 * MAX_HELD_FDS
+    want = MAX_HELD_FDS + reserve
     if raise_limit and soft < want and (hard == resource.RLIM_INFINITY or hard > soft):
         raised = want if hard == resource.RLIM_INFINITY else min(hard, want)
         try:
@@ -120,13 +124,13 @@ def fd_budget(raise_limit: bool = False) -> int:
             soft = raised
         except (ValueError, OSError) as exc:
             log.info("attribution: cannot raise the open-file limit: %s", exc)
-    return max(0, min(MAX_HELD_FDS, soft // 2))
+    return max(0, min(MAX_HELD_FDS, soft - reserve))
 
 
 class WorkloadReader:
     def __init__(self, procfs: str, sysfs: str, *, per_process: bool = False,
                  want_comm: bool = False, gpus: GpuProcessReader | None = None,
-                 max_held_fds: int | None = None) -> None:
+                 max_held_fds: int | None = None, fd_reserve: int = FD_RESERVE) -> None:
         self.procfs = procfs
         self.cgroup_root = os.path.join(sysfs, "fs", "cgroup")
         self.per_process = per_process
@@ -158,7 +162,8 @@ class WorkloadReader:
         self.order: tuple[str, ...] | None = None  # the counters' keys while they stay
         self.held = 0
         # None: derived from RLIMIT_NOFILE, raised once when more workloads than that appear
-        self.max_held = fd_budget() if max_held_fds is None else max_held_fds
+        self.fd_reserve = fd_reserve
+        self.max_held = fd_budget(reserve=fd_reserve) if max_held_fds is None else max_held_fds
         self.may_raise_limit = max_held_fds is None
 
     # --- processes ---------------------------------------------------------------------------
@@ -361,7 +366,7 @@ class WorkloadReader:
     def _open(self, root: str) -> int:
         if self.held >= self.max_held and self.may_raise_limit:
             self.may_raise_limit = False
-            self.max_held = fd_budget(raise_limit=True)
+            self.max_held = fd_budget(raise_limit=True, reserve=self.fd_reserve)
         if self.held >= self.max_held:
             return -1
         assert self.layout is not None
