@@ -218,8 +218,7 @@ class Daemon:
                 self.sampler.embodied.configure(new)
             self.sampler.pue = new.carbon_pue
             self.sampler.power_budget = new.power_budget_watts
-        for source in self.sampler.sources:
-            source.configure(new)
+        self.sampler.configure(new)  # the sources take it at the next cycle, in their thread
         logging.getLogger().setLevel(_LEVELS[new.log_level])
         self.config = new
         log.info("config reloaded: %s", ", ".join(changed) if changed else "no changes")

@@ -38,6 +38,7 @@ from exporter.sources import (
 
 if TYPE_CHECKING:
     from exporter.attribution import Attribution, WorkloadSeries
+    from exporter.config import Config
     from exporter.carbon.embodied import Embodied
     from exporter.carbon.providers.chain import GridState
 
@@ -217,6 +218,7 @@ class Sampler:
         self._thread: threading.Thread | None = None
         self._watchdog: threading.Thread | None = None
         self._alarm = False  # the watchdog is SIGALRM on the event loop (start(alarm=True))
+        self._config: Config | None = None  # reloaded settings the sources take next cycle
         self._halt = threading.Event()
         self._final = False
         self.first_cycle = threading.Event()  # set when the sampler thread's first cycle ended
@@ -251,10 +253,27 @@ class Sampler:
                 return None
         return result
 
+    def configure(self, config: Config) -> None:
+        """A reload (SIGHUP, on the event loop): each source takes the new settings at the start
+        of the next cycle, in the sampler thread, never in the middle of one of its reads."""
+        self._config = config
+
+    def _reconfigure(self) -> None:
+        config, self._config = self._config, None
+        if config is None:
+            return
+        for worker in self.workers:
+            try:
+                worker.source.configure(config)
+            except Exception:  # a source that cannot take it keeps its settings
+                log.exception("collector %s: applying the reloaded config", worker.source.name)
+
     def _step(self, reader: _Reader | None = None) -> bool:
         """One sample cycle in the calling thread (the sampler's): every source once, in
         order, feed the ledger, publish. False when the watchdog abandoned this thread."""
         reader = reader or self._reader
+        if self._config is not None:
+            self._reconfigure()
         readings: list[Reading] = []
         observed: SourceResult | None = None
         procfs.begin_cycle()
