@@ -2,7 +2,7 @@
 """Per-sample CPU cost of attribution (discovery read + split) against fixture trees of
 N workload cgroups and M processes (pods, units and Slurm jobs, cgroup v2), and how it grows.
 
-    .venv/bin/python bench/bench_attribution.py [--samples 20] [--quick]
+    .venv/bin/python bench/bench_attribution.py [--samples 60] [--quick]
 
 For each size it builds the trees (in /dev/shm when there is one), takes a cold first sample
 (every /proc/<pid>/cgroup read once), then measures steady-state samples: the trees are moved
