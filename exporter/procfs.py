@@ -4,6 +4,13 @@ and parsing it twice on one thread was a measurable part of a cycle.
 
 The sampler calls begin_cycle() when a cycle starts and end_cycle() when its reads are in;
 reads in between share one parse. Outside a cycle nothing is shared: a read sees the file.
+
+/proc/stat is read through a descriptor kept open (read_held): one pread() at offset 0 per
+sample instead of open, read, read, close. After a second of sleep every system call is
+cold (tens of microseconds each on a VM), so the three saved are a good part of a cycle.
+The kernel regenerates a seq_file when a read starts at offset 0 (seq_read_iter: "if
+request is to read from zero offset, reset iterator to first record"), so a held
+descriptor sees fresh values; procfs's node-wide files never go away.
 """
 
 from __future__ import annotations
@@ -20,6 +27,8 @@ _cycle = 0  # the current cycle's number; 0: not in a cycle
 _cycles = 0
 _lock = threading.Lock()  # held only around the cache, never around a read (reads can stall)
 _cache: dict[str, tuple[int, CpuTimes]] = {}
+_held: dict[str, int] = {}  # path -> a descriptor kept open on it (read_held)
+MAX_HELD = 16  # a few node-wide files; more (tests with many trees): the oldest go
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,17 +61,50 @@ def read_file(path: str, size: int = 8192) -> bytes:
         os.close(fd)
 
 
-def read_all(path: str, size: int = 65536) -> bytes:
-    """The whole file: /proc/stat's "processes" line comes after one line per CPU and the
-    interrupt counts, tens of KiB on a large machine (the kernel builds it in one go)."""
-    fd = os.open(path, os.O_RDONLY)
+def read_held(path: str, size: int = 65536) -> bytes:
+    """The whole file through a descriptor kept open on it: a pread() at offset 0 per read.
+    A read that fails, or reads nothing, on a held descriptor is retried once on a fresh
+    one. A file replaced by another under its path is not noticed: the kernel's node-wide
+    procfs files never are (test fixtures write them in place, as the kernel does)."""
+    with _lock:
+        fd = _held.get(path)
+    held = fd is not None
+    if fd is None:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        chunks = [os.read(fd, size)]
-        while chunks[-1]:  # a read may return less than asked before the end
-            chunks.append(os.read(fd, size))
-        return b"".join(chunks)
-    finally:
+        data = os.pread(fd, size, 0)
+        while len(data) % size == 0 and data:  # a full buffer: there may be more
+            more = os.pread(fd, size, len(data))
+            if not more:
+                break
+            data += more
+    except OSError:
+        _forget(path, fd)
+        if held:
+            return read_held(path, size)
+        raise
+    if held and not data:
+        _forget(path, fd)
+        return read_held(path, size)
+    if not held:
+        with _lock:
+            if path in _held:  # another thread opened it meanwhile: keep one
+                os.close(fd)
+            else:
+                while len(_held) >= MAX_HELD:
+                    os.close(_held.pop(next(iter(_held))))
+                _held[path] = fd
+    return data
+
+
+def _forget(path: str, fd: int) -> None:
+    with _lock:
+        if _held.get(path) == fd:
+            del _held[path]
+    try:
         os.close(fd)
+    except OSError:
+        pass
 
 
 def parse_forks(data: bytes) -> int:
@@ -97,7 +139,7 @@ def cpu_times(procfs: str, clock: Callable[[], float] = time.monotonic) -> CpuTi
             hit = _cache.get(path)
         if hit is not None and hit[0] == cycle:
             return hit[1]
-    data = read_all(path)
+    data = read_held(path)
     at = clock()  # when the times were obtained (a slow open must not skew them)
     busy, total = parse_cpu_line(data)
     times = CpuTimes(at, busy, total, parse_forks(data))

@@ -222,10 +222,16 @@ class ProcfsTree:
         cpu = f"cpu  {self.busy} 0 0 {self.idle} 0 0 0 0 0 0\n"
         per = "".join(f"cpu{n} {self.busy // self.threads} 0 0 {self.idle // self.threads} 0 0 0 0 0 0\n"
                       for n in range(self.threads))
-        tmp = self.root / "stat.tmp"
-        tmp.write_text(cpu + per + f"intr 0\nctxt 0\nbtime 1700000000\nprocesses {self.forks}\n"
-                       "procs_running 1\nprocs_blocked 0\n")
-        os.replace(tmp, self.root / "stat")
+        data = (cpu + per + f"intr 0\nctxt 0\nbtime 1700000000\nprocesses {self.forks}\n"
+                "procs_running 1\nprocs_blocked 0\n").encode()
+        # in place, as the kernel's file: a reader holding it open sees each new content. The
+        # counters only grow, so writing first and cutting after never shows a short file.
+        fd = os.open(self.root / "stat", os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            os.pwrite(fd, data, 0)
+            os.ftruncate(fd, len(data))
+        finally:
+            os.close(fd)
 
     def advance(self, busy_jiffies: int, idle_jiffies: int) -> None:
         self.busy += busy_jiffies

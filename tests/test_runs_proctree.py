@@ -89,9 +89,10 @@ def test_this_process_as_root_is_read_without_files_and_its_tracker_threads_excl
     /proc/self/stat (utime + stime), to the microsecond, without a file read; the tracker's
     own threads are taken out through their CPU clocks, other threads stay the run's."""
     tree = ProcessTree(os.getpid(), "/proc", include_root=True)
-    release = threading.Event()
+    go, release = threading.Event(), threading.Event()
 
     def tracker_work() -> None:  # like the sampler thread: busy, alive for the whole run
+        go.wait(30)
         _burn(0.3)
         release.wait(30)
 
@@ -101,6 +102,7 @@ def test_this_process_as_root_is_read_without_files_and_its_tracker_threads_excl
     tree.exclude_threads([tracker.ident])
     tree.read()
     stat_before = parse_stat(read_file(f"/proc/{os.getpid()}/stat"), HZ)
+    go.set()
     _burn(0.3)  # the run's own work, in the main thread
     worker.start()
     worker.join()

@@ -353,3 +353,19 @@ def test_absent_hardware_is_asked_again_after_the_recheck_time(tmp_path):
         asyncio.run(scenario())
     finally:
         sampler.close()
+
+
+def test_proc_stat_is_read_through_one_held_descriptor_on_the_running_kernel():
+    """One pread() at offset 0 per sample on a descriptor kept open: the kernel regenerates
+    the seq_file, so the held descriptor sees the CPU time used since the last read."""
+    from exporter import procfs
+
+    first = procfs.read_held("/proc/stat")
+    fd = procfs._held["/proc/stat"]
+    end = time.thread_time() + 0.1
+    while time.thread_time() < end:  # 10 clock ticks of CPU at least
+        pass
+    second = procfs.read_held("/proc/stat")
+    assert procfs._held["/proc/stat"] == fd  # the same descriptor, not reopened
+    assert procfs.parse_cpu_line(second)[0] > procfs.parse_cpu_line(first)[0]
+    assert procfs.parse_forks(second) >= procfs.parse_forks(first) > 0
