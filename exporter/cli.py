@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import errno
+import gc
 import json
 import logging
 import os
@@ -267,6 +268,11 @@ class Daemon:
         for status in self.chain.select().providers:
             log.info("intensity provider %s (%s): %s", status.name, status.type, status.description)
         self.chain.start()
+        # What start-up built (modules, tables, the app) lives as long as the process: out of
+        # the collector's way, so a full collection during a scrape walks only what came
+        # after (about 0.1 ms instead of 15: scrape p99)
+        gc.collect()
+        gc.freeze()
         sampling = asyncio.create_task(self.sampler.run(self.stop))
         watching = None  # only a web config file can change under the running exporter
         if self.security.config.path:
