@@ -16,14 +16,14 @@ from exporter.runs.record import load_record
 from exporter.runs.stats import t_quantile, welch
 from tests.harness import ROOT
 
-MATMULS = 30
+MATMULS = 60
 # One BLAS thread: OpenBLAS workers spin while waiting, which on a loaded machine would add
 # CPU time unrelated to the arithmetic.
 BLAS_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 MATMUL = """
 import sys
 import numpy as np
-a = np.random.default_rng(0).random((600, 600)).astype(sys.argv[1])
+a = np.random.default_rng(0).random((1000, 1000)).astype(sys.argv[1])
 for _ in range(int(sys.argv[2])):
     a @ a
 """
@@ -34,7 +34,7 @@ def start_run(path, dtype: str, tags: dict[str, str], model: str = "mm",
     """One real workload under `carbon-exporter run` (embedded mode)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CARBON_EXPORTER_")}
     env.update(BLAS_ENV, CARBON_EXPORTER_CPU_MODEL_IDLE_WATTS="10",
-               CARBON_EXPORTER_CPU_MODEL_MAX_WATTS="50", CARBON_EXPORTER_SAMPLE_INTERVAL="200ms",
+               CARBON_EXPORTER_CPU_MODEL_MAX_WATTS="50", CARBON_EXPORTER_SAMPLE_INTERVAL="100ms",
                CARBON_EXPORTER_CARBON_INTENSITY="300", CARBON_EXPORTER_RUNS_SOCKET="")
     tag_args = [arg for k, v in tags.items() for arg in ("--tag", f"{k}={v}")]
     return subprocess.Popen(
