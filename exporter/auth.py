@@ -28,8 +28,7 @@ import secrets
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-
-import bcrypt
+from types import ModuleType
 
 FAILURE_TTL = 10.0  # seconds a failed credential is answered without bcrypt
 MAX_REMEMBERED = 4096  # entries in each cache (good credentials, failed ones, client addresses)
@@ -50,6 +49,13 @@ class Verdict(enum.Enum):
     BUSY = "busy"  # 503: too many checks waiting; says nothing about the password
 
 
+def _bcrypt() -> ModuleType:
+    """bcrypt, imported when basic auth is configured: the daemon without users never needs it."""
+    import bcrypt
+
+    return bcrypt
+
+
 def bcrypt_cost(hashed: bytes) -> int | None:
     """The cost of a well-formed bcrypt hash, else None. The bcrypt package's own parse is
     run at cost 4 on the same salt and hash characters, so a hash it would reject at every
@@ -58,7 +64,7 @@ def bcrypt_cost(hashed: bytes) -> int | None:
     if not match or not MIN_COST <= int(match.group(1)) <= MAX_COST:
         return None
     try:
-        bcrypt.checkpw(b"", hashed[:4] + b"04" + hashed[6:])
+        _bcrypt().checkpw(b"", hashed[:4] + b"04" + hashed[6:])
     except ValueError:
         return None
     return int(match.group(1))
@@ -67,6 +73,7 @@ def bcrypt_cost(hashed: bytes) -> int | None:
 @functools.cache
 def decoy_hash(cost: int) -> bytes:
     """Checked when the user is unknown, at the cost the configured users have."""
+    bcrypt = _bcrypt()
     return bcrypt.hashpw(secrets.token_bytes(16), bcrypt.gensalt(cost))
 
 
@@ -86,7 +93,7 @@ def basic_credentials(header: str | None) -> tuple[str, str] | None:
 
 def _checkpw(password: bytes, hashed: bytes) -> bool:
     try:
-        return bcrypt.checkpw(password, hashed)
+        return _bcrypt().checkpw(password, hashed)
     except ValueError:  # e.g. a password over bcrypt's 72 bytes
         return False
 

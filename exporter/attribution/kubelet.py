@@ -96,6 +96,7 @@ class KubeMetadata:
         self.refreshed_at: float | None = None
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None  # the refreshes run on it
+        self._context: tuple[tuple[bool, str | None, int | None], ssl.SSLContext] | None = None
         self._unknown: set[str] = set()
         self.last_attempt = 0.0
         self.min_refresh = MIN_REFRESH_SECONDS
@@ -146,15 +147,26 @@ class KubeMetadata:
             self._wake.set()
 
     def _ssl(self) -> ssl.SSLContext | bool:
+        """The TLS context for the next refresh: built again only when its inputs change (a
+        reload, the CA file rotated), since each build parses the CA file or the system store."""
         if not self.url.startswith("https://"):
             return False
-        if self.config.kubernetes_insecure_skip_verify:
-            context = ssl.create_default_context()
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-            return context
+        insecure = self.config.kubernetes_insecure_skip_verify
         ca = self.config.kubernetes_ca_file
-        return ssl.create_default_context(cafile=ca if ca and os.path.exists(ca) else None)
+        try:
+            stamp = os.stat(ca).st_mtime_ns if ca else None
+        except OSError:
+            ca, stamp = None, None
+        key = (insecure, ca, stamp)
+        if self._context is None or self._context[0] != key:
+            if insecure:
+                context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+            else:
+                context = ssl.create_default_context(cafile=ca)
+            self._context = (key, context)
+        return self._context[1]
 
     def _headers(self) -> dict[str, str]:
         if self.mode == "kubelet-readonly":

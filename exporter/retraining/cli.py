@@ -77,15 +77,13 @@ class Grid:
 async def _ask_providers(config: Any) -> tuple[Any, list[str]]:
     """One fetch per configured provider; the chain's own selection picks the value in force
     and the cleanest forecast window."""
-    import aiohttp
-
     from exporter.carbon import static_intensity
     from exporter.carbon.providers import ProviderError
-    from exporter.carbon.providers.chain import USER_AGENT, Chain, build_providers
+    from exporter.carbon.providers.chain import Chain, build_providers, client_session
 
     chain = Chain(build_providers(config), static_intensity(config), publish=lambda _s: None)
     notes: list[str] = []
-    async with aiohttp.ClientSession(headers={"User-Agent": USER_AGENT}) as session:
+    async with client_session() as session:
         for state in chain.states:
             provider = state.provider
             try:

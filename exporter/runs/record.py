@@ -11,7 +11,6 @@ import json
 import os
 import socket
 import time
-from importlib import resources
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,6 +30,8 @@ class RecordError(ValueError):
 
 @functools.lru_cache(maxsize=1)
 def schema() -> dict[str, Any]:
+    from importlib import resources  # only where records are checked: not the daemon's start
+
     return json.loads(resources.files("exporter.runs").joinpath("run.schema.json").read_text())
 
 

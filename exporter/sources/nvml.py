@@ -25,7 +25,9 @@ carbon_gpu_info{device, uuid, pci_bus_id} is the join to a stable identity.
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import sys
 import time
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -101,6 +103,27 @@ class Device:
         return now >= self.retry_at
 
 
+# The name nvidia-ml-py's loader asks the dynamic linker for on Linux (pynvml._LoadNvmlLibrary)
+NVML_LIBRARY = "libnvidia-ml.so.1"
+
+
+class LibraryMissing(Exception):
+    """No NVML library to load: pynvml's nvmlInit would raise LIBRARY_NOT_FOUND."""
+
+
+def library_loadable() -> bool:
+    """Whether the dynamic linker finds NVML, asked as pynvml asks it, so that a node without
+    the driver (absent sources are asked again every 30 s) never imports pynvml: 2.3 MB of
+    ctypes classes for nothing. Where found, the library stays loaded and pynvml's own load
+    of it is a reference count. A pynvml already imported (embedded in a process that uses
+    it) is used without this check: its nvmlInit says the same."""
+    try:
+        ctypes.CDLL(NVML_LIBRARY)
+    except OSError:
+        return False
+    return True
+
+
 class NvmlSession:
     """Lazy import, nvmlInit with back-off, per-GPU enumeration and re-probing, shutdown.
 
@@ -125,6 +148,8 @@ class NvmlSession:
 
     def _module(self) -> ModuleType:
         if self._nvml is None:
+            if "pynvml" not in sys.modules and not library_loadable():
+                raise LibraryMissing(f"{NVML_LIBRARY} not found by the dynamic linker")
             import pynvml  # imported lazily: the collector may be disabled
 
             self._nvml = pynvml
@@ -149,6 +174,9 @@ class NvmlSession:
         self.next_init = now + REINIT_AFTER_SECONDS
         try:
             nvml = self._module()
+        except LibraryMissing as exc:
+            self.status = Status(ABSENT, f"no NVIDIA driver: {exc}")
+            return False
         except ImportError as exc:
             self.status = Status(ABSENT, f"pynvml not importable: {exc}")
             return False

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import ssl
 import time
 from dataclasses import dataclass
 from typing import Awaitable, Callable
@@ -36,6 +37,14 @@ log = logging.getLogger(__name__)
 
 FORECAST_WINDOW = 24 * 3600.0
 USER_AGENT = f"carbon-exporter/{__version__}"
+
+
+def client_session() -> aiohttp.ClientSession:
+    """The providers' HTTP session (in a running event loop), verifying TLS against the
+    system CA store through its own context: aiohttp's import-time ones may be empty (see
+    exporter.aiohttp_lean)."""
+    return aiohttp.ClientSession(headers={"User-Agent": USER_AGENT}, raise_for_status=False,
+                                 connector=aiohttp.TCPConnector(ssl=ssl.create_default_context()))
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,8 +298,7 @@ class Chain:
         self._publish()
         if not self.states:
             return
-        self._session = aiohttp.ClientSession(headers={"User-Agent": USER_AGENT},
-                                              raise_for_status=False)
+        self._session = client_session()
         self._tasks = [asyncio.create_task(self._run(s), name=f"provider-{s.provider.name}")
                        for s in self.states]
         self._tasks.append(asyncio.create_task(self._ticker(), name="provider-ticker"))
