@@ -216,6 +216,9 @@ class Sampler:
         # change what a cycle reads (a reload, the run socket) take it too
         self.lock = threading.RLock()
         self._thread: threading.Thread | None = None
+        # run first in each sampler thread the watchdog starts (embedded mode: the new
+        # thread's CPU is the tracker's, not the run's)
+        self.on_new_thread: Callable[[], None] | None = None
         self._watchdog: threading.Thread | None = None
         self._alarm = False  # the watchdog is SIGALRM on the event loop (start(alarm=True))
         self._config: Config | None = None  # reloaded settings the sources take next cycle
@@ -350,7 +353,15 @@ class Sampler:
         log.warning("collector %s: read still running after %.1f s; set aside, sampling goes on",
                     worker.source.name, time.monotonic() - started)
         if self._thread is not None and not self._halt.is_set():
-            self._spawn()
+            self._spawn(self._new_thread)
+
+    def _new_thread(self) -> None:
+        hook = self.on_new_thread
+        if hook is not None:
+            try:
+                hook()
+            except Exception:  # sampling goes on without it
+                log.exception("sampler: the new thread's start hook failed")
 
     def on_alarm(self) -> None:
         """SIGALRM, on the event loop (start(alarm=True)): a cycle has run for an interval.

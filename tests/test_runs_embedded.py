@@ -236,3 +236,44 @@ def test_readme_training_and_inference_loops_run(tmp_path, monkeypatch):
     assert train["params"]["epochs"] == 20 and 0.5 < train["params"]["accuracy"] <= 1
     assert train["energy_joules"] > 0
     assert serve["units"]["count"] == 1000 and serve["phase"] == "inference"
+
+
+def test_a_sampler_thread_started_after_a_stall_is_not_charged_to_the_run():
+    """The watchdog's fresh sampler thread (after a read stalled) is the tracker's overhead,
+    like the first one: its CPU clock joins those taken out of the run's CPU time."""
+    from exporter.config import resolve
+    from exporter.runs.embedded import EmbeddedTracker
+
+    config = resolve({"sample.interval": "100ms", "runs.socket": "", "collector.nvml": False,
+                      "kubernetes.metadata": "none"}, None, environ={})
+    tracker = EmbeddedTracker(config, os.getpid())
+    model = next(w.source for w in tracker.sampler.workers if w.source.name == "cpu-model")
+    read, stalled, release = model.read, threading.Event(), threading.Event()
+
+    def stalling(covered=frozenset()):
+        if not stalled.is_set():
+            stalled.set()
+            release.wait(10)
+        return read(covered)
+
+    tracker.start()
+    try:
+        first = tracker.sampler._thread
+        assert first is not None and first.ident is not None
+        assert time.pthread_getcpuclockid(first.ident) in tracker.tree.exclude_clocks
+        model.read = stalling
+        assert stalled.wait(5)
+
+        def set_aside() -> bool:
+            tracker.sampler.watch()  # what the watchdog thread does every 5 s
+            return tracker.sampler._thread is not first
+
+        wait_for(set_aside, 5, "a fresh sampler thread")
+        fresh = tracker.sampler._thread
+        assert fresh is not None
+        wait_for(lambda: fresh.ident is not None
+                 and time.pthread_getcpuclockid(fresh.ident) in tracker.tree.exclude_clocks,
+                 5, "the fresh thread's CPU clock taken out of the run's")
+    finally:
+        release.set()
+        tracker.stop()

@@ -256,6 +256,10 @@ class EmbeddedTracker:
                     idents.append(thread.ident)
             self.tree.exclude_threads(idents)
 
+    def _exclude_this_thread(self) -> None:
+        if self.tree.include_root:
+            self.tree.exclude_threads([threading.get_ident()])
+
     async def _run_chain(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._chain_stop = asyncio.Event()
@@ -282,6 +286,8 @@ class EmbeddedTracker:
             self._chain_ready.wait(timeout=10.0)
         else:
             self.chain.start()  # publishes the static figure; nothing to fetch
+        # a sampler thread the watchdog starts after a stalled read is the tracker's too
+        self.sampler.on_new_thread = self._exclude_this_thread
         self.sampler.start(before_first=self._exclude_own_threads)
         self.sampler.first_cycle.wait()  # the baseline: the run is measured from here
         if self.sampler.failed is not None:

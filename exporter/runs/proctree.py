@@ -96,7 +96,7 @@ class ProcessTree:
 
     def _excluded(self) -> float:
         total = 0.0
-        for clock, last in self.exclude_clocks.items():
+        for clock, last in list(self.exclude_clocks.items()):  # a new sampler thread may add
             try:
                 last = self.exclude_clocks[clock] = time.clock_gettime(clock)
             except OSError:
