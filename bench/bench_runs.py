@@ -106,11 +106,11 @@ def main() -> None:
     for name in procs:
         cpu = after[name] - before[name]
         if name == floor_name:
-            print(f"| {name} | {1000 * cpu / samples:.2f} ms (floor) | {rss[name]:.0f} MB | |")
+            print(f"| {name} | {1000 * cpu / samples:.2f} ms (floor) | {rss[name]:.0f} MiB | |")
             continue
         per_sample[name] = (cpu - floor_cpu) / samples
-        print(f"| {name} | {1000 * per_sample[name]:.2f} ms | {rss[name]:.0f} MB | "
-              f"{rss[name] - rss[floor_name]:.0f} MB |")
+        print(f"| {name} | {1000 * per_sample[name]:.2f} ms | {rss[name]:.0f} MiB | "
+              f"{rss[name] - rss[floor_name]:.0f} MiB |")
     names = list(per_sample)
     if len(names) == 2 and per_sample[names[1]] > 0:
         print(f"\nembedded / CodeCarbon CPU per sample: "

@@ -70,6 +70,7 @@ def cpu_seconds(pid: int, ended_threads: bool = False) -> float:
 
 
 def rss_mb(pid: int) -> tuple[float, float]:
+    """VmRSS and VmHWM (peak) in MiB."""
     status = Path(f"/proc/{pid}/status").read_text()
     rss = int(re.search(r"VmRSS:\s+(\d+)", status).group(1)) / 1024
     hwm = int(re.search(r"VmHWM:\s+(\d+)", status).group(1)) / 1024
@@ -171,7 +172,7 @@ def main() -> int:
 
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, 1 s sampling; CPU over the "
           f"same {args.seconds:g} s for all; then {args.scrapes} keep-alive scrapes each")
-    print("| node | CPU ms per cycle | scrape p50 ms | scrape p99 ms | scrape bytes | RSS MB | peak RSS MB |")
+    print("| node | CPU ms per cycle | scrape p50 ms | scrape p99 ms | scrape bytes | RSS MiB | peak RSS MiB |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, cpu_ms, p50, p99, size, rss, hwm in results:
         print(f"| {name} | {cpu_ms:.3f} | {p50} | {p99} | {size} | {rss:.1f} | {hwm:.1f} |")

@@ -301,7 +301,9 @@ class NvmlSource(Source):
         "when no GPU can be read. `device` is `gpu-<NVML index>`; NVML's index order can change "
         "across reboots and driver updates, so join on `carbon_gpu_info{device, uuid, "
         "pci_bus_id}` for an identity that survives them, e.g. `carbon_energy_joules_total"
-        "{component=\"gpu\"} * on(instance, device) group_left(uuid) carbon_gpu_info`.")
+        "{component=\"gpu\"} * on(instance, device) group_left(uuid) carbon_gpu_info`. "
+        "Absent where the dynamic linker finds no `libnvidia-ml.so.1` (asked as nvidia-ml-py "
+        "asks it); pynvml is then not imported.")
 
     @classmethod
     def from_config(cls, config: Config) -> NvmlSource:
