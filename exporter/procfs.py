@@ -149,6 +149,33 @@ def cpu_times(procfs: str, clock: Callable[[], float] = time.monotonic) -> CpuTi
     return times
 
 
+# where the fork count moved but the process count did not, list <procfs> at most this many
+# samples after the last listing (as many processes may have ended as began)
+SAME_COUNT_LISTING_SAMPLES = 5
+
+
+class ProcessCount:
+    """<procfs>'s link count: a constant plus the kernel's number of processes
+    (proc_root_getattr(): nr_processes(), thread group leaders only). /proc/stat's fork count
+    moves with every thread too, so a runtime that starts threads moves it every sample; this
+    count tells those samples from ones where a process may have come. On a file system that
+    does not count a directory's entries this way (btrfs reports 1; a test tree on ext4 or
+    tmpfs counts its subdirectories, as procfs does) every call says it moved."""
+
+    def __init__(self, procfs: str) -> None:
+        self.procfs = procfs
+        self.links = -1
+
+    def moved(self) -> bool:
+        """Whether the count moved since the last call (True where it cannot tell)."""
+        try:
+            links = os.stat(self.procfs).st_nlink
+        except OSError:
+            return True
+        moved, self.links = links != self.links, links
+        return moved or links <= 2
+
+
 def mem_total_bytes(procfs: str) -> int:
     """MemTotal from <procfs>/meminfo."""
     for line in read_file(procfs + "/meminfo").splitlines():

@@ -7,6 +7,9 @@ import asyncio
 import os
 import random
 import resource
+import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -27,7 +30,7 @@ from exporter.attribution.split import IDLE, OTHER, split_by_cpu
 from exporter.attribution.tagging import load_rules
 from exporter.config import ConfigError, resolve
 from exporter.ledger import Counted
-from exporter.procfs import cpu_times
+from exporter.procfs import SAME_COUNT_LISTING_SAMPLES, cpu_times
 from exporter.sampler import Sampler, _timed_read
 from exporter.sources.nvml import NvmlSource
 from exporter.sources.rapl import RaplSource
@@ -276,13 +279,60 @@ def test_procfs_listing_runs_when_processes_were_forked_or_every_n_samples(tmp_p
     obs = reader.read()
     assert obs.listed and "/system.slice/b.service" not in obs.usage
     assert not {str(p) for p in pids} & reader.pids.keys()
-    # a fork and an exit between two samples: the listing sees both (against the last one)
+    # a fork and an exit between two samples: the process count did not move, so the listing
+    # comes SAME_COUNT_LISTING_SAMPLES after the last one, and sees both (against it)
     [gone] = tree.add("/system.slice/c.service", processes=1)
-    reader.read()
+    assert reader.read().listed
     [born] = tree.add("/system.slice/c.service", processes=1)
     tree.exit([gone])
+    for _ in range(SAME_COUNT_LISTING_SAMPLES - 1):
+        assert not reader.read().listed
     obs = reader.read()
     assert obs.listed and str(born) in reader.pids and str(gone) not in reader.pids
+
+
+def test_threads_alone_do_not_list_procfs_every_sample(tmp_path):
+    """/proc/stat's fork count moves with every thread a runtime starts; /proc's link count
+    (2 + the processes) does not: the listing waits SAME_COUNT_LISTING_SAMPLES samples then,
+    and a new process is listed at the next sample whatever the threads do."""
+    tree = build_tree(tmp_path, "v2", write_pid_stats=False)
+    tree.add("/system.slice/a.service", processes=3)
+    reader = Attribution(make_config(tmp_path)).reader
+    assert reader.read().listed
+    listed = []
+    for _ in range(3 * SAME_COUNT_LISTING_SAMPLES):
+        tree.procfs.fork()  # a thread: the fork count moves, no /proc/<pid> appears
+        listed.append(reader.read().listed)
+    assert listed == ([False] * (SAME_COUNT_LISTING_SAMPLES - 1) + [True]) * 3
+    tree.procfs.fork()
+    pids = tree.add("/system.slice/b.service", processes=1)
+    obs = reader.read()
+    assert obs.listed and "/system.slice/b.service" in obs.usage
+    assert str(pids[0]) in reader.pids
+
+
+def test_procfs_link_count_follows_processes_not_threads():
+    """What the listing's gate relies on, on the running kernel: /proc's link count moves
+    by one for a new process and not for a new thread (proc_root_getattr: nr_processes()).
+    Other processes on the machine start and end too, so a few tries are allowed."""
+    if not os.path.exists("/proc/self/stat"):
+        pytest.skip("no procfs here")
+    for _ in range(20):
+        before = os.stat("/proc").st_nlink
+        release = threading.Event()
+        thread = threading.Thread(target=release.wait)
+        thread.start()
+        with_thread = os.stat("/proc").st_nlink
+        child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                                 stdin=subprocess.PIPE)
+        with_child = os.stat("/proc").st_nlink
+        child.communicate(b"")
+        release.set()
+        thread.join()
+        if with_thread == before and with_child == before + 1:
+            return
+    pytest.fail(f"/proc's link count: {before} -> {with_thread} with a thread -> "
+                f"{with_child} with a process")
 
 
 def test_forks_count_is_parsed_from_a_large_proc_stat(tmp_path):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from exporter.procfs import cpu_times
+from exporter.procfs import SAME_COUNT_LISTING_SAMPLES, cpu_times
 from exporter.attribution.cgroups import read_file
 from exporter.runs.proctree import ProcessTree, parse_stat
 from tests.fixtures import ProcfsTree
@@ -62,6 +62,36 @@ def test_tree_follows_forks_and_skips_the_listing_while_none_happen(tmp_path, mo
     write_pid(procfs, 100, 1, 100 + HZ, cutime=int(2.5 * HZ))
     assert read(tree, procfs) == pytest.approx(3.5)  # only the 0.5 s not seen before
     assert 300 not in tree.members and len(listings) == 2
+
+
+def test_threads_alone_do_not_list_and_a_child_found_late_loses_nothing(tmp_path, monkeypatch):
+    """Threads move /proc/stat's fork count, not /proc's link count (the kernel's process
+    count; the fixture's directory counts its entries the same way): the listing then waits
+    SAME_COUNT_LISTING_SAMPLES reads. A child that replaced another process between two
+    reads leaves the count still: found at that listing, with all its CPU since it began."""
+    procfs = ProcfsTree(tmp_path / "proc")
+    write_pid(procfs, 1, 0, 0)
+    write_pid(procfs, 100, 1, 0)  # the tracked process
+    write_pid(procfs, 200, 1, 0)  # another process on the node
+    tree = ProcessTree(100, procfs.procfs, include_root=True)
+    listings = []
+    real_listdir = os.listdir
+    monkeypatch.setattr(os, "listdir", lambda path: listings.append(path) or real_listdir(path))
+    assert read(tree, procfs) == 0.0  # the baseline, listed
+    for _ in range(SAME_COUNT_LISTING_SAMPLES - 1):
+        procfs.fork()  # a thread of some runtime: no new <procfs>/<pid>
+        read(tree, procfs)
+    assert len(listings) == 1
+    procfs.fork()
+    read(tree, procfs)
+    assert len(listings) == 2  # the listing is due anyway
+
+    shutil.rmtree(Path(procfs.procfs) / "200")  # ended, and the tracked process forked
+    procfs.fork()
+    write_pid(procfs, 300, 100, 2 * HZ, start=2000)  # a worker that worked for 2 s already
+    seen = [read(tree, procfs) for _ in range(SAME_COUNT_LISTING_SAMPLES)]
+    assert seen[:-1] == [0.0] * (SAME_COUNT_LISTING_SAMPLES - 1)
+    assert seen[-1] == pytest.approx(2.0) and 300 in tree.members and len(listings) == 3
 
 
 def test_a_reused_pid_outside_the_tree_is_not_counted(tmp_path):

@@ -4,8 +4,10 @@ Cost model (bench/bench_attribution.py measures it), per sample:
   - <procfs>/stat once (shared with the CPU model: one parse per cycle). Its "processes"
     line counts forks since boot (proc(5)); while it has not moved since the last listing no
     process can have appeared, so listdir(<procfs>), the only step that grows with the number
-    of processes, is skipped. It runs when the count moved (then only the names that came or
-    went since the previous listing are looked at), and in full every FULL_LISTING_SAMPLES
+    of processes, is skipped. It runs when the count moved and so did <procfs>'s link count
+    (a constant plus the number of processes: threads do not move it), or, where only the
+    forks moved, SAME_COUNT_LISTING_SAMPLES after the last listing (then only the names that
+    came or went since the previous listing are looked at), and in full every FULL_LISTING_SAMPLES
     samples, which also forgets processes that ended without a fork after them (an ended
     process only keeps its cgroup "in use" a little longer: its counter stops moving). A pid
     reused between two listings keeps its old cgroup until the rotation below reads it;
@@ -56,7 +58,7 @@ from exporter.attribution.cgroups import (
     read_file,
 )
 from exporter.attribution.gpu import GpuProcessReader, GpuShares
-from exporter.procfs import cpu_times
+from exporter.procfs import SAME_COUNT_LISTING_SAMPLES, ProcessCount, cpu_times
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +154,8 @@ class WorkloadReader:
         self.forks = -1  # /proc/stat's forks count at the last listing
         self.listing: set[str] = set()  # the names in the last listing of <procfs>
         self.full_at = 0  # the sample of the last full listing (0: none yet)
+        self.listed_at = 0  # the sample of the last listing
+        self.process_count = ProcessCount(procfs)
         # the workloads: replaced (never changed in place) when the cgroups in use change
         self.workloads: dict[str, Identity] = {}
         self.nested: dict[str, tuple[str, ...]] = {}
@@ -231,7 +235,7 @@ class WorkloadReader:
             obs.problems.append(f"{self.procfs}/stat: {exc}")
         # forks are read before the listing: a process made after it moves the count on
         full = not self.full_at or self.samples - self.full_at >= FULL_LISTING_SAMPLES
-        if full or forks < 0 or forks != self.forks:
+        if full or forks < 0 or (forks != self.forks and self._processes_may_have_come()):
             if self._list(obs, full):
                 self.forks = forks
         self._recheck(obs)
@@ -255,16 +259,24 @@ class WorkloadReader:
             self._map_gpu_pids(obs)
         return obs
 
+    def _processes_may_have_come(self) -> bool:
+        """The fork count moved: threads alone do not make a listing due before
+        SAME_COUNT_LISTING_SAMPLES (see exporter.procfs.ProcessCount)."""
+        return (self.process_count.moved()
+                or self.samples - self.listed_at >= SAME_COUNT_LISTING_SAMPLES)
+
     def _list(self, obs: Observation, full: bool) -> bool:
         """List <procfs>: against the previous listing (only the names that came or went are
         looked at), or in full (every name against the known pids: processes whose read
         failed are tried again)."""
         try:
+            self.process_count.moved()  # the count the listing saw (a process after it moves it)
             current = set(os.listdir(self.procfs))
         except OSError as exc:
             obs.problems.append(f"{self.procfs}: {exc.strerror}")
             return False  # keep what is known rather than forget every process
         obs.listed = True
+        self.listed_at = self.samples
         pids = self.pids
         first = not self.full_at
         if full:

@@ -1,10 +1,13 @@
 """CPU time of a process tree, from procfs, for embedded mode.
 
 The tree is a root pid and every process descended from it. Per sample: <pid>/stat of each
-member (its CPU times); and, when /proc/stat's fork count moved since the last listing (or
-every FULL_LISTING_READS reads), listdir(<procfs>) and <pid>/stat of each new pid (to learn
+member (its CPU times); and, when /proc/stat's fork count moved since the last listing and
+so did the process count (exporter.procfs.ProcessCount: threads move the first, not the
+second; where only the forks moved, SAME_COUNT_LISTING_SAMPLES reads after the last listing),
+or every FULL_LISTING_READS reads, listdir(<procfs>) and <pid>/stat of each new pid (to learn
 its parent). While the fork count stands still no process can have joined the tree, so a
-quiet sample costs one small read per member, not one step per process on the node. A
+quiet sample costs one small read per member, not one step per process on the node. A child
+found late loses nothing: all of a new member's CPU since it began is the run's. A
 member's CPU is utime+stime plus cutime+cstime, the times of children it has waited for, so
 a child that lives and ends between two samples is still counted once its parent reaps it.
 When a known member ends, its last CPU total is taken back out of its parent's cutime jump,
@@ -21,6 +24,7 @@ import time
 from dataclasses import dataclass
 
 from exporter.attribution.cgroups import read_file
+from exporter.procfs import SAME_COUNT_LISTING_SAMPLES, ProcessCount
 
 PR_SET_CHILD_SUBREAPER = 36
 FULL_LISTING_READS = 60  # list <procfs> at least this often, forks or not (forget ended pids)
@@ -79,6 +83,7 @@ class ProcessTree:
         self.forks = -1  # /proc/stat's fork count at the last listing
         self.reads = 0
         self.listed_at = 0  # the read of the last listing
+        self.process_count = ProcessCount(procfs)
 
     def _stat(self, pid: int) -> Member | None:
         try:
@@ -126,9 +131,12 @@ class ProcessTree:
         call, -1 if unknown; while it stands still, the listing of <procfs> is skipped."""
         self.reads += 1
         present: set[int] | None = None
-        if (forks < 0 or forks != self.forks or not self.started
-                or self.reads - self.listed_at >= FULL_LISTING_READS):
+        if (forks < 0 or not self.started or self.reads - self.listed_at >= FULL_LISTING_READS
+                or (forks != self.forks and (
+                    self.process_count.moved()
+                    or self.reads - self.listed_at >= SAME_COUNT_LISTING_SAMPLES))):
             try:
+                self.process_count.moved()  # the count the listing saw
                 names = os.listdir(self.procfs)
             except OSError as exc:
                 self.problem = f"{self.procfs}: {exc.strerror}"
