@@ -151,7 +151,7 @@ def cpu_times(procfs: str, clock: Callable[[], float] = time.monotonic) -> CpuTi
 
 # where the fork count moved but the process count did not, list <procfs> at most this many
 # samples after the last listing (as many processes may have ended as began)
-SAME_COUNT_LISTING_SAMPLES = 5
+SAME_COUNT_LISTING_SAMPLES = 3
 
 
 class ProcessCount:
