@@ -36,15 +36,22 @@ def read(tree: ProcessTree, procfs: ProcfsTree) -> float:
     return tree.read(cpu_times(procfs.procfs).forks)  # as embedded mode passes the count
 
 
-def test_tree_follows_forks_and_skips_the_listing_while_none_happen(tmp_path, monkeypatch):
+def node(tmp_path, monkeypatch, root_ticks: int = 0, other_ticks: int = 0
+         ) -> tuple[ProcfsTree, ProcessTree, list[str]]:
+    """init, the tracked process (pid 100) and another process on the node (pid 200); the
+    returned list collects each listing of <procfs>."""
     procfs = ProcfsTree(tmp_path / "proc")
     write_pid(procfs, 1, 0, 0)
-    write_pid(procfs, 100, 1, 100)  # the tracked process
-    write_pid(procfs, 200, 1, 500)  # another process on the node
-    tree = ProcessTree(100, procfs.procfs, include_root=True)
-    listings = []
+    write_pid(procfs, 100, 1, root_ticks)
+    write_pid(procfs, 200, 1, other_ticks)
+    listings: list[str] = []
     real_listdir = os.listdir
     monkeypatch.setattr(os, "listdir", lambda path: listings.append(path) or real_listdir(path))
+    return procfs, ProcessTree(100, procfs.procfs, include_root=True), listings
+
+
+def test_tree_follows_forks_and_skips_the_listing_while_none_happen(tmp_path, monkeypatch):
+    procfs, tree, listings = node(tmp_path, monkeypatch, root_ticks=100, other_ticks=500)
 
     assert read(tree, procfs) == 0.0  # the baseline
     write_pid(procfs, 100, 1, 100 + HZ)  # one CPU second of the tracked process
@@ -69,14 +76,7 @@ def test_threads_alone_do_not_list_and_a_child_found_late_loses_nothing(tmp_path
     count; the fixture's directory counts its entries the same way): the listing then waits
     SAME_COUNT_LISTING_SAMPLES reads. A child that replaced another process between two
     reads leaves the count still: found at that listing, with all its CPU since it began."""
-    procfs = ProcfsTree(tmp_path / "proc")
-    write_pid(procfs, 1, 0, 0)
-    write_pid(procfs, 100, 1, 0)  # the tracked process
-    write_pid(procfs, 200, 1, 0)  # another process on the node
-    tree = ProcessTree(100, procfs.procfs, include_root=True)
-    listings = []
-    real_listdir = os.listdir
-    monkeypatch.setattr(os, "listdir", lambda path: listings.append(path) or real_listdir(path))
+    procfs, tree, listings = node(tmp_path, monkeypatch)
     assert read(tree, procfs) == 0.0  # the baseline, listed
     for _ in range(SAME_COUNT_LISTING_SAMPLES - 1):
         procfs.fork()  # a thread of some runtime: no new <procfs>/<pid>
