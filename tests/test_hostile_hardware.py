@@ -97,10 +97,18 @@ class PowerWatch(threading.Thread):
         self.stop = threading.Event()
         self.max_watts = 0.0
         self.scrapes = 0
+        self.slowest = 0.0  # seconds, the slowest answered scrape
+        self.unanswered = 0  # scrapes with no answer within 5 s (the watch goes on)
 
     def run(self) -> None:
         while not self.stop.wait(0.05):
-            status, _, body = http_get(self.url, timeout=5)
+            started = time.monotonic()
+            try:
+                status, _, body = http_get(self.url, timeout=5)
+            except OSError:
+                self.unanswered += 1
+                continue
+            self.slowest = max(self.slowest, time.monotonic() - started)
             if status != 200:
                 continue
             self.scrapes += 1
@@ -134,7 +142,8 @@ def test_blocked_read_neither_spikes_power_nor_loses_energy(tmp_path):
         # what the exporter has read is a prefix of what was written: find its last value
         expected = [(v - first) / 1e6 for v in fifo.written[:count]]
         print(f"\nblocked reads: {count} reads, exported {joules:.3f} J, max power "
-              f"{watch.max_watts:.1f} W over {watch.scrapes} scrapes")
+              f"{watch.max_watts:.1f} W over {watch.scrapes} scrapes (slowest "
+              f"{watch.slowest * 1000:.0f} ms, {watch.unanswered} unanswered in 5 s)")
         assert any(abs(joules - e) < 1e-6 for e in expected[-3:]), (joules, expected[-3:])
         assert joules > 250 * 20  # the blocked periods are in it
         assert watch.max_watts < 250 * 1.25, watch.max_watts
