@@ -81,8 +81,8 @@ class FifoCounter(threading.Thread):
                     self.stop.wait(delay)
                     self.blocked.set()
                 value = self.truth_uj()
+                self.written.append(value)  # before the reader can have it
                 os.write(fd, f"{value}\n".encode())
-                self.written.append(value)
             finally:
                 os.close(fd)
             time.sleep(0.01)  # let the reader see EOF before the next open pairs up
@@ -135,12 +135,14 @@ def test_blocked_read_neither_spikes_power_nor_loses_energy(tmp_path):
             fifo.block = block
             wait_for(fifo.blocked.is_set, block + 10, f"a {block:g} s block")
         time.sleep(3)
-        first = fifo.written[0]
-        count = len(fifo.written)
         text = exporter.metrics()
+        # taken after the scrape: a read the exporter made between a count taken before it and
+        # its answer would be missing (a race a loaded machine hits)
+        written = list(fifo.written)
+        first, count = written[0], len(written)
         joules = one(text, "carbon_energy_joules_total", component="cpu", device="package-1")
         # what the exporter has read is a prefix of what was written: find its last value
-        expected = [(v - first) / 1e6 for v in fifo.written[:count]]
+        expected = [(v - first) / 1e6 for v in written]
         print(f"\nblocked reads: {count} reads, exported {joules:.3f} J, max power "
               f"{watch.max_watts:.1f} W over {watch.scrapes} scrapes (slowest "
               f"{watch.slowest * 1000:.0f} ms, {watch.unanswered} unanswered in 5 s)")
