@@ -21,9 +21,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
+import select
 import signal
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Sequence, cast
 
@@ -130,7 +133,6 @@ class _Published:
     pue: float
     grams_per_second: float | None
     embodied_grams_per_second: float | None
-    extra: tuple[CollectorState, ...]
     newest: float | None  # the newest reading's time: where the peak window ends
 
 
@@ -155,6 +157,67 @@ class _Reader:
 
 
 _ROLE_ORDER = {MEASURED: 0, OBSERVER: 1, MODEL: 2}
+
+
+class HaltFlag:
+    """threading.Event's set, clear, is_set and wait, for the sampler's clock: a wait is one
+    poll(2) on a pipe that set() writes to. A timed Event.wait builds a condition's waiter
+    (a fresh lock, a deque entry) and waits on a semaphore with a deadline; with the wake-up
+    around it that cost 0.18 ms of CPU per second on this project's 2-vCPU VM, a poll-based
+    wait 0.08 ms and time.sleep 0.07 (the sleep cannot be interrupted by a halt). Each
+    waiting thread uses its own poller() (a poll object is not for two threads at once)."""
+
+    def __init__(self) -> None:
+        self._set = False
+        self._pipe: tuple[int, int] | None = None
+        self._lock = threading.Lock()
+
+    def _fds(self) -> tuple[int, int]:
+        with self._lock:
+            if self._pipe is None:
+                read_end, write_end = os.pipe()
+                os.set_blocking(read_end, False)
+                os.set_blocking(write_end, False)
+                self._pipe = (read_end, write_end)
+                weakref.finalize(self, _close_pipe, self._pipe)
+            return self._pipe
+
+    def poller(self) -> select.poll:
+        poller = select.poll()
+        poller.register(self._fds()[0], select.POLLIN)
+        return poller
+
+    def set(self) -> None:
+        self._set = True
+        try:
+            os.write(self._fds()[1], b"x")
+        except BlockingIOError:  # the pipe is full of earlier wake-ups: one is enough
+            pass
+
+    def clear(self) -> None:
+        self._set = False
+        try:
+            while os.read(self._fds()[0], 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def wait(self, timeout: float, poller: select.poll) -> bool:
+        """Until set() or `timeout` seconds (to the millisecond, rounded up); whether set."""
+        if not self._set and timeout > 0:
+            poller.poll(timeout * 1000.0)
+        return self._set
+
+
+def _close_pipe(pipe: tuple[int, int]) -> None:
+    for fd in pipe:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
 
 
 def _settle(future: asyncio.Future[bool], outcome: bool | BaseException) -> None:
@@ -222,7 +285,7 @@ class Sampler:
         self._watchdog: threading.Thread | None = None
         self._alarm = False  # the watchdog is SIGALRM on the event loop (start(alarm=True))
         self._config: Config | None = None  # reloaded settings the sources take next cycle
-        self._halt = threading.Event()
+        self._halt = HaltFlag()
         self._final = False
         self.first_cycle = threading.Event()  # set when the sampler thread's first cycle ended
         self.failed: Exception | None = None  # what before_first raised
@@ -448,10 +511,8 @@ class Sampler:
     def _publish(self, readings: list[Reading], observed: SourceResult | None = None) -> None:
         intensity, pue = self.intensity, self.pue
         counted = self.ledger.update(readings, grams_per_joule(intensity.grams_per_kwh, pue))
-        extra: tuple[CollectorState, ...] = ()
         if self.attribution is not None:
             self.attribution.account(observed, counted)
-            extra = tuple(CollectorState(*state) for state in self.attribution.states())
         grams = sum(c.grams for c in counted)
         now = self.clock()
         rate = embodied_rate = None
@@ -467,8 +528,7 @@ class Sampler:
                 self.peaks.observe((t.component, t.device, t.source), t.last_at, t.watts)
         # the peak window ends at the newest reading, on the readings' own (monotonic) clock
         newest = max((t.last_at for t in tracks if t.component), default=None)
-        self._published = _Published(time.time(), intensity, pue, rate, embodied_rate, extra,
-                                     newest)
+        self._published = _Published(time.time(), intensity, pue, rate, embodied_rate, newest)
         self._snapshot = None
 
     def _notify(self) -> None:
@@ -532,7 +592,9 @@ class Sampler:
             pue=published.pue,
             grams_per_second=published.grams_per_second,
             collectors=tuple(CollectorState(w.source.name, w.status, w.duration_sum, w.duration_count)
-                             for w in self.workers) + published.extra,
+                             for w in self.workers) + tuple(
+                CollectorState(*state) for state in
+                (self.attribution.states() if self.attribution is not None else ())),
             glitches=tuple((*key, n) for key, n in self.ledger.glitches.items()),
             workloads=self.attribution.series if self.attribution is not None else (),
             gpu_split=self.attribution.gpu_split if self.attribution is not None else (),
@@ -576,7 +638,8 @@ class Sampler:
         self._thread.start()
 
     def _watch_loop(self) -> None:
-        while not self._halt.wait(self.watch_every):
+        poller = self._halt.poller()
+        while not self._halt.wait(self.watch_every, poller):
             self.watch()
 
     def halt(self, timeout: float | None = None, final: bool = False) -> None:
@@ -604,6 +667,7 @@ class Sampler:
                 self.failed = exc
                 self.first_cycle.set()
                 return
+        poller = self._halt.poller()
         next_at = time.monotonic()
         while True:
             halted = self._halt.is_set()  # a final cycle must begin after the halt
@@ -612,7 +676,8 @@ class Sampler:
                     return  # set aside by the watchdog: a fresh thread samples on
             except Exception:  # keep sampling: the next cycle may work
                 log.exception("sample cycle failed")
-            self.first_cycle.set()
+            if not self.first_cycle.is_set():  # Event.set() takes its condition's lock
+                self.first_cycle.set()
             if self._halt.is_set():
                 if halted or not self._final:
                     return
@@ -622,7 +687,7 @@ class Sampler:
             if delay < 0:  # overran: skip the missed ticks rather than bunching cycles
                 next_at = time.monotonic()
                 delay = 0
-            if self._halt.wait(delay) and not self._final:
+            if self._halt.wait(delay, poller) and not self._final:
                 return
 
     async def run(self, stop: asyncio.Event) -> None:
