@@ -58,6 +58,14 @@ def _power_by_component(snap: Snapshot) -> dict[str, float]:
     return watts
 
 
+def _local_day(day: tuple[int, int, int]) -> tuple[float, float]:
+    """Unix times of the local midnights that begin and end a date (mktime normalises the
+    day after the month's last; -1: the C library decides daylight saving time)."""
+    year, month, mday = day
+    return (time.mktime((year, month, mday, 0, 0, 0, 0, 0, -1)),
+            time.mktime((year, month, mday + 1, 0, 0, 0, 0, 0, -1)))
+
+
 class Landing:
     """Keeps the ring and the day's start; renders on request."""
 
@@ -67,6 +75,9 @@ class Landing:
         self.interval = interval
         self.started = time.time() if started is None else started
         self.day: tuple[int, int, int] | None = None
+        # [start, end) in unix time of self.day, local time: a sample inside it needs no
+        # time.localtime() to know its date
+        self._day_span = (0.0, 0.0)
         self.day_start = self.started
         self.day_totals = (0.0, 0.0, 0.0)  # the counters start at 0 with the process
         self._last_totals = (0.0, 0.0, 0.0)
@@ -77,11 +88,14 @@ class Landing:
         and one append. The
         sampler passes the sums the page needs (a Sample), so no Snapshot is built for it."""
         totals = (sample.joules, sample.grams, sample.embodied_grams)
-        day = time.localtime(sample.timestamp)[:3]
-        if self.day is not None and day != self.day:
-            # the first sample of a new day: what was counted before it belongs to yesterday
-            self.day_totals, self.day_start = self._last_totals, self._last_stamp
-        self.day = day
+        stamp = sample.timestamp
+        if not self._day_span[0] <= stamp < self._day_span[1]:  # the local date may differ
+            day = time.localtime(stamp)[:3]
+            if self.day is not None and day != self.day:
+                # the first sample of a new day: what was counted before it is yesterday's
+                self.day_totals, self.day_start = self._last_totals, self._last_stamp
+            self.day = day
+            self._day_span = _local_day(day)
         self._last_totals, self._last_stamp = totals, sample.timestamp
         self.ring.append(Point(sample.timestamp, sample.watts, sample.grams_per_second))
 

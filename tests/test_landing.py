@@ -240,3 +240,45 @@ def main(path: str) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1])
+
+
+@pytest.mark.parametrize("zone, midnight", [
+    ("Europe/Berlin", (2026, 3, 29)),  # the day clocks go forward: 23 hours long
+    ("Europe/Berlin", (2026, 10, 25)),  # back: 25 hours
+    ("America/Sao_Paulo", (2026, 11, 30)),
+])
+def test_today_starts_at_local_midnight(monkeypatch, zone: str, midnight: tuple[int, int, int]
+                                        ) -> None:
+    """"Today" restarts with the first sample of a new local date, and only then: what was
+    counted up to the last sample before midnight is yesterday's; a clock stepped back
+    across midnight starts the day again from the date it shows."""
+    from exporter.landing import Landing
+    from exporter.sampler import Sample
+
+    monkeypatch.setenv("TZ", zone)
+    time.tzset()
+    try:
+        year, month, mday = midnight
+        start = time.mktime((year, month, mday, 0, 0, 0, 0, 0, -1))
+        end = time.mktime((year, month, mday + 1, 0, 0, 0, 0, 0, -1))
+        landing = Landing(1.0, started=start - 7200)
+
+        def record(stamp: float, joules: float) -> None:
+            landing.record(Sample(stamp, joules, joules / 10, joules / 100, (), None))
+
+        record(start - 3600, 1.0)
+        record(start - 1, 2.0)
+        assert landing.day_totals == (0.0, 0.0, 0.0)
+        record(start, 3.0)  # the first sample of the date
+        assert landing.day_totals == (2.0, 0.2, 0.02) and landing.day_start == start - 1
+        for stamp, joules in ((start + 3600, 4.0), (end - 1, 5.0)):  # the same date all along
+            record(stamp, joules)
+            assert landing.day_totals == (2.0, 0.2, 0.02)
+        record(end, 6.0)
+        assert landing.day_totals == (5.0, 0.5, 0.05) and landing.day_start == end - 1
+        record(end - 10, 7.0)  # stepped back into the day before: a date change again
+        assert landing.day_totals == (6.0, 0.6, 0.06) and landing.day_start == end
+        assert (end - start) / 3600 == {(2026, 3, 29): 23, (2026, 10, 25): 25}.get(midnight, 24)
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()

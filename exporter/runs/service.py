@@ -230,6 +230,8 @@ class RunService:
 
     def on_split(self, parts: dict[str, dict], ratio: dict[str, float], keys: dict[str, Any],
                  measured: dict[str, float], seconds: float, observed_at: float | None) -> None:
+        if not (self.runs or self.waiters or self.cleanup):  # the usual sample: no run
+            return
         sampler = self.sampler
         devices: dict[str, dict[str, str]] = {}
         for track in sampler.ledger.tracks.values():

@@ -99,6 +99,8 @@ class DramModelSource(Source):
         self.watts_per_gib = config.dram_model_watts_per_gib
         self.installed_gib = None  # re-read, and the CPU basis with it
         self.cpu: tuple[CpuTopology, PowerCurve] | None = None
+        self._inputs: tuple[object, ...] | None = None  # what self._figure was worked out from
+        self._figure: tuple[float, str, str] = (0.0, "", "")  # (watts, method, basis)
 
     def _cpu_curve(self) -> tuple[CpuTopology | None, PowerCurve | None]:
         if not self.config.collector("cpu-model"):
@@ -132,12 +134,16 @@ class DramModelSource(Source):
                 return SourceResult(Status(
                     ERROR, f"dram-model: cannot read {self.procfs}/meminfo: {exc}"))
         topology, curve = self._cpu_curve()
-        gib, method, how = counted_gib(self.installed_gib, "cpu" in covered, topology, curve)
-        watts = gib * self.watts_per_gib
-        basis = f"{how}: {gib:.1f} GiB x {self.watts_per_gib:g} W/GiB = {watts:.1f} W"
-        if method + how != self.basis:
-            log.info("dram-model: %s", basis)
-            self.basis = method + how
+        inputs = (self.installed_gib, "cpu" in covered, curve, self.watts_per_gib)
+        if inputs != self._inputs:  # the same inputs give the same figure: worked out once
+            gib, method, how = counted_gib(self.installed_gib, "cpu" in covered, topology, curve)
+            watts = gib * self.watts_per_gib
+            basis = f"{how}: {gib:.1f} GiB x {self.watts_per_gib:g} W/GiB = {watts:.1f} W"
+            if method + how != self.basis:
+                log.info("dram-model: %s", basis)
+                self.basis = method + how
+            self._inputs, self._figure = inputs, (watts, method, basis)
+        watts, method, basis = self._figure
         at = self.clock()  # after a meminfo read, which may have been slow
         previous, self.last_at = self.last_at, at
         readings = []
