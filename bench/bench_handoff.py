@@ -13,7 +13,12 @@ the sampler's shape, each in its own process, all measured over the same seconds
   to look for a stalled read (embedded mode's shape, there every 5 s);
 - thread-inline+itimer: the same, the watchdog being the process's interval timer, armed
   and disarmed around each cycle, its SIGALRM handled by an idle event loop (the daemon's
-  shape since round 3: no wake-up unless a read stalls).
+  shape in rounds 3 and 4: no wake-up unless a read stalls);
+- thread-inline+itimer+poll: the same, the sampler waiting in poll(2) on a pipe that a halt
+  writes to instead of a timed threading.Event.wait (the daemon's and embedded mode's wait
+  since round 5, exporter.sampler.HaltFlag);
+- thread-inline+sleep: a sampler thread waiting in time.sleep (a halt could not cut the wait
+  short: the lower bound of a wait, for comparison).
 
     .venv/bin/python bench/bench_handoff.py [--seconds 30] [--interval 1] [--lanes 2]
 
@@ -108,6 +113,34 @@ async def main():
     threading.Thread(target=sampler, daemon=True).start()
     await asyncio.Event().wait()  # the event loop serving HTTP: it never wakes here
 asyncio.run(main())
+""",
+    "thread-inline+itimer+poll": """
+import asyncio, os, select, signal, threading
+def sampler():
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+    halt, _ = os.pipe()  # halting writes a byte to the other end
+    poller = select.poll()
+    poller.register(halt, select.POLLIN)
+    while not poller.poll(INTERVAL * 1000.0):
+        signal.setitimer(signal.ITIMER_REAL, INTERVAL)
+        for _ in range(LANES):
+            sum(range(50))
+        signal.setitimer(signal.ITIMER_REAL, 0)
+async def main():
+    asyncio.get_running_loop().add_signal_handler(signal.SIGALRM, lambda: None)
+    threading.Thread(target=sampler, daemon=True).start()
+    await asyncio.Event().wait()
+asyncio.run(main())
+""",
+    "thread-inline+sleep": """
+import threading, time
+def sampler():
+    while True:
+        time.sleep(INTERVAL)
+        for _ in range(LANES):
+            sum(range(50))
+threading.Thread(target=sampler, daemon=True).start()
+threading.Event().wait()
 """,
 }
 

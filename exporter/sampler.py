@@ -188,19 +188,23 @@ class HaltFlag:
         return poller
 
     def set(self) -> None:
-        self._set = True
-        try:
-            os.write(self._fds()[1], b"x")
-        except BlockingIOError:  # the pipe is full of earlier wake-ups: one is enough
-            pass
+        self._set = True  # before the pipe is looked at: a waiter makes it before it looks
+        pipe = self._pipe  # at the flag, so with no pipe yet there is no waiter to wake
+        if pipe is not None:
+            try:
+                os.write(pipe[1], b"x")
+            except BlockingIOError:  # the pipe is full of earlier wake-ups: one is enough
+                pass
 
     def clear(self) -> None:
         self._set = False
-        try:
-            while os.read(self._fds()[0], 4096):
+        pipe = self._pipe
+        if pipe is not None:
+            try:
+                while os.read(pipe[0], 4096):
+                    pass
+            except BlockingIOError:
                 pass
-        except BlockingIOError:
-            pass
 
     def is_set(self) -> bool:
         return self._set

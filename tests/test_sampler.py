@@ -369,3 +369,41 @@ def test_proc_stat_is_read_through_one_held_descriptor_on_the_running_kernel():
     assert procfs._held["/proc/stat"] == fd  # the same descriptor, not reopened
     assert procfs.parse_cpu_line(second)[0] > procfs.parse_cpu_line(first)[0]
     assert procfs.parse_forks(second) >= procfs.parse_forks(first) > 0
+
+
+def test_halt_flag_wakes_a_waiting_thread_and_times_out_otherwise():
+    """The sampler's wait (one poll on a pipe): set() from another thread ends a long wait;
+    unset, a wait ends by its timeout and says so; clear() after set() drains the pipe, so
+    the next wait waits again; set() before anyone waits needs no pipe."""
+    from exporter.sampler import HaltFlag
+
+    flag = HaltFlag()
+    flag.set()
+    assert flag._pipe is None and flag.is_set()
+    assert flag.wait(60.0, flag.poller())  # set before the wait: no waiting at all
+    flag.clear()
+    assert not flag.wait(0.02, flag.poller())  # timed out, not set
+
+    woke: list[bool] = []
+    waiter = threading.Thread(target=lambda: woke.append(flag.wait(600.0, flag.poller())))
+    waiter.start()
+    wait_for(lambda: flag._pipe is not None, 10, "the waiter's poller")
+    flag.set()
+    waiter.join(30)
+    assert not waiter.is_alive() and woke == [True]
+
+    flag.clear()  # the byte set() wrote is drained: a wait blocks again until its timeout
+    poller = flag.poller()
+    assert poller.poll(0) == [] and not flag.wait(0.02, poller)
+
+
+def test_halt_ends_the_sampler_thread_in_its_wait(tmp_path):
+    """halt() during the wait between cycles: the sampler thread ends without waiting for
+    its next tick (an interval of an hour here)."""
+    sampler = Sampler([], 3600.0, Intensity(400.0, "DE", "static"), 1.0)
+    sampler.start()
+    assert sampler.first_cycle.wait(30)
+    thread = sampler._thread
+    assert thread is not None
+    sampler.halt(timeout=30)
+    assert not thread.is_alive() and sampler.cycles == 1
