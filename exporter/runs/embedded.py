@@ -136,14 +136,14 @@ class TreeAttribution(Source):
         self.last_at = now
         obs = getattr(result, "observation", None)
         try:
-            self._account(obs, counted, seconds)
+            self._account(obs, counted, seconds, now)
         except Exception:  # a bug here must not stop the sampler; the sample is not charged
             log.exception("run attribution failed for one sample")
         if obs is not None:
             self.previous = obs
 
     def _account(self, obs: TreeObservation | None, counted: list[Counted],
-                 seconds: float) -> None:
+                 seconds: float, now: float) -> None:
         measured, grams, gpu_energy = sum_by_component(counted)
         if not counted or seconds <= 0:
             return
@@ -157,7 +157,6 @@ class TreeAttribution(Source):
                 busy = max(0.0, obs.node_busy - prev.node_busy)
         run: dict[str, float] = {}
         idle_total = 0.0
-        now = time.monotonic()
         for component, energy in measured.items():
             if component in self.floors:
                 floor = self.floors[component]
@@ -243,6 +242,9 @@ class EmbeddedTracker:
         return True
 
     def _publish_grid(self, state: GridState) -> None:
+        # the samples before it were taken under the intensity in force until now: split
+        # them (their accounts record the intensity) before it changes
+        self.sampler.settle()
         self.sampler.intensity = state.intensity
         self.sampler.grid = state
 

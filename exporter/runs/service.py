@@ -102,6 +102,8 @@ class RunService:
             return False
         self.loop = asyncio.get_running_loop()
         self.attribution.listeners.append(self.on_split)
+        # while a run goes on, each sample is split as it ends (its end waits for one)
+        self.sampler.settle_each_cycle = lambda: bool(self.runs or self.waiters or self.cleanup)
         log.info("runs: listening on %s (cgroup %s)", self.path,
                  getattr(self._layout(), "version", "none"))
         return True
@@ -119,6 +121,7 @@ class RunService:
         _wake([future for _, future in waiters])
         if self.on_split in self.attribution.listeners:
             self.attribution.listeners.remove(self.on_split)
+        self.sampler.settle_each_cycle = None
 
     # --- the socket --------------------------------------------------------------------------
 
@@ -186,6 +189,7 @@ class RunService:
         if recheck is not None:
             recheck.append(str(pid))  # the reader learns the move at its next sample
         with self.sampler.lock:  # the sampler thread walks the runs at each sample
+            self.sampler.settle()  # samples before the start are split before it is a run
             self.runs[run_id] = ActiveRun(run_id, name, uid, pid, path, original, time.time())
         log.info("run %s started: %s (pid %d, uid %d) in %s", run_id[:8], name, pid, uid, path)
         return {"ok": True, "run_id": run_id, "cgroup": path, "workload_job": name}
