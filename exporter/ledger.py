@@ -26,9 +26,11 @@ PLATFORM_PREFERENCE = ("hwmon", "redfish")
 DEFICIT_WARNING = 0.05
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Reading:
-    """One value read from a source at monotonic time `at`.
+    """One value read from a source at monotonic time `at`. Not changed once made (not
+    declared frozen: it is made every sample, and a frozen dataclass's __init__ makes one
+    object.__setattr__ call per field, 3x the cost of this one; see exporter.sampler).
 
     counter=True: `value` is a cumulative energy counter in joules that wraps at `wrap`
     (None: never wraps). counter=False: `value` is instantaneous power in watts.
@@ -73,7 +75,7 @@ class Track:
     present: bool = True
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # made every sample: not frozen, for the cost (see Reading)
 class Delta:
     """joules=None: the delta was dropped, but the reading is the new baseline."""
 
@@ -81,7 +83,7 @@ class Delta:
     seconds: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # made every sample: not frozen, for the cost (see Reading)
 class Counted:
     """Energy and operational emissions one sample added to a top-level device."""
 

@@ -25,13 +25,13 @@ USER_HZ = float(os.sysconf("SC_CLK_TCK"))
 
 _cycle = 0  # the current cycle's number; 0: not in a cycle
 _cycles = 0
-_lock = threading.Lock()  # held only around the cache, never around a read (reads can stall)
+_lock = threading.Lock()  # held while _held changes, never around a read (reads can stall)
 _cache: dict[str, tuple[int, CpuTimes]] = {}
 _held: dict[str, int] = {}  # path -> a descriptor kept open on it (read_held)
 MAX_HELD = 16  # a few node-wide files; more (tests with many trees): the oldest go
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # made every sample: not frozen, for the cost (see ledger.Reading)
 class CpuTimes:
     at: float  # monotonic time of the read
     busy: float  # CPU seconds, all CPUs: user, nice, system, irq, softirq (guest is in user)
@@ -66,8 +66,7 @@ def read_held(path: str, size: int = 65536) -> bytes:
     A read that fails, or reads nothing, on a held descriptor is retried once on a fresh
     one. A file replaced by another under its path is not noticed: the kernel's node-wide
     procfs files never are (test fixtures write them in place, as the kernel does)."""
-    with _lock:
-        fd = _held.get(path)
+    fd = _held.get(path)  # a dict read is atomic: the lock is for changing _held
     held = fd is not None
     if fd is None:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -135,8 +134,7 @@ def cpu_times(procfs: str, clock: Callable[[], float] = time.monotonic) -> CpuTi
     path = procfs + "/stat"
     cycle = _cycle
     if cycle:
-        with _lock:
-            hit = _cache.get(path)
+        hit = _cache.get(path)  # atomic, as in read_held
         if hit is not None and hit[0] == cycle:
             return hit[1]
     data = read_held(path)
@@ -144,8 +142,7 @@ def cpu_times(procfs: str, clock: Callable[[], float] = time.monotonic) -> CpuTi
     busy, total = parse_cpu_line(data)
     times = CpuTimes(at, busy, total, parse_forks(data))
     if cycle:
-        with _lock:
-            _cache[path] = (cycle, times)
+        _cache[path] = (cycle, times)  # one store, atomic; the newest cycle's wins
     return times
 
 

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Callable, Sequence, cast
 
 from exporter import procfs
 from exporter.carbon import Intensity
-from exporter.ledger import PLATFORM, Counted, Ledger, Reading, grams_per_joule
+from exporter.ledger import PLATFORM, Ledger, Reading, grams_per_joule
 from exporter.peak import PeakTracker, budgets
 from exporter.sources import (
     ABSENT, ERROR, GPU_INFO, MEASURED, MODEL, OBSERVER, SUPERSEDED, Covered, GpuInfo, Source,
@@ -49,12 +49,14 @@ log = logging.getLogger(__name__)
 
 # --sample.model-takeover default: a counter away for longer is replaced by its model.
 DEFAULT_TAKEOVER = 30.0
-# Attribution's split of a cycle's energy and the listeners' Sample of it are queued and
-# run in batches of this many cycles (and before anything reads what they produce: a
-# snapshot, a run's account, the end of sampling). Run back to back they run warm: after a
-# second of sleep a cycle's Python is cold (about 3x slower than the same code hot on this
-# project's VM), and these steps were about a fifth of a cycle. They read only what the
-# cycle queued with them, so the results are those of running them at every cycle.
+# A cycle's reads happen on the sampler's clock; what follows them (recording each result,
+# the ledger, peaks, embodied carbon, attribution's split, the listeners' Sample) is queued
+# and run for several cycles at once: every SETTLE_EVERY cycles, and before anything reads
+# what it produces (a snapshot, a run's start, the end of sampling). Run back to back these
+# steps run warm: after a second of sleep a cycle's Python is cold (about 3x slower than the
+# same code hot on this project's VM). Each queued cycle keeps its own times, intensity and
+# PUE, and the cycles are counted in order, so the results are those of counting each one
+# as it ends; a scrape between settles counts the queue first, so it never sees less.
 SETTLE_EVERY = 5
 # A source whose hardware is absent (no RAPL zone in a VM, no NVIDIA driver, no Redfish URL)
 # is asked again after this long, not at every cycle: hardware or a driver that appears
@@ -105,7 +107,7 @@ class Snapshot:
     budgets: tuple[tuple[str, str, float], ...] = ()  # (scope, device, watts)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # made every sample: not frozen, for the cost (see ledger.Reading)
 class Sample:
     """A cycle's headline numbers, for listeners (the landing page's ring): a few sums over
     the ledger, so a listener does not make every cycle build a whole Snapshot. The sums are
@@ -131,7 +133,7 @@ class _Worker:
     absent_until: float = float("-inf")  # absent hardware: not read again before then
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # made every sample: not frozen, for the cost (see ledger.Reading)
 class _Published:
     """What a cycle decided that its snapshot shows; the rest is read from the ledger."""
 
@@ -141,6 +143,18 @@ class _Published:
     grams_per_second: float | None
     embodied_grams_per_second: float | None
     newest: float | None  # the newest reading's time: where the peak window ends
+
+
+@dataclass(slots=True)  # made every sample: not frozen, for the cost (see ledger.Reading)
+class _Queued:
+    """A cycle whose reads are in, waiting to be counted (see SETTLE_EVERY)."""
+
+    taken: list[tuple[_Worker, SourceResult, float, bool]]  # (worker, result, duration, status only)
+    at: float  # the sampler's clock when the reads were in
+    wall: float  # unix time, then
+    monotonic: float  # time.monotonic(), then (attribution's clock)
+    intensity: Intensity
+    pue: float
 
 
 def _timed_read(source: Source, covered: frozenset[str]) -> tuple[SourceResult, float]:
@@ -284,11 +298,8 @@ class Sampler:
         # thread-safe (the landing page's ring of recent samples). A Sample, not a Snapshot:
         # the snapshot stays lazy.
         self.listeners: list[Callable[[Sample], None]] = []
-        # splits and Samples of cycles not yet settled (see SETTLE_EVERY), in cycle order:
-        # (the observer's result, the counted energy, the monotonic time of the cycle)
         self.settle_every = SETTLE_EVERY
-        self._unsplit: list[tuple[SourceResult | None, list[Counted], float]] = []
-        self._unheard: list[Sample] = []
+        self._queued: list[_Queued] = []  # cycles read but not yet counted, in order
         # True while something needs each cycle settled as it ends (the run service while a
         # run is going: its end waits for a split sample)
         self.settle_each_cycle: Callable[[], bool] | None = None
@@ -359,8 +370,7 @@ class Sampler:
         reader = reader or self._reader
         if self._config is not None:
             self._reconfigure()
-        readings: list[Reading] = []
-        observed: SourceResult | None = None
+        taken: list[tuple[_Worker, SourceResult, float, bool]] = []
         procfs.begin_cycle()
         if self._alarm:  # the kernel's interval timer is the watchdog: see start()
             signal.setitimer(signal.ITIMER_REAL, self.interval)
@@ -369,7 +379,7 @@ class Sampler:
                 late, self._late = self._late, []
             for worker, result, duration in late:  # stalled reads that came back
                 worker.stuck_since = None
-                observed = self._take(worker, result, duration, readings) or observed
+                taken.append((worker, result, duration, False))
             fresh: set[str] = set()
             covered: Covered | None = None
             now = self.clock()
@@ -378,23 +388,23 @@ class Sampler:
                 if worker.absent_until > now:
                     continue  # keeps its `absent` status until it is asked again
                 if worker.stuck_since is not None:
-                    self._record(worker, SourceResult(Status(
+                    taken.append((worker, SourceResult(Status(
                         ERROR, f"read still running after {self.clock() - worker.stuck_since:.1f} s")),
-                        0.0)
+                        0.0, True))
                     continue
                 if source.role == MODEL and covered is None:
                     covered = self._covered(fresh)
-                taken = self._read(reader, worker,
-                                   covered if source.role == MODEL and covered is not None
-                                   else frozenset())
-                if taken is None:
+                read = self._read(reader, worker,
+                                  covered if source.role == MODEL and covered is not None
+                                  else frozenset())
+                if read is None:
                     return False
-                result, duration = taken
+                result, duration = read
                 if result.status.reason == ABSENT:
                     worker.absent_until = now + ABSENT_RECHECK
                 if source.role == MEASURED:
                     fresh.update(r.component for r in result.readings if r.component)
-                observed = self._take(worker, result, duration, readings) or observed
+                taken.append((worker, result, duration, False))
             if covered is None:
                 self._covered(fresh)  # remember when each component was last measured
         finally:
@@ -405,11 +415,10 @@ class Sampler:
             with self._guard:
                 if reader.abandoned:
                     return False
-            self.gpus = tuple(gpu for gpus in self._gpus.values() for gpu in gpus)
-            self._publish(readings, observed)
-            if self.listeners:
-                self._unheard.append(self._sample())
-            if (len(self._unsplit) >= self.settle_every or len(self._unheard) >= self.settle_every
+            self._queued.append(_Queued(taken, self.clock(), time.time(), time.monotonic(),
+                                        self.intensity, self.pue))
+            self._snapshot = None  # a scrape now counts the queue first
+            if (len(self._queued) >= self.settle_every
                     or (self.settle_each_cycle is not None and self.settle_each_cycle())):
                 self._settle()
         return True
@@ -532,13 +541,18 @@ class Sampler:
             readings.append(reading)
         return readings
 
-    def _publish(self, readings: list[Reading], observed: SourceResult | None = None) -> None:
-        intensity, pue = self.intensity, self.pue
+    def _publish(self, readings: list[Reading], observed: SourceResult | None = None,
+                 cycle: _Queued | None = None) -> None:
+        """Count one cycle's readings (a queued cycle's, with its times; else as of now)."""
+        if cycle is None:
+            cycle = _Queued([], self.clock(), time.time(), time.monotonic(), self.intensity,
+                            self.pue)
+        intensity, pue = cycle.intensity, cycle.pue
         counted = self.ledger.update(readings, grams_per_joule(intensity.grams_per_kwh, pue))
-        if self.attribution is not None:  # split when settled, with this cycle's time
-            self._unsplit.append((observed, counted, time.monotonic()))
+        if self.attribution is not None:
+            self.attribution.account(observed, counted, cycle.monotonic)
         grams = sum(c.grams for c in counted)
-        now = self.clock()
+        now = cycle.at
         rate = embodied_rate = None
         if self.last_cycle_at is not None and now > self.last_cycle_at:
             rate = grams / (now - self.last_cycle_at)
@@ -552,26 +566,33 @@ class Sampler:
                 self.peaks.observe((t.component, t.device, t.source), t.last_at, t.watts)
         # the peak window ends at the newest reading, on the readings' own (monotonic) clock
         newest = max((t.last_at for t in tracks if t.component), default=None)
-        self._published = _Published(time.time(), intensity, pue, rate, embodied_rate, newest)
+        self._published = _Published(cycle.wall, intensity, pue, rate, embodied_rate, newest)
         self._snapshot = None
 
     def settle(self) -> None:
-        """Run the queued splits and listener calls now (see SETTLE_EVERY). Anything that
-        reads what they produce (attribution's series, a run's account, the landing page's
-        ring) settles first; the snapshot does it itself."""
+        """Count the queued cycles now (see SETTLE_EVERY). Anything that reads what they
+        produce (attribution's series, a run's account, the landing page's ring) settles
+        first; the snapshot does it itself."""
         with self.lock:
             self._settle()
 
     def _settle(self) -> None:
-        """Under self.lock: the attribution's split of each queued cycle, then each queued
-        Sample to every listener, in cycle order."""
-        unsplit, self._unsplit = self._unsplit, []
-        unheard, self._unheard = self._unheard, []
-        attribution = self.attribution
-        if attribution is not None:
-            for observed, counted, at in unsplit:
-                attribution.account(observed, counted, at)  # never raises
-        for sample in unheard:
+        """Under self.lock: each queued cycle in order: its results recorded, its readings
+        counted and split, its Sample to every listener."""
+        queued, self._queued = self._queued, []
+        for cycle in queued:
+            readings: list[Reading] = []
+            observed: SourceResult | None = None
+            for worker, result, duration, status_only in cycle.taken:
+                if status_only:
+                    self._record(worker, result, duration)
+                else:
+                    observed = self._take(worker, result, duration, readings) or observed
+            self.gpus = tuple(gpu for gpus in self._gpus.values() for gpu in gpus)
+            self._publish(readings, observed, cycle)
+            if not self.listeners:
+                continue
+            sample = self._sample()
             for listener in list(self.listeners):
                 try:
                     listener(sample)
@@ -602,7 +623,7 @@ class Sampler:
         snapshot = self._snapshot
         if snapshot is None:
             with self.lock:
-                if self._unsplit or self._unheard:
+                if self._queued:
                     self._settle()
                 if self._snapshot is None:
                     self._snapshot = self._build()

@@ -19,6 +19,7 @@ from exporter.config import resolve
 from exporter.cli import Daemon
 daemon = Daemon(resolve({}, None, environ={}), {})
 daemon.sampler._step()
+daemon.sampler.settle()  # a cycle is counted (statuses recorded) when settled
 nvml = {w.source.name: w.status for w in daemon.sampler.workers}["nvml"]
 print(json.dumps(sorted(sys.modules)))
 print(json.dumps([nvml.reason, nvml.detail]))

@@ -114,6 +114,7 @@ class Attribution(Source):
         self._series: tuple[WorkloadSeries, ...] | None = ()
         self.gpu_split: tuple[tuple[str, str], ...] = ()
         self.last_split = SampleSplit()
+        self._ok: tuple[tuple[int, int], Status] = ((-1, -1), Status(OK))  # read()'s status
         # called with each sample's split before the book folds it (exporter.runs.service)
         self.listeners: list = []
         self.configure(config, initial=True)
@@ -144,9 +145,13 @@ class Attribution(Source):
         obs = self.reader.read()
         if self.reader.layout is None:
             return AttributionResult(Status(ABSENT, "; ".join(obs.problems)), observation=obs)
-        detail = f"{len(obs.usage)} workloads, {len(self.reader.pids)} processes, cgroup {self.reader.layout.version}"
-        status = Status(ERROR, "; ".join(obs.problems)) if obs.problems else Status(OK, detail)
-        return AttributionResult(status, observation=obs)
+        if obs.problems:
+            return AttributionResult(Status(ERROR, "; ".join(obs.problems)), observation=obs)
+        counts = (len(obs.usage), len(self.reader.pids))
+        if counts != self._ok[0]:  # the same counts: the same status, not a new string
+            self._ok = (counts, Status(OK, f"{counts[0]} workloads, {counts[1]} processes, "
+                                           f"cgroup {self.reader.layout.version}"))
+        return AttributionResult(self._ok[1], observation=obs)
 
     def close(self) -> None:
         self.reader.close()

@@ -256,7 +256,8 @@ class WorkloadReader:
             obs.gpus = self.gpus.read()
             if self.gpus.problem:
                 obs.problems.append(self.gpus.problem)
-            self._map_gpu_pids(obs)
+            if obs.gpus:
+                self._map_gpu_pids(obs)
         return obs
 
     def _processes_may_have_come(self) -> bool:
@@ -305,17 +306,20 @@ class WorkloadReader:
 
     def _recheck(self, obs: Observation) -> None:
         pids = self.pids
+        self.recheck_due += len(pids) / RECHECK_SAMPLES  # whole set once per RECHECK_SAMPLES
+        second_look = self.second_look
+        if (self.recheck_due < 1.0 and not self.recheck_now and self.recheck
+                and not (second_look and second_look[0][0] <= self.samples)):
+            return  # the usual sample: no pid is due
         while self.recheck_now:
             pid = self.recheck_now.popleft()
             if pid in pids:
                 self._set(pid, self._read_pid(pid, obs))
-        second_look = self.second_look
         while second_look and second_look[0][0] <= self.samples:
             pid = second_look.popleft()[1]
             if pid in pids:
                 self._set(pid, self._read_pid(pid, obs))
         recheck = self.recheck
-        self.recheck_due += len(pids) / RECHECK_SAMPLES  # whole set once per RECHECK_SAMPLES
         count = min(len(recheck), int(self.recheck_due))
         self.recheck_due -= count
         for _ in range(count):
@@ -399,6 +403,11 @@ class WorkloadReader:
     def _read_counters(self, obs: Observation) -> None:
         layout = self.layout
         assert layout is not None  # read() detects the layout first
+        if not self.counters and not self.workloads:  # no workload cgroup: nothing to read
+            if self.order is None:
+                self.order = ()
+            obs.order, obs.identities, obs.nested = self.order, self.workloads, self.nested
+            return
         v2 = layout.version == V2
         counters = self.counters
         usage = obs.usage

@@ -288,6 +288,7 @@ class CpuModelSource(Source):
         self.topology: CpuTopology | None = None
         self.range: PowerCurve | None = None
         self.utilisation = 0.0  # over the last interval
+        self._ok = Status(OK)
         self.configure(config)
 
     def configure(self, config: Config) -> None:
@@ -334,7 +335,9 @@ class CpuModelSource(Source):
         if measured:
             return SourceResult(Status(SUPERSEDED, "RAPL package counters measure the CPU"),
                                 readings)
-        return SourceResult(Status(OK, power.basis, power.method), readings)
+        if self._ok.detail != power.basis or self._ok.method != power.method:
+            self._ok = Status(OK, power.basis, power.method)  # made again only when it changes
+        return SourceResult(self._ok, readings)
 
     def _reading(self, at: float, baseline: bool) -> Reading:
         return Reading(collector=self.name, device="node", source="model", value=self.joules,

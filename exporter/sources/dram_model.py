@@ -101,6 +101,7 @@ class DramModelSource(Source):
         self.cpu: tuple[CpuTopology, PowerCurve] | None = None
         self._inputs: tuple[object, ...] | None = None  # what self._figure was worked out from
         self._figure: tuple[float, str, str] = (0.0, "", "")  # (watts, method, basis)
+        self._ok = Status(OK)  # the status that goes with it
 
     def _cpu_curve(self) -> tuple[CpuTopology | None, PowerCurve | None]:
         if not self.config.collector("cpu-model"):
@@ -143,6 +144,7 @@ class DramModelSource(Source):
                 log.info("dram-model: %s", basis)
                 self.basis = method + how
             self._inputs, self._figure = inputs, (watts, method, basis)
+            self._ok = Status(OK, basis, method)
         watts, method, basis = self._figure
         at = self.clock()  # after a meminfo read, which may have been slow
         previous, self.last_at = self.last_at, at
@@ -156,7 +158,7 @@ class DramModelSource(Source):
         if measured:
             return SourceResult(Status(SUPERSEDED, "RAPL dram counters measure the memory"),
                                 readings)
-        return SourceResult(Status(OK, basis, method), readings)
+        return SourceResult(self._ok, readings)
 
     def _reading(self, at: float, baseline: bool) -> Reading:
         return Reading(collector=self.name, device="node", source="model", value=self.joules,
