@@ -146,9 +146,13 @@ def cpu_times(procfs: str, clock: Callable[[], float] = time.monotonic) -> CpuTi
     return times
 
 
-# where the fork count moved but the process count did not, list <procfs> at most this many
-# samples after the last listing (as many processes may have ended as began)
+# where the fork count moved but the process count did not, list <procfs> this many samples
+# after the last listing (as many processes may have ended as began); each such listing that
+# finds no new process doubles the wait, up to MAX_SAME_COUNT_LISTING_SAMPLES (a runtime that
+# starts threads all the time moves the forks at every sample); one that finds a process, or
+# a moved count, brings it back
 SAME_COUNT_LISTING_SAMPLES = 3
+MAX_SAME_COUNT_LISTING_SAMPLES = 16
 
 
 class ProcessCount:
@@ -162,6 +166,13 @@ class ProcessCount:
     def __init__(self, procfs: str) -> None:
         self.procfs = procfs
         self.links = -1
+        # samples to wait after a listing, where only the forks moved (see SAME_COUNT_...)
+        self.quiet_wait = SAME_COUNT_LISTING_SAMPLES
+
+    def listing_found(self, processes: bool) -> None:
+        """After a listing: whether it found a process not seen before."""
+        self.quiet_wait = (SAME_COUNT_LISTING_SAMPLES if processes
+                           else min(2 * self.quiet_wait, MAX_SAME_COUNT_LISTING_SAMPLES))
 
     def moved(self) -> bool:
         """Whether the count moved since the last call (True where it cannot tell)."""
@@ -170,6 +181,8 @@ class ProcessCount:
         except OSError:
             return True
         moved, self.links = links != self.links, links
+        if moved:
+            self.quiet_wait = SAME_COUNT_LISTING_SAMPLES
         return moved or links <= 2
 
 

@@ -3,7 +3,10 @@ an immutable Snapshot that scrapes render. Scrapes never wait on hardware.
 
 The sampler is a thread with its own clock: the event loop only serves HTTP and never wakes
 for sampling. A scrape builds the snapshot of the last cycle (at most once per cycle) under
-the sampler's lock, so it never sees a cycle half-published.
+the sampler's lock, so it never sees a cycle half-published. The thread waits in one poll(2)
+(HaltFlag). A cycle's reads are counted (ledger, peaks, attribution's split, listeners) a few
+cycles at a time, in order and with each cycle's own times (SETTLE_EVERY), and always before
+a snapshot is built: a scrape sees every cycle read so far.
 
 A cycle reads every source in the sampler thread, one after the other: measured sources,
 then the observer (attribution), then models, so a model stands aside for a component any
@@ -58,6 +61,10 @@ DEFAULT_TAKEOVER = 30.0
 # PUE, and the cycles are counted in order, so the results are those of counting each one
 # as it ends; a scrape between settles counts the queue first, so it never sees less.
 SETTLE_EVERY = 5
+# ... unless counting a cycle costs more than this (thousands of workloads): the queue would
+# then make a scrape wait for several cycles' counting, for a gain that a cycle's own work
+# dwarfs; such a node counts each cycle as it ends, as before
+SETTLE_ALONE_SECONDS = 0.0005
 # A source whose hardware is absent (no RAPL zone in a VM, no NVIDIA driver, no Redfish URL)
 # is asked again after this long, not at every cycle: hardware or a driver that appears
 # after start is picked up within it.
@@ -300,6 +307,7 @@ class Sampler:
         self.listeners: list[Callable[[Sample], None]] = []
         self.settle_every = SETTLE_EVERY
         self._queued: list[_Queued] = []  # cycles read but not yet counted, in order
+        self.settle_seconds = 0.0  # what counting one cycle cost at the last settle
         # True while something needs each cycle settled as it ends (the run service while a
         # run is going: its end waits for a split sample)
         self.settle_each_cycle: Callable[[], bool] | None = None
@@ -366,7 +374,8 @@ class Sampler:
 
     def _step(self, reader: _Reader | None = None) -> bool:
         """One sample cycle in the calling thread (the sampler's): every source once, in
-        order, feed the ledger, publish. False when the watchdog abandoned this thread."""
+        order; the results are queued for counting (see SETTLE_EVERY), and counted now when
+        the queue is full. False when the watchdog abandoned this thread."""
         reader = reader or self._reader
         if self._config is not None:
             self._reconfigure()
@@ -419,6 +428,7 @@ class Sampler:
                                         self.intensity, self.pue))
             self._snapshot = None  # a scrape now counts the queue first
             if (len(self._queued) >= self.settle_every
+                    or self.settle_seconds > SETTLE_ALONE_SECONDS
                     or (self.settle_each_cycle is not None and self.settle_each_cycle())):
                 self._settle()
         return True
@@ -580,6 +590,9 @@ class Sampler:
         """Under self.lock: each queued cycle in order: its results recorded, its readings
         counted and split, its Sample to every listener."""
         queued, self._queued = self._queued, []
+        if not queued:
+            return
+        started = time.perf_counter()
         for cycle in queued:
             readings: list[Reading] = []
             observed: SourceResult | None = None
@@ -598,6 +611,7 @@ class Sampler:
                     listener(sample)
                 except Exception:  # a listener bug must not stop sampling
                     log.exception("snapshot listener failed")
+        self.settle_seconds = (time.perf_counter() - started) / len(queued)
 
     def _sample(self) -> Sample:
         """The listeners' numbers, summed straight from the ledger in the order _build's

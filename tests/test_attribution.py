@@ -4,6 +4,7 @@ GPU split with the fake NVML, through fixture procfs + cgroup trees (v1 and v2).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import random
 import resource
@@ -30,7 +31,7 @@ from exporter.attribution.split import IDLE, OTHER, split_by_cpu
 from exporter.attribution.tagging import load_rules
 from exporter.config import ConfigError, resolve
 from exporter.ledger import Counted
-from exporter.procfs import SAME_COUNT_LISTING_SAMPLES, cpu_times
+from exporter.procfs import MAX_SAME_COUNT_LISTING_SAMPLES, SAME_COUNT_LISTING_SAMPLES, cpu_times
 from exporter.sampler import Sampler, _timed_read
 from exporter.sources.nvml import NvmlSource
 from exporter.sources.rapl import RaplSource
@@ -294,21 +295,34 @@ def test_procfs_listing_runs_when_processes_were_forked_or_every_n_samples(tmp_p
 def test_threads_alone_do_not_list_procfs_every_sample(tmp_path):
     """/proc/stat's fork count moves with every thread a runtime starts; /proc's link count
     (2 + the processes) does not: the listing waits SAME_COUNT_LISTING_SAMPLES samples then,
-    and a new process is listed at the next sample whatever the threads do."""
+    twice as long after each listing that found nothing, up to MAX_SAME_COUNT_LISTING_SAMPLES;
+    a new process is listed at the next sample whatever the threads do, and brings the wait
+    back."""
     tree = build_tree(tmp_path, "v2", write_pid_stats=False)
     tree.add("/system.slice/a.service", processes=3)
     reader = Attribution(make_config(tmp_path)).reader
     assert reader.read().listed
-    listed = []
-    for _ in range(3 * SAME_COUNT_LISTING_SAMPLES):
-        tree.procfs.fork()  # a thread: the fork count moves, no /proc/<pid> appears
-        listed.append(reader.read().listed)
-    assert listed == ([False] * (SAME_COUNT_LISTING_SAMPLES - 1) + [True]) * 3
+
+    def threads_only(samples: int) -> list[int]:
+        """The samples (1 = the next one) that listed <procfs>."""
+        listed = []
+        for sample in range(1, samples + 1):
+            tree.procfs.fork()  # a thread: the fork count moves, no /proc/<pid> appears
+            if reader.read().listed:
+                listed.append(sample)
+        return listed
+
+    waits = [SAME_COUNT_LISTING_SAMPLES, 2 * SAME_COUNT_LISTING_SAMPLES,
+             4 * SAME_COUNT_LISTING_SAMPLES, MAX_SAME_COUNT_LISTING_SAMPLES,
+             MAX_SAME_COUNT_LISTING_SAMPLES]
+    assert 4 * SAME_COUNT_LISTING_SAMPLES <= MAX_SAME_COUNT_LISTING_SAMPLES
+    assert threads_only(sum(waits)) == list(itertools.accumulate(waits))
     tree.procfs.fork()
     pids = tree.add("/system.slice/b.service", processes=1)
     obs = reader.read()
     assert obs.listed and "/system.slice/b.service" in obs.usage
     assert str(pids[0]) in reader.pids
+    assert threads_only(SAME_COUNT_LISTING_SAMPLES) == [SAME_COUNT_LISTING_SAMPLES]
 
 
 def test_procfs_link_count_follows_processes_not_threads():

@@ -74,8 +74,9 @@ def test_tree_follows_forks_and_skips_the_listing_while_none_happen(tmp_path, mo
 def test_threads_alone_do_not_list_and_a_child_found_late_loses_nothing(tmp_path, monkeypatch):
     """Threads move /proc/stat's fork count, not /proc's link count (the kernel's process
     count; the fixture's directory counts its entries the same way): the listing then waits
-    SAME_COUNT_LISTING_SAMPLES reads. A child that replaced another process between two
-    reads leaves the count still: found at that listing, with all its CPU since it began."""
+    SAME_COUNT_LISTING_SAMPLES reads, twice that after a listing that found no process. A
+    child that replaced another process between two reads leaves the count still: found at
+    that listing, with all its CPU since it began; finding it brings the wait back."""
     procfs, tree, listings = node(tmp_path, monkeypatch)
     assert read(tree, procfs) == 0.0  # the baseline, listed
     for _ in range(SAME_COUNT_LISTING_SAMPLES - 1):
@@ -84,14 +85,17 @@ def test_threads_alone_do_not_list_and_a_child_found_late_loses_nothing(tmp_path
     assert len(listings) == 1
     procfs.fork()
     read(tree, procfs)
-    assert len(listings) == 2  # the listing is due anyway
+    assert len(listings) == 2  # the listing is due anyway; it found no process
+    wait = tree.process_count.quiet_wait
+    assert wait == 2 * SAME_COUNT_LISTING_SAMPLES
 
     shutil.rmtree(Path(procfs.procfs) / "200")  # ended, and the tracked process forked
     procfs.fork()
     write_pid(procfs, 300, 100, 2 * HZ, start=2000)  # a worker that worked for 2 s already
-    seen = [read(tree, procfs) for _ in range(SAME_COUNT_LISTING_SAMPLES)]
-    assert seen[:-1] == [0.0] * (SAME_COUNT_LISTING_SAMPLES - 1)
+    seen = [read(tree, procfs) for _ in range(wait)]
+    assert seen[:-1] == [0.0] * (wait - 1)
     assert seen[-1] == pytest.approx(2.0) and 300 in tree.members and len(listings) == 3
+    assert tree.process_count.quiet_wait == SAME_COUNT_LISTING_SAMPLES
 
 
 def test_a_reused_pid_outside_the_tree_is_not_counted(tmp_path):

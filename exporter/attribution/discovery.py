@@ -6,7 +6,8 @@ Cost model (bench/bench_attribution.py measures it), per sample:
     process can have appeared, so listdir(<procfs>), the only step that grows with the number
     of processes, is skipped. It runs when the count moved and so did <procfs>'s link count
     (a constant plus the number of processes: threads do not move it), or, where only the
-    forks moved, SAME_COUNT_LISTING_SAMPLES after the last listing (then only the names that
+    forks moved, SAME_COUNT_LISTING_SAMPLES after the last listing, doubled after each such
+    listing that found no process up to MAX_SAME_COUNT_LISTING_SAMPLES (then only the names that
     came or went since the previous listing are looked at), and in full every FULL_LISTING_SAMPLES
     samples, which also forgets processes that ended without a fork after them (an ended
     process only keeps its cgroup "in use" a little longer: its counter stops moving). A pid
@@ -58,7 +59,7 @@ from exporter.attribution.cgroups import (
     read_file,
 )
 from exporter.attribution.gpu import GpuProcessReader, GpuShares
-from exporter.procfs import SAME_COUNT_LISTING_SAMPLES, ProcessCount, cpu_times
+from exporter.procfs import ProcessCount, cpu_times
 
 log = logging.getLogger(__name__)
 
@@ -261,10 +262,11 @@ class WorkloadReader:
         return obs
 
     def _processes_may_have_come(self) -> bool:
-        """The fork count moved: threads alone do not make a listing due before
-        SAME_COUNT_LISTING_SAMPLES (see exporter.procfs.ProcessCount)."""
+        """The fork count moved: threads alone make a listing due only `quiet_wait` samples
+        after the last one (SAME_COUNT_LISTING_SAMPLES, doubled by each listing that found no
+        process; see exporter.procfs)."""
         return (self.process_count.moved()
-                or self.samples - self.listed_at >= SAME_COUNT_LISTING_SAMPLES)
+                or self.samples - self.listed_at >= self.process_count.quiet_wait)
 
     def _list(self, obs: Observation, full: bool) -> bool:
         """List <procfs>: against the previous listing (only the names that came or went are
@@ -293,15 +295,18 @@ class WorkloadReader:
             if pid in pids:
                 self._set(pid, None)
         due = self.samples + SECOND_LOOK_SAMPLES
+        found = False
         for pid in came:
             if pid in pids or pid in self.not_pids:
                 continue
             if not pid.isdigit():
                 self.not_pids.add(pid)
                 continue
+            found = True
             self._set(pid, self._read_pid(pid, obs))
             if not first and pid in pids:
                 self.second_look.append((due, pid))
+        self.process_count.listing_found(found)
         return True
 
     def _recheck(self, obs: Observation) -> None:

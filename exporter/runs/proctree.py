@@ -3,7 +3,8 @@
 The tree is a root pid and every process descended from it. Per sample: <pid>/stat of each
 member (its CPU times); and, when /proc/stat's fork count moved since the last listing and
 so did the process count (exporter.procfs.ProcessCount: threads move the first, not the
-second; where only the forks moved, SAME_COUNT_LISTING_SAMPLES reads after the last listing),
+second; where only the forks moved, `quiet_wait` reads after the last listing: see
+exporter.procfs.SAME_COUNT_LISTING_SAMPLES),
 or every FULL_LISTING_READS reads, listdir(<procfs>) and <pid>/stat of each new pid (to learn
 its parent). While the fork count stands still no process can have joined the tree, so a
 quiet sample costs one small read per member, not one step per process on the node. A child
@@ -24,7 +25,7 @@ import time
 from dataclasses import dataclass
 
 from exporter.attribution.cgroups import read_file
-from exporter.procfs import SAME_COUNT_LISTING_SAMPLES, ProcessCount
+from exporter.procfs import ProcessCount
 
 PR_SET_CHILD_SUBREAPER = 36
 FULL_LISTING_READS = 60  # list <procfs> at least this often, forks or not (forget ended pids)
@@ -134,7 +135,7 @@ class ProcessTree:
         if (forks < 0 or not self.started or self.reads - self.listed_at >= FULL_LISTING_READS
                 or (forks != self.forks and (
                     self.process_count.moved()
-                    or self.reads - self.listed_at >= SAME_COUNT_LISTING_SAMPLES))):
+                    or self.reads - self.listed_at >= self.process_count.quiet_wait))):
             try:
                 self.process_count.moved()  # the count the listing saw
                 names = os.listdir(self.procfs)
@@ -157,10 +158,12 @@ class ProcessTree:
             now = self._stat(pid)  # None: it ended (a quiet sample finds out this way)
             if now is not None and now.start == old.start:
                 current[pid] = now
+        found = False
         for pid in sorted(present - current.keys()) if present is not None else ():
             known_start = self.outside.get(pid)
             if known_start is not None:
                 continue  # seen before outside the tree; a reused pid is rare and short
+            found = True
             now = self._stat(pid)
             if now is None:
                 continue
@@ -168,6 +171,8 @@ class ProcessTree:
                 current[pid] = now
             else:
                 self.outside[pid] = now.start
+        if present is not None:
+            self.process_count.listing_found(found)
         for pid in [p for p in self.outside if present is not None and p not in present]:
             del self.outside[pid]
         delta = 0.0
