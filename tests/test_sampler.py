@@ -476,3 +476,24 @@ def test_counting_in_batches_equals_counting_each_cycle(tmp_path):
     finally:
         for _, sampler, _ in (batched, each):
             sampler.close()
+
+
+def test_a_node_where_counting_is_dear_counts_each_cycle_as_it_ends(tmp_path):
+    """Where counting one cycle cost more than SETTLE_ALONE_SECONDS at the last settle
+    (thousands of workloads), a cycle is counted as it ends: a scrape would otherwise wait
+    for several cycles' counting."""
+    from exporter.sampler import SETTLE_ALONE_SECONDS
+
+    clock = FakeClock()
+    sampler = Sampler([SteppedMeter()], 1.0, INTENSITY, 1.0, clock=clock)
+    try:
+        for _ in range(2):
+            clock.advance(1.0)
+            assert sampler._step()
+        assert sampler.cycles == 0  # cheap: queued
+        sampler.settle_seconds = 2 * SETTLE_ALONE_SECONDS  # as a dear settle would have set it
+        clock.advance(1.0)
+        assert sampler._step()
+        assert sampler.cycles == 3
+    finally:
+        sampler.close()

@@ -76,6 +76,7 @@ class TreeAttribution(Source):
         self.sampler: Sampler | None = None
         self.previous: TreeObservation | None = None
         self.last_at: float | None = None
+        self._ok: tuple[int, Status] = (-1, Status(OK))  # read()'s status and its count
         # what Sampler._publish reads from an attribution
         self.series: tuple = ()
         self.gpu_split: tuple[tuple[str, str], ...] = ()
@@ -92,10 +93,14 @@ class TreeAttribution(Source):
         cpu = self.tree.read(times.forks)
         gpus = self.gpu_reader.read() if self.gpu_reader is not None else {}
         obs = TreeObservation(time.monotonic(), busy, cpu, gpus,
-                              frozenset(self.tree.members) | {self.tree.root})
-        status = Status(ERROR, self.tree.problem) if self.tree.problem else Status(
-            OK, f"{len(self.tree.members)} processes in the run's tree")
-        return TreeResult(status, observation=obs)
+                              frozenset(self.tree.members) | {self.tree.root} if gpus
+                              else frozenset())  # the pids matter only for a GPU's share
+        if self.tree.problem:
+            return TreeResult(Status(ERROR, self.tree.problem), observation=obs)
+        if len(self.tree.members) != self._ok[0]:  # the same count: the same status
+            count = len(self.tree.members)
+            self._ok = (count, Status(OK, f"{count} processes in the run's tree"))
+        return TreeResult(self._ok[1], observation=obs)
 
     def close(self) -> None:
         if self.gpu_reader is not None:
