@@ -44,6 +44,25 @@ queues = [queue.SimpleQueue() for _ in range(LANES)]
 for q in queues:
     threading.Thread(target=lane, args=(q,), daemon=True).start()"""
 
+# The daemon's shape since round 3, the watchdog being the interval timer: the sampler
+# thread's wait (WAIT_SETUP, WAIT) is what the two itimer shapes differ in.
+ITIMER_SHAPE = """
+import asyncio, os, select, signal, threading
+def sampler():
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+    WAIT_SETUP
+    while not WAIT:
+        signal.setitimer(signal.ITIMER_REAL, INTERVAL)
+        for _ in range(LANES):
+            sum(range(50))
+        signal.setitimer(signal.ITIMER_REAL, 0)
+async def main():
+    asyncio.get_running_loop().add_signal_handler(signal.SIGALRM, lambda: None)
+    threading.Thread(target=sampler, daemon=True).start()
+    await asyncio.Event().wait()  # the event loop serving HTTP: it never wakes here
+asyncio.run(main())
+"""
+
 PROGRAMS = {
     "asyncio-sleep": """
 import asyncio
@@ -98,40 +117,12 @@ while not stop.wait(INTERVAL):
         sum(range(50))
         current[0] = None
 """,
-    "thread-inline+itimer": """
-import asyncio, signal, threading
-def sampler():
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
-    stop = threading.Event()
-    while not stop.wait(INTERVAL):
-        signal.setitimer(signal.ITIMER_REAL, INTERVAL)
-        for _ in range(LANES):
-            sum(range(50))
-        signal.setitimer(signal.ITIMER_REAL, 0)
-async def main():
-    asyncio.get_running_loop().add_signal_handler(signal.SIGALRM, lambda: None)
-    threading.Thread(target=sampler, daemon=True).start()
-    await asyncio.Event().wait()  # the event loop serving HTTP: it never wakes here
-asyncio.run(main())
-""",
-    "thread-inline+itimer+poll": """
-import asyncio, os, select, signal, threading
-def sampler():
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
-    halt, _ = os.pipe()  # halting writes a byte to the other end
-    poller = select.poll()
-    poller.register(halt, select.POLLIN)
-    while not poller.poll(INTERVAL * 1000.0):
-        signal.setitimer(signal.ITIMER_REAL, INTERVAL)
-        for _ in range(LANES):
-            sum(range(50))
-        signal.setitimer(signal.ITIMER_REAL, 0)
-async def main():
-    asyncio.get_running_loop().add_signal_handler(signal.SIGALRM, lambda: None)
-    threading.Thread(target=sampler, daemon=True).start()
-    await asyncio.Event().wait()
-asyncio.run(main())
-""",
+    "thread-inline+itimer": ITIMER_SHAPE.replace("WAIT_SETUP", "stop = threading.Event()")
+    .replace("WAIT", "stop.wait(INTERVAL)"),
+    "thread-inline+itimer+poll": ITIMER_SHAPE.replace(
+        "WAIT_SETUP", "halt, _ = os.pipe()  # halting writes a byte to the other end\n"
+        "    poller = select.poll()\n    poller.register(halt, select.POLLIN)")
+    .replace("WAIT", "poller.poll(INTERVAL * 1000.0)"),
     "thread-inline+sleep": """
 import threading, time
 def sampler():
