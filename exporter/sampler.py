@@ -185,6 +185,7 @@ class _Reader:
 
 
 _ROLE_ORDER = {MEASURED: 0, OBSERVER: 1, MODEL: 2}
+_NOTHING_COVERED = Covered()  # what the models get where no counter ever measured anything
 
 
 class HaltFlag:
@@ -436,6 +437,8 @@ class Sampler:
     def _covered(self, fresh: set[str]) -> Covered:
         """What the models are handed: components measured this cycle, and those measured
         within the hand-over time (held: their counter bridges the gap when it comes back)."""
+        if not fresh and not self._seen:  # nothing measured, ever (a VM, a laptop)
+            return _NOTHING_COVERED
         now = self.clock()
         for component in fresh:
             self._seen[component] = now
