@@ -29,10 +29,12 @@ from exporter.sources import (
     device_name,
 )
 from exporter.sources.cpu_model import CpuModelSource
+from exporter.sources.dram_model import DramModelSource
+from exporter.sources.rapl import RaplSource
 from exporter.sources.registry import check_declaration, registered
 import pytest
 
-from tests.fixtures import ProcfsTree
+from tests.fixtures import ProcfsTree, amd_one_socket
 from tests.harness import ExporterProcess, FakeClock, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -409,72 +411,62 @@ def test_halt_ends_the_sampler_thread_in_its_wait(tmp_path):
     assert not thread.is_alive() and sampler.cycles == 1
 
 
-class SteppedMeter(Source):
-    """A measured GPU energy counter whose power steps 200, 260, 320 W, stamped on the
-    sampler's clock (a counter the model does not cover)."""
-
-    name = "test-stepped-meter"
-    components = ("gpu",)
-
-    def __init__(self) -> None:
-        self.joules = 0.0
-        self.reads = 0
-
-    def read(self, covered: frozenset[str] = frozenset()) -> SourceResult:
-        self.joules += 200.0 + 60.0 * (self.reads % 3)  # over the 1 s since the last read
-        self.reads += 1
-        return SourceResult(Status(OK), [Reading(
-            collector=self.name, device="gpu-0", source="meter", value=self.joules,
-            at=self.clock(), component="gpu")])
-
-
 def test_counting_in_batches_equals_counting_each_cycle(tmp_path):
     """A cycle's reads are counted a few cycles later (SETTLE_EVERY), with the cycle's own
     times and intensity: the energy, emissions, peaks and every listener's Sample equal
     those of a sampler that counts each cycle as it ends, an intensity change in the middle
     of a batch included; nothing is counted (or heard) before the batch is full or a
-    snapshot is asked for."""
+    snapshot is asked for. The real sources on kernel-layout trees: RAPL (an AMD package
+    whose energy counter moves 260, 320, 200 J per second in turn), the CPU model standing
+    aside for it, the DRAM model counting the memory."""
     clock = FakeClock()
 
     def build(root: Path, settle_every: int):
-        procfs = ProcfsTree(root)
-        model = CpuModelSource.from_config(resolve({"path.procfs": procfs.procfs}, None, {}))
-        sampler = Sampler([SteppedMeter(), model], 1.0, INTENSITY, 1.0, clock=clock)
+        powercap = amd_one_socket(root / "sys")
+        procfs = ProcfsTree(root / "proc")
+        config = resolve({"path.procfs": procfs.procfs, "path.sysfs": powercap.sysfs}, None, {})
+        sources = [RaplSource(powercap.sysfs), CpuModelSource.from_config(config),
+                   DramModelSource.from_config(config)]
+        sampler = Sampler(sources, 1.0, INTENSITY, 1.0, clock=clock)
         sampler.settle_every = settle_every
         heard: list = []
         sampler.listeners.append(heard.append)
-        return procfs, sampler, heard
+        return powercap, procfs, sampler, heard
 
     batched, each = build(tmp_path / "batched", 5), build(tmp_path / "each", 1)
     try:
         for cycle in range(12):
             clock.advance(1.0)
-            for procfs, sampler, _ in (batched, each):
+            for powercap, procfs, sampler, _ in (batched, each):
+                if cycle:
+                    powercap.advance("intel-rapl:0", 200.0 + 60.0 * (cycle % 3))
                 procfs.advance(busy_jiffies=40 + 30 * (cycle % 4), idle_jiffies=60)
                 if cycle == 7:
                     sampler.intensity = Intensity(300.0, "", "static")
                 assert sampler._step()
             if cycle == 3:  # four cycles read, none counted yet
-                assert batched[1].cycles == 0 and batched[2] == [] and len(each[2]) == 4
-        assert batched[1].cycles == 10 and len(batched[2]) == 10  # two batches of five
+                assert batched[2].cycles == 0 and batched[3] == [] and len(each[3]) == 4
+        assert batched[2].cycles == 10 and len(batched[3]) == 10  # two batches of five
 
-        snapshots = [sampler.snapshot for _, sampler, _ in (batched, each)]  # counts the rest
-        assert batched[1].cycles == each[1].cycles == 12
+        snapshots = [sampler.snapshot for _, _, sampler, _ in (batched, each)]  # the rest
+        assert batched[2].cycles == each[2].cycles == 12
+        assert _status(batched[2], "cpu-model").reason == SUPERSEDED
         energy = [[(s.component, s.source, s.joules, s.grams, s.watts) for s in snap.energy]
                   for snap in snapshots]
-        assert energy[0] == energy[1] and len(energy[0]) == 2
-        gpu = next(s for s in snapshots[0].energy if s.component == "gpu")
-        # 11 intervals (the first read is the baseline): 4 x 260 + 4 x 320 + 3 x 200 J; those
-        # of cycles 1 to 6 at 100 g/kWh, of cycles 7 to 11 (1,360 J) at 300
-        assert gpu.joules == pytest.approx(2920.0)
-        assert gpu.grams == pytest.approx((1560.0 * 100 + 1360.0 * 300) / 3.6e6)
+        assert energy[0] == energy[1]
+        assert {(c, source) for c, source, *_ in energy[0]} == {("cpu", "rapl"), ("dram", "model")}
+        cpu = next(s for s in snapshots[0].energy if s.component == "cpu")
+        # 11 intervals after the baseline: 4 x 260 + 4 x 320 + 3 x 200 J; those of cycles 1
+        # to 6 at 100 g/kWh, of cycles 7 to 11 (1,360 J) at 300
+        assert cpu.joules == pytest.approx(2920.0)
+        assert cpu.grams == pytest.approx((1560.0 * 100 + 1360.0 * 300) / 3.6e6)
         assert snapshots[0].peaks == snapshots[1].peaks
         assert snapshots[0].grams_per_second == pytest.approx(snapshots[1].grams_per_second)
         samples = [[(s.joules, s.grams, s.watts, s.grams_per_second) for s in heard]
-                   for _, _, heard in (batched, each)]
+                   for *_, heard in (batched, each)]
         assert samples[0] == samples[1] and len(samples[0]) == 12
     finally:
-        for _, sampler, _ in (batched, each):
+        for _, _, sampler, _ in (batched, each):
             sampler.close()
 
 
@@ -485,7 +477,8 @@ def test_a_node_where_counting_is_dear_counts_each_cycle_as_it_ends(tmp_path):
     from exporter.sampler import SETTLE_ALONE_SECONDS
 
     clock = FakeClock()
-    sampler = Sampler([SteppedMeter()], 1.0, INTENSITY, 1.0, clock=clock)
+    powercap = amd_one_socket(tmp_path / "sys")
+    sampler = Sampler([RaplSource(powercap.sysfs)], 1.0, INTENSITY, 1.0, clock=clock)
     try:
         for _ in range(2):
             clock.advance(1.0)
