@@ -6,7 +6,9 @@ Three processes run at once over the same stretch of time, so machine noise fall
 them alike: a bare interpreter that only sleeps (the floor), one tracking itself with
 `exporter.runs.track(mode="embedded")`, and one with CodeCarbon's OfflineEmissionsTracker
 (offline: no network lookups). Each signals when its tracker has started; then the CPU time
-of each process (utime + stime, ended threads included) is taken over the window.
+of each process is taken over the window: each process reports its own getrusage(2) on SIGUSR1
+(utime + stime to the microsecond, ended threads included; /proc/PID/stat's clock ticks are
+10 ms, which over a window of some 70 ms of overhead is an error of up to a quarter).
 CPU per sample = (process CPU - floor CPU) / samples in the window; RSS added = RSS - the
 floor's RSS (imports included: they are part of what the tracker adds).
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -32,15 +35,18 @@ sys.path.insert(0, str(ROOT))
 from bench.bench_sampler import CODECARBON_PYTHON, rss_mb  # noqa: E402
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of the whole process from /proc/PID/stat: unlike summing the live
-    threads' schedstat, it keeps the time of threads that ended (CodeCarbon's scheduler
-    starts a new timer thread for every sample)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-FLOOR = "import sys, time\nprint('ready', flush=True)\ntime.sleep(float(sys.argv[1]) + 30)\n"
-EMBEDDED = """
+# Every process answers SIGUSR1 with its own CPU time: getrusage(RUSAGE_SELF) keeps the time
+# of threads that ended (CodeCarbon's scheduler starts a new timer thread for every sample),
+# which summing the live threads' schedstat would lose, and is exact to the microsecond.
+REPORT_CPU = """
+import resource, signal
+def _report_cpu(*_):
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    print(usage.ru_utime + usage.ru_stime, flush=True)
+signal.signal(signal.SIGUSR1, _report_cpu)
+"""
+FLOOR = REPORT_CPU + "import sys, time\nprint('ready', flush=True)\ntime.sleep(float(sys.argv[1]) + 30)\n"
+EMBEDDED = REPORT_CPU + """
 import sys, time
 from exporter.runs import track
 with track("bench", mode="embedded",
@@ -48,7 +54,7 @@ with track("bench", mode="embedded",
     print("ready", flush=True)
     time.sleep(float(sys.argv[1]) + 30)
 """
-CODECARBON = """
+CODECARBON = REPORT_CPU + """
 import logging, sys, time
 from codecarbon import OfflineEmissionsTracker
 tracker = OfflineEmissionsTracker(country_iso_code="USA", measure_power_secs=float(sys.argv[2]),
@@ -58,6 +64,21 @@ print("ready", flush=True)
 time.sleep(float(sys.argv[1]) + 30)
 tracker.stop()
 """
+
+
+def cpu_seconds(procs: dict[str, subprocess.Popen]) -> dict[str, float]:
+    """Each process's CPU seconds, asked of all of them at once (SIGUSR1, see REPORT_CPU)."""
+    for proc in procs.values():
+        os.kill(proc.pid, signal.SIGUSR1)
+    answers = {}
+    for name, proc in procs.items():
+        assert proc.stdout is not None
+        line = proc.stdout.readline().strip()
+        try:
+            answers[name] = float(line)
+        except ValueError:
+            raise SystemExit(f"{name} answered {line!r} instead of its CPU time") from None
+    return answers
 
 
 def main() -> None:
@@ -85,10 +106,10 @@ def main() -> None:
                 raise SystemExit(f"{name} did not start")
         time.sleep(3 * args.interval)  # past the first samples and lazy imports
         pids = {name: proc.pid for name, proc in procs.items()}
-        before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        before = cpu_seconds(procs)
         started = time.monotonic()
         time.sleep(args.seconds)
-        after = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        after = cpu_seconds(procs)
         window = time.monotonic() - started
         rss = {name: rss_mb(pid)[0] for name, pid in pids.items()}
     finally:
