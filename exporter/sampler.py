@@ -153,10 +153,24 @@ class _Published:
 
 
 @dataclass(slots=True)  # made every sample: not frozen, for the cost (see ledger.Reading)
+class _Captured:
+    """What a capturing source (Source.captures) took in a cycle: read when it is counted."""
+
+    inputs: object
+    covered: frozenset[str]
+
+
+@dataclass(slots=True)
+class _CaptureFailed:
+    reason: str
+
+
+@dataclass(slots=True)  # made every sample: not frozen, for the cost (see ledger.Reading)
 class _Queued:
     """A cycle whose reads are in, waiting to be counted (see SETTLE_EVERY)."""
 
-    taken: list[tuple[_Worker, SourceResult, float, bool]]  # (worker, result, duration, status only)
+    # (worker, its result or what it captured, the read's duration, status only)
+    taken: list[tuple[_Worker, SourceResult | _Captured, float, bool]]
     at: float  # the sampler's clock when the reads were in
     wall: float  # unix time, then
     monotonic: float  # time.monotonic(), then (attribution's clock)
@@ -164,14 +178,29 @@ class _Queued:
     pue: float
 
 
-def _timed_read(source: Source, covered: frozenset[str]) -> tuple[SourceResult, float]:
+def _timed_read(source: Source, covered: frozenset[str],
+                captured: _Captured | None = None) -> tuple[SourceResult, float]:
+    """source.read(covered), or source.read_captured() of what it captured."""
     started = time.perf_counter()
     try:
-        result = source.read(covered)
+        if captured is None:
+            result = source.read(covered)
+        elif isinstance(captured.inputs, _CaptureFailed):
+            result = SourceResult(Status(ERROR, captured.inputs.reason))
+        else:
+            result = source.read_captured(captured.inputs, captured.covered)
     except Exception as exc:  # a source bug must not stop the sampler
         log.exception("collector %s raised", source.name)
         result = SourceResult(Status(ERROR, f"{type(exc).__name__}: {exc}"))
     return result, time.perf_counter() - started
+
+
+def _capture(source: Source, covered: frozenset[str]) -> _Captured:
+    try:
+        return _Captured(source.capture(), covered)
+    except Exception as exc:  # a source bug must not stop the sampler
+        log.exception("collector %s raised", source.name)
+        return _Captured(_CaptureFailed(f"{type(exc).__name__}: {exc}"), covered)
 
 
 class _Reader:
@@ -186,6 +215,7 @@ class _Reader:
 
 _ROLE_ORDER = {MEASURED: 0, OBSERVER: 1, MODEL: 2}
 _NOTHING_COVERED = Covered()  # what the models get where no counter ever measured anything
+_NONE_COVERED: frozenset[str] = frozenset()  # what measured sources and observers are handed
 
 
 class HaltFlag:
@@ -289,7 +319,7 @@ class Sampler:
         self.workers = [_Worker(s) for s in sorted(sources, key=lambda s: _ROLE_ORDER[s.role])]
         self._guard = threading.Lock()  # a reader's current read, abandonment and late results
         self._reader = _Reader()
-        self._late: list[tuple[_Worker, SourceResult, float]] = []  # stalled reads, returned
+        self._late: list[tuple[_Worker, SourceResult | _Captured, float]] = []  # stalled, returned
         self._seen: dict[str, float] = {}  # component -> when a measured read last covered it
         # component -> (where a model began counting it, where it stopped; None: counting)
         self._modelled: dict[str, tuple[float, float | None]] = {}
@@ -308,7 +338,7 @@ class Sampler:
         self.listeners: list[Callable[[Sample], None]] = []
         self.settle_every = SETTLE_EVERY
         self._queued: list[_Queued] = []  # cycles read but not yet counted, in order
-        self.settle_seconds = 0.0  # what counting one cycle cost at the last settle
+        self.settle_seconds = 0.0  # CPU seconds counting one cycle cost at the last settle
         # True while something needs each cycle settled as it ends (the run service while a
         # run is going: its end waits for a split sample)
         self.settle_each_cycle: Callable[[], bool] | None = None
@@ -344,13 +374,17 @@ class Sampler:
                     f" ({result.status.detail})" if result.status.detail else "")
 
     def _read(self, reader: _Reader, worker: _Worker,
-              covered: frozenset[str]) -> tuple[SourceResult, float] | None:
-        """One source's read in a sampler thread; None once the watchdog abandoned the thread."""
-        with self._guard:
-            if reader.abandoned:
-                return None
-            reader.current = (worker, time.monotonic())
-        result = _timed_read(worker.source, covered)
+              covered: frozenset[str]) -> tuple[SourceResult | _Captured, float] | None:
+        """One source's read (or its capture: Source.captures) in a sampler thread, under the
+        watchdog's eye; None once the watchdog abandoned the thread."""
+        if reader.abandoned:
+            return None
+        # no lock needed to start: watch() sets a reader aside only while a read of it runs
+        # (current is set), and this thread is between reads here (one attribute store)
+        reader.current = (worker, time.monotonic())
+        source = worker.source
+        result: tuple[SourceResult | _Captured, float] = (
+            (_capture(source, covered), 0.0) if source.captures else _timed_read(source, covered))
         with self._guard:
             reader.current = None
             if reader.abandoned:  # this read was set aside as stalled: the next cycle takes it
@@ -367,6 +401,8 @@ class Sampler:
         config, self._config = self._config, None
         if config is None:
             return
+        with self.lock:  # what queued cycles captured is read under the settings it was taken with
+            self._settle()
         for worker in self.workers:
             try:
                 worker.source.configure(config)
@@ -380,16 +416,17 @@ class Sampler:
         reader = reader or self._reader
         if self._config is not None:
             self._reconfigure()
-        taken: list[tuple[_Worker, SourceResult, float, bool]] = []
+        taken: list[tuple[_Worker, SourceResult | _Captured, float, bool]] = []
         procfs.begin_cycle()
         if self._alarm:  # the kernel's interval timer is the watchdog: see start()
             signal.setitimer(signal.ITIMER_REAL, self.interval)
         try:
-            with self._guard:
-                late, self._late = self._late, []
-            for worker, result, duration in late:  # stalled reads that came back
-                worker.stuck_since = None
-                taken.append((worker, result, duration, False))
+            if self._late:  # stalled reads that came back (one appended after this: next cycle)
+                with self._guard:
+                    late, self._late = self._late, []
+                for worker, result, duration in late:
+                    worker.stuck_since = None
+                    taken.append((worker, result, duration, False))
             fresh: set[str] = set()
             covered: Covered | None = None
             now = self.clock()
@@ -406,10 +443,13 @@ class Sampler:
                     covered = self._covered(fresh)
                 read = self._read(reader, worker,
                                   covered if source.role == MODEL and covered is not None
-                                  else frozenset())
+                                  else _NONE_COVERED)
                 if read is None:
                     return False
                 result, duration = read
+                if isinstance(result, _Captured):  # read when the cycle is counted
+                    taken.append((worker, result, duration, False))
+                    continue
                 if result.status.reason == ABSENT:
                     worker.absent_until = now + ABSENT_RECHECK
                 if source.role == MEASURED:
@@ -595,11 +635,15 @@ class Sampler:
         queued, self._queued = self._queued, []
         if not queued:
             return
-        started = time.perf_counter()
+        started = time.thread_time()  # CPU time: a settle preempted on a busy node is not dear
         for cycle in queued:
             readings: list[Reading] = []
             observed: SourceResult | None = None
             for worker, result, duration, status_only in cycle.taken:
+                if isinstance(result, _Captured):
+                    result, duration = _timed_read(worker.source, result.covered, result)
+                    if result.status.reason == ABSENT:
+                        worker.absent_until = cycle.at + ABSENT_RECHECK
                 if status_only:
                     self._record(worker, result, duration)
                 else:
@@ -614,7 +658,7 @@ class Sampler:
                     listener(sample)
                 except Exception:  # a listener bug must not stop sampling
                     log.exception("snapshot listener failed")
-        self.settle_seconds = (time.perf_counter() - started) / len(queued)
+        self.settle_seconds = (time.thread_time() - started) / len(queued)
 
     def _sample(self) -> Sample:
         """The listeners' numbers, summed straight from the ledger in the order _build's

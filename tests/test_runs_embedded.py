@@ -248,20 +248,21 @@ def test_a_sampler_thread_started_after_a_stall_is_not_charged_to_the_run():
                       "kubernetes.metadata": "none"}, None, environ={})
     tracker = EmbeddedTracker(config, os.getpid())
     model = next(w.source for w in tracker.sampler.workers if w.source.name == "cpu-model")
-    read, stalled, release = model.read, threading.Event(), threading.Event()
+    # the model's part in the cycle: its capture of /proc/stat (read when the cycle is counted)
+    capture, stalled, release = model.capture, threading.Event(), threading.Event()
 
-    def stalling(covered=frozenset()):
+    def stalling():
         if not stalled.is_set():
             stalled.set()
             release.wait(10)
-        return read(covered)
+        return capture()
 
     tracker.start()
     try:
         first = tracker.sampler._thread
         assert first is not None and first.ident is not None
         assert time.pthread_getcpuclockid(first.ident) in tracker.tree.exclude_clocks
-        model.read = stalling
+        model.capture = stalling
         assert stalled.wait(5)
 
         def set_aside() -> bool:

@@ -490,3 +490,76 @@ def test_a_node_where_counting_is_dear_counts_each_cycle_as_it_ends(tmp_path):
         assert sampler.cycles == 3
     finally:
         sampler.close()
+
+
+def test_models_are_read_when_their_cycle_is_counted_from_what_it_captured(tmp_path):
+    """The CPU and DRAM models capture their inputs in the cycle (/proc/stat's times, the
+    time) and are read when the cycle is counted: nothing of theirs runs before, and what
+    they count is what each cycle's own inputs give (the same as a sampler counting each
+    cycle as it ends), however /proc/stat has moved since."""
+    clock = FakeClock()
+
+    def build(root: Path, settle_every: int):
+        procfs = ProcfsTree(root / "proc")
+        config = resolve({"path.procfs": procfs.procfs, "path.sysfs": str(root / "sys")},
+                         None, {})
+        models = [CpuModelSource.from_config(config), DramModelSource.from_config(config)]
+        sampler = Sampler(models, 1.0, INTENSITY, 1.0, clock=clock)
+        sampler.settle_every = settle_every
+        return procfs, models, sampler
+
+    queued, each = build(tmp_path / "queued", 100), build(tmp_path / "each", 1)
+    try:
+        for cycle in range(4):
+            clock.advance(1.0)
+            for procfs, _, sampler in (queued, each):
+                procfs.advance(busy_jiffies=20 + 25 * cycle, idle_jiffies=100 - 25 * cycle)
+                assert sampler._step()
+        cpu_model, dram_model = queued[1]
+        assert cpu_model.last is None and dram_model.last_at is None  # not read yet
+        assert queued[2].cycles == 0 and each[2].cycles == 4
+        queued[0].advance(busy_jiffies=10_000, idle_jiffies=0)  # after the cycles: not theirs
+        clock.advance(30.0)
+        energy = [[(s.component, s.source, s.joules) for s in sampler.snapshot.energy]
+                  for _, _, sampler in (queued, each)]
+        assert energy[0] == energy[1] and {c for c, *_ in energy[0]} == {"cpu", "dram"}
+        assert all(joules > 0 for *_, joules in energy[0])
+        assert dram_model.last_at == 1004.0  # the last cycle's time (FakeClock starts at 1000), not now
+        assert _status(queued[2], "cpu-model").reason == OK
+    finally:
+        for _, _, sampler in (queued, each):
+            sampler.close()
+
+
+def test_a_capture_that_raises_is_an_error_and_sampling_goes_on(tmp_path):
+    class Broken(Source):
+        name = "broken-model"
+        role = MODEL
+        components = ("dram",)
+        captures = True
+
+        def capture(self) -> object:
+            raise RuntimeError("no inputs today")
+
+        def read_captured(self, captured, covered=frozenset()):
+            raise AssertionError("not reached: the capture failed")
+
+        def read(self, covered=frozenset()):
+            return self.read_captured(self.capture(), covered)
+
+    clock = FakeClock()
+    procfs = ProcfsTree(tmp_path / "proc")
+    config = resolve({"path.procfs": procfs.procfs, "path.sysfs": str(tmp_path / "sys")}, None, {})
+    sampler = Sampler([Broken(), CpuModelSource.from_config(config)], 1.0, INTENSITY, 1.0,
+                      clock=clock)
+    try:
+        for _ in range(3):
+            clock.advance(1.0)
+            procfs.advance(busy_jiffies=50, idle_jiffies=50)
+            assert sampler._step()
+        sampler.settle()
+        broken = _status(sampler, "broken-model")
+        assert broken.reason == "error" and "no inputs today" in broken.detail
+        assert _status(sampler, "cpu-model").reason == OK and sampler.cycles == 3
+    finally:
+        sampler.close()

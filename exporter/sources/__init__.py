@@ -107,6 +107,14 @@ class Source(abc.ABC):
     # its own clock, so tests drive time instead of sleeping.
     clock: Callable[[], float] = staticmethod(time.monotonic)
 
+    # A source whose read is worked out from a few inputs taken at the cycle (the models:
+    # /proc/stat's CPU times, the time) sets `captures`: in the cycle the sampler calls only
+    # capture(), on its clock and under the watchdog like a read; read_captured() runs when
+    # the cycle is counted (Sampler.settle), beside the rest of the counting. After a second
+    # of sleep a cycle runs cold; there, each line of Python costs several times what it
+    # costs in a batch of cycles counted back to back.
+    captures: ClassVar[bool] = False
+
     @classmethod
     def from_config(cls, config: Config) -> Source:
         """The source as the settings configure it (ConfigError for a bad setting). Every
@@ -118,6 +126,14 @@ class Source(abc.ABC):
     def read(self, covered: frozenset[str] = frozenset()) -> SourceResult:
         """Read once; never raise. `covered`: components measured by counters in this cycle,
         by any measured source (a model of a covered component stands aside)."""
+
+    def capture(self) -> object:
+        """Where `captures`: the inputs read_captured() needs, taken now; never raises."""
+        raise NotImplementedError(f"{type(self).__name__} does not capture")
+
+    def read_captured(self, captured: object, covered: frozenset[str] = frozenset()) -> SourceResult:
+        """Where `captures`: the read, from what capture() took (read() is both at once)."""
+        raise NotImplementedError(f"{type(self).__name__} does not capture")
 
     def configure(self, config: Config) -> None:  # noqa: B027 - optional hook, default no-op
         """SIGHUP: apply reloadable settings (default: nothing to apply)."""

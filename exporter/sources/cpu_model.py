@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from exporter import data
-from exporter.procfs import cpu_times
+from exporter.procfs import CpuTimes, cpu_times
 from exporter.ledger import Reading
 from exporter.sources import (
     ERROR, MODEL, OK, SUPERSEDED, Source, SourceResult, Status, held,
@@ -261,6 +261,7 @@ def describe(procfs: str, sysfs: str, config) -> tuple[CpuTopology, Platform, Po
 class CpuModelSource(Source):
     name = "cpu-model"
     role = MODEL
+    captures = True  # read when the cycle is counted, from the cycle's /proc/stat times
     components = ("cpu",)
     source_labels = ("model",)
     summary = (
@@ -306,7 +307,16 @@ class CpuModelSource(Source):
                      self.range.idle_watts, self.range.max_watts, self.range.basis)
         return self.range
 
+    def capture(self) -> CpuTimes | Exception:
+        try:
+            return cpu_times(self.procfs, self.clock)  # one read per cycle, shared with attribution
+        except (OSError, ValueError) as exc:
+            return exc
+
     def read(self, covered: frozenset[str] = frozenset()) -> SourceResult:
+        return self.read_captured(self.capture(), covered)
+
+    def read_captured(self, captured: object, covered: frozenset[str] = frozenset()) -> SourceResult:
         if "cpu" in held(covered):
             # RAPL is away but may come back and bridge the gap: keep the baseline where it
             # was last read, so that a take-over counts from there
@@ -314,8 +324,10 @@ class CpuModelSource(Source):
                                                    "when they return)"))
         try:
             power = self._ensure_range()
-            times = cpu_times(self.procfs, self.clock)  # one parse per cycle, shared with attribution
-            at, busy, total = times.at, times.busy, times.total
+            if isinstance(captured, Exception):
+                raise captured
+            assert isinstance(captured, CpuTimes)
+            at, busy, total = captured.at, captured.busy, captured.total
         except (OSError, ValueError, AttributeError, KeyError, re.error) as exc:
             return SourceResult(Status(ERROR, f"cpu-model: {exc}"))
         previous, self.last = self.last, (at, busy, total)

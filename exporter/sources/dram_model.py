@@ -71,6 +71,7 @@ def counted_gib(installed_gib: float, cpu_measured: bool, topology: CpuTopology 
 class DramModelSource(Source):
     name = "dram-model"
     role = MODEL
+    captures = True  # read when the cycle is counted, as of the cycle's time
     components = ("dram",)
     source_labels = ("model",)
     summary = (
@@ -115,7 +116,16 @@ class DramModelSource(Source):
             self.cpu = (topology, curve)
         return self.cpu
 
+    def capture(self) -> float:
+        return self.clock()
+
     def read(self, covered: frozenset[str] = frozenset()) -> SourceResult:
+        return self.read_captured(self.capture(), covered)
+
+    def read_captured(self, captured: object, covered: frozenset[str] = frozenset()) -> SourceResult:
+        """captured: the cycle's time (MemTotal is read again when due, whenever this runs)."""
+        assert isinstance(captured, (int, float))
+        at = float(captured)
         if "dram" in held(covered):
             # RAPL is away but may come back and bridge the gap: keep the baseline where it
             # was last read, so that a take-over counts from there
@@ -123,9 +133,8 @@ class DramModelSource(Source):
                                                    "when they return)"))
         measured = "dram" in covered
         if measured and not self.counting:  # RAPL measures: only the baseline moves
-            self.last_at = self.clock()
+            self.last_at = at
             return SourceResult(Status(SUPERSEDED, "RAPL dram counters measure the memory"))
-        at = self.clock()
         if self.installed_gib is None or at - self.installed_read_at > MEMTOTAL_REFRESH_SECONDS:
             try:
                 self.installed_gib = mem_total_bytes(self.procfs) / GIB
@@ -146,7 +155,6 @@ class DramModelSource(Source):
             self._inputs, self._figure = inputs, (watts, method, basis)
             self._ok = Status(OK, basis, method)
         watts, method, basis = self._figure
-        at = self.clock()  # after a meminfo read, which may have been slow
         previous, self.last_at = self.last_at, at
         readings = []
         if previous is not None:
