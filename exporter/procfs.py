@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import threading
 import time
-from dataclasses import dataclass
 from typing import Callable
 
 USER_HZ = float(os.sysconf("SC_CLK_TCK"))
@@ -31,14 +30,37 @@ _held: dict[str, int] = {}  # path -> a descriptor kept open on it (read_held)
 MAX_HELD = 16  # a few node-wide files; more (tests with many trees): the oldest go
 
 
-@dataclass(slots=True)  # made every sample: not frozen, for the cost (see ledger.Reading)
 class CpuTimes:
-    at: float  # monotonic time of the read
-    busy: float  # CPU seconds, all CPUs: user, nice, system, irq, softirq (guest is in user)
-    total: float  # busy + idle + iowait (steal is time the hypervisor gave to others)
-    # the "processes" line: forks since boot (proc(5)); unchanged since an earlier read means
-    # no process was created in between (attribution then skips listing <procfs>). -1: absent
-    forks: int = -1
+    """/proc/stat as read at `at` (monotonic). The forks count is parsed at once (it decides
+    whether <procfs> is listed in the cycle); busy and total when first asked for, which in
+    embedded mode and for the CPU model is when the cycle is counted (see Sampler.settle),
+    out of the cold cycle. A first line that cannot be parsed raises ValueError there."""
+
+    __slots__ = ("at", "forks", "_data", "_parsed")
+
+    def __init__(self, at: float, data: bytes, forks: int = -1) -> None:
+        self.at = at
+        # the "processes" line: forks since boot (proc(5)); unchanged since an earlier read
+        # means no process was created in between (no listing of <procfs>). -1: absent
+        self.forks = forks
+        self._data = data
+        self._parsed: tuple[float, float] | None = None
+
+    def _times(self) -> tuple[float, float]:
+        parsed = self._parsed
+        if parsed is None:  # two threads may both parse: the same result, one store each
+            parsed = self._parsed = parse_cpu_line(self._data)
+        return parsed
+
+    @property
+    def busy(self) -> float:
+        """CPU seconds, all CPUs: user, nice, system, irq, softirq (guest is in user)."""
+        return self._times()[0]
+
+    @property
+    def total(self) -> float:
+        """busy + idle + iowait (steal is time the hypervisor gave to others)."""
+        return self._times()[1]
 
 
 def begin_cycle() -> None:
@@ -118,13 +140,16 @@ def parse_forks(data: bytes) -> int:
         return -1
 
 
+_ZEROS = [b"0"] * 7
+
+
 def parse_cpu_line(data: bytes) -> tuple[float, float]:
     """(busy, total) CPU seconds from /proc/stat's first line."""
     fields = data.split(b"\n", 1)[0].split()
     if not fields or fields[0] != b"cpu":
         raise ValueError("/proc/stat does not start with the cpu line")
-    values = [int(v) for v in fields[1:8]] + [0] * 7
-    user, nice, system, idle, iowait, irq, softirq = values[:7]
+    # older kernels print fewer fields: the missing ones are 0 (map: no Python step per field)
+    user, nice, system, idle, iowait, irq, softirq = map(int, (fields[1:8] + _ZEROS)[:7])
     busy = user + nice + system + irq + softirq
     return busy / USER_HZ, (busy + idle + iowait) / USER_HZ
 
@@ -139,8 +164,9 @@ def cpu_times(procfs: str, clock: Callable[[], float] = time.monotonic) -> CpuTi
             return hit[1]
     data = read_held(path)
     at = clock()  # when the times were obtained (a slow open must not skew them)
-    busy, total = parse_cpu_line(data)
-    times = CpuTimes(at, busy, total, parse_forks(data))
+    if not data.startswith(b"cpu "):  # not /proc/stat: say so now, not when it is parsed
+        raise ValueError("/proc/stat does not start with the cpu line")
+    times = CpuTimes(at, data, parse_forks(data))
     if cycle:
         _cache[path] = (cycle, times)  # one store, atomic; the newest cycle's wins
     return times

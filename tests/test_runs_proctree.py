@@ -152,3 +152,29 @@ def test_this_process_as_root_is_read_without_files_and_its_tracker_threads_excl
     assert run == pytest.approx(0.5, abs=0.05)  # main 0.3 + worker 0.2, not the tracker's 0.3
     whole = stat_after.own - stat_before.own  # the process as /proc sees it: all three
     assert whole == pytest.approx(0.8, abs=0.06)
+
+
+def test_takes_counted_later_or_skipped_sum_as_the_reads_do(tmp_path, monkeypatch):
+    """Embedded mode takes the members on the sampler's clock and sums their CPU when the
+    cycle is counted (ProcessTree.take, cpu_between). A take that is never counted (its
+    cycle was set aside by the watchdog) loses nothing: the next one is compared with the
+    last take counted, as read()'s running total does, a child born and reaped in between
+    included."""
+    procfs, tree, _ = node(tmp_path, monkeypatch, root_ticks=100)
+    twin = ProcessTree(100, procfs.procfs, include_root=True)  # the same tree, read()
+    forks = cpu_times(procfs.procfs).forks
+    first = tree.take(forks)
+    assert read(twin, procfs) == 0.0 and first is not None
+
+    write_pid(procfs, 100, 1, 100 + HZ)  # 1 s of the tracked process
+    procfs.fork()  # a worker that works 2 s ...
+    write_pid(procfs, 300, 100, 2 * HZ, start=2000)
+    skipped = tree.take(cpu_times(procfs.procfs).forks)  # never counted
+    assert skipped is not None and 300 in skipped and read(twin, procfs) == pytest.approx(3.0)
+
+    shutil.rmtree(Path(procfs.procfs) / "300")  # ... ends after 2.5 s and is reaped
+    write_pid(procfs, 100, 1, 100 + 2 * HZ, cutime=int(2.5 * HZ))  # and 1 s more of the root
+    last = tree.take(cpu_times(procfs.procfs).forks)
+    assert last is not None and 300 not in last
+    assert tree.cpu_between(first, last) == pytest.approx(4.5) == read(twin, procfs)
+    assert tree.cpu_between(None, last) == 0.0  # the first take is the baseline

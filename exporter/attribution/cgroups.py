@@ -178,17 +178,6 @@ def parse_cpu_seconds(data: bytes, layout: Layout) -> float:
     return int(data) / 1e9
 
 
-def parse_proc_stat_busy(data: bytes, user_hz: float) -> float:
-    """Node busy CPU seconds from /proc/stat's first line (guest is inside user; steal and
-    idle/iowait are not busy)."""
-    fields = data.split(b"\n", 1)[0].split()
-    if not fields or fields[0] != b"cpu":
-        raise ValueError("/proc/stat does not start with the cpu line")
-    values = [int(v) for v in fields[1:8]] + [0] * 7
-    user, nice, system, _idle, _iowait, irq, softirq = values[:7]
-    return (user + nice + system + irq + softirq) / user_hz
-
-
 def parse_pid_stat(data: bytes, user_hz: float) -> tuple[str, float]:
     """(comm, utime + stime seconds) from /proc/<pid>/stat; comm may hold spaces and ')'."""
     open_at = data.find(b"(")

@@ -27,8 +27,8 @@ from exporter.carbon.embodied import Embodied
 from exporter.carbon.providers.chain import Chain, GridState
 from exporter.ledger import Counted, sum_by_component
 from exporter.runs.account import RunAccount, embodied_share
-from exporter.runs.proctree import ProcessTree
-from exporter.sampler import Sampler
+from exporter.runs.proctree import Member, ProcessTree
+from exporter.sampler import Sampler, _Worker
 from exporter.sources import (
     ABSENT, ERROR, GPU_INFO, MEASURED, MODEL, OBSERVER, OK, WORKLOADS, Source, SourceResult,
     Status,
@@ -37,14 +37,20 @@ from exporter.sources import (
 log = logging.getLogger(__name__)
 
 RUN = ("job", "", "", "", "", "run")  # the run's key in split_by_cpu's parts
+# Nothing reads a run's account before the run ends (the end, and a live intensity's change,
+# count the queue first), so embedded mode counts a minute of cycles at a time (at 1 s), back
+# to back, where the daemon counts five (its scrapes wait for the queue): the first cycle of
+# a batch runs cold, the rest warm. Queued, a cycle holds a few small objects.
+SETTLE_EVERY = 60
 WATCH_EVERY = 5.0  # seconds between the embedded watchdog's looks for a stalled read
 
 
 @dataclass(slots=True)
 class TreeObservation:
     at: float
-    node_busy: float | None
-    tree_cpu: float
+    times: procfs.CpuTimes  # the node's CPU times (parsed when the cycle is counted)
+    # the tree's members and their CPU times (ProcessTree.take); None: <procfs> unlisted
+    members: dict[int, Member] | None
     gpus: dict[str, GpuShares] = field(default_factory=dict)
     tree_pids: frozenset[int] = frozenset()
 
@@ -74,7 +80,9 @@ class TreeAttribution(Source):
         self.floors = {"cpu": IdleFloor(config.attribution_cpu_idle_watts),
                        "dram": IdleFloor(config.attribution_dram_idle_watts)}
         self.sampler: Sampler | None = None
+        self._models: dict[str, _Worker] | None = None  # component -> its model's worker
         self.previous: TreeObservation | None = None
+        self.members: dict[int, Member] | None = None  # of the last observation with members
         self.last_at: float | None = None
         self._ok: tuple[int, Status] = (-1, Status(OK))  # read()'s status and its count
         # what Sampler._publish reads from an attribution
@@ -89,10 +97,9 @@ class TreeAttribution(Source):
             times = procfs.cpu_times(self.procfs, self.clock)  # shared with the CPU model
         except (OSError, ValueError) as exc:
             return TreeResult(Status(ERROR, f"{self.procfs}/stat: {exc}"))
-        busy = times.busy
-        cpu = self.tree.read(times.forks)
+        members = self.tree.take(times.forks)  # their CPU is summed when the cycle is counted
         gpus = self.gpu_reader.read() if self.gpu_reader is not None else {}
-        obs = TreeObservation(time.monotonic(), busy, cpu, gpus,
+        obs = TreeObservation(time.monotonic(), times, members, gpus,
                               frozenset(self.tree.members) | {self.tree.root} if gpus
                               else frozenset())  # the pids matter only for a GPU's share
         if self.tree.problem:
@@ -110,20 +117,24 @@ class TreeAttribution(Source):
         """The model's idle power where the model, not a counter, gave this sample's figure."""
         if self.sampler is None:
             return None
-        for source in self.sampler.sources:
-            if source.role != MODEL or component not in source.components:
-                continue
-            status = next((w.status for w in self.sampler.workers if w.source is source), None)
-            if status is None or status.reason != OK:
-                return None  # superseded by a counter, or failing
-            if component == "cpu":
-                power = getattr(source, "range", None)
-                return getattr(power, "idle_watts", None)
-            if component == "dram":
-                installed = getattr(source, "installed_gib", None)
-                per_gib = getattr(source, "watts_per_gib", None)
-                if installed is not None and per_gib is not None:
-                    return installed * per_gib  # the DRAM model has no activity term
+        if self._models is None:  # the first model of each component (the sampler's workers stay)
+            self._models = {}
+            for worker in self.sampler.workers:
+                if worker.source.role == MODEL:
+                    for name in worker.source.components:
+                        self._models.setdefault(name, worker)
+        model = self._models.get(component)
+        if model is None or model.status.reason != OK:
+            return None  # no model, superseded by a counter, or failing
+        source = model.source
+        if component == "cpu":
+            power = getattr(source, "range", None)
+            return getattr(power, "idle_watts", None)
+        if component == "dram":
+            installed = getattr(source, "installed_gib", None)
+            per_gib = getattr(source, "watts_per_gib", None)
+            if installed is not None and per_gib is not None:
+                return installed * per_gib  # the DRAM model has no activity term
         return None
 
     def _sources(self, counted: list[Counted]) -> dict[str, dict[str, str]]:
@@ -146,6 +157,8 @@ class TreeAttribution(Source):
             log.exception("run attribution failed for one sample")
         if obs is not None:
             self.previous = obs
+            if obs.members is not None:
+                self.members = obs.members  # the tree as of the last sample counted
 
     def _account(self, obs: TreeObservation | None, counted: list[Counted],
                  seconds: float, now: float) -> None:
@@ -157,9 +170,9 @@ class TreeAttribution(Source):
         run_cpu = 0.0
         busy = None
         if obs is not None and prev is not None:  # deltas need two observations
-            run_cpu = max(0.0, obs.tree_cpu - prev.tree_cpu)
-            if obs.node_busy is not None and prev.node_busy is not None:
-                busy = max(0.0, obs.node_busy - prev.node_busy)
+            if obs.members is not None:
+                run_cpu = self.tree.cpu_between(self.members, obs.members)
+            busy = max(0.0, obs.times.busy - prev.times.busy)
         run: dict[str, float] = {}
         idle_total = 0.0
         for component, energy in measured.items():
@@ -225,6 +238,7 @@ class EmbeddedTracker:
         self.sampler = Sampler([*sources, self.attribution], config.sample_interval, intensity,
                                config.carbon_pue, takeover=config.sample_model_takeover,
                                watch_every=WATCH_EVERY)
+        self.sampler.settle_every = SETTLE_EVERY
         self.sampler.embodied = Embodied(config)
         self.attribution.sampler = self.sampler
         self.chain = Chain.from_config(config, self._publish_grid)

@@ -78,6 +78,7 @@ class ProcessTree:
         # subtracted; what it used after the last read before it ended is charged)
         self.exclude_clocks: dict[int, float] = {}
         self.root_start: int | None = None  # the root's starttime, when it is this process
+        self.root_is_self = root == os.getpid()  # then its CPU comes from getrusage(2)
         self.root_ppid = 0
         self.started = False
         self.problem = ""
@@ -130,6 +131,16 @@ class ProcessTree:
         """Cumulative CPU seconds of the tree since the first read (the first read is 0).
         forks: /proc/stat's fork count (exporter.procfs.CpuTimes.forks) read before this
         call, -1 if unknown; while it stands still, the listing of <procfs> is skipped."""
+        before = self.members if self.started else None
+        now = self.take(forks)
+        if now is not None:
+            self.cpu_seconds += self.cpu_between(before, now)
+        return self.cpu_seconds
+
+    def take(self, forks: int = -1) -> dict[int, Member] | None:
+        """The members and their CPU times now: the part of read() that must happen on the
+        sampler's clock (cpu_between() can wait until the cycle is counted). None when
+        <procfs> could not be listed (the members stay as they were)."""
         self.reads += 1
         present: set[int] | None = None
         if (forks < 0 or not self.started or self.reads - self.listed_at >= FULL_LISTING_READS
@@ -141,11 +152,11 @@ class ProcessTree:
                 names = os.listdir(self.procfs)
             except OSError as exc:
                 self.problem = f"{self.procfs}: {exc.strerror}"
-                return self.cpu_seconds
+                return None
             present = {int(n) for n in names if n.isdigit()}
             self.forks, self.listed_at = forks, self.reads
         current: dict[int, Member] = {}
-        if self.root == os.getpid():
+        if self.root_is_self:
             root = self._own()
         else:
             root = self._stat(self.root) if present is None or self.root in present else None
@@ -171,29 +182,30 @@ class ProcessTree:
                 current[pid] = now
             else:
                 self.outside[pid] = now.start
-        if present is not None:
+        if present is not None:  # forget the pids outside the tree that ended
             self.process_count.listing_found(found)
-        for pid in [p for p in self.outside if present is not None and p not in present]:
-            del self.outside[pid]
-        delta = 0.0
-        if self.started:
-            delta = self._delta(current)
+            for pid in [p for p in self.outside if p not in present]:
+                del self.outside[pid]
         self.members = current
         self.started = True
         self.problem = ""
-        self.cpu_seconds += max(0.0, delta)
-        return self.cpu_seconds
+        return current
 
-    def _delta(self, current: dict[int, Member]) -> float:
+    def cpu_between(self, before: dict[int, Member] | None, now: dict[int, Member]) -> float:
+        """The tree's CPU seconds from one take to a later one (0 from None: the first);
+        takes in between may be skipped."""
+        return max(0.0, self._delta(before, now)) if before is not None else 0.0
+
+    def _delta(self, members: dict[int, Member], current: dict[int, Member]) -> float:
         gone: dict[int, float] = {}  # parent pid -> CPU totals of its children that ended
-        for pid, old in self.members.items():
+        for pid, old in members.items():
             if pid not in current:
                 gone[old.ppid] = gone.get(old.ppid, 0.0) + old.own + old.reaped
         delta = 0.0
         for pid, now in current.items():
-            before = self.members.get(pid)
+            before = members.get(pid)
             own_before, reaped_before = (before.own, before.reaped) if before else (0.0, 0.0)
-            if before is None and pid != self.root and self.started:
+            if before is None and pid != self.root:
                 own_before = 0.0  # born in the tree since the last read: all of it is the run's
             if pid != self.root or self.include_root:
                 delta += max(0.0, now.own - own_before)
