@@ -147,6 +147,12 @@ class Book:
         # so near-equal workloads do not take turns (each turn is a series until the grace)
         held = self.admitted
         incumbency = self.INCUMBENCY
+        if len(held) == limit and held <= scores.keys():
+            # the usual sample: every holder lives and the least of them still outranks the
+            # best newcomer, so the holders stay, without a sort
+            least_held = min(map(scores.__getitem__, held)) * incumbency
+            if all(v < least_held for k, v in scores.items() if k not in held):
+                return set(held), scores
         ranked = [v * incumbency if k in held else v for k, v in scores.items()]
         # the top `limit`: the limit-th largest value (a sort of floats), then those above it
         cut = sorted(ranked, reverse=True)[limit - 1]
