@@ -10,7 +10,8 @@ measure_power_secs=1), from a separate environment: `sh bench/setup_codecarbon.s
 (or --codecarbon-python PATH); without it that row is left out. All processes run at once
 and their CPU is measured over the same stretch of time, so machine noise falls on all of them
 alike (ratios are fair on a noisy machine). The CPU figure is the whole process's CPU time,
-all threads, from /proc/PID/task/*/schedstat (ns resolution), per second: one cycle per
+all threads, from /proc/PID/task/*/schedstat (ns resolution; CodeCarbon's, whose timer
+threads end every second, from its own getrusage(2) on SIGUSR1), per second: one cycle per
 second at 1 s sampling. Then each exporter gets its keep-alive scrapes in turn.
 
     .venv/bin/python bench/bench_sampler.py [--seconds 60] [--scrapes 1000]
@@ -26,6 +27,7 @@ import http.client
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -38,7 +40,11 @@ from tests.fixtures import ProcfsTree, intel_two_socket
 from tests.harness import ExporterProcess, free_port
 
 CODECARBON = (
-    "import time\n"
+    "import resource, signal, time\n"
+    "def report_cpu(*_):  # see cpu_seconds(): its own CPU, ended timer threads included\n"
+    "    usage = resource.getrusage(resource.RUSAGE_SELF)\n"
+    "    print(usage.ru_utime + usage.ru_stime, flush=True)\n"
+    "signal.signal(signal.SIGUSR1, report_cpu)\n"
     "from codecarbon import OfflineEmissionsTracker\n"
     "tracker = OfflineEmissionsTracker(country_iso_code='DEU', measure_power_secs=1,\n"
     "                                  save_to_file=False, log_level='error', allow_multiple_runs=True)\n"
@@ -49,17 +55,16 @@ CODECARBON_PYTHON = Path(__file__).resolve().parent / ".venv-codecarbon" / "bin"
 IDLE_LOOP = "import asyncio\nasync def main():\n    while True:\n        await asyncio.sleep(1)\nasyncio.run(main())\n"
 
 
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int, ended_threads: bool = False) -> float:
+def cpu_seconds(pid: int, asked: dict[int, subprocess.Popen] | None = None) -> float:
     """CPU time of every live thread, in ns resolution (schedstat), unlike the 10 ms of
-    /proc/PID/stat; ended_threads: /proc/PID/stat's utime + stime instead, which also holds
-    what threads that already ended used (CodeCarbon measures in a fresh timer thread every
-    second: per-thread figures would miss it), at clock-tick resolution."""
-    if ended_threads:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    /proc/PID/stat. A process in `asked` (CodeCarbon, which measures in a fresh timer thread
+    every second: per-thread figures would miss what ended threads used) is asked for its
+    own getrusage(2) instead, microseconds with ended threads, on SIGUSR1."""
+    if asked and pid in asked:
+        os.kill(pid, signal.SIGUSR1)
+        stdout = asked[pid].stdout
+        assert stdout is not None
+        return float(stdout.readline())
     total = 0
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
@@ -78,10 +83,10 @@ def rss_mb(pid: int) -> tuple[float, float]:
 
 
 def cpu_ms_per_second(pids: list[int], seconds: float,
-                      ended_threads: frozenset[int] = frozenset()) -> list[float]:
-    before = [cpu_seconds(pid, pid in ended_threads) for pid in pids]
+                      asked: dict[int, subprocess.Popen] | None = None) -> list[float]:
+    before = [cpu_seconds(pid, asked) for pid in pids]
     time.sleep(seconds)
-    after = [cpu_seconds(pid, pid in ended_threads) for pid in pids]
+    after = [cpu_seconds(pid, asked) for pid in pids]
     return [(b - a) / seconds * 1000 for a, b in zip(before, after)]
 
 
@@ -144,7 +149,8 @@ def main() -> int:
         if args.codecarbon_python.exists():
             others.append(("CodeCarbon 3.3.2 OfflineEmissionsTracker, 1 s",
                            subprocess.Popen([str(args.codecarbon_python), "-c", CODECARBON],
-                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)))
+                                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                            text=True)))
         else:
             print(f"no CodeCarbon at {args.codecarbon_python}: run sh bench/setup_codecarbon.sh",
                   file=sys.stderr)
@@ -154,8 +160,8 @@ def main() -> int:
                 exporter.wait_ready()
             time.sleep(3)  # past start-up: imports, first NVML init, table loads
             cpu = cpu_ms_per_second([e.proc.pid for _, e in runs] + [p.pid for _, p in others],
-                                    args.seconds, frozenset(p.pid for name, p in others
-                                                            if name.startswith("CodeCarbon")))
+                                    args.seconds, {p.pid: p for name, p in others
+                                                   if name.startswith("CodeCarbon")})
             for (name, exporter), cpu_ms in zip(runs, cpu):
                 p50, p99, size = scrape_latency(exporter.port, args.scrapes)
                 rss, hwm = rss_mb(exporter.proc.pid)
