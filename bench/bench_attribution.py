@@ -12,9 +12,9 @@ or ends between samples, so /proc is listed only every FULL_LISTING_SAMPLES samp
 column includes those); in the churn rows 1% of the processes are replaced every sample (one
 exits, a new one starts in the same cgroup, moving /proc/stat's forks count), so /proc is
 listed every sample. It also reports reads per cgroup counter file per sample, per-pid
-procfs reads per sample and /proc listings per sample, and, timed on alternate samples, the
-counter files' pread()s alone (the kernel's part: here tmpfs, on a node kernfs). Not a
-pass/fail test.
+procfs reads per sample and /proc listings per sample, and then, the trees moved on in the
+same way, the counter files' pread()s alone (the kernel's part: here tmpfs, on a node
+kernfs). Not a pass/fail test.
 """
 
 from __future__ import annotations
@@ -79,20 +79,13 @@ def measure(cgroups: int, processes: int, samples: int, per_process: bool = Fals
         bare: list[float] = []  # the counters' pread()s alone: what the kernel (here tmpfs) costs
         now = 0.0
         replaced = round(len(tree.processes) * churn)
-        for sample in range(2 * samples):  # odd samples measured; even ones time the bare reads
+        for _ in range(samples):
             for leaf in rng.sample(leaves, replaced):  # a process ends, another starts there
                 tree.exit([tree.members[leaf][0].pid])
                 tree.add(leaf)
             tree.advance({leaf: rng.random() * 0.01 for leaf in leaves}, outside_seconds=0.1)
             now += 1.0
             counted = [Counted("cpu", "package-0", 150.0, 0.02), Counted("dram", "package-0", 9.0, 0.001)]
-            if sample % 2 == 0:  # the same files, as cold as the measured read finds them
-                fds = [fd for fd in attribution.reader.counters.values() if fd >= 0]
-                started = time.process_time()
-                list(map(os.pread, fds, repeat(32), repeat(0)))
-                bare.append(time.process_time() - started)
-                attribution.account(attribution.read(), counted, now)  # not measured
-                continue
             started = time.process_time()
             result = attribution.read()
             split = attribution.account(result, counted, now)
@@ -104,6 +97,13 @@ def measure(cgroups: int, processes: int, samples: int, per_process: bool = Fals
             listings.append(obs.listed)
             for component, energy in split.measured.items():
                 assert abs(sum(split.parts[component].values()) - energy) < 1e-6
+        # then the same files' pread()s alone, the trees moved on between them as above
+        fds = [fd for fd in attribution.reader.counters.values() if fd >= 0]
+        for _ in range(samples):
+            tree.advance({leaf: rng.random() * 0.01 for leaf in leaves}, outside_seconds=0.1)
+            started = time.process_time()
+            list(map(os.pread, fds, repeat(32), repeat(0)))
+            bare.append(time.process_time() - started)
         attribution.close()
         return {
             "cgroups": cgroups, "processes": len(tree.processes), "per_process": per_process,

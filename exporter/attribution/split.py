@@ -21,6 +21,8 @@ from __future__ import annotations
 import collections
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
+from itertools import compress, repeat
+from operator import add, mul
 
 # (kind, namespace, pod, container, unit, workload_job): the workload metrics' labels after
 # component, in the order of exporter.metrics.WORKLOAD_LABELS.
@@ -137,28 +139,26 @@ class Book:
 
     def _admit(self, joules_by_key: dict[Key, float], limit: int
                ) -> tuple[set[Key], dict[Key, float]]:
-        """The keys that hold a series, and the updated scores."""
-        old = self.scores.get
-        decay = self.DECAY
-        scores = {k: old(k, 0.0) * decay + j for k, j in joules_by_key.items()}
+        """The keys that hold a series, and the updated scores. Each pass over the keys is a
+        map() over builtins, with no Python step per key: at 1,000 workloads this was a
+        fifth of a sample's split."""
+        keys = list(joules_by_key)
+        # score = old score x DECAY + this sample's joules
+        decayed = map(mul, map(self.scores.get, keys, repeat(0.0)), repeat(self.DECAY))
+        values = list(map(add, decayed, joules_by_key.values()))
+        scores = dict(zip(keys, values))
         if len(scores) <= limit:
-            return set(scores), scores
+            return set(keys), scores
         # holders of a series keep it against a newcomer less than INCUMBENCY times bigger,
         # so near-equal workloads do not take turns (each turn is a series until the grace)
         held = self.admitted
-        incumbency = self.INCUMBENCY
-        if len(held) == limit and held <= scores.keys():
-            # the usual sample: every holder lives and the least of them still outranks the
-            # best newcomer, so the holders stay, without a sort
-            least_held = min(map(scores.__getitem__, held)) * incumbency
-            if all(v < least_held for k, v in scores.items() if k not in held):
-                return set(held), scores
-        ranked = [v * incumbency if k in held else v for k, v in scores.items()]
+        factor = (1.0, self.INCUMBENCY)  # indexed by "holds a series" (False 0, True 1)
+        ranked = list(map(mul, values, map(factor.__getitem__, map(held.__contains__, keys))))
         # the top `limit`: the limit-th largest value (a sort of floats), then those above it
         cut = sorted(ranked, reverse=True)[limit - 1]
-        top = {k for k, v in zip(scores, ranked) if v >= cut}
+        top = set(compress(keys, map(cut.__le__, ranked)))
         if len(top) > limit:  # ties at the cut: heapq.nlargest's choice (a stable sort)
-            by_key = dict(zip(scores, ranked))
+            by_key = dict(zip(keys, ranked))
             top = set(sorted(by_key, key=by_key.__getitem__, reverse=True)[:limit])
         return top, scores
 
