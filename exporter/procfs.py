@@ -39,6 +39,7 @@ class CpuTimes:
     __slots__ = ("at", "forks", "_data", "_parsed")
 
     def __init__(self, at: float, data: bytes, forks: int = -1) -> None:
+        """data: the file, or its first line (all that busy and total are parsed from)."""
         self.at = at
         # the "processes" line: forks since boot (proc(5)); unchanged since an earlier read
         # means no process was created in between (no listing of <procfs>). -1: absent
@@ -166,7 +167,9 @@ def cpu_times(procfs: str, clock: Callable[[], float] = time.monotonic) -> CpuTi
     at = clock()  # when the times were obtained (a slow open must not skew them)
     if not data.startswith(b"cpu "):  # not /proc/stat: say so now, not when it is parsed
         raise ValueError("/proc/stat does not start with the cpu line")
-    times = CpuTimes(at, data, parse_forks(data))
+    # only the first line is kept for the parse (a node with hundreds of CPUs has a
+    # /proc/stat of tens of kB, and embedded mode queues a minute of cycles)
+    times = CpuTimes(at, data.partition(b"\n")[0], parse_forks(data))
     if cycle:
         _cache[path] = (cycle, times)  # one store, atomic; the newest cycle's wins
     return times
