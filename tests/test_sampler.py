@@ -171,6 +171,19 @@ def test_registration_refuses_a_named_source_without_from_config():
     check_declaration(CpuModelSource)  # a real source passes
 
 
+def test_registration_refuses_a_source_that_captures_without_capture_and_read_captured():
+    """A source that sets `captures` is read in two halves (the cycle's capture, the read
+    when the cycle is counted): without its own halves the default read would run off the
+    sampler's clock."""
+    class HalfModel(CpuModelSource):
+        name = "half-model"
+
+    HalfModel.capture = Source.capture  # the default, as a class that declares none has
+    with pytest.raises(TypeError, match="'half-model'.*captures but does not declare both"):
+        check_declaration(HalfModel)
+    check_declaration(DramModelSource)  # the real capturing sources pass
+
+
 def test_no_source_is_named_outside_its_own_files():
     """The sampler, the CLI and the collector renderer derive everything from declarations."""
     names = [cls.name for cls in registered()]

@@ -48,6 +48,10 @@ def check_declaration(cls: type[Source]) -> None:
     if inspect.getattr_static(cls, "from_config") is vars(Source)["from_config"]:
         raise TypeError(f"source {cls.name!r} ({cls.__module__}.{cls.__qualname__}) declares "
                         "no from_config(): the registry cannot build it from the settings")
+    if cls.captures and any(inspect.getattr_static(cls, method) is vars(Source)[method]
+                            for method in ("capture", "read_captured")):
+        raise TypeError(f"source {cls.name!r} ({cls.__module__}.{cls.__qualname__}) captures "
+                        "but does not declare both capture() and read_captured()")
 
 
 def by_name(name: str) -> type[Source]:
