@@ -14,7 +14,11 @@ floor's RSS (imports included: they are part of what the tracker adds).
 
 CodeCarbon is not a dependency; it lives in its own environment under bench/:
     sh bench/setup_codecarbon.sh            # once
-    .venv/bin/python bench/bench_runs.py [--seconds 120] [--interval 1]
+    .venv/bin/python bench/bench_runs.py [--seconds 120] [--interval 1] [--rounds 3]
+
+On a shared VM one window moves by 20-30% from round to round (the order the processes start
+in, what else runs); each round starts fresh processes in a shuffled order, and the summary
+is the median of the rounds.
 
 Target (issue 13): embedded mode at most 1/4 of CodeCarbon's CPU per sample.
 """
@@ -23,7 +27,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -81,61 +87,85 @@ def cpu_seconds(procs: dict[str, subprocess.Popen]) -> dict[str, float]:
     return answers
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=120.0)
-    parser.add_argument("--interval", type=float, default=1.0)
-    parser.add_argument("--codecarbon-python", type=Path, default=CODECARBON_PYTHON,
-                        help="a Python with codecarbon installed (bench/setup_codecarbon.sh)")
-    args = parser.parse_args()
-    scripts = {"floor (bare interpreter)": (sys.executable, FLOOR),
-               "carbon-exporter embedded": (sys.executable, EMBEDDED)}
-    if args.codecarbon_python.exists():
-        scripts["CodeCarbon OfflineEmissionsTracker"] = (str(args.codecarbon_python), CODECARBON)
-    else:
-        print("no CodeCarbon (sh bench/setup_codecarbon.sh): measuring embedded mode alone",
-              file=sys.stderr)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CARBON_EXPORTER_")}
-    procs = {name: subprocess.Popen([python, "-c", code, str(args.seconds),
-                                     str(args.interval)], cwd=ROOT, env=env,
+def one_round(scripts: dict[str, tuple[str, str]], seconds: float, interval: float,
+              env: dict[str, str]) -> tuple[float, dict[str, float], dict[str, float]]:
+    """All the processes at once, started in a shuffled order (the one started last is not
+    always the same); (window seconds, CPU seconds in the window, RSS MiB) per process."""
+    order = list(scripts)
+    random.shuffle(order)
+    procs = {name: subprocess.Popen([scripts[name][0], "-c", scripts[name][1], str(seconds),
+                                     str(interval)], cwd=ROOT, env=env,
                                     stdout=subprocess.PIPE, text=True)
-             for name, (python, code) in scripts.items()}
+             for name in order}
     try:
         for name, proc in procs.items():
+            assert proc.stdout is not None
             if proc.stdout.readline().strip() != "ready":
                 raise SystemExit(f"{name} did not start")
-        time.sleep(3 * args.interval)  # past the first samples and lazy imports
-        pids = {name: proc.pid for name, proc in procs.items()}
+        time.sleep(3 * interval)  # past the first samples and lazy imports
         before = cpu_seconds(procs)
         started = time.monotonic()
-        time.sleep(args.seconds)
+        time.sleep(seconds)
         after = cpu_seconds(procs)
         window = time.monotonic() - started
-        rss = {name: rss_mb(pid)[0] for name, pid in pids.items()}
+        rss = {name: rss_mb(proc.pid)[0] for name, proc in procs.items()}
     finally:
         for proc in procs.values():
             proc.kill()
             proc.wait()
-    samples = window / args.interval
-    floor_name = next(iter(procs))
-    floor_cpu = after[floor_name] - before[floor_name]
-    print(f"\n{window:.0f} s window, sampling every {args.interval:g} s "
-          f"({samples:.0f} samples), Python {sys.version.split()[0]}, {os.cpu_count()} CPUs\n")
-    print("| process | CPU per sample | RSS | RSS added |")
-    print("|---|---:|---:|---:|")
-    per_sample = {}
-    for name in procs:
-        cpu = after[name] - before[name]
-        if name == floor_name:
-            print(f"| {name} | {1000 * cpu / samples:.2f} ms (floor) | {rss[name]:.0f} MiB | |")
-            continue
-        per_sample[name] = (cpu - floor_cpu) / samples
-        print(f"| {name} | {1000 * per_sample[name]:.2f} ms | {rss[name]:.0f} MiB | "
-              f"{rss[name] - rss[floor_name]:.0f} MiB |")
-    names = list(per_sample)
-    if len(names) == 2 and per_sample[names[1]] > 0:
-        print(f"\nembedded / CodeCarbon CPU per sample: "
-              f"{per_sample[names[0]] / per_sample[names[1]]:.2f} (target <= 0.25)")
+    return window, {name: after[name] - before[name] for name in scripts}, rss
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=120.0, help="window of each round")
+    parser.add_argument("--interval", type=float, default=1.0)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds, each with fresh processes; the summary is their median")
+    parser.add_argument("--codecarbon-python", type=Path, default=CODECARBON_PYTHON,
+                        help="a Python with codecarbon installed (bench/setup_codecarbon.sh)")
+    args = parser.parse_args()
+    floor_name, embedded_name = "floor (bare interpreter)", "carbon-exporter embedded"
+    codecarbon_name = "CodeCarbon OfflineEmissionsTracker"
+    scripts = {floor_name: (sys.executable, FLOOR), embedded_name: (sys.executable, EMBEDDED)}
+    if args.codecarbon_python.exists():
+        scripts[codecarbon_name] = (str(args.codecarbon_python), CODECARBON)
+    else:
+        print("no CodeCarbon (sh bench/setup_codecarbon.sh): measuring embedded mode alone",
+              file=sys.stderr)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CARBON_EXPORTER_")}
+    print(f"\n{args.rounds} round(s) of {args.seconds:.0f} s, sampling every {args.interval:g} s, "
+          f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs\n")
+    trackers = [name for name in scripts if name != floor_name]
+    print("| round | " + " | ".join(f"{name}: CPU per sample" for name in trackers)
+          + (" | ratio" if len(trackers) == 2 else "") + " | floor | "
+          + " | ".join(f"{name}: RSS added" for name in trackers) + " |")
+    print("|---:|" + "---:|" * (2 * len(trackers) + 1 + (len(trackers) == 2)))
+    per_sample: dict[str, list[float]] = {name: [] for name in trackers}
+    added: dict[str, list[float]] = {name: [] for name in trackers}
+    ratios: list[float] = []
+    for number in range(1, args.rounds + 1):
+        window, cpu, rss = one_round(scripts, args.seconds, args.interval, env)
+        samples = window / args.interval
+        for name in trackers:
+            per_sample[name].append((cpu[name] - cpu[floor_name]) / samples)
+            added[name].append(rss[name] - rss[floor_name])
+        ratio = ""
+        if len(trackers) == 2 and per_sample[trackers[1]][-1] > 0:
+            ratios.append(per_sample[trackers[0]][-1] / per_sample[trackers[1]][-1])
+            ratio = f" | {ratios[-1]:.2f}"
+        print(f"| {number} | " + " | ".join(f"{1000 * per_sample[n][-1]:.2f} ms" for n in trackers)
+              + ratio + f" | {1000 * cpu[floor_name] / samples:.3f} ms | "
+              + " | ".join(f"{added[n][-1]:.0f} MiB" for n in trackers) + " |", flush=True)
+    print()
+    for name in trackers:
+        print(f"{name}: CPU per sample, median of the rounds: "
+              f"{1000 * statistics.median(per_sample[name]):.2f} ms; RSS added "
+              f"{statistics.median(added[name]):.0f} MiB")
+    if ratios:
+        print(f"embedded / CodeCarbon CPU per sample: median {statistics.median(ratios):.2f} "
+              f"over {len(ratios)} round(s) (target <= 0.25); each round: "
+              + ", ".join(f"{r:.2f}" for r in ratios))
 
 
 if __name__ == "__main__":
