@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import weakref
 from typing import Callable
 
 USER_HZ = float(os.sysconf("SC_CLK_TCK"))
@@ -192,21 +193,29 @@ class ProcessCount:
     does not count a directory's entries this way (btrfs reports 1; a test tree on ext4 or
     tmpfs counts its subdirectories, as procfs does) every call says it moved."""
 
-    def __init__(self, procfs: str) -> None:
+    def __init__(self, procfs: str, max_wait: int = MAX_SAME_COUNT_LISTING_SAMPLES) -> None:
         self.procfs = procfs
         self.links = -1
+        self.max_wait = max_wait  # the longest quiet_wait
+        # a descriptor kept open on <procfs>: fstat(2) on it skips the path walk of stat(2)
+        # (procfs answers either from proc_root_getattr, with the current count)
+        self._fd: int | None = None
         # samples to wait after a listing, where only the forks moved (see SAME_COUNT_...)
         self.quiet_wait = SAME_COUNT_LISTING_SAMPLES
 
     def listing_found(self, processes: bool) -> None:
         """After a listing: whether it found a process not seen before."""
         self.quiet_wait = (SAME_COUNT_LISTING_SAMPLES if processes
-                           else min(2 * self.quiet_wait, MAX_SAME_COUNT_LISTING_SAMPLES))
+                           else min(2 * self.quiet_wait, self.max_wait))
 
     def moved(self) -> bool:
         """Whether the count moved since the last call (True where it cannot tell)."""
         try:
-            links = os.stat(self.procfs).st_nlink
+            fd = self._fd
+            if fd is None:
+                fd = self._fd = os.open(self.procfs, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                weakref.finalize(self, os.close, fd)
+            links = os.fstat(fd).st_nlink
         except OSError:
             return True
         moved, self.links = links != self.links, links

@@ -302,7 +302,8 @@ class Sampler:
         # is set aside within interval + watch_every
         self.watch_every = interval if watch_every is None else max(interval, watch_every)
         self.takeover = takeover  # how long a counter may be away before a model takes over
-        self.peaks = PeakTracker(max(peak_window, interval))
+        # None where nothing shows peaks (embedded mode: a run's record has its own peak)
+        self.peaks: PeakTracker | None = PeakTracker(max(peak_window, interval))
         self.power_budget: object = None  # the power.budget_watts setting, set by the daemon
         self.intensity = intensity
         self.pue = pue
@@ -352,6 +353,10 @@ class Sampler:
         # thread's CPU is the tracker's, not the run's)
         self.on_new_thread: Callable[[], None] | None = None
         self._watchdog: threading.Thread | None = None
+        # the watchdog thread's CPU seconds, as it last noted them itself (after each look,
+        # before it waits again): embedded mode takes them out of the run's CPU time without
+        # a system call of its own at every sample
+        self.watchdog_cpu = 0.0
         self._alarm = False  # the watchdog is SIGALRM on the event loop (start(alarm=True))
         self._config: Config | None = None  # reloaded settings the sources take next cycle
         self._halt = HaltFlag()
@@ -562,7 +567,10 @@ class Sampler:
         self._record(worker, result, duration)
         readings.extend(self._handed_back(worker.source, result))
         if GPU_INFO in worker.source.provides:
-            self._gpus[worker.source.name] = tuple(result.gpus)
+            gpus = tuple(result.gpus)
+            if gpus != self._gpus.get(worker.source.name):
+                self._gpus[worker.source.name] = gpus
+                self.gpus = tuple(gpu for gpus in self._gpus.values() for gpu in gpus)
         return result if worker.source is self.attribution else None
 
     def _handed_back(self, source: Source, result: SourceResult) -> list[Reading]:
@@ -613,12 +621,15 @@ class Sampler:
                 embodied_rate = self.embodied.update(self.gpus, now - self.last_cycle_at)
         self.last_cycle_at = now
         self.cycles += 1
-        tracks = self.ledger.tracks.values()
-        for t in tracks:  # every cycle, scraped or not: a peak between scrapes still counts
-            if t.component and t.present:
-                self.peaks.observe((t.component, t.device, t.source), t.last_at, t.watts)
-        # the peak window ends at the newest reading, on the readings' own (monotonic) clock
-        newest = max((t.last_at for t in tracks if t.component), default=None)
+        newest = None
+        peaks = self.peaks
+        if peaks is not None:
+            tracks = self.ledger.tracks.values()
+            for t in tracks:  # every cycle, scraped or not: a peak between scrapes still counts
+                if t.component and t.present:
+                    peaks.observe((t.component, t.device, t.source), t.last_at, t.watts)
+            # the peak window ends at the newest reading, on the readings' own (monotonic) clock
+            newest = max((t.last_at for t in tracks if t.component), default=None)
         self._published = _Published(cycle.wall, intensity, pue, rate, embodied_rate, newest)
         self._snapshot = None
 
@@ -648,7 +659,6 @@ class Sampler:
                     self._record(worker, result, duration)
                 else:
                     observed = self._take(worker, result, duration, readings) or observed
-            self.gpus = tuple(gpu for gpus in self._gpus.values() for gpu in gpus)
             self._publish(readings, observed, cycle)
             if not self.listeners:
                 continue
@@ -721,7 +731,7 @@ class Sampler:
             if self.embodied is not None else (),
             embodied_grams_per_second=published.embodied_grams_per_second,
             grid=self.grid,
-            peaks=self.peaks.peaks(newest) if newest is not None else (),
+            peaks=self.peaks.peaks(newest) if newest is not None and self.peaks is not None else (),
             budgets=budgets(self.power_budget, (g.device for g in self.gpus)),
         )
 
@@ -741,9 +751,11 @@ class Sampler:
         self._final = False
         self._alarm = alarm
         if not alarm:
-            self._watchdog = threading.Thread(target=self._watch_loop, name="sampler-watchdog",
-                                              daemon=True)
+            ready = threading.Event()
+            self._watchdog = threading.Thread(target=self._watch_loop, args=(ready,),
+                                              name="sampler-watchdog", daemon=True)
             self._watchdog.start()
+            ready.wait(5.0)  # its CPU time is on record before the first cycle (watchdog_cpu)
         self._spawn(before_first)
 
     @property
@@ -756,10 +768,17 @@ class Sampler:
                                         name="sampler", daemon=True)
         self._thread.start()
 
-    def _watch_loop(self) -> None:
+    def _watch_loop(self, ready: threading.Event) -> None:
         poller = self._halt.poller()
-        while not self._halt.wait(self.watch_every, poller):
-            self.watch()
+        self.watchdog_cpu = time.thread_time()
+        ready.set()
+        while True:
+            halted = self._halt.wait(self.watch_every, poller)
+            if not halted:
+                self.watch()
+            self.watchdog_cpu = time.thread_time()  # after each look: see watchdog_cpu
+            if halted:
+                return
 
     def halt(self, timeout: float | None = None, final: bool = False) -> None:
         """Stop the sampler thread after its current cycle (at most about an interval); with

@@ -211,8 +211,12 @@ def test_embodied_amortisation():
     assert rate == pytest.approx(2800.0)
     assert embodied.totals == {("other", "server"): pytest.approx(5000.0),
                                ("gpu", "gpu-0"): pytest.approx(300.0), ("gpu", "gpu-1"): pytest.approx(300.0)}
+    # the rates are worked out again when the GPUs change (and kept while they stay)
+    assert embodied.rates(gpus[:1]) == {("other", "server"): pytest.approx(2500.0),
+                                         ("gpu", "gpu-0"): pytest.approx(150.0)}
+    assert embodied.update(list(gpus), 1.0) == pytest.approx(2800.0)
     embodied.configure(embodied_config(embodied_enabled=False))
-    assert embodied.update(gpus, 5.0) == 0 and embodied.totals[("other", "server")] == pytest.approx(5000.0)
+    assert embodied.update(gpus, 5.0) == 0 and embodied.totals[("other", "server")] == pytest.approx(7500.0)
 
 
 def test_embodied_table_rows_have_sources():

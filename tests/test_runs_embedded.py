@@ -238,6 +238,33 @@ def test_readme_training_and_inference_loops_run(tmp_path, monkeypatch):
     assert serve["units"]["count"] == 1000 and serve["phase"] == "inference"
 
 
+def test_the_watchdog_notes_its_own_cpu_time_and_the_run_is_not_charged_for_it():
+    """The watchdog thread wakes every few seconds in the tracked process; it notes its own
+    CPU time before the first cycle and after each look (Sampler.watchdog_cpu), and the run's
+    tree takes that out, with no clock read of its own for it at every sample."""
+    from exporter.config import resolve
+    from exporter.runs.embedded import EmbeddedTracker
+
+    config = resolve({"sample.interval": "100ms", "runs.socket": "", "collector.nvml": False,
+                      "kubernetes.metadata": "none"}, None, environ={})
+    tracker = EmbeddedTracker(config, os.getpid())
+    tracker.sampler.watch_every = 0.1  # look as often as it samples (5 s in a run)
+    tracker.start()
+    try:
+        watchdog = tracker.sampler.watchdog
+        assert watchdog is not None and watchdog.ident is not None
+        clock = time.pthread_getcpuclockid(watchdog.ident)
+        assert clock not in tracker.tree.exclude_clocks
+        assert [noted() for noted in tracker.tree.exclude_reported] == [
+            tracker.sampler.watchdog_cpu]
+        first = tracker.sampler.watchdog_cpu
+        assert first > 0
+        wait_for(lambda: tracker.sampler.watchdog_cpu > first, 10, "a look noted")
+        assert tracker.sampler.watchdog_cpu <= time.clock_gettime(clock)
+    finally:
+        tracker.stop()
+
+
 def test_a_sampler_thread_started_after_a_stall_is_not_charged_to_the_run():
     """The watchdog's fresh sampler thread (after a read stalled) is the tracker's overhead,
     like the first one: its CPU clock joins those taken out of the run's CPU time."""

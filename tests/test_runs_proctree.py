@@ -154,6 +154,18 @@ def test_this_process_as_root_is_read_without_files_and_its_tracker_threads_excl
     assert whole == pytest.approx(0.8, abs=0.06)
 
 
+def test_a_thread_that_notes_its_own_cpu_time_is_taken_out_as_noted():
+    """The embedded sampler's watchdog notes its own CPU time after each look (no system
+    call of the sampler's at every sample): what it noted is taken out of the run's."""
+    tree = ProcessTree(os.getpid(), "/proc", include_root=True)
+    noted = [0.0]
+    tree.exclude_reported.append(lambda: noted[0])
+    tree.read()
+    _burn(0.3)
+    noted[0] = 0.1  # as if 0.1 s of that was the noting thread's
+    assert tree.read() == pytest.approx(0.2, abs=0.05)
+
+
 def test_takes_counted_later_or_skipped_sum_as_the_reads_do(tmp_path, monkeypatch):
     """Embedded mode takes the members on the sampler's clock and sums their CPU when the
     cycle is counted (ProcessTree.take, cpu_between). A take that is never counted (its

@@ -48,6 +48,8 @@ class Embodied:
 
     def configure(self, config) -> None:
         """(Re)read the settings; totals so far are kept (counters never go back)."""
+        self._rates_for: object = None  # the GPUs self._rates was worked out for
+        self._rates: dict[tuple[str, str], float] = {}
         self.enabled = config.embodied_enabled
         self.lifetime = config.embodied_lifetime
         self.gpu_kg = config.embodied_gpu_kgco2e
@@ -63,7 +65,14 @@ class Embodied:
         self.server_kg = server_kg
 
     def rates(self, gpus) -> dict[tuple[str, str], float]:
-        """grams per second per device present now."""
+        """grams per second per device present now (the same dict while the devices and the
+        settings stay: asked at every sample; not to be changed by the caller)."""
+        if gpus == self._rates_for:
+            return self._rates
+        self._rates_for, self._rates = gpus, self._work_out(gpus)
+        return self._rates
+
+    def _work_out(self, gpus) -> dict[tuple[str, str], float]:
         if not self.enabled:
             return {}
         per_kg = 1000.0 / self.lifetime

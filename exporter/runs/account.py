@@ -53,27 +53,42 @@ class RunAccount:
         """One sample. run_joules/node_joules/grams_per_joule/embodied: by component."""
         with self._lock:
             self.samples += 1
-            self.seconds += max(0.0, seconds)
+            if seconds > 0:
+                self.seconds += seconds
             self.pue = pue
-            for component in set(run_joules) | set(embodied):
-                total = self.components.get(component)
+            components = self.components
+            sample_joules = 0.0
+            for component, joules in run_joules.items():
+                total = components.get(component)
                 if total is None:
-                    total = self.components[component] = ComponentTotal()
-                joules = max(0.0, run_joules.get(component, 0.0))
-                total.joules += joules
-                total.grams += joules * grams_per_joule.get(component, 0.0)
-                total.embodied_grams += embodied.get(component, 0.0)
-                total.devices.update(devices.get(component, {}))
+                    total = components[component] = ComponentTotal()
+                if joules > 0:
+                    total.joules += joules
+                    total.grams += joules * grams_per_joule.get(component, 0.0)
+                    sample_joules += joules
+                sources = devices.get(component)
+                if sources:
+                    total.devices.update(sources)
+            for component, grams in embodied.items():
+                total = components.get(component)
+                if total is None:
+                    total = components[component] = ComponentTotal()
+                total.embodied_grams += grams
+                if component not in run_joules:
+                    sources = devices.get(component)
+                    if sources:
+                        total.devices.update(sources)
+            node = self.node_joules
             for component, joules in node_joules.items():
-                self.node_joules[component] = self.node_joules.get(component, 0.0) + joules
+                node[component] = node.get(component, 0.0) + joules
                 self.node_grams += joules * grams_per_joule.get(component, 0.0)
             self.idle_joules += idle_joules
-            sample_joules = sum(max(0.0, j) for j in run_joules.values())
-            if seconds > 0:
-                self.peak_watts = max(self.peak_watts, sample_joules / seconds)
-            if not self.intensities or self.intensities[-1].intensity != intensity:
-                self.intensities.append(IntensitySeen(intensity))
-            self.intensities[-1].joules += sample_joules
+            if seconds > 0 and sample_joules / seconds > self.peak_watts:
+                self.peak_watts = sample_joules / seconds
+            intensities = self.intensities
+            if not intensities or intensities[-1].intensity != intensity:
+                intensities.append(IntensitySeen(intensity))
+            intensities[-1].joules += sample_joules
 
     def snapshot(self) -> "RunAccount":
         """A consistent copy to build the record from while sampling may go on."""

@@ -42,6 +42,8 @@ RUN = ("job", "", "", "", "", "run")  # the run's key in split_by_cpu's parts
 # to back, where the daemon counts five (its scrapes wait for the queue): the first cycle of
 # a batch runs cold, the rest warm. Queued, a cycle holds a few small objects.
 SETTLE_EVERY = 60
+_NO_GPUS: dict[str, GpuShares] = {}  # shared by the observations without GPUs (never changed)
+_NO_PIDS: frozenset[int] = frozenset()
 WATCH_EVERY = 5.0  # seconds between the embedded watchdog's looks for a stalled read
 
 
@@ -51,8 +53,9 @@ class TreeObservation:
     times: procfs.CpuTimes  # the node's CPU times (parsed when the cycle is counted)
     # the tree's members and their CPU times (ProcessTree.take); None: <procfs> unlisted
     members: dict[int, Member] | None
-    gpus: dict[str, GpuShares] = field(default_factory=dict)
+    gpus: dict[str, GpuShares] = field(default_factory=dict)  # not changed once made
     tree_pids: frozenset[int] = frozenset()
+    problem: str = ""  # what went wrong with the tree (ProcessTree.problem), "" if nothing
 
 
 @dataclass(slots=True)
@@ -66,6 +69,7 @@ class TreeAttribution(Source):
 
     name = "run-attribution"
     role = OBSERVER
+    captures = True  # the times are taken in the cycle; the result is made when it is counted
     provides = frozenset({WORKLOADS})
 
     def __init__(self, config, tree: ProcessTree, account: RunAccount,
@@ -81,6 +85,9 @@ class TreeAttribution(Source):
                        "dram": IdleFloor(config.attribution_dram_idle_watts)}
         self.sampler: Sampler | None = None
         self._models: dict[str, _Worker] | None = None  # component -> its model's worker
+        # (ledger tracks, devices counted, their sources): see _sources()
+        self._sources_cache: tuple[int, tuple[tuple[str, str], ...],
+                                   dict[str, dict[str, str]]] | None = None
         self.previous: TreeObservation | None = None
         self.members: dict[int, Member] | None = None  # of the last observation with members
         self.last_at: float | None = None
@@ -92,22 +99,37 @@ class TreeAttribution(Source):
     def states(self) -> list[tuple[str, Status, float, int]]:
         return []
 
-    def read(self, covered: frozenset[str] = frozenset()) -> TreeResult:
+    def capture(self) -> TreeObservation | Exception:
+        """In the cycle: the node's and the tree's CPU times (and the GPUs' processes)."""
         try:
             times = procfs.cpu_times(self.procfs, self.clock)  # shared with the CPU model
         except (OSError, ValueError) as exc:
-            return TreeResult(Status(ERROR, f"{self.procfs}/stat: {exc}"))
-        members = self.tree.take(times.forks)  # their CPU is summed when the cycle is counted
-        gpus = self.gpu_reader.read() if self.gpu_reader is not None else {}
-        obs = TreeObservation(time.monotonic(), times, members, gpus,
-                              frozenset(self.tree.members) | {self.tree.root} if gpus
-                              else frozenset())  # the pids matter only for a GPU's share
-        if self.tree.problem:
-            return TreeResult(Status(ERROR, self.tree.problem), observation=obs)
-        if len(self.tree.members) != self._ok[0]:  # the same count: the same status
-            count = len(self.tree.members)
+            return exc
+        tree = self.tree
+        members = tree.take(times.forks)  # their CPU is summed when the cycle is counted
+        if self.gpu_reader is None:
+            return TreeObservation(time.monotonic(), times, members, _NO_GPUS, _NO_PIDS,
+                                   tree.problem)
+        gpus = self.gpu_reader.read()
+        return TreeObservation(time.monotonic(), times, members, gpus,
+                               frozenset(tree.members) | {tree.root} if gpus
+                               else frozenset(),  # the pids matter only for a GPU's share
+                               tree.problem)
+
+    def read_captured(self, captured: object,
+                      covered: frozenset[str] = frozenset()) -> TreeResult:
+        if isinstance(captured, Exception):
+            return TreeResult(Status(ERROR, f"{self.procfs}/stat: {captured}"))
+        assert isinstance(captured, TreeObservation)
+        if captured.problem:
+            return TreeResult(Status(ERROR, captured.problem), observation=captured)
+        count = len(captured.members) if captured.members is not None else len(self.tree.members)
+        if count != self._ok[0]:  # the same count: the same status
             self._ok = (count, Status(OK, f"{count} processes in the run's tree"))
-        return TreeResult(self._ok[1], observation=obs)
+        return TreeResult(self._ok[1], observation=captured)
+
+    def read(self, covered: frozenset[str] = frozenset()) -> TreeResult:
+        return self.read_captured(self.capture(), covered)
 
     def close(self) -> None:
         if self.gpu_reader is not None:
@@ -138,11 +160,19 @@ class TreeAttribution(Source):
         return None
 
     def _sources(self, counted: list[Counted]) -> dict[str, dict[str, str]]:
-        tracks = self.sampler.ledger.tracks.values() if self.sampler is not None else ()
-        by_device = {(t.component, t.device): t.source for t in tracks if t.component}
+        """component -> device -> its source label, for the devices counted. The ledger's
+        tracks are only ever added to, so the answer for the same devices stands until a
+        track is added (worked out again then)."""
+        tracks = self.sampler.ledger.tracks if self.sampler is not None else {}
+        devices = tuple([(c.component, c.device) for c in counted])
+        cached = self._sources_cache
+        if cached is not None and cached[0] == len(tracks) and cached[1] == devices:
+            return cached[2]
+        by_device = {(t.component, t.device): t.source for t in tracks.values() if t.component}
         out: dict[str, dict[str, str]] = {}
-        for c in counted:
-            out.setdefault(c.component, {})[c.device] = by_device.get((c.component, c.device), "")
+        for component, device in devices:
+            out.setdefault(component, {})[device] = by_device.get((component, device), "")
+        self._sources_cache = (len(tracks), devices, out)
         return out
 
     def account(self, result: SourceResult | None, counted: list[Counted],
@@ -239,6 +269,7 @@ class EmbeddedTracker:
                                config.carbon_pue, takeover=config.sample_model_takeover,
                                watch_every=WATCH_EVERY)
         self.sampler.settle_every = SETTLE_EVERY
+        self.sampler.peaks = None  # no scrape shows them; the record has the run's own peak
         self.sampler.embodied = Embodied(config)
         self.attribution.sampler = self.sampler
         self.chain = Chain.from_config(config, self._publish_grid)
@@ -272,10 +303,13 @@ class EmbeddedTracker:
         overhead (bench/bench_runs.py), not the run's."""
         if self.tree.include_root:
             idents = [threading.get_ident()]  # the sampler thread: it reads every source
-            for thread in (self.sampler.watchdog, self._chain_thread):
-                if thread is not None and thread.ident is not None:
-                    idents.append(thread.ident)
+            chain = self._chain_thread
+            if chain is not None and chain.ident is not None:
+                idents.append(chain.ident)
             self.tree.exclude_threads(idents)
+            if self.sampler.watchdog is not None:  # it notes its own CPU time after each look
+                sampler = self.sampler
+                self.tree.exclude_reported.append(lambda: sampler.watchdog_cpu)
 
     def _exclude_this_thread(self) -> None:
         if self.tree.include_root:

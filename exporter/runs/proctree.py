@@ -23,12 +23,17 @@ import os
 import resource
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 from exporter.attribution.cgroups import read_file
 from exporter.procfs import ProcessCount
 
 PR_SET_CHILD_SUBREAPER = 36
 FULL_LISTING_READS = 60  # list <procfs> at least this often, forks or not (forget ended pids)
+# where only the forks moved, wait at most this many reads between listings (the daemon's
+# attribution waits at most 16: a workload found late has that CPU time in kind="other"; a
+# child found late here loses nothing, all its CPU since it began is the run's)
+QUIET_LISTING_READS = 30
 
 
 @dataclass(slots=True)
@@ -77,6 +82,9 @@ class ProcessTree:
         # value (an ended thread's time stays in the process's total, so its last value stays
         # subtracted; what it used after the last read before it ended is charged)
         self.exclude_clocks: dict[int, float] = {}
+        # and those that note their own CPU seconds where this can read them (the sampler's
+        # watchdog, after each look: exporter.sampler.Sampler.watchdog_cpu)
+        self.exclude_reported: list[Callable[[], float]] = []
         self.root_start: int | None = None  # the root's starttime, when it is this process
         self.root_is_self = root == os.getpid()  # then its CPU comes from getrusage(2)
         self.root_ppid = 0
@@ -85,7 +93,7 @@ class ProcessTree:
         self.forks = -1  # /proc/stat's fork count at the last listing
         self.reads = 0
         self.listed_at = 0  # the read of the last listing
-        self.process_count = ProcessCount(procfs)
+        self.process_count = ProcessCount(procfs, QUIET_LISTING_READS)
 
     def _stat(self, pid: int) -> Member | None:
         try:
@@ -103,6 +111,8 @@ class ProcessTree:
 
     def _excluded(self) -> float:
         total = 0.0
+        for reported in self.exclude_reported:
+            total += reported()
         for clock, last in list(self.exclude_clocks.items()):  # a new sampler thread may add
             try:
                 last = self.exclude_clocks[clock] = time.clock_gettime(clock)
@@ -123,7 +133,7 @@ class ProcessTree:
         usage = resource.getrusage(resource.RUSAGE_SELF)
         reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
         own = usage.ru_utime + usage.ru_stime
-        if self.include_root and self.exclude_clocks:
+        if self.include_root and (self.exclude_clocks or self.exclude_reported):
             own -= self._excluded()
         return Member(self.root_ppid, self.root_start, own, reaped.ru_utime + reaped.ru_stime)
 
@@ -169,22 +179,20 @@ class ProcessTree:
             now = self._stat(pid)  # None: it ended (a quiet sample finds out this way)
             if now is not None and now.start == old.start:
                 current[pid] = now
-        found = False
-        for pid in sorted(present - current.keys()) if present is not None else ():
-            known_start = self.outside.get(pid)
-            if known_start is not None:
-                continue  # seen before outside the tree; a reused pid is rare and short
-            found = True
-            now = self._stat(pid)
-            if now is None:
-                continue
-            if now.ppid in current:
-                current[pid] = now
-            else:
-                self.outside[pid] = now.start
-        if present is not None:  # forget the pids outside the tree that ended
-            self.process_count.listing_found(found)
-            for pid in [p for p in self.outside if p not in present]:
+        if present is not None:
+            # pids not seen before (those seen outside the tree stay outside: a reused pid is
+            # rare and short), set operations rather than a step per process on the node
+            new = present - current.keys() - self.outside.keys()
+            for pid in sorted(new):
+                now = self._stat(pid)
+                if now is None:
+                    continue
+                if now.ppid in current:
+                    current[pid] = now
+                else:
+                    self.outside[pid] = now.start
+            self.process_count.listing_found(bool(new))
+            for pid in self.outside.keys() - present:  # forget the pids outside that ended
                 del self.outside[pid]
         self.members = current
         self.started = True
