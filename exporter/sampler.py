@@ -65,6 +65,13 @@ SETTLE_EVERY = 5
 # then make a scrape wait for several cycles' counting, for a gain that a cycle's own work
 # dwarfs; such a node counts each cycle as it ends, as before
 SETTLE_ALONE_SECONDS = 0.0005
+# The daemon's watchdog (start(alarm=True)): each cycle arms the kernel's interval timer to
+# fire this many intervals after the cycle began, and the next cycle, an interval later, arms
+# it again before it fires; it fires only when a cycle has not begun by then (a read has held
+# the sampler thread for that long). One setitimer(2) a cycle, not an arm and a disarm: on a
+# VM each cold system call is tens of microseconds. A stalled read is set aside within
+# ALARM_AFTER intervals, not one.
+ALARM_AFTER = 1.5
 # A source whose hardware is absent (no RAPL zone in a VM, no NVIDIA driver, no Redfish URL)
 # is asked again after this long, not at every cycle: hardware or a driver that appears
 # after start is picked up within it.
@@ -424,7 +431,7 @@ class Sampler:
         taken: list[tuple[_Worker, SourceResult | _Captured, float, bool]] = []
         procfs.begin_cycle()
         if self._alarm:  # the kernel's interval timer is the watchdog: see start()
-            signal.setitimer(signal.ITIMER_REAL, self.interval)
+            signal.setitimer(signal.ITIMER_REAL, ALARM_AFTER * self.interval)
         try:
             if self._late:  # stalled reads that came back (one appended after this: next cycle)
                 with self._guard:
@@ -463,9 +470,7 @@ class Sampler:
             if covered is None:
                 self._covered(fresh)  # remember when each component was last measured
         finally:
-            procfs.end_cycle()
-            if self._alarm and not reader.abandoned:
-                signal.setitimer(signal.ITIMER_REAL, 0)  # every read is back: disarmed
+            procfs.end_cycle()  # the timer stays armed: the next cycle arms it again first
         with self.lock:
             with self._guard:
                 if reader.abandoned:
@@ -739,10 +744,10 @@ class Sampler:
         """Sample in the sampler's own thread until halt(); the event loop never wakes for it.
 
         The watchdog: with alarm (the daemon, whose event loop handles SIGALRM with
-        on_alarm), each cycle arms the process's interval timer for one interval and
-        disarms it when its reads are back, two system calls and no wake-up at all unless
-        a read stalls. Otherwise (embedded in someone else's process, whose signals are not
-        ours) a watchdog thread looks every `watch_every` seconds.
+        on_alarm), each cycle arms the process's interval timer and the next cycle arms it
+        again before it fires (ALARM_AFTER): one system call a cycle and no wake-up at all
+        unless a read stalls. Otherwise (embedded in someone else's process, whose signals
+        are not ours) a watchdog thread looks every `watch_every` seconds.
         before_first runs in the sampler thread before its first cycle; `first_cycle` is set
         after that cycle."""
         if self._thread is not None:
