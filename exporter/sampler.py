@@ -522,9 +522,9 @@ class Sampler:
                 log.exception("sampler: the new thread's start hook failed")
 
     def on_alarm(self) -> None:
-        """SIGALRM, on the event loop (start(alarm=True)): a cycle has run for an interval.
-        A read running that long is set aside; one that began later is given the rest of
-        its interval."""
+        """SIGALRM, on the event loop (start(alarm=True)): no cycle has begun for ALARM_AFTER
+        intervals. A read running for an interval or more is set aside; one that began later
+        is given the rest of its interval."""
         self.watch()
         with self._guard:
             current = self._reader.current
