@@ -749,7 +749,7 @@ class Sampler:
         unless a read stalls. Otherwise (embedded in someone else's process, whose signals
         are not ours) a watchdog thread looks every `watch_every` seconds.
         before_first runs in the sampler thread before its first cycle; `first_cycle` is set
-        after that cycle."""
+        after that cycle is read and counted."""
         if self._thread is not None:
             return
         self._halt.clear()
@@ -821,6 +821,14 @@ class Sampler:
             except Exception:  # keep sampling: the next cycle may work
                 log.exception("sample cycle failed")
             if not self.first_cycle.is_set():  # Event.set() takes its condition's lock
+                # the first cycle is counted at once, in this thread: what counting does only
+                # once (a model's table lookup, the embodied rates, the first log lines) is
+                # part of the start, not of a sample some minutes in (embedded mode would
+                # charge it to the tracked process's first minute, not to its start)
+                try:
+                    self.settle()
+                except Exception:  # as in a cycle: logged, and sampling goes on
+                    log.exception("counting the first cycle failed")
                 self.first_cycle.set()
             if self._halt.is_set():
                 if halted or not self._final:
