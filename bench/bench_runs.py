@@ -38,7 +38,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.bench_sampler import CODECARBON_PYTHON, rss_mb  # noqa: E402
+from bench.bench_sampler import CODECARBON_PYTHON, compile_bytecode, rss_mb  # noqa: E402
 
 
 # Every process answers SIGUSR1 with its own CPU time: getrusage(RUSAGE_SELF) keeps the time
@@ -134,6 +134,7 @@ def main() -> None:
         print("no CodeCarbon (sh bench/setup_codecarbon.sh): measuring embedded mode alone",
               file=sys.stderr)
     env = {k: v for k, v in os.environ.items() if not k.startswith("CARBON_EXPORTER_")}
+    compile_bytecode(ROOT)  # as installed: see compile_bytecode
     print(f"\n{args.rounds} round(s) of {args.seconds:.0f} s, sampling every {args.interval:g} s, "
           f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs\n")
     trackers = [name for name in scripts if name != floor_name]
