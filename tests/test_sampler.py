@@ -424,6 +424,26 @@ def test_halt_ends_the_sampler_thread_in_its_wait(tmp_path):
     assert not thread.is_alive() and sampler.cycles == 1
 
 
+def test_the_first_cycle_is_counted_before_first_cycle_is_set(tmp_path):
+    """The sampler thread counts its first cycle as soon as it is read, batches or not: the
+    one-time work of counting (the CPU model's table lookup, its first status) is part of the
+    start (embedded mode waits for first_cycle before the tracked code runs), not of a
+    sample a minute later. The CPU model on a kernel-layout tree."""
+    procfs = ProcfsTree(tmp_path / "proc")
+    config = resolve({"path.procfs": procfs.procfs, "path.sysfs": str(tmp_path / "sys")}, None, {})
+    model = CpuModelSource.from_config(config)
+    sampler = Sampler([model], 3600.0, INTENSITY, 1.0)
+    sampler.settle_every = 1000  # no batch would be full for a long time
+    assert model.range is None  # looked up when counted
+    sampler.start()
+    try:
+        assert sampler.first_cycle.wait(30)
+        assert sampler.cycles == 1 and not sampler._queued
+        assert model.range is not None and _status(sampler, "cpu-model").reason == "ok"
+    finally:
+        sampler.halt(timeout=30)
+
+
 def test_counting_in_batches_equals_counting_each_cycle(tmp_path, monkeypatch):
     """A cycle's reads are counted a few cycles later (SETTLE_EVERY), with the cycle's own
     times and intensity: the energy, emissions, peaks and every listener's Sample equal
