@@ -283,7 +283,8 @@ class Attribution(Source):
         busy = None
         proc_cpu: dict[Key, tuple[Key, float]] = {}
         if obs is not None and previous is not None:  # deltas need two observations
-            workload_cpu = self._cpu_deltas(obs, keys, unique)
+            if keys:  # none without a workload cgroup (then there is no counter either)
+                workload_cpu = self._cpu_deltas(obs, keys, unique)
             if obs.node_busy is not None and previous.node_busy is not None:
                 busy = max(0.0, obs.node_busy - previous.node_busy)
             if obs.processes:

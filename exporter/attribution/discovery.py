@@ -239,7 +239,12 @@ class WorkloadReader:
         if full or forks < 0 or (forks != self.forks and self._processes_may_have_come()):
             if self._list(obs, full):
                 self.forks = forks
-        self._recheck(obs)
+        # the usual sample has no pid of the rotation due and no workload cgroup to read:
+        # then neither is called (after a second of sleep each call costs microseconds)
+        self.recheck_due += len(self.pids) / RECHECK_SAMPLES  # whole set once per RECHECK_SAMPLES
+        if (self.recheck_due >= 1.0 or self.recheck_now or not self.recheck
+                or (self.second_look and self.second_look[0][0] <= self.samples)):
+            self._recheck(obs)
         if self.per_process:
             for pid, proc in list(self.pids.items()):
                 try:
@@ -252,7 +257,12 @@ class WorkloadReader:
             self._refresh_workloads()
         if self.want_comm:
             self._names(obs)
-        self._read_counters(obs)
+        if self.counters or self.workloads:
+            self._read_counters(obs)
+        else:  # no workload cgroup: nothing to read
+            if self.order is None:
+                self.order = ()
+            obs.order, obs.identities, obs.nested = self.order, self.workloads, self.nested
         if self.gpus is not None:
             obs.gpus = self.gpus.read()
             if self.gpus.problem:
@@ -310,12 +320,10 @@ class WorkloadReader:
         return True
 
     def _recheck(self, obs: Observation) -> None:
+        """Pids read again: those moved (recheck_now), new ones' second look, and the
+        rotation's share of this sample (recheck_due, added up by read())."""
         pids = self.pids
-        self.recheck_due += len(pids) / RECHECK_SAMPLES  # whole set once per RECHECK_SAMPLES
         second_look = self.second_look
-        if (self.recheck_due < 1.0 and not self.recheck_now and self.recheck
-                and not (second_look and second_look[0][0] <= self.samples)):
-            return  # the usual sample: no pid is due
         while self.recheck_now:
             pid = self.recheck_now.popleft()
             if pid in pids:
@@ -406,13 +414,9 @@ class WorkloadReader:
             self.held -= 1
 
     def _read_counters(self, obs: Observation) -> None:
+        """The workload cgroups' CPU counters (read() calls it only where there are any)."""
         layout = self.layout
         assert layout is not None  # read() detects the layout first
-        if not self.counters and not self.workloads:  # no workload cgroup: nothing to read
-            if self.order is None:
-                self.order = ()
-            obs.order, obs.identities, obs.nested = self.order, self.workloads, self.nested
-            return
         v2 = layout.version == V2
         counters = self.counters
         usage = obs.usage

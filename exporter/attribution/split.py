@@ -201,7 +201,9 @@ class Book:
             workload_joules.pop(key, None)
         for key in admitted_procs:
             workload_joules.pop(key, None)
-        admitted, scores = self._admit(workload_joules, self.max_workloads)
+        # no workload had energy (a node with none): nobody holds a series, as _admit says
+        admitted, scores = (self._admit(workload_joules, self.max_workloads) if workload_joules
+                            else (set(), {}))
         admitted |= admitted_procs
         self.admitted = admitted
         # only live keys keep a score: one that comes back ranks from zero
