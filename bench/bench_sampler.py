@@ -47,6 +47,7 @@ from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from tests.fake_gpus import DRIVER, gpu
 from tests.fixtures import ProcfsTree, intel_two_socket
 from tests.harness import ExporterProcess, free_port
 
@@ -133,10 +134,8 @@ def one_round(tmp: Path, args: argparse.Namespace, with_scrapes: bool) -> list[t
     tree = intel_two_socket(tmp / "sys")
     procfs = ProcfsTree(tmp / "proc", threads=64, sockets=2)
     state = tmp / "nvml.json"
-    state.write_text(json.dumps({"driver": "550.54.15", "gpus": [{
-        "name": "NVIDIA H100 80GB HBM3", "uuid": f"GPU-bench-{i}", "pci": f"00000000:{i:02x}:00.0",
-        "energy_mj": 1_000_000 * (i + 1), "power_mw": 300000, "limit_mw": 700000}
-        for i in range(8)]}))
+    state.write_text(json.dumps({"driver": DRIVER, "gpus": [
+        gpu(i, energy_mj=1_000_000 * (i + 1)) for i in range(8)]}))
     node = [f"--path.sysfs={tree.sysfs}", f"--path.procfs={procfs.procfs}", "--sample.interval=1s"]
     exporters: list[tuple[str, Callable[[], ExporterProcess]]] = [
         ("2 sockets + 8 GPUs (default: attribution on)",
