@@ -826,8 +826,8 @@ class Sampler:
             if not self.first_cycle.is_set():  # Event.set() takes its condition's lock
                 # the first cycle is counted at once, in this thread: what counting does only
                 # once (a model's table lookup, the embodied rates, the first log lines) is
-                # part of the start, not of a sample some minutes in (embedded mode would
-                # charge it to the tracked process's first minute, not to its start)
+                # part of the start (embedded mode: of track()'s start, which waits for
+                # first_cycle), not of a sample a minute later
                 try:
                     self.settle()
                 except Exception:  # as in a cycle: logged, and sampling goes on
