@@ -325,6 +325,37 @@ def test_attribution_lost_gpu_is_backed_off(tmp_path, clock):
     assert result.observation.gpus["gpu-0"].basis == "memory"
 
 
+def test_attribution_without_a_driver_asks_nvml_again_only_when_due(tmp_path, clock):
+    """No driver loaded: attribution's NVML session tries again every REINIT_AFTER_SECONDS on
+    its own clock (samples in between ask nothing, and say nothing: no GPU is no problem);
+    a driver loaded later is found at the next try, and its GPU's processes are split."""
+    from exporter.sources.nvml import REINIT_AFTER_SECONDS
+
+    clock.advance(1e9)  # far from time.monotonic(): only the session's own clock can be right
+    attribution, _ = attribution_with(tmp_path, [gpu(0, processes="pod", samples=None)],
+                                      init_error="NVML_ERROR_DRIVER_NOT_LOADED")
+    reader = attribution.reader.gpus
+    assert reader is not None
+    reader.session.clock = clock
+    asked = []
+    read = reader.read
+    reader.read = lambda: asked.append(clock()) or read()
+    attribution.account(attribution.read(), [], 0.0)
+    assert fake.calls["nvmlInit"] == 1
+    for second in range(1, int(REINIT_AFTER_SECONDS)):
+        clock.advance(1.0)
+        result = attribution.read()
+        assert result.status.reason == OK and not result.observation.gpus
+        attribution.account(result, [Counted("gpu", "gpu-0", 10.0, 0.0)], float(second))
+    assert fake.calls["nvmlInit"] == 1 and len(asked) == 1
+    del fake._state["init_error"]  # the driver is loaded
+    clock.advance(1.0)
+    split = attribution.account(attribution.read(), [Counted("gpu", "gpu-0", 10.0, 0.0)],
+                                REINIT_AFTER_SECONDS)
+    assert fake.calls["nvmlInit"] == 2 and len(asked) == 2
+    assert split.parts["gpu"][POD] == pytest.approx(10.0)
+
+
 def test_attribution_asks_mig_mode_once_a_minute(tmp_path, clock):
     """MIG mode changes only with a GPU reset: asked once per MIG_RECHECK_SECONDS, not at
     every sample; a GPU switched to MIG is split by its instances from the next look."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from operator import sub
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -326,7 +327,7 @@ class Attribution(Source):
         self.last_split = SampleSplit(measured, parts)
         return self.last_split
 
-    def _keys(self, obs: Observation | None, identities: dict[str, Identity]
+    def _keys(self, obs: Observation | None, identities: Mapping[str, Identity]
               ) -> tuple[dict[str, Key], frozenset[Key], bool]:
         """Label keys per workload cgroup, the set of them, and whether no two cgroups share
         one; computed again only when the workloads, their names, pod metadata or the rules
@@ -356,7 +357,7 @@ class Attribution(Source):
         return self._series
 
     def _process_cpu(self, obs: Observation, previous: Observation, keys: dict[str, Key],
-                     identities: dict[str, Identity]) -> dict[Key, tuple[Key, float]]:
+                     identities: Mapping[str, Identity]) -> dict[Key, tuple[Key, float]]:
         before = previous.processes
         out: dict[Key, tuple[Key, float]] = {}
         for pid, (root, comm, cpu) in obs.processes.items():
@@ -372,7 +373,7 @@ class Attribution(Source):
         return out
 
     def _split_gpus(self, obs: Observation | None, gpu_energy: dict[str, float],
-                    keys: dict[str, Key], identities: dict[str, Identity], now: float,
+                    keys: dict[str, Key], identities: Mapping[str, Identity], now: float,
                     seconds: float) -> tuple[dict[Key, float], dict[Key, tuple[Key, float]]]:
         parts: dict[Key, float] = {}
         processes: dict[Key, tuple[Key, float]] = {}

@@ -43,7 +43,9 @@ import os
 import re
 import resource
 import time
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
 from itertools import repeat
 from operator import truediv
 
@@ -59,7 +61,7 @@ from exporter.attribution.cgroups import (
     read_file,
 )
 from exporter.attribution.gpu import GpuProcessReader, GpuShares
-from exporter.procfs import ProcessCount, cpu_times
+from exporter.procfs import CpuTimes, ProcessCount, cpu_times
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +75,7 @@ FD_RESERVE = 1024 + 512
 _COUNTER_BYTES = 32  # "usage_usec <20 digits>\n" (v2) or "<20 digits>\n" (v1) fits
 _V2_VALUE = re.compile(rb"usage_usec (\d+)\n")  # cpu.stat's first line
 _V1_VALUE = re.compile(rb"(\d+)\n")  # cpuacct.usage
+_EMPTY: Mapping = MappingProxyType({})  # Observation's fields until assigned
 
 
 @dataclass(slots=True)
@@ -82,32 +85,44 @@ class Process:
     cpu_seconds: float | None = None  # cumulative, per-process mode only
 
 
-@dataclass(slots=True)
 class Observation:
     """What one read saw. CPU values are cumulative seconds; the split takes deltas.
 
+    Made every sample, cold: only `at` is set at first; every other field is the class's
+    empty default until the reader assigns it a value of its own (never filled in place).
     identities (and comms) are the reader's own dicts while the workloads (and their
     processes' names) stay the same: a reader of an Observation must not change them."""
 
     at: float
-    node_busy: float | None = None
-    usage: dict[str, float] = field(default_factory=dict)  # workload cgroup -> CPU seconds
-    identities: dict[str, Identity] = field(default_factory=dict)
+    times: CpuTimes | None = None  # /proc/stat this sample (node_busy parsed when asked)
+    usage: Mapping[str, float] = _EMPTY  # workload cgroup -> CPU seconds
+    identities: Mapping[str, Identity] = _EMPTY
     # workload cgroup -> the workload cgroups enclosing it, nearest first (only those with any)
-    nested: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    comms: dict[str, set[str]] = field(default_factory=dict)  # workload cgroup -> names
-    processes: dict[int, tuple[str, str, float]] = field(default_factory=dict)  # pid -> (root, comm, s)
-    gpus: dict[str, GpuShares] = field(default_factory=dict)
-    gpu_roots: dict[int, str | None] = field(default_factory=dict)  # GPU pid -> workload cgroup
-    gpu_comms: dict[int, str] = field(default_factory=dict)
-    problems: list[str] = field(default_factory=list)
+    nested: Mapping[str, tuple[str, ...]] = _EMPTY
+    comms: Mapping[str, set[str]] = _EMPTY  # workload cgroup -> names
+    processes: Mapping[int, tuple[str, str, float]] = _EMPTY  # pid -> (root, comm, s)
+    gpus: Mapping[str, GpuShares] = _EMPTY
+    gpu_roots: Mapping[int, str | None] = _EMPTY  # GPU pid -> workload cgroup
+    gpu_comms: Mapping[int, str] = _EMPTY
+    problems: tuple[str, ...] = ()
     counter_reads: int = 0  # cgroup counter files read in this sample
     pid_reads: int = 0  # procfs per-pid files read in this sample
     listed: bool = False  # listdir(<procfs>) ran in this sample
     # usage again as a list in the reader's order of workloads, when every counter was read;
     # the same tuple object while that order stays, so deltas can pair lists instead of keys
     order: tuple[str, ...] | None = None
-    seconds: list[float] = field(default_factory=list)
+    seconds: Sequence[float] = ()
+
+    def __init__(self, at: float) -> None:
+        self.at = at
+
+    @property
+    def node_busy(self) -> float | None:
+        """The node's busy CPU seconds; None where /proc/stat could not be read or parsed."""
+        try:
+            return self.times.busy if self.times is not None else None
+        except ValueError:
+            return None
 
 
 def fd_budget(raise_limit: bool = False, reserve: int = FD_RESERVE) -> int:
@@ -224,19 +239,23 @@ class WorkloadReader:
         if self.layout is None:
             self.layout = detect_layout(self.cgroup_root)
             if self.layout is None:
-                obs.problems.append(f"no cgroup hierarchy with CPU accounting under {self.cgroup_root}")
+                obs.problems += (f"no cgroup hierarchy with CPU accounting under {self.cgroup_root}",)
                 return obs
             log.info("attribution: cgroup %s at %s", self.layout.version, self.layout.root)
         self.samples += 1
         forks = -1
         try:
-            times = cpu_times(self.procfs)  # one parse per cycle, shared
-            obs.node_busy, forks = times.busy, times.forks
+            times = obs.times = cpu_times(self.procfs)  # one read per cycle, shared
+            forks = times.forks
         except (OSError, ValueError) as exc:
-            obs.problems.append(f"{self.procfs}/stat: {exc}")
-        # forks are read before the listing: a process made after it moves the count on
+            obs.problems += (f"{self.procfs}/stat: {exc}",)
+        # forks are read before the listing: a process made after it moves the count on.
+        # Where only the forks moved (threads), a listing is due `quiet_wait` samples after the
+        # last one (SAME_COUNT_LISTING_SAMPLES, doubled by each listing that found no process)
         full = not self.full_at or self.samples - self.full_at >= FULL_LISTING_SAMPLES
-        if full or forks < 0 or (forks != self.forks and self._processes_may_have_come()):
+        count = self.process_count
+        if full or forks < 0 or (forks != self.forks and (
+                count.moved() or self.samples - self.listed_at >= count.quiet_wait)):
             if self._list(obs, full):
                 self.forks = forks
         # the usual sample has no pid of the rotation due and no workload cgroup to read:
@@ -263,20 +282,17 @@ class WorkloadReader:
             if self.order is None:
                 self.order = ()
             obs.order, obs.identities, obs.nested = self.order, self.workloads, self.nested
-        if self.gpus is not None:
-            obs.gpus = self.gpus.read()
-            if self.gpus.problem:
-                obs.problems.append(self.gpus.problem)
+        gpus = self.gpus
+        session = gpus.session if gpus is not None else None
+        # NVML down and not due for another try (a node without the driver): nothing to ask
+        if gpus is not None and session is not None and (
+                session.initialised or session.clock() >= session.next_init):
+            obs.gpus = gpus.read()
+            if gpus.problem:
+                obs.problems += (gpus.problem,)
             if obs.gpus:
                 self._map_gpu_pids(obs)
         return obs
-
-    def _processes_may_have_come(self) -> bool:
-        """The fork count moved: threads alone make a listing due only `quiet_wait` samples
-        after the last one (SAME_COUNT_LISTING_SAMPLES, doubled by each listing that found no
-        process; see exporter.procfs)."""
-        return (self.process_count.moved()
-                or self.samples - self.listed_at >= self.process_count.quiet_wait)
 
     def _list(self, obs: Observation, full: bool) -> bool:
         """List <procfs>: against the previous listing (only the names that came or went are
@@ -286,7 +302,7 @@ class WorkloadReader:
             self.process_count.moved()  # the count the listing saw (a process after it moves it)
             current = set(os.listdir(self.procfs))
         except OSError as exc:
-            obs.problems.append(f"{self.procfs}: {exc.strerror}")
+            obs.problems += (f"{self.procfs}: {exc.strerror}",)
             return False  # keep what is known rather than forget every process
         obs.listed = True
         self.listed_at = self.samples
@@ -379,6 +395,7 @@ class WorkloadReader:
         if self.comms_changed or self.per_process:
             self.comms_changed = False
             comms: dict[str, set[str]] = {}
+            processes: dict[int, tuple[str, str, float]] = {}
             used = self.identities
             for pid, proc in self.pids.items():
                 identity = used.get(proc.cgroup)
@@ -387,7 +404,9 @@ class WorkloadReader:
                 if proc.comm:
                     comms.setdefault(identity.root, set()).add(proc.comm)
                 if self.per_process and proc.cpu_seconds is not None:
-                    obs.processes[int(pid)] = (identity.root, proc.comm, proc.cpu_seconds)
+                    processes[int(pid)] = (identity.root, proc.comm, proc.cpu_seconds)
+            if self.per_process:
+                obs.processes = processes
             if comms != self.comms:
                 self.comms = comms
         obs.comms = self.comms
@@ -419,7 +438,8 @@ class WorkloadReader:
         assert layout is not None  # read() detects the layout first
         v2 = layout.version == V2
         counters = self.counters
-        usage = obs.usage
+        usage: dict[str, float] = {}
+        obs.usage = usage
         values: list[bytes] = []
         if self.held == len(counters):  # all held: one pread each, then one parse of all
             try:  # map() over builtins: no Python-level step per counter
@@ -438,8 +458,8 @@ class WorkloadReader:
             obs.order, obs.seconds = self.order, seconds
             failed = []
         else:
-            failed = self._read_one_by_one(obs, v2, divisor)
-        gone = [root for root in failed if not self._reread(root, obs)]
+            failed = self._read_one_by_one(obs, usage, v2, divisor)
+        gone = [root for root in failed if not self._reread(root, obs, usage)]
         if gone:
             self._forget(gone, obs)
         if len(usage) == len(self.workloads):
@@ -448,11 +468,11 @@ class WorkloadReader:
             obs.identities = {r: i for r, i in self.workloads.items() if r in usage}
             obs.nested = {r: c for r, c in self.nested.items() if r in usage}
 
-    def _read_one_by_one(self, obs: Observation, v2: bool, divisor: float) -> list[str]:
-        """Counters read and parsed each on its own; returns those that failed."""
+    def _read_one_by_one(self, obs: Observation, usage: dict[str, float], v2: bool,
+                         divisor: float) -> list[str]:
+        """Counters read and parsed each on its own, into usage; returns those that failed."""
         assert self.layout is not None
         pattern = _V2_VALUE if v2 else _V1_VALUE
-        usage = obs.usage
         failed = []
         obs.counter_reads += len(self.counters)
         for root, fd in self.counters.items():
@@ -470,7 +490,7 @@ class WorkloadReader:
                 failed.append(root)
         return failed
 
-    def _reread(self, root: str, obs: Observation) -> bool:
+    def _reread(self, root: str, obs: Observation, usage: dict[str, float]) -> bool:
         """A counter whose read failed or came back empty or unexpected: reopen its path once
         (a removed cgroup fails reads on a held fd). False when the cgroup is gone."""
         assert self.layout is not None
@@ -482,7 +502,7 @@ class WorkloadReader:
         except FileNotFoundError:
             return False
         except OSError as exc:
-            obs.problems.append(f"{path}: {exc.strerror or exc}")
+            obs.problems += (f"{path}: {exc.strerror or exc}",)
             return True
         keep = False
         try:
@@ -490,11 +510,11 @@ class WorkloadReader:
             obs.counter_reads += 1
             if not data:  # never from the kernel; a fixture's cgroup being removed
                 return False
-            obs.usage[root] = parse_cpu_seconds(data, self.layout)
+            usage[root] = parse_cpu_seconds(data, self.layout)
             keep = self.held < self.max_held and data.startswith(
                 b"usage_usec " if self.layout.version == V2 else b"")
         except (OSError, ValueError) as exc:
-            obs.problems.append(f"{path}: {exc}")
+            obs.problems += (f"{path}: {exc}",)
         finally:
             if keep:
                 self.counters[root] = fd
@@ -519,19 +539,23 @@ class WorkloadReader:
             self.workloads = {r: i for r, i in self.workloads.items() if r not in roots}
 
     def _map_gpu_pids(self, obs: Observation) -> None:
+        roots: dict[int, str | None] = {}
+        comms: dict[int, str] = {}
+        added: dict[str, Identity] = {}  # workloads seen only on a GPU this sample
         for gpu in obs.gpus.values():
             for pid, _weight in gpu.shares:
-                if pid is None or pid in obs.gpu_roots:
+                if pid is None or pid in roots:
                     continue
                 proc = self.pids.get(str(pid))
                 identity = self._identity(proc.cgroup) if proc is not None else None
-                obs.gpu_roots[pid] = identity.root if identity is not None else None
+                roots[pid] = identity.root if identity is not None else None
                 if proc is not None:
-                    obs.gpu_comms[pid] = proc.comm
+                    comms[pid] = proc.comm
                 if identity is not None and identity.root not in obs.identities:
-                    if obs.identities is self.workloads:
-                        obs.identities = dict(obs.identities)  # the reader's own: copy first
-                    obs.identities[identity.root] = identity
+                    added[identity.root] = identity
+        obs.gpu_roots, obs.gpu_comms = roots, comms
+        if added:  # a new dict: obs.identities may be the reader's own
+            obs.identities = {**obs.identities, **added}
 
     def close(self) -> None:
         for root in list(self.counters):
