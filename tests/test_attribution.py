@@ -27,7 +27,7 @@ from exporter.attribution.discovery import (
     WorkloadReader,
     fd_budget,
 )
-from exporter.attribution.split import IDLE, OTHER, split_by_cpu
+from exporter.attribution.split import IDLE, OTHER, IdleFloor, split_by_cpu
 from exporter.attribution.tagging import load_rules
 from exporter.config import ConfigError, resolve
 from exporter.ledger import Counted
@@ -159,6 +159,25 @@ def assert_conserved(split) -> None:
 def totals(attribution, component="cpu"):
     return {(s.kind, s.namespace, s.pod, s.container, s.unit, s.workload_job): s.joules
             for s in attribution.series if s.component == component}
+
+
+def test_learned_idle_floor_is_the_lowest_power_of_the_last_hour():
+    """IdleFloor keeps its minimum as samples come and buckets leave: the same answer, at every
+    sample, as the lowest per-minute bucket of the last hour taken afresh (gaps of a sample,
+    of minutes and of more than an hour included)."""
+    rng = random.Random(7)
+    floor = IdleFloor()
+    lowest_by_bucket: dict[int, float] = {}
+    now = 0.0
+    for _ in range(20_000):
+        now += rng.choice((1.0, 1.0, 1.0, 15.0, 240.0, 5_000.0)) if rng.random() < 0.01 else 1.0
+        watts = rng.uniform(20.0, 200.0) if rng.random() < 0.02 else rng.uniform(150.0, 400.0)
+        bucket = int(now // IdleFloor.BUCKET_SECONDS)
+        lowest_by_bucket[bucket] = min(watts, lowest_by_bucket.get(bucket, watts))
+        expected = min(w for b, w in lowest_by_bucket.items() if b > bucket - IdleFloor.BUCKETS)
+        assert floor.watts(watts, now) == expected
+        assert floor.learned == expected
+    assert IdleFloor(35.0).watts(300.0, now) == 35.0  # configured: never learned
 
 
 # --- the split over fixture trees ------------------------------------------------------------

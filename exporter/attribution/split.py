@@ -43,24 +43,33 @@ class IdleFloor:
     def __init__(self, watts: float | None = None) -> None:
         self.configured = watts
         self.buckets: collections.deque[tuple[int, float]] = collections.deque()
+        # the lowest of the buckets, kept as they change: taken again over all of them only
+        # when the oldest bucket leaves (once a minute), not at every sample
+        self._lowest: float | None = None
 
     @property
     def learned(self) -> float | None:
-        return min((w for _, w in self.buckets), default=None)
+        return self._lowest
 
     def watts(self, observed_watts: float, now: float) -> float:
         if self.configured is not None:
             return self.configured
+        buckets = self.buckets
         bucket = int(now // self.BUCKET_SECONDS)
-        if self.buckets and self.buckets[-1][0] == bucket:
-            if observed_watts < self.buckets[-1][1]:
-                self.buckets[-1] = (bucket, observed_watts)
+        if buckets and buckets[-1][0] == bucket:
+            if observed_watts < buckets[-1][1]:
+                buckets[-1] = (bucket, observed_watts)
         else:
-            self.buckets.append((bucket, observed_watts))
-        while self.buckets and self.buckets[0][0] <= bucket - self.BUCKETS:
-            self.buckets.popleft()
-        learned = self.learned
-        return observed_watts if learned is None else learned  # never None: one was just added
+            buckets.append((bucket, observed_watts))
+        lowest = self._lowest
+        if lowest is None or observed_watts < lowest:
+            lowest = observed_watts
+        if buckets[0][0] <= bucket - self.BUCKETS:
+            while buckets[0][0] <= bucket - self.BUCKETS:  # never the newest: it is `bucket`
+                buckets.popleft()
+            lowest = min(w for _, w in buckets)
+        self._lowest = lowest
+        return lowest
 
 
 def split_by_cpu(energy: float, idle: float, node_busy: float | None,
