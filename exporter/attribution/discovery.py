@@ -1,9 +1,10 @@
 """One blocking read per sample of everything the split needs, in the sampler's thread.
 
 Cost model (bench/bench_attribution.py measures it), per sample:
-  - <procfs>/stat once (shared with the CPU model: one parse per cycle). Its "processes"
-    line counts forks since boot (proc(5)); while it has not moved since the last listing no
-    process can have appeared, so listdir(<procfs>), the only step that grows with the number
+  - <procfs>/stat once (shared with the CPU model: one read per cycle; its busy time is
+    parsed when the sample is split, out of the cold cycle). Its "processes" line counts
+    forks since boot (proc(5)); while it has not moved since the last listing no process
+    can have appeared, so listdir(<procfs>), the only step that grows with the number
     of processes, is skipped. It runs when the count moved and so did <procfs>'s link count
     (a constant plus the number of processes: threads do not move it), or, where only the
     forks moved, SAME_COUNT_LISTING_SAMPLES after the last listing, doubled after each such
