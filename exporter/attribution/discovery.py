@@ -284,10 +284,9 @@ class WorkloadReader:
                 self.order = ()
             obs.order, obs.identities, obs.nested = self.order, self.workloads, self.nested
         gpus = self.gpus
-        session = gpus.session if gpus is not None else None
         # NVML down and not due for another try (a node without the driver): nothing to ask
-        if gpus is not None and session is not None and (
-                session.initialised or session.clock() >= session.next_init):
+        if gpus is not None and (gpus.session.initialised
+                                 or gpus.session.clock() >= gpus.session.next_init):
             obs.gpus = gpus.read()
             if gpus.problem:
                 obs.problems += (gpus.problem,)
