@@ -2,7 +2,7 @@
 """Per-sample CPU cost of attribution (discovery read + split) against fixture trees of
 N workload cgroups and M processes (pods, units and Slurm jobs, cgroup v2), and how it grows.
 
-    .venv/bin/python bench/bench_attribution.py [--samples 60] [--block 5] [--quick]
+    .venv/bin/python bench/bench_attribution.py [--samples 60] [--block 5] [--quick] [--real-cgroups]
 
 For each size it builds the trees (in /dev/shm when there is one), takes a cold first sample
 (every /proc/<pid>/cgroup read once), then measures steady-state samples: the trees are moved
@@ -19,12 +19,11 @@ procfs reads per sample and /proc listings per sample, and then, the trees moved
 same way, the counter files' pread()s alone (the kernel's part: here tmpfs, on a node
 kernfs). Not a pass/fail test.
 
-Where it can (root, and a cgroup2 hierarchy it may write: the mount point read from
+With --real-cgroups (root, and a cgroup2 hierarchy it may write: the mount point read from
 /proc/self/mounts), it also takes the steady rows on real cgroups: the same workload cgroups
 are made under that hierarchy (--path.sysfs's fs/cgroup a link to them), and a helper
 process moves every counter on between samples by running a moment in each cgroup, so the
 pread()s are the kernel's own cpu.stat reads (cgroup2's rstat flush and seq_file, not tmpfs).
---real-cgroups no leaves them out.
 """
 
 from __future__ import annotations
@@ -291,14 +290,15 @@ def main() -> int:
     parser.add_argument("--block", type=int, default=5,
                         help="samples a row takes in one turn before the next row's (default 5)")
     parser.add_argument("--quick", action="store_true", help="only the two reference sizes")
-    parser.add_argument("--real-cgroups", choices=("yes", "no"), default="yes",
-                        help="also the steady rows on real cgroup2 cgroups, where this process "
-                             "may make them (default yes)")
+    parser.add_argument("--real-cgroups", action="store_true",
+                        help="also the steady rows on real cgroup2 cgroups: as root, it makes and "
+                             "removes cgroups at the top of the cgroup2 mount, where systemd "
+                             "expects only its own (a test machine, not a node in service)")
     args = parser.parse_args()
     reference = [(100, 1_000), (1_000, 10_000)]
     sizes = reference if args.quick else [
         (100, 1_000), (250, 2_500), (500, 5_000), (1_000, 10_000), (2_000, 20_000)]
-    cgroup2, why_not = writable_cgroup2() if args.real_cgroups == "yes" else (None, "--real-cgroups no")
+    cgroup2, why_not = writable_cgroup2() if args.real_cgroups else (None, "without --real-cgroups")
     rows = measure(sizes, args.samples, args.block)
     rows += measure(reference, args.samples, args.block, churn=0.01)
     rows += measure([(1_000, 10_000)], max(5, args.samples // 4), args.block, per_process=True)
