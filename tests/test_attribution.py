@@ -440,6 +440,29 @@ def test_a_new_process_moved_after_its_fork_is_seen_in_its_new_cgroup(tmp_path):
     assert reader.pids[str(pid)].cgroup == target
 
 
+def test_a_new_process_first_seen_in_a_container_or_a_job_is_read_once(tmp_path):
+    """A process first seen in a container's or a Slurm job's cgroup was moved in already and
+    stays in its workload: no second look. One first seen in a unit (the runtime's service,
+    where a fork waits to be moved) is read again; with process names wanted, every new one
+    is (a fork takes its name when it execs)."""
+    for want_comm in (False, True):
+        base = tmp_path / str(want_comm)
+        tree = build_tree(base, "v2", write_pid_stats=want_comm)
+        tree.add("/system.slice/containerd.service", processes=1, comm="containerd")
+        reader = WorkloadReader(str(base / "proc"), str(base / "sys"), want_comm=want_comm)
+        reader.read()
+        tree.add(container_cgroup(3), processes=2)
+        tree.add("/system.slice/slurmstepd.scope/job_7/step_0/user/task_0", processes=1)
+        [runc] = tree.add("/system.slice/containerd.service", processes=1, comm="runc")
+        per_process = 2 if want_comm else 1  # <pid>/cgroup, and <pid>/stat for the name
+        reads = [reader.read().pid_reads for _ in range(SECOND_LOOK_SAMPLES + 2)]
+        assert reads[0] == 4 * per_process
+        assert sum(reads[1:]) == (4 if want_comm else 1) * per_process, reads
+        assert reader.pids[str(runc)].cgroup == "/system.slice/containerd.service"
+        assert container_cgroup(3) in reader.workloads
+        reader.close()
+
+
 def test_the_rotation_notices_an_old_process_moved_without_notice(tmp_path, monkeypatch):
     monkeypatch.setattr(discovery, "RECHECK_SAMPLES", 4)
     tree = build_tree(tmp_path, "v2", write_pid_stats=False)

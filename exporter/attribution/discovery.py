@@ -14,7 +14,9 @@ Cost model (bench/bench_attribution.py measures it), per sample:
     process only keeps its cgroup "in use" a little longer: its counter stops moving). A pid
     reused between two listings keeps its old cgroup until the rotation below reads it;
   - <procfs>/<pid>/cgroup for pids not seen before, once more SECOND_LOOK_SAMPLES samples
-    later (container runtimes fork, then move the child into the container's cgroup), for
+    later (container runtimes fork, then move the child into the container's cgroup) unless
+    it was first seen in a container's or a Slurm job's cgroup (SETTLED_KINDS) and no process
+    names are wanted, for
     pids in recheck_now (exporter.runs moves a pid and says so), and for a rotating
     1/RECHECK_SAMPLES of the known pids (any other move is noticed within RECHECK_SAMPLES);
   - <procfs>/<pid>/stat: for new pids when process names are needed (tagging rules on
@@ -68,6 +70,13 @@ log = logging.getLogger(__name__)
 
 RECHECK_SAMPLES = 600  # every known pid's cgroup is read again once per this many samples
 SECOND_LOOK_SAMPLES = 2  # a new pid's cgroup is read once more this many samples later
+# A process first seen in one of these has been moved in already: a runtime moves the child
+# (runc init) into the container's cgroup before it runs the container's program, and nothing
+# moves it out; slurmstepd's moves stay within the job, whose cgroup is the workload's. So
+# it has no second look (unless its name is wanted: a fork takes its new name when it execs).
+# A process first seen elsewhere (a runtime's or slurmstepd's service, a conmon scope, a
+# session) may be on its way into one, and is read again.
+SETTLED_KINDS = frozenset({"container", "job"})
 FULL_LISTING_SAMPLES = 60  # listdir(<procfs>) at least this often, forks or not
 MAX_HELD_FDS = 65536  # counter descriptors kept open at most
 # descriptors left to the rest of the process: web.max_connections (the default 1,024), their
@@ -228,6 +237,11 @@ class WorkloadReader:
             return None  # the process ended between listdir and the read
         return proc
 
+    def _settled(self, path: str) -> bool:
+        """Whether a process in cgroup `path` stays in its workload (see SETTLED_KINDS)."""
+        identity = self._identity(path)
+        return identity is not None and identity.kind in SETTLED_KINDS
+
     def _identity(self, path: str) -> Identity | None:
         try:
             return self.identities[path]
@@ -329,8 +343,10 @@ class WorkloadReader:
                 self.not_pids.add(pid)
                 continue
             found = True
-            self._set(pid, self._read_pid(pid, obs))
-            if not first and pid in pids:
+            proc = self._read_pid(pid, obs)
+            self._set(pid, proc)
+            if not first and proc is not None and (
+                    self.want_comm or not self._settled(proc.cgroup)):
                 self.second_look.append((due, pid))
         self.process_count.listing_found(found)
         return True
