@@ -93,6 +93,14 @@ def writable_cgroup2() -> tuple[Path | None, str]:
     return None, "no writable cgroup2 hierarchy" if points else "no cgroup2 mount"
 
 
+def remove_cgroups(top: Path, keep_top: bool) -> None:
+    """The cgroups under `top` (and `top` itself unless keep_top), deepest first: a cgroup's
+    directory goes with rmdir, its files with it, once no process is in it."""
+    for directory, _, _ in sorted(os.walk(top), key=lambda entry: -entry[0].count("/")):
+        if not (keep_top and Path(directory) == top):
+            os.rmdir(directory)
+
+
 class RealCgroupTree(WorkloadTree):
     """The fixture's processes, in real cgroups: --path.sysfs's fs/cgroup is a link to a
     directory under a cgroup2 hierarchy. The kernel keeps the counters, so nothing is written
@@ -133,10 +141,7 @@ class RealCgroupTree(WorkloadTree):
             assert self.hopper.stdin is not None
             self.hopper.stdin.close()
             self.hopper.wait(timeout=30)
-        real = self.root.resolve()
-        for directory, _, _ in sorted(os.walk(real), key=lambda entry: -entry[0].count("/")):
-            if Path(directory) != real:
-                os.rmdir(directory)
+        remove_cgroups(self.root.resolve(), keep_top=True)
 
 
 def build(base: Path, cgroups: int, processes: int, per_process: bool,
@@ -177,7 +182,13 @@ class Row:
         if cgroup2 is not None:  # this row's own directory of real cgroups
             self.real = cgroup2 / f"carbon-exporter-bench-{self.base.name}"
             self.real.mkdir()
-        self.tree, self.leaves = build(self.base, cgroups, processes, per_process, self.real)
+        try:
+            self.tree, self.leaves = build(self.base, cgroups, processes, per_process, self.real)
+        except BaseException:  # no cgroups or scratch files left behind by a row never built
+            if self.real is not None:
+                remove_cgroups(self.real, keep_top=False)
+            shutil.rmtree(self.base, ignore_errors=True)
+            raise
         config = resolve({"path.procfs": str(self.base / "proc"), "path.sysfs": str(self.base / "sys"),
                           "kubernetes.metadata": "none", "collector.nvml": False,
                           "attribution.processes": per_process,
