@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import threading
+import time
 from pathlib import Path
 
 import aiohttp
@@ -263,6 +265,65 @@ def test_unknown_pod_triggers_a_refresh_and_names_the_series(tmp_path):
             tree.advance({late: 1.0})
             attribution.account(attribution.read(), [Counted("cpu", "package-0", 5.0, 0.0)], 3.0)
             assert totals(attribution)[("container", "ml", "late-1", "trainer", "", "")] == 5.0
+        finally:
+            stop.set()
+            await task
+            await kubelet.stop()
+
+    asyncio.run(run())
+
+
+def test_a_refresh_landing_while_the_split_names_a_pod_leaves_no_pod_unnamed(tmp_path):
+    """The split runs in the sampler thread while the event loop replaces the pod cache. A
+    refresh that lands between the split's lookup (unknown UID) and its caching of the key
+    must not leave the pod named by its UID until the next timed refresh (30 s by default):
+    CI saw it as a pod missing from the namespace/pod rules."""
+    token = tmp_path / "token"
+    token.write_text(TOKEN)
+    tree = build_tree(tmp_path, "v2")
+    late = container_cgroup(3)
+
+    async def run() -> None:
+        kubelet = Kubelet()
+        url = await kubelet.start()
+        config = make_config(tmp_path, kubernetes__metadata="kubelet", kubernetes__url=url,
+                             kubernetes__token_file=str(token), kubernetes__refresh_interval="1h",
+                             attribution__cpu_idle_watts=0.0)
+        attribution = Attribution(config)
+        kube = attribution.kube
+        kube.min_refresh = 0.0
+        stop = asyncio.Event()
+        task = asyncio.create_task(kube.run(stop))
+        landed = threading.Event()
+        asked = kube.want
+
+        def want_and_let_the_refresh_land(uid: str) -> None:
+            asked(uid)
+            # the loop's refresh completes before the split goes on, as a busy node may have it
+            for _ in range(400):
+                if uid in kube.pods:
+                    landed.set()
+                    return
+                time.sleep(0.01)
+
+        try:
+            for _ in range(100):
+                if kube.status.reason == "ok":
+                    break
+                await asyncio.sleep(0.02)
+            assert kube.status.reason == "ok"
+            kubelet.items.append(pod_item(3, "late-1", "ml"))  # after the cache was filled
+            tree.add(late, processes=1)
+            kube.want = want_and_let_the_refresh_land  # type: ignore[method-assign]
+            await asyncio.to_thread(attribution.account, attribution.read(), [], 0.0)
+            assert landed.is_set(), "the refresh the split asked for never landed"
+            kube.want = asked  # type: ignore[method-assign]
+            for step in (1.0, 2.0):
+                tree.advance({late: 1.0})
+                await asyncio.to_thread(attribution.account, attribution.read(),
+                                        [Counted("cpu", "package-0", 5.0, 0.0)], step)
+            named = {key: joules for key, joules in totals(attribution).items() if key[0] == "container"}
+            assert named == {("container", "ml", "late-1", "trainer", "", ""): 10.0}
         finally:
             stop.set()
             await task

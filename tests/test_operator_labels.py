@@ -132,7 +132,7 @@ def test_operator_target_labels_keep_workload_pods(tmp_path):
     exporter = ExporterProcess(tmp_path, [
         f"--path.sysfs={tmp_path / 'sys'}", f"--path.procfs={procfs.procfs}",
         "--no-collector.nvml", "--sample.interval=250ms", "--attribution.cpu-idle-watts=5",
-        "--kubernetes.metadata=kubelet-readonly",
+        "--attribution.grace-period=2s", "--kubernetes.metadata=kubelet-readonly",
         f"--kubernetes.url=http://127.0.0.1:{kubelet.server_port}"])
     monitor = yaml.safe_load(SERVICE_MONITOR.read_text())
     # What the same Operator made of the ServiceMonitor before issue 10 (no honorLabels, no
@@ -156,6 +156,15 @@ def test_operator_target_labels_keep_workload_pods(tmp_path):
         with PowerLoad(powercap, "intel-rapl:0", 40.0):
             worker.start()
             exporter.wait_ready()
+            # Until the first kubelet answer lands, a pod's series carries pod=<uid> (README,
+            # Kubernetes names), kept for the grace period once credited; on a loaded machine
+            # it can give the UID a rate of its own. This test is about the Operator's target
+            # labels: it starts scraping once the exporter names both pods and no UID.
+            def named() -> bool:
+                text = exporter.metrics()
+                return all(f'pod="{pod}"' in text for _, _, pod, _ in PODS) and \
+                    not any(pod_uid(n) in text for n, *_ in PODS)
+            wait_for(named, 20, "the exporter naming both pods from the kubelet's /pods")
             prom = PrometheusServer(tmp_path, [], config={
                 "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
                 "rule_files": [str(ROOT / "prometheus" / "rules" / "carbon.rules.yml")],

@@ -20,7 +20,7 @@ from exporter.attribution import gpu as gpu_basis
 from exporter.attribution.cgroups import Identity
 from exporter.attribution.discovery import Observation, WorkloadReader
 from exporter.attribution.gpu import GpuProcessReader
-from exporter.attribution.kubelet import KubeMetadata
+from exporter.attribution.kubelet import KubeMetadata, PodInfo
 from exporter.attribution.split import (
     IDLE,
     OTHER,
@@ -164,14 +164,14 @@ class Attribution(Source):
         kube = self.kube
         return [("kubernetes", kube.status, kube.duration_sum, kube.duration_count)]
 
-    def _values(self, identity: Identity) -> dict:
+    def _values(self, identity: Identity, pods: Mapping[str, PodInfo]) -> dict:
         values = {"kind": identity.kind, "unit": identity.unit,
                   "unit_name": identity.unit.rsplit(".", 1)[0] if identity.unit else "",
                   "container": "", "container_id": identity.container_id, "namespace": "",
                   "pod": "", "pod_uid": identity.pod_uid, "qos": identity.qos,
                   "slurm_job": identity.slurm_job, "process": "", "labels": {}, "annotations": {}}
         if identity.pod_uid:
-            pod = self.kube.pods.get(identity.pod_uid)
+            pod = pods.get(identity.pod_uid)
             if pod is None:
                 self.kube.want(identity.pod_uid)
                 # not named yet: the UID stands in until the metadata arrives
@@ -186,12 +186,15 @@ class Attribution(Source):
             values["container"] = _short(identity.container_id)
         return values
 
-    def _key(self, identity: Identity, comms: set[str] | None) -> Key:
+    def _key(self, identity: Identity, comms: set[str] | None, pods: Mapping[str, PodInfo]) -> Key:
+        """pods: the one metadata snapshot the key is named from and cached against (the event
+        loop may replace kube.pods meanwhile: a key cached against the newer snapshot but named
+        from the older would keep a pod unnamed until the next refresh)."""
         cached = self.labels.get(identity.root)
         comm_key = frozenset(comms) if comms and self.tagger.wants_process_names else None
-        if cached is not None and cached[0] is self.kube.pods and cached[1] == comm_key:
+        if cached is not None and cached[0] is pods and cached[1] == comm_key:
             return cached[2]
-        values = self._values(identity)
+        values = self._values(identity, pods)
         # a run's scope carries its name (exporter.runs.scope): that is its workload_job
         tag = run_name(identity.unit) if identity.kind == "unit" else ""
         tag = tag or self.tagger.tag(values, comms or ())
@@ -199,11 +202,11 @@ class Attribution(Source):
             tag = f"slurm-{identity.slurm_job}"
         key = (identity.kind, values["namespace"], values["pod"], values["container"],
                values["unit"], tag)
-        self.labels[identity.root] = (self.kube.pods, comm_key, key)
+        self.labels[identity.root] = (pods, comm_key, key)
         return key
 
     def _process_key(self, identity: Identity | None, pid: int, comm: str) -> Key:
-        values = self._values(identity) if identity else {
+        values = self._values(identity, self.kube.pods) if identity else {
             "kind": "", "unit": "", "unit_name": "", "container": "", "container_id": "",
             "namespace": "", "pod": "", "pod_uid": "", "qos": "", "slurm_job": "",
             "labels": {}, "annotations": {}}
@@ -333,16 +336,17 @@ class Attribution(Source):
         one; computed again only when the workloads, their names, pod metadata or the rules
         changed (the reader hands over the same dicts while they stay the same)."""
         comms = obs.comms if obs and obs.comms else _NO_NAMES
+        pods = self.kube.pods  # read once: the event loop replaces it whole on a refresh
         cached = self._keys_cache
         if (cached is not None and cached[0] is identities and cached[1] is comms
-                and cached[2] is self.kube.pods and cached[3] is self.labels):
+                and cached[2] is pods and cached[3] is self.labels):
             return cached[4], cached[5], cached[6]
         if len(self.labels) > 2 * len(identities) + 100:  # workloads come and go: forget old ones
             self.labels = {r: v for r, v in self.labels.items() if r in identities}
-        keys = {root: self._key(identity, comms.get(root))
+        keys = {root: self._key(identity, comms.get(root), pods)
                 for root, identity in identities.items()}
         live = frozenset(keys.values())
-        self._keys_cache = (identities, comms, self.kube.pods, self.labels, keys, live,
+        self._keys_cache = (identities, comms, pods, self.labels, keys, live,
                             len(live) == len(keys))
         return keys, live, len(live) == len(keys)
 
@@ -408,7 +412,7 @@ class Attribution(Source):
                 root = obs.gpu_roots.get(pid)
                 key = keys.get(root) if root else None
                 if key is None and root is not None and root in identities:
-                    key = keys[root] = self._key(identities[root], None)
+                    key = keys[root] = self._key(identities[root], None, self.kube.pods)
                 weighted.append((key if key is not None else OTHER, weight))
                 if key is not None and self.config.attribution_processes:
                     proc_key = self._process_key(identities.get(root or ""), pid,
